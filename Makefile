@@ -1,0 +1,36 @@
+# reconix — the two commands a newcomer needs are `make demo` and `make test`.
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: demo test nix fmt lint unit bench build
+
+# Installs and configures Nix (Debian's nix-bin 2.8 + static busybox) when run as root; the script
+# is idempotent and fast on re-runs. As a non-root user we only check that Nix is there.
+nix:
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/install-nix.sh; \
+	elif ! command -v nix >/dev/null 2>&1; then \
+	  echo "nix not found: run 'sudo bash scripts/install-nix.sh' first" >&2; exit 1; \
+	else nix --version; fi
+
+build:
+	$(CARGO) build -p reconix
+
+demo: nix build
+	$(CARGO) run -q -p reconix -- demo $(if $(DIR),--dir $(DIR),)
+
+fmt:
+	$(CARGO) fmt --all --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+unit:
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --all-features --no-fail-fast; \
+	else $(CARGO) test --workspace --all-features --no-fail-fast; fi
+
+test: nix fmt lint unit
+
+bench: nix
+	$(CARGO) build --release -p reconix -p reconix-e2e --bins
+	$(CARGO) run --release -q -p reconix-e2e --bin reconix-bench -- $(BENCH_ARGS)
