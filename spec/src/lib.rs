@@ -1,0 +1,41 @@
+//! The reconix spec: the operator's desired state, as typed YAML.
+//!
+//! [`load`] reads a spec file into a [`Spec`] and reports every problem at its line and column;
+//! [`Spec::validate`] holds the rules beyond the types; [`json_schema`] describes the format for
+//! editors, docs and the NixOS module.
+//!
+//! Pure code: no IO beyond reading the spec file in [`load`] (and a secret in
+//! [`SecretFile::read`]), no async, no tokio.
+
+mod builders;
+mod cache;
+mod error;
+mod forge;
+mod housekeeping;
+mod load;
+mod locate;
+pub mod names;
+mod spec;
+mod validate;
+mod values;
+
+pub use builders::{Builders, Enrollment, LocalBuilder, RemoteBuilder};
+pub use cache::{Cache, CacheKind};
+pub use error::{Result, SpecError, SpecErrors};
+pub use forge::{AttrKind, Forge, ForgeKind, Repo};
+pub use housekeeping::{Retention, Statuses};
+pub use load::{load, parse};
+pub use names::*;
+pub use spec::Spec;
+pub use validate::Problem;
+pub use values::{ByteSize, Duration, Secret, SecretFile, ValueError};
+
+/// Returns the JSON Schema of the spec format, with descriptions taken from the doc comments.
+///
+/// `docs/spec.schema.json` is this value, pretty-printed; a test keeps it current.
+pub fn json_schema() -> serde_json::Value {
+    schemars::schema_for!(Spec).to_value()
+}
+
+#[cfg(test)]
+mod tests;
