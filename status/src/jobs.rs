@@ -1,0 +1,647 @@
+//! Jobs: recording an evaluation's result, job state changes, and what the builds loop reads
+//! to schedule them.
+
+use std::collections::{HashMap, HashSet};
+
+use reconix_spec::names::{AttrPath, StorePath, System, Timestamp};
+use rusqlite::{OptionalExtension, Params, params};
+
+use crate::StatusDb;
+use crate::error::{Error, QueryExt, Result};
+use crate::evaluations::evaluation_state;
+use crate::row::{
+    BUILD_COLUMNS, JOB_COLUMNS, get, outputs_json, parse, parse_build, parse_job, parse_repo_key,
+};
+use crate::types::{
+    EvaluationId, EvaluationState, Job, JobId, JobState, NewJob, SchedDep, SchedJob,
+};
+
+impl StatusDb {
+    /// Records the jobs an evaluation produced and moves it to `building`, all in one
+    /// transaction; returns true when it did.
+    ///
+    /// Dependencies are given as attribute paths and resolved to the ids of jobs of the same
+    /// evaluation. When no job is left to build (all `eval-failed`, or none at all), the
+    /// evaluation goes straight to `finished`, because no build would ever finish it.
+    ///
+    /// Idempotency: the result is recorded only while the evaluation is `queued` or
+    /// `evaluating`. Once recorded (or once the evaluation was superseded or failed) a second
+    /// call changes nothing and returns false, so re-running an evaluation after a crash can
+    /// never reset jobs that were already built. Because the insert is one transaction, a
+    /// crash part-way leaves no jobs behind; should any exist anyway they are replaced.
+    ///
+    /// # Errors
+    /// Returns [`Error::NotFound`] for an unknown evaluation; [`Error::Invalid`] when two jobs
+    /// share an attribute, a job is neither `queued` nor `eval-failed`, a `queued` job has no
+    /// drv, or a dependency names an attribute that is not a job of this evaluation (or the job
+    /// itself); [`Error::Query`] when SQLite fails.
+    pub fn record_evaluation_result(
+        &mut self,
+        id: EvaluationId,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<bool> {
+        const OP: &str = "record_evaluation_result";
+        let invalid = |reason: String| Error::Invalid { op: OP, reason };
+        let mut index: HashMap<&AttrPath, usize> = HashMap::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            if index.insert(&job.attr, i).is_some() {
+                return Err(invalid(format!("duplicate job attribute `{}`", job.attr)));
+            }
+            match (job.state, &job.drv_path) {
+                (JobState::Queued, Some(_)) | (JobState::EvalFailed, _) => {}
+                (JobState::Queued, None) => {
+                    return Err(invalid(format!("queued job `{}` has no drv", job.attr)));
+                }
+                (state, _) => {
+                    return Err(invalid(format!(
+                        "job `{}` is {state}; new jobs are queued or eval-failed",
+                        job.attr
+                    )));
+                }
+            }
+        }
+        let mut dep_edges = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            for dep in &job.deps {
+                let Some(&d) = index.get(dep) else {
+                    return Err(invalid(format!(
+                        "job `{}` depends on `{dep}`, which is not a job of this evaluation",
+                        job.attr
+                    )));
+                };
+                if d == i {
+                    return Err(invalid(format!("job `{}` depends on itself", job.attr)));
+                }
+                dep_edges.push((i, d));
+            }
+        }
+
+        let tx = self.write(OP)?;
+        let state = evaluation_state(&tx, id, OP)?;
+        if !matches!(state, EvaluationState::Queued | EvaluationState::Evaluating) {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM jobs WHERE evaluation_id = ?1", [id.0])
+            .op(OP)?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (evaluation_id, attr, name, system, drv_path, outputs, \
+                     state, error, created_at, finished_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .op(OP)?;
+            for job in jobs {
+                let finished_at = job.state.is_terminal().then_some(now.0);
+                insert
+                    .execute(params![
+                        id.0,
+                        job.attr.as_str(),
+                        job.name,
+                        job.system.as_ref().map(System::as_str),
+                        job.drv_path.as_ref().map(StorePath::as_str),
+                        outputs_json(OP, &job.outputs)?,
+                        job.state.as_str(),
+                        job.error,
+                        now.0,
+                        finished_at,
+                    ])
+                    .op(OP)?;
+                ids.push(tx.last_insert_rowid());
+            }
+            let mut insert_dep = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO job_deps (job_id, dep_job_id) VALUES (?1, ?2)",
+                )
+                .op(OP)?;
+            for (job, dep) in dep_edges {
+                insert_dep.execute([ids[job], ids[dep]]).op(OP)?;
+            }
+        }
+        let next = if jobs.iter().any(|j| !j.state.is_terminal()) {
+            EvaluationState::Building
+        } else {
+            EvaluationState::Finished
+        };
+        tx.execute(
+            "UPDATE evaluations SET state = ?2, started_at = coalesce(started_at, ?3), \
+             finished_at = ?4 WHERE id = ?1",
+            params![
+                id.0,
+                next.as_str(),
+                now.0,
+                next.is_terminal().then_some(now.0)
+            ],
+        )
+        .op(OP)?;
+        tx.commit().op(OP)?;
+        Ok(true)
+    }
+
+    /// Returns job `id`, with its dependencies, if it exists.
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails and [`Error::Corrupt`] for a malformed row.
+    pub fn job(&self, id: JobId) -> Result<Option<Job>> {
+        Ok(self.select_jobs("job", "j.id = ?1", [id.0])?.pop())
+    }
+
+    /// Returns the jobs of evaluation `id` with their dependencies, in id order.
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails and [`Error::Corrupt`] for a malformed row.
+    pub fn jobs_of_evaluation(&self, id: EvaluationId) -> Result<Vec<Job>> {
+        self.select_jobs("jobs_of_evaluation", "j.evaluation_id = ?1", [id.0])
+    }
+
+    /// Selects jobs (alias `j`, joined with their evaluation `e`) matching `filter`, with
+    /// their dependencies, in id order, inside one read transaction.
+    pub(crate) fn select_jobs<P: Params + Copy>(
+        &self,
+        op: &'static str,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<Job>> {
+        let _snapshot = self.read(op)?;
+        self.query_jobs(op, filter, params)
+    }
+
+    /// Does the work of [`select_jobs`](Self::select_jobs) without opening a transaction, for
+    /// callers that already hold one.
+    pub(crate) fn query_jobs<P: Params + Copy>(
+        &self,
+        op: &'static str,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<Job>> {
+        let tx = &self.conn;
+        let mut deps: HashMap<i64, Vec<JobId>> = HashMap::new();
+        {
+            let sql = format!(
+                "SELECT jd.job_id, jd.dep_job_id FROM jobs j \
+                 JOIN evaluations e ON e.id = j.evaluation_id \
+                 JOIN job_deps jd ON jd.job_id = j.id \
+                 WHERE {filter} ORDER BY jd.job_id, jd.dep_job_id"
+            );
+            let mut stmt = tx.prepare_cached(&sql).op(op)?;
+            let mut rows = stmt.query(params).op(op)?;
+            while let Some(row) = rows.next().op(op)? {
+                deps.entry(get(row, 0, op)?)
+                    .or_default()
+                    .push(JobId(get(row, 1, op)?));
+            }
+        }
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN evaluations e ON e.id = j.evaluation_id \
+             WHERE {filter} ORDER BY j.id"
+        );
+        let mut stmt = tx.prepare_cached(&sql).op(op)?;
+        let mut rows = stmt.query(params).op(op)?;
+        let mut jobs = Vec::new();
+        while let Some(row) = rows.next().op(op)? {
+            let mut job = parse_job(row, op)?;
+            job.deps = deps.remove(&job.id.0).unwrap_or_default();
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+
+    /// Moves job `id` to `state` with `error`; returns true when its state changed.
+    ///
+    /// Entering `building` sets `started_at`; entering a terminal state sets `finished_at`.
+    /// Setting the current state again, or any state once terminal, changes nothing and
+    /// returns false: a job cancelled by a supersede stays cancelled even if its build then
+    /// succeeds.
+    ///
+    /// # Errors
+    /// Returns [`Error::NotFound`] for an unknown job and [`Error::Query`] when SQLite fails.
+    pub fn set_job_state(
+        &mut self,
+        id: JobId,
+        state: JobState,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        const OP: &str = "set_job_state";
+        let tx = self.write(OP)?;
+        let current: String = tx
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row([id.0], |r| r.get(0)).optional())
+            .op(OP)?
+            .ok_or_else(|| Error::NotFound {
+                what: "job",
+                key: id.to_string(),
+            })?;
+        let current: JobState = parse("jobs", "state", current)?;
+        if current == state || current.is_terminal() {
+            return Ok(false);
+        }
+        let started_at = (state == JobState::Building).then_some(now.0);
+        let finished_at = state.is_terminal().then_some(now.0);
+        tx.prepare_cached(
+            "UPDATE jobs SET state = ?2, error = ?3, started_at = coalesce(?4, started_at), \
+             finished_at = coalesce(?5, finished_at) WHERE id = ?1",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                id.0,
+                state.as_str(),
+                error,
+                started_at,
+                finished_at
+            ])
+        })
+        .op(OP)?;
+        tx.commit().op(OP)?;
+        Ok(true)
+    }
+
+    /// Returns every `queued` or `building` job of the evaluations in state `building`, with
+    /// its dependencies' states and the build of its drv, ordered by evaluation then job id
+    /// (oldest first).
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails and [`Error::Corrupt`] for a malformed row.
+    pub fn schedulable_jobs(&self) -> Result<Vec<SchedJob>> {
+        const OP: &str = "schedulable_jobs";
+        const LIVE: &str = "e.state = 'building' AND j.state IN ('queued', 'building')";
+        let tx = self.read(OP)?;
+        let mut deps: HashMap<i64, Vec<SchedDep>> = HashMap::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT jd.job_id, jd.dep_job_id, d.state, d.attr FROM jobs j \
+                     JOIN evaluations e ON e.id = j.evaluation_id \
+                     JOIN job_deps jd ON jd.job_id = j.id \
+                     JOIN jobs d ON d.id = jd.dep_job_id \
+                     WHERE {LIVE} ORDER BY jd.job_id, jd.dep_job_id"
+                ))
+                .op(OP)?;
+            let mut rows = stmt.query([]).op(OP)?;
+            while let Some(row) = rows.next().op(OP)? {
+                deps.entry(get(row, 0, OP)?).or_default().push(SchedDep {
+                    id: JobId(get(row, 1, OP)?),
+                    state: parse("jobs", "state", get(row, 2, OP)?)?,
+                    attr: parse("jobs", "attr", get(row, 3, OP)?)?,
+                });
+            }
+        }
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT j.id, j.evaluation_id, j.attr, j.drv_path, j.system, j.state, \
+                 r.forge, r.name, {BUILD_COLUMNS} FROM jobs j \
+                 JOIN evaluations e ON e.id = j.evaluation_id \
+                 JOIN repos r ON r.id = e.repo_id \
+                 LEFT JOIN builds b ON b.drv_path = j.drv_path \
+                 WHERE {LIVE} ORDER BY j.evaluation_id, j.id"
+            ))
+            .op(OP)?;
+        let mut rows = stmt.query([]).op(OP)?;
+        let mut jobs = Vec::new();
+        while let Some(row) = rows.next().op(OP)? {
+            let id: i64 = get(row, 0, OP)?;
+            let drv: Option<String> = get(row, 3, OP)?;
+            let drv_path = parse(
+                "jobs",
+                "drv_path",
+                drv.ok_or_else(|| Error::Corrupt {
+                    table: "jobs",
+                    column: "drv_path",
+                    value: "NULL".to_owned(),
+                    reason: format!("job {id} is unfinished but has no drv"),
+                })?,
+            )?;
+            jobs.push(SchedJob {
+                id: JobId(id),
+                evaluation_id: EvaluationId(get(row, 1, OP)?),
+                repo: parse_repo_key(get(row, 6, OP)?, get(row, 7, OP)?)?,
+                attr: parse("jobs", "attr", get(row, 2, OP)?)?,
+                drv_path,
+                system: parse("jobs", "system", get(row, 4, OP)?)?,
+                state: parse("jobs", "state", get(row, 5, OP)?)?,
+                deps: deps.remove(&id).unwrap_or_default(),
+                build: parse_build(row, 8, OP)?,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Returns the drvs still needed by a `queued` or `building` job of an unfinished
+    /// evaluation; a running build whose drv is not in this set may be cancelled.
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails and [`Error::Corrupt`] for a malformed path.
+    pub fn live_drvs(&self) -> Result<HashSet<StorePath>> {
+        const OP: &str = "live_drvs";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT j.drv_path FROM jobs j \
+                 JOIN evaluations e ON e.id = j.evaluation_id \
+                 WHERE e.state IN ('queued', 'evaluating', 'building') \
+                 AND j.state IN ('queued', 'building') AND j.drv_path IS NOT NULL",
+            )
+            .op(OP)?;
+        let mut rows = stmt.query([]).op(OP)?;
+        let mut drvs = HashSet::new();
+        while let Some(row) = rows.next().op(OP)? {
+            drvs.insert(parse("jobs", "drv_path", get(row, 0, OP)?)?);
+        }
+        Ok(drvs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use crate::testing::{T0, at, attr, building_eval, drv, eval, failed_job, job, with_deps};
+    use crate::{BuildState, Error, EvaluationState, JobId, JobState, SchedDep, StatusDb};
+
+    #[test]
+    fn recording_a_result_should_insert_jobs_with_resolved_deps_and_start_building() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let (_, id) = eval(&mut db, "aaa");
+        db.set_evaluation_state(id, EvaluationState::Evaluating, None, at(1))
+            .unwrap();
+        let jobs = [
+            with_deps(job(1, "app"), &["lib", "tool"]),
+            job(2, "lib"),
+            with_deps(job(3, "tool"), &["lib"]),
+            failed_job("broken", "attribute missing"),
+        ];
+        assert!(db.record_evaluation_result(id, &jobs, at(2)).unwrap());
+
+        let e = db.evaluation(id).unwrap().unwrap();
+        assert_eq!(
+            (e.state, e.started_at),
+            (EvaluationState::Building, Some(at(1)))
+        );
+        let stored = db.jobs_of_evaluation(id).unwrap();
+        assert_eq!(stored.len(), 4);
+        let (app, lib, tool, broken) = (&stored[0], &stored[1], &stored[2], &stored[3]);
+        assert_eq!(app.attr, attr("packages.x86_64-linux.app"));
+        assert_eq!(app.drv_path, Some(drv(1)));
+        assert_eq!(app.outputs, jobs[0].outputs);
+        assert_eq!(app.deps, [lib.id, tool.id]);
+        assert_eq!(tool.deps, [lib.id]);
+        assert!(lib.deps.is_empty());
+        assert_eq!(
+            (app.state, app.created_at, app.finished_at),
+            (JobState::Queued, at(2), None)
+        );
+        assert_eq!(broken.state, JobState::EvalFailed);
+        assert_eq!(broken.drv_path, None);
+        assert_eq!(broken.error.as_deref(), Some("attribute missing"));
+        assert_eq!(broken.finished_at, Some(at(2)));
+        assert_eq!(db.job(tool.id).unwrap().as_ref(), Some(tool));
+        assert_eq!(db.job(JobId(999)).unwrap(), None);
+    }
+
+    #[test]
+    fn recording_a_result_twice_should_change_nothing_the_second_time() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let id = building_eval(&mut db, "aaa", &[job(1, "a"), job(2, "b")]);
+        let first = db.jobs_of_evaluation(id).unwrap();
+        db.set_job_state(first[0].id, JobState::Succeeded, None, at(3))
+            .unwrap();
+        assert!(
+            !db.record_evaluation_result(id, &[job(1, "a"), job(7, "c")], at(4))
+                .unwrap()
+        );
+        let again = db.jobs_of_evaluation(id).unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0].state, JobState::Succeeded);
+        assert_eq!(again[1].id, first[1].id);
+    }
+
+    #[test]
+    fn a_result_for_a_superseded_evaluation_should_be_discarded() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let (_, old) = eval(&mut db, "aaa");
+        let (_, new) = eval(&mut db, "bbb");
+        db.supersede_evaluation(old, new, at(1)).unwrap();
+        assert!(
+            !db.record_evaluation_result(old, &[job(1, "a")], at(2))
+                .unwrap()
+        );
+        assert!(db.jobs_of_evaluation(old).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_result_with_nothing_to_build_should_finish_the_evaluation_at_once() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let id = building_eval(&mut db, "aaa", &[failed_job("x", "boom")]);
+        let e = db.evaluation(id).unwrap().unwrap();
+        assert_eq!(
+            (e.state, e.finished_at),
+            (EvaluationState::Finished, Some(at(1)))
+        );
+    }
+
+    #[test]
+    fn invalid_results_should_be_rejected_without_writing_anything() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let (_, id) = eval(&mut db, "aaa");
+        let mut no_drv = job(1, "a");
+        no_drv.drv_path = None;
+        let mut built = job(2, "b");
+        built.state = JobState::Succeeded;
+        let cases = [
+            vec![job(1, "a"), job(2, "a")],
+            vec![no_drv],
+            vec![built],
+            vec![with_deps(job(1, "a"), &["missing"])],
+            vec![with_deps(job(1, "a"), &["a"])],
+        ];
+        for jobs in cases {
+            let err = db.record_evaluation_result(id, &jobs, at(1)).unwrap_err();
+            assert!(matches!(err, Error::Invalid { .. }), "{jobs:?}: {err:?}");
+        }
+        assert!(db.jobs_of_evaluation(id).unwrap().is_empty());
+        assert_eq!(
+            db.evaluation(id).unwrap().unwrap().state,
+            EvaluationState::Queued
+        );
+        let err = db
+            .record_evaluation_result(crate::EvaluationId(42), &[], T0)
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn ten_thousand_jobs_should_be_recorded_in_one_call() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let (_, id) = eval(&mut db, "aaa");
+        let jobs: Vec<_> = (0..10_000u64)
+            .map(|n| {
+                let j = job(n, &format!("p{n}"));
+                // A chain of dependencies plus a fan-in on the first job.
+                match n {
+                    0 => j,
+                    1 => with_deps(j, &["p0"]),
+                    _ => with_deps(j, &[&format!("p{}", n - 1), "p0"]),
+                }
+            })
+            .collect();
+        assert!(db.record_evaluation_result(id, &jobs, at(1)).unwrap());
+        let stored = db.jobs_of_evaluation(id).unwrap();
+        assert_eq!(stored.len(), 10_000);
+        let deps: usize = stored.iter().map(|j| j.deps.len()).sum();
+        assert_eq!(deps, 1 + 2 * 9_998);
+        assert_eq!(stored[9_999].deps, [stored[0].id, stored[9_998].id]);
+        assert_eq!(stored[9_999].drv_path, Some(drv(9_999)));
+        let sched = db.schedulable_jobs().unwrap();
+        assert_eq!(sched.len(), 10_000);
+        assert_eq!(db.live_drvs().unwrap().len(), 10_000);
+    }
+
+    #[test]
+    fn set_job_state_should_stamp_times_and_keep_terminal_states() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let id = building_eval(&mut db, "aaa", &[job(1, "a")]);
+        let j = db.jobs_of_evaluation(id).unwrap()[0].id;
+        assert!(
+            db.set_job_state(j, JobState::Building, None, at(2))
+                .unwrap()
+        );
+        assert!(
+            !db.set_job_state(j, JobState::Building, None, at(3))
+                .unwrap()
+        );
+        assert!(
+            db.set_job_state(j, JobState::Failed, Some("exit 1"), at(4))
+                .unwrap()
+        );
+        assert!(
+            !db.set_job_state(j, JobState::Succeeded, None, at(5))
+                .unwrap()
+        );
+        let job = db.job(j).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error.as_deref(), Some("exit 1"));
+        assert_eq!(
+            (job.started_at, job.finished_at),
+            (Some(at(2)), Some(at(4)))
+        );
+        let err = db
+            .set_job_state(JobId(99), JobState::Building, None, T0)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound { what: "job", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_job_row_with_a_bad_store_path_should_be_reported_as_corrupt() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let id = building_eval(&mut db, "aaa", &[job(1, "a")]);
+        db.conn
+            .execute("UPDATE jobs SET drv_path = '/tmp/evil.drv'", [])
+            .unwrap();
+        for err in [
+            db.jobs_of_evaluation(id).unwrap_err(),
+            db.schedulable_jobs().unwrap_err(),
+            db.live_drvs().unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    err,
+                    Error::Corrupt {
+                        table: "jobs",
+                        column: "drv_path",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+        db.conn
+            .execute(
+                "UPDATE jobs SET drv_path = ?1, outputs = '{\"out\": 3}'",
+                [drv(1).as_str()],
+            )
+            .unwrap();
+        let err = db.jobs_of_evaluation(id).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Corrupt {
+                    table: "jobs",
+                    column: "outputs",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn schedulable_jobs_should_list_unfinished_jobs_of_building_evaluations_only() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let live = building_eval(
+            &mut db,
+            "aaa",
+            &[
+                job(1, "lib"),
+                with_deps(job(2, "app"), &["lib"]),
+                job(3, "done"),
+            ],
+        );
+        let jobs = db.jobs_of_evaluation(live).unwrap();
+        db.set_job_state(jobs[2].id, JobState::Succeeded, None, at(2))
+            .unwrap();
+        db.set_job_state(jobs[0].id, JobState::Building, None, at(2))
+            .unwrap();
+        db.upsert_build(&drv(1), None, BuildState::Running, at(2))
+            .unwrap();
+        // A superseded evaluation's jobs are cancelled and must not be scheduled.
+        let (_, queued_eval) = eval(&mut db, "ccc");
+        let old = building_eval(&mut db, "bbb", &[job(4, "x")]);
+        db.supersede_evaluation(old, queued_eval, at(3)).unwrap();
+
+        let sched = db.schedulable_jobs().unwrap();
+        assert_eq!(sched.len(), 2);
+        let (lib, app) = (&sched[0], &sched[1]);
+        assert_eq!(
+            (lib.id, lib.state, lib.evaluation_id),
+            (jobs[0].id, JobState::Building, live)
+        );
+        assert_eq!(
+            lib.build.as_ref().map(|b| b.state),
+            Some(BuildState::Running)
+        );
+        assert_eq!(lib.drv_path, drv(1));
+        assert!(lib.deps.is_empty());
+        assert_eq!(app.attr, jobs[1].attr);
+        assert_eq!(app.build, None);
+        assert_eq!(
+            app.deps,
+            [SchedDep {
+                attr: jobs[0].attr.clone(),
+                id: jobs[0].id,
+                state: JobState::Building
+            }]
+        );
+    }
+
+    #[test]
+    fn live_drvs_should_contain_only_drvs_of_unfinished_jobs_of_live_evaluations() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let live = building_eval(
+            &mut db,
+            "aaa",
+            &[job(1, "a"), job(2, "b"), job(3, "shared")],
+        );
+        let jobs = db.jobs_of_evaluation(live).unwrap();
+        db.set_job_state(jobs[1].id, JobState::Succeeded, None, at(2))
+            .unwrap();
+        let (_, newer) = eval(&mut db, "ccc");
+        let old = building_eval(&mut db, "bbb", &[job(3, "shared"), job(4, "gone")]);
+        db.supersede_evaluation(old, newer, at(3)).unwrap();
+        assert_eq!(db.live_drvs().unwrap(), HashSet::from([drv(1), drv(3)]));
+    }
+}

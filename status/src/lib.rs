@@ -1,0 +1,29 @@
+//! Observed state of reconix in SQLite: migrations, typed rows, queries and the `views` read
+//! models served by the JSON API and the CLI.
+//!
+//! All SQL of the project lives in this crate. The API is synchronous on [`StatusDb`]; async
+//! callers go through [`Status::call`], which runs the closure on a blocking thread. Rows are
+//! parsed into validated newtypes at the boundary, so a malformed row is an [`Error::Corrupt`]
+//! naming its table and column rather than a panic further up.
+
+mod builds;
+mod db;
+mod error;
+mod evaluations;
+mod gc_roots;
+mod jobs;
+mod loops;
+mod repos;
+mod row;
+mod types;
+pub mod views;
+
+#[cfg(test)]
+mod testing;
+
+pub use db::{OpenMode, SCHEMA_VERSION, Status, StatusDb};
+pub use error::{Error, Result};
+pub use types::{
+    Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, GcRoot, Job, JobId,
+    JobState, LoopHealth, NewJob, ParseStateError, RefHead, Repo, RepoId, SchedDep, SchedJob,
+};

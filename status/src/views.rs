@@ -1,0 +1,497 @@
+//! Read models for the JSON API and the CLI: serde structs with snake_case fields, built by a
+//! few queries each. The web crate serializes them; the CLI deserializes the same types.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use reconix_spec::names::{AttrPath, RepoKey, StorePath, System, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::StatusDb;
+use crate::error::{QueryExt, Result};
+use crate::row::{get, parse, parse_repo_key};
+use crate::types::{BuildId, BuildState, EvaluationId, EvaluationState, JobId, JobState};
+
+/// One evaluation in a list: what ran, where it stands, and how many jobs are in each state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluationSummary {
+    /// The evaluation's id.
+    pub id: EvaluationId,
+    /// The repository, serialized as `"<forge>/<repo>"`.
+    pub repo: RepoKey,
+    /// The full ref name, e.g. `refs/heads/main`.
+    #[serde(rename = "ref")]
+    pub ref_name: String,
+    /// The evaluated commit.
+    pub rev: String,
+    /// Where the evaluation stands.
+    pub state: EvaluationState,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last entered `evaluating`.
+    pub started_at: Option<Timestamp>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+    /// The number of jobs per state; states without jobs are absent.
+    pub job_counts: BTreeMap<JobState, u64>,
+}
+
+/// One evaluation with all its jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluationDetail {
+    /// The summary fields, inlined into the same JSON object.
+    #[serde(flatten)]
+    pub summary: EvaluationSummary,
+    /// The flake reference passed to Nix.
+    pub flake_ref: String,
+    /// Why the evaluation as a whole failed, when it did.
+    pub error: Option<String>,
+    /// The evaluation that superseded this one, if any.
+    pub superseded_by: Option<EvaluationId>,
+    /// Its jobs, in id order.
+    pub jobs: Vec<JobView>,
+}
+
+/// One job as shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job's id.
+    pub id: JobId,
+    /// The full attribute path.
+    pub attr: AttrPath,
+    /// A display name (usually the derivation name).
+    pub name: String,
+    /// Its derivation; `null` for `eval-failed` jobs.
+    pub drv_path: Option<StorePath>,
+    /// The system it builds for (`null` for an `eval-failed` job whose system is unknown).
+    pub system: Option<System>,
+    /// Where it stands.
+    pub state: JobState,
+    /// The evaluation or build error, when there is one.
+    pub error: Option<String>,
+    /// Output name to store path.
+    pub outputs: BTreeMap<String, StorePath>,
+    /// The jobs of the same evaluation it depends on.
+    pub deps: Vec<JobId>,
+    /// The build of its drv, when there is one (shared by every job with the same drv).
+    pub build: Option<BuildView>,
+    /// Whether a build log can be fetched for it.
+    pub log_available: bool,
+    /// When it last entered `building`.
+    pub started_at: Option<Timestamp>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// The build of a job's drv as shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildView {
+    /// The build's id: equal for every job that shares the drv.
+    pub id: BuildId,
+    /// Where the build stands.
+    pub state: BuildState,
+    /// How many times it was started.
+    pub attempts: u32,
+    /// The exit code of `nix-store --realise`, once it ended.
+    pub exit_code: Option<i32>,
+    /// When its last attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Everything `reconix status` shows: loop health, the newest evaluations, job counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusOverview {
+    /// Health of every loop.
+    pub loops: Vec<LoopSummary>,
+    /// The newest evaluations, newest first.
+    pub evaluations: Vec<EvaluationSummary>,
+    /// Jobs per state over all evaluations.
+    pub job_counts: BTreeMap<JobState, u64>,
+}
+
+/// Health of one loop as shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopSummary {
+    /// The loop's name, e.g. `builds`.
+    pub name: String,
+    /// True when its last run succeeded.
+    pub healthy: bool,
+    /// How many runs were recorded.
+    pub runs: u64,
+    /// When the last run ended.
+    pub last_run_at: Option<Timestamp>,
+    /// When the last successful run ended.
+    pub last_success_at: Option<Timestamp>,
+    /// The error of the last failed run, possibly before the last success.
+    pub last_error: Option<String>,
+    /// Failed runs since the last success.
+    pub consecutive_failures: u32,
+    /// When the loop plans to run next.
+    pub next_run_at: Option<Timestamp>,
+}
+
+impl StatusDb {
+    /// Returns the `limit` newest evaluations of all repositories, newest first.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed row.
+    pub fn evaluation_list(&self, limit: u32) -> Result<Vec<EvaluationSummary>> {
+        const OP: &str = "evaluation_list";
+        let _snapshot = self.read(OP)?;
+        let mut counts: HashMap<i64, BTreeMap<JobState, u64>> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT j.evaluation_id, j.state, count(*) FROM jobs j \
+                     WHERE j.evaluation_id IN (SELECT id FROM evaluations ORDER BY id DESC LIMIT ?1) \
+                     GROUP BY j.evaluation_id, j.state",
+                )
+                .op(OP)?;
+            let mut rows = stmt.query([limit]).op(OP)?;
+            while let Some(row) = rows.next().op(OP)? {
+                let state: JobState = parse("jobs", "state", get(row, 1, OP)?)?;
+                let n: i64 = get(row, 2, OP)?;
+                counts
+                    .entry(get(row, 0, OP)?)
+                    .or_default()
+                    .insert(state, u64::try_from(n).unwrap_or(0));
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT e.id, r.forge, r.name, e.ref, e.rev, e.state, e.created_at, \
+                 e.started_at, e.finished_at FROM evaluations e JOIN repos r ON r.id = e.repo_id \
+                 ORDER BY e.id DESC LIMIT ?1",
+            )
+            .op(OP)?;
+        let mut rows = stmt.query([limit]).op(OP)?;
+        let mut list = Vec::new();
+        while let Some(row) = rows.next().op(OP)? {
+            let id: i64 = get(row, 0, OP)?;
+            list.push(EvaluationSummary {
+                id: EvaluationId(id),
+                repo: parse_repo_key(get(row, 1, OP)?, get(row, 2, OP)?)?,
+                ref_name: get(row, 3, OP)?,
+                rev: get(row, 4, OP)?,
+                state: parse("evaluations", "state", get(row, 5, OP)?)?,
+                created_at: Timestamp(get(row, 6, OP)?),
+                started_at: get::<Option<i64>>(row, 7, OP)?.map(Timestamp),
+                finished_at: get::<Option<i64>>(row, 8, OP)?.map(Timestamp),
+                job_counts: counts.remove(&id).unwrap_or_default(),
+            });
+        }
+        Ok(list)
+    }
+
+    /// Returns evaluation `id` with all its jobs, if it exists.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed row.
+    pub fn evaluation_detail(&self, id: EvaluationId) -> Result<Option<EvaluationDetail>> {
+        const OP: &str = "evaluation_detail";
+        let _snapshot = self.read(OP)?;
+        let Some(eval) = self.evaluation(id)? else {
+            return Ok(None);
+        };
+        let jobs = self.query_jobs(OP, "j.evaluation_id = ?1", [id.0])?;
+        let mut builds: HashMap<i64, (BuildView, bool)> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT j.id, b.id, b.state, b.log_path IS NOT NULL, b.attempts, b.exit_code, \
+                     b.started_at, b.finished_at FROM jobs j \
+                     JOIN builds b ON b.drv_path = j.drv_path WHERE j.evaluation_id = ?1",
+                )
+                .op(OP)?;
+            let mut rows = stmt.query([id.0]).op(OP)?;
+            while let Some(row) = rows.next().op(OP)? {
+                let attempts: i64 = get(row, 4, OP)?;
+                let view = BuildView {
+                    id: BuildId(get(row, 1, OP)?),
+                    state: parse("builds", "state", get(row, 2, OP)?)?,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    exit_code: get(row, 5, OP)?,
+                    started_at: get::<Option<i64>>(row, 6, OP)?.map(Timestamp),
+                    finished_at: get::<Option<i64>>(row, 7, OP)?.map(Timestamp),
+                };
+                builds.insert(get(row, 0, OP)?, (view, get(row, 3, OP)?));
+            }
+        }
+        let mut job_counts = BTreeMap::new();
+        let jobs = jobs
+            .into_iter()
+            .map(|job| {
+                *job_counts.entry(job.state).or_insert(0) += 1;
+                let build = builds.remove(&job.id.0);
+                let log_available = build.as_ref().is_some_and(|b| b.1);
+                JobView {
+                    id: job.id,
+                    attr: job.attr,
+                    name: job.name,
+                    drv_path: job.drv_path,
+                    system: job.system,
+                    state: job.state,
+                    error: job.error,
+                    outputs: job.outputs,
+                    deps: job.deps,
+                    build: build.map(|b| b.0),
+                    log_available,
+                    started_at: job.started_at,
+                    finished_at: job.finished_at,
+                }
+            })
+            .collect();
+        Ok(Some(EvaluationDetail {
+            summary: EvaluationSummary {
+                id: eval.id,
+                repo: eval.repo,
+                ref_name: eval.ref_name,
+                rev: eval.rev,
+                state: eval.state,
+                created_at: eval.created_at,
+                started_at: eval.started_at,
+                finished_at: eval.finished_at,
+                job_counts,
+            },
+            flake_ref: eval.flake_ref,
+            error: eval.error,
+            superseded_by: eval.superseded_by,
+            jobs,
+        }))
+    }
+
+    /// Returns the log file of the build of job `id`'s drv, if the job exists and a log was
+    /// recorded. The file may since have been removed by log retention.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails.
+    pub fn job_log_path(&self, id: JobId) -> Result<Option<PathBuf>> {
+        const OP: &str = "job_log_path";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT b.log_path FROM jobs j JOIN builds b ON b.drv_path = j.drv_path \
+                 WHERE j.id = ?1",
+            )
+            .op(OP)?;
+        let mut rows = stmt.query([id.0]).op(OP)?;
+        match rows.next().op(OP)? {
+            Some(row) => Ok(get::<Option<String>>(row, 0, OP)?.map(PathBuf::from)),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the health of every loop that has run, ordered by name.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// negative counter.
+    pub fn loop_list(&self) -> Result<Vec<LoopSummary>> {
+        Ok(self
+            .loops()?
+            .into_iter()
+            .map(|l| LoopSummary {
+                healthy: l.consecutive_failures == 0,
+                name: l.name,
+                runs: l.runs,
+                last_run_at: l.last_run_at,
+                last_success_at: l.last_success_at,
+                last_error: l.last_error,
+                consecutive_failures: l.consecutive_failures,
+                next_run_at: l.next_run_at,
+            })
+            .collect())
+    }
+
+    /// Returns what `reconix status` shows: loops, the `limit` newest evaluations, job counts.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed row.
+    pub fn overview(&self, limit: u32) -> Result<StatusOverview> {
+        Ok(StatusOverview {
+            loops: self.loop_list()?,
+            evaluations: self.evaluation_list(limit)?,
+            job_counts: self.job_counts()?,
+        })
+    }
+
+    /// Returns the number of jobs per state over all evaluations; states without jobs are
+    /// absent.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for an
+    /// unknown state.
+    pub fn job_counts(&self) -> Result<BTreeMap<JobState, u64>> {
+        const OP: &str = "job_counts";
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")
+            .op(OP)?;
+        let mut rows = stmt.query([]).op(OP)?;
+        let mut counts = BTreeMap::new();
+        while let Some(row) = rows.next().op(OP)? {
+            let n: i64 = get(row, 1, OP)?;
+            counts.insert(
+                parse("jobs", "state", get(row, 0, OP)?)?,
+                u64::try_from(n).unwrap_or(0),
+            );
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::EvaluationDetail;
+    use crate::testing::{at, building_eval, drv, eval, failed_job, job, with_deps};
+    use crate::{BuildState, EvaluationId, JobId, JobState, StatusDb};
+
+    fn fixture() -> (StatusDb, EvaluationId, EvaluationId) {
+        let mut db = StatusDb::open_memory().unwrap();
+        let old = building_eval(
+            &mut db,
+            "aaa",
+            &[
+                job(1, "lib"),
+                with_deps(job(2, "app"), &["lib"]),
+                failed_job("bad", "boom"),
+            ],
+        );
+        let jobs = db.jobs_of_evaluation(old).unwrap();
+        db.set_job_state(jobs[0].id, JobState::Succeeded, None, at(2))
+            .unwrap();
+        db.finish_build(
+            &drv(1),
+            BuildState::Succeeded,
+            Some(0),
+            None,
+            Some(Path::new("/logs/1")),
+            at(2),
+        )
+        .unwrap();
+        db.upsert_build(&drv(2), None, BuildState::Running, at(3))
+            .unwrap();
+        let (_, new) = eval(&mut db, "bbb");
+        (db, old, new)
+    }
+
+    #[test]
+    fn evaluation_list_should_return_newest_first_with_job_counts() {
+        let (db, old, new) = fixture();
+        let list = db.evaluation_list(10).unwrap();
+        assert_eq!(list.iter().map(|e| e.id).collect::<Vec<_>>(), [new, old]);
+        assert!(list[0].job_counts.is_empty());
+        assert_eq!(
+            list[1].job_counts,
+            BTreeMap::from([
+                (JobState::Queued, 1),
+                (JobState::Succeeded, 1),
+                (JobState::EvalFailed, 1)
+            ])
+        );
+        assert_eq!(db.evaluation_list(1).unwrap().len(), 1);
+        let value = serde_json::to_value(&list[1]).unwrap();
+        assert_eq!(value["id"], json!(old.0));
+        assert_eq!(value["repo"], json!("gh/o/r"));
+        assert_eq!(value["ref"], json!("refs/heads/main"));
+        assert_eq!(value["rev"], json!("aaa"));
+        assert_eq!(value["state"], json!("building"));
+        assert_eq!(value["job_counts"]["eval-failed"], json!(1));
+    }
+
+    #[test]
+    fn evaluation_detail_should_include_jobs_with_build_and_log_information() {
+        let (db, old, _) = fixture();
+        let detail = db.evaluation_detail(old).unwrap().unwrap();
+        assert_eq!(detail.summary.rev, "aaa");
+        assert_eq!(detail.flake_ref, "git+file:///r?rev=aaa");
+        let [lib, app, bad] = &detail.jobs[..] else {
+            panic!("expected three jobs: {:?}", detail.jobs);
+        };
+        assert_eq!(
+            (
+                lib.build.as_ref().map(|b| (b.state, b.attempts)),
+                lib.log_available
+            ),
+            (Some((BuildState::Succeeded, 0)), true)
+        );
+        assert_eq!(
+            (app.build.as_ref().map(|b| b.state), app.log_available),
+            (Some(BuildState::Running), false)
+        );
+        assert_eq!(app.deps, [lib.id]);
+        assert_eq!((bad.build.as_ref(), bad.drv_path.as_ref()), (None, None));
+        assert_eq!(detail.summary.job_counts.values().sum::<u64>(), 3);
+
+        let value = serde_json::to_value(&detail).unwrap();
+        for key in ["id", "repo", "ref", "rev", "state", "jobs", "error"] {
+            assert!(value.get(key).is_some(), "missing {key} in {value}");
+        }
+        let job = &value["jobs"][2];
+        for key in ["id", "attr", "drv_path", "system", "state", "error"] {
+            assert!(job.get(key).is_some(), "missing {key} in {job}");
+        }
+        assert_eq!(job["state"], json!("eval-failed"));
+        assert_eq!(job["error"], json!("boom"));
+        let back: EvaluationDetail = serde_json::from_value(value).unwrap();
+        assert_eq!(back, detail);
+        assert_eq!(db.evaluation_detail(EvaluationId(99)).unwrap(), None);
+    }
+
+    #[test]
+    fn job_log_path_should_follow_the_job_to_its_build() {
+        let (db, old, _) = fixture();
+        let jobs = db.jobs_of_evaluation(old).unwrap();
+        assert_eq!(
+            db.job_log_path(jobs[0].id).unwrap().as_deref(),
+            Some(Path::new("/logs/1"))
+        );
+        assert_eq!(db.job_log_path(jobs[1].id).unwrap(), None);
+        assert_eq!(db.job_log_path(jobs[2].id).unwrap(), None);
+        assert_eq!(db.job_log_path(JobId(99)).unwrap(), None);
+    }
+
+    #[test]
+    fn job_counts_should_count_every_job_by_state() {
+        let (db, _, _) = fixture();
+        assert_eq!(
+            db.job_counts().unwrap(),
+            BTreeMap::from([
+                (JobState::Queued, 1),
+                (JobState::Succeeded, 1),
+                (JobState::EvalFailed, 1)
+            ])
+        );
+    }
+
+    #[test]
+    fn loop_list_should_mark_failing_loops_unhealthy() {
+        let (mut db, _, _) = fixture();
+        db.record_loop_run("builds", Ok(()), None, at(1)).unwrap();
+        db.record_loop_run("gcroots", Err("disk full"), None, at(1))
+            .unwrap();
+        let list = db.loop_list().unwrap();
+        assert_eq!(
+            list.iter()
+                .map(|l| (l.name.as_str(), l.healthy))
+                .collect::<Vec<_>>(),
+            [("builds", true), ("gcroots", false)]
+        );
+        let value = serde_json::to_value(&list[1]).unwrap();
+        assert_eq!(value["last_error"], json!("disk full"));
+        assert_eq!(value["consecutive_failures"], json!(1));
+    }
+}
