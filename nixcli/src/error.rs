@@ -1,0 +1,94 @@
+//! The error type of this crate.
+
+use std::path::PathBuf;
+
+use crate::parse::aterm::DrvParseError;
+
+/// Says how to get Nix when it is missing; part of [`Error::NixNotFound`].
+const INSTALL_HINT: &str =
+    "install it with scripts/install-nix.sh (or run `make test`, which does)";
+
+/// Errors from running Nix or reading what it produced.
+///
+/// A job that fails to evaluate or build is *not* an error: it is reported in
+/// [`EvalJob::result`](crate::EvalJob::result) or [`BuildOutcome`](crate::BuildOutcome).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Nix program is not installed (or not on `PATH`).
+    #[error("nix not found: `{program}` could not be started: {INSTALL_HINT}")]
+    NixNotFound {
+        /// The program that was looked for.
+        program: PathBuf,
+        /// The error from `exec`.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Nix program could not be started for another reason.
+    #[error("cannot start `{program}`")]
+    Spawn {
+        /// The program that was started.
+        program: PathBuf,
+        /// The error from `exec`.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The flake as a whole could not be evaluated (missing `flake.nix`, syntax error, fetch
+    /// failure, unlocked ref…), so no job can be listed.
+    #[error("flake evaluation failed: {message}")]
+    FlakeEval {
+        /// The first `error:` line of Nix's stderr, without the `error: ` prefix.
+        message: String,
+    },
+    /// A Nix command exited unsuccessfully where success was expected.
+    #[error("`{command}` failed ({status}): {message}")]
+    Command {
+        /// The command line, for the log.
+        command: String,
+        /// The exit status as text (`exit code 1`, `signal 9`).
+        status: String,
+        /// The first `error:` line of its stderr, or its last stderr line.
+        message: String,
+    },
+    /// A Nix command succeeded but printed something this crate cannot understand.
+    #[error("cannot parse the output of `{command}`: {reason}")]
+    Output {
+        /// The command line, for the log.
+        command: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A `.drv` file could not be read.
+    #[error("cannot read derivation {path}")]
+    DrvRead {
+        /// The derivation's path.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `.drv` file could not be parsed.
+    #[error("cannot parse derivation {path}")]
+    DrvParse {
+        /// The derivation's path.
+        path: String,
+        /// What was wrong.
+        #[source]
+        source: DrvParseError,
+    },
+    /// A local file (build log, GC-root directory) could not be written.
+    #[error("cannot write {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task of this crate panicked or was aborted.
+    #[error("internal task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

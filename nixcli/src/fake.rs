@@ -1,0 +1,292 @@
+//! `FakeNix`: a scripted, in-memory [`Nix`] for tests of the code above this crate.
+//!
+//! Evaluations are scripted per flake reference and builds per derivation; every call is
+//! recorded. A build can be *held*: its `realise` then waits (still honouring cancellation)
+//! until the test releases it, so the "building" state can be observed deterministically.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use reconix_spec::names::StorePath;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::create_parent;
+use crate::port::{
+    BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, Nix,
+};
+use crate::{Error, Result};
+
+/// One call made to a [`FakeNix`], in the order they were made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// [`Nix::evaluate`].
+    Evaluate(EvalRequest),
+    /// [`Nix::realise`] (recorded when it starts).
+    Realise(BuildRequest),
+    /// [`Nix::add_root`].
+    AddRoot {
+        /// The root link.
+        link: PathBuf,
+        /// The rooted path.
+        path: StorePath,
+    },
+    /// [`Nix::is_valid`].
+    IsValid(Vec<StorePath>),
+    /// [`Nix::collect_garbage`].
+    CollectGarbage,
+    /// [`Nix::version`].
+    Version,
+}
+
+/// A scripted evaluation result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeEvaluation {
+    /// The evaluation succeeds with these jobs.
+    Jobs(Vec<EvalJob>),
+    /// The flake as a whole fails ([`Error::FlakeEval`] with this message).
+    FlakeError(String),
+}
+
+/// A scripted [`Nix`]. Cheap to clone; clones share their state.
+///
+/// Defaults: an unscripted evaluation fails as a broken flake; an unscripted build succeeds
+/// with the outputs any scripted job gives its derivation; succeeded outputs become valid.
+#[derive(Debug, Clone, Default)]
+pub struct FakeNix {
+    state: Arc<Mutex<State>>,
+    /// Woken on every recorded call.
+    called: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    evaluations: HashMap<String, FakeEvaluation>,
+    builds: HashMap<StorePath, BuildOutcome>,
+    logs: HashMap<StorePath, String>,
+    gates: HashMap<StorePath, watch::Sender<bool>>,
+    valid: HashSet<StorePath>,
+    calls: Vec<Call>,
+    version: Option<String>,
+}
+
+impl FakeNix {
+    /// Creates a fake with nothing scripted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock has failed already; keep going.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, call: Call) {
+        self.state().calls.push(call);
+        self.called.notify_waiters();
+    }
+
+    /// Scripts the result of evaluating `flake_ref` (replacing any earlier script).
+    pub fn set_evaluation(&self, flake_ref: impl Into<String>, evaluation: FakeEvaluation) {
+        self.state()
+            .evaluations
+            .insert(flake_ref.into(), evaluation);
+    }
+
+    /// Scripts the outcome of building `drv` (replacing any earlier script).
+    pub fn set_build(&self, drv: StorePath, outcome: BuildOutcome) {
+        self.state().builds.insert(drv, outcome);
+    }
+
+    /// Scripts the text written to the log file when `drv` is built.
+    pub fn set_log(&self, drv: StorePath, text: impl Into<String>) {
+        self.state().logs.insert(drv, text.into());
+    }
+
+    /// Makes builds of `drv` wait in `realise` until [`release`](Self::release) is called.
+    pub fn hold(&self, drv: StorePath) {
+        self.state().gates.insert(drv, watch::channel(false).0);
+    }
+
+    /// Lets held builds of `drv` (current and future) finish.
+    pub fn release(&self, drv: &StorePath) {
+        if let Some(gate) = self.state().gates.get(drv) {
+            gate.send_replace(true);
+        }
+    }
+
+    /// Marks store paths as valid for [`Nix::is_valid`].
+    pub fn set_valid(&self, paths: impl IntoIterator<Item = StorePath>) {
+        self.state().valid.extend(paths);
+    }
+
+    /// Sets what [`Nix::version`] returns (default `2.8.0`).
+    pub fn set_version(&self, version: impl Into<String>) {
+        self.state().version = Some(version.into());
+    }
+
+    /// Returns every call made so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+
+    /// Returns the derivations `realise` was called with, in order.
+    pub fn realised(&self) -> Vec<StorePath> {
+        self.state()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Realise(req) => Some(req.drv_path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits until a recorded call matches `predicate` (including calls made before).
+    pub async fn wait_for_call(&self, predicate: impl Fn(&Call) -> bool) {
+        loop {
+            // Register interest before checking, so that a call recorded in between still
+            // wakes us (`notify_waiters` only wakes registered waiters).
+            let notified = self.called.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state().calls.iter().any(&predicate) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until `realise` has been called for `drv`.
+    pub async fn wait_for_realise(&self, drv: &StorePath) {
+        self.wait_for_call(|c| matches!(c, Call::Realise(req) if &req.drv_path == drv))
+            .await;
+    }
+
+    fn default_outcome(&self, drv: &StorePath) -> BuildOutcome {
+        let state = self.state();
+        let outputs = state
+            .evaluations
+            .values()
+            .filter_map(|e| match e {
+                FakeEvaluation::Jobs(jobs) => Some(jobs),
+                FakeEvaluation::FlakeError(_) => None,
+            })
+            .flatten()
+            .filter_map(|j| j.result.as_ref().ok())
+            .find(|d| &d.drv_path == drv)
+            .map(|d| d.outputs.clone())
+            .unwrap_or_default();
+        BuildOutcome {
+            status: BuildStatus::Succeeded,
+            exit_code: Some(0),
+            message: None,
+            outputs,
+        }
+    }
+}
+
+impl Nix for FakeNix {
+    async fn evaluate(&self, req: EvalRequest) -> Result<EvalOutcome> {
+        let flake_ref = req.flake_ref.clone();
+        self.record(Call::Evaluate(req));
+        let scripted = self.state().evaluations.get(&flake_ref).cloned();
+        match scripted {
+            Some(FakeEvaluation::Jobs(jobs)) => Ok(EvalOutcome {
+                jobs,
+                duration: Duration::ZERO,
+                nix_calls: 0,
+            }),
+            Some(FakeEvaluation::FlakeError(message)) => Err(Error::FlakeEval { message }),
+            None => Err(Error::FlakeEval {
+                message: format!("FakeNix: no evaluation scripted for {flake_ref}"),
+            }),
+        }
+    }
+
+    async fn realise(&self, req: BuildRequest, cancel: CancellationToken) -> Result<BuildOutcome> {
+        let drv = req.drv_path.clone();
+        let log_file = req.log_file.clone();
+        self.record(Call::Realise(req));
+        let gate = self.state().gates.get(&drv).map(watch::Sender::subscribe);
+        if let Some(mut gate) = gate {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(cancelled()),
+                // An error means the gate was dropped: nothing can release it any more.
+                _ = gate.wait_for(|open| *open) => {}
+            }
+        }
+        if cancel.is_cancelled() {
+            return Ok(cancelled());
+        }
+        let scripted = self.state().builds.get(&drv).cloned();
+        let outcome = scripted.unwrap_or_else(|| self.default_outcome(&drv));
+        let log = self
+            .state()
+            .logs
+            .get(&drv)
+            .cloned()
+            .unwrap_or_else(|| format!("FakeNix: building {drv}\n"));
+        create_parent(&log_file).await?;
+        tokio::fs::write(&log_file, log)
+            .await
+            .map_err(|source| Error::Io {
+                path: log_file,
+                source,
+            })?;
+        if outcome.status == BuildStatus::Succeeded {
+            self.state().valid.extend(outcome.outputs.values().cloned());
+        }
+        Ok(outcome)
+    }
+
+    async fn add_root(&self, link: &Path, path: &StorePath) -> Result<()> {
+        self.record(Call::AddRoot {
+            link: link.to_owned(),
+            path: path.clone(),
+        });
+        // Like the real thing, leave a symlink to the store path (dangling here).
+        create_parent(link).await?;
+        let io = |source| Error::Io {
+            path: link.to_owned(),
+            source,
+        };
+        match tokio::fs::read_link(link).await {
+            Ok(target) if target == Path::new(path.as_str()) => return Ok(()),
+            Ok(_) => tokio::fs::remove_file(link).await.map_err(io)?,
+            Err(_) => {}
+        }
+        tokio::fs::symlink(path.as_str(), link).await.map_err(io)
+    }
+
+    async fn is_valid(&self, paths: &[StorePath]) -> Result<Vec<bool>> {
+        self.record(Call::IsValid(paths.to_vec()));
+        let state = self.state();
+        Ok(paths.iter().map(|p| state.valid.contains(p)).collect())
+    }
+
+    async fn collect_garbage(&self) -> Result<()> {
+        self.record(Call::CollectGarbage);
+        Ok(())
+    }
+
+    async fn version(&self) -> Result<String> {
+        self.record(Call::Version);
+        Ok(self
+            .state()
+            .version
+            .clone()
+            .unwrap_or_else(|| "2.8.0".to_owned()))
+    }
+}
+
+fn cancelled() -> BuildOutcome {
+    BuildOutcome {
+        status: BuildStatus::Cancelled,
+        exit_code: None,
+        message: Some("build cancelled".to_owned()),
+        outputs: BTreeMap::new(),
+    }
+}

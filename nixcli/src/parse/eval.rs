@@ -1,0 +1,126 @@
+//! Parsers for the JSON printed by the evaluation expressions `src/expr/names.nix` (attribute
+//! paths) and `src/expr/jobs.nix` (one result per attribute).
+//!
+//! Only call these on the stdout of a `nix eval` that exited with status 0: `nix eval --json`
+//! streams its output, so a failed run leaves partial JSON behind.
+
+use std::collections::BTreeMap;
+
+use reconix_spec::names::StorePath;
+use serde::Deserialize;
+
+/// A flake attribute path as a list of names, e.g. `["packages", "x86_64-linux", "hello"]`.
+pub type AttrNames = Vec<String>;
+
+/// Parses the output of `names.nix`: the attribute paths of the jobs, in Nix's order.
+///
+/// # Errors
+/// Returns the JSON error when the text is not a list of lists of strings.
+pub fn parse_names(json: &str) -> Result<Vec<AttrNames>, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
+/// What `jobs.nix` says about one attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RawJob {
+    /// The attribute is a derivation.
+    Ok(RawDrv),
+    /// The attribute is known to be unusable, e.g. it is not a derivation.
+    Error(String),
+    /// `tryEval` caught an error (a `throw` or failed `assert`); evaluating the attribute alone
+    /// gives its message.
+    Failed,
+}
+
+/// A derivation as `jobs.nix` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDrv {
+    /// The `.drv` path.
+    pub drv_path: StorePath,
+    /// The `name` attribute.
+    pub name: String,
+    /// The `system` attribute, as a string (not validated).
+    pub system: String,
+    /// Output name → output path.
+    pub outputs: BTreeMap<String, StorePath>,
+}
+
+/// Parses the output of `jobs.nix`, checking it has one entry per requested attribute.
+///
+/// # Errors
+/// Returns a description of the problem when the JSON does not have the expected shape or
+/// length.
+pub fn parse_jobs(json: &str, expected: usize) -> Result<Vec<RawJob>, String> {
+    let jobs: Vec<RawJob> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if jobs.len() == expected {
+        Ok(jobs)
+    } else {
+        Err(format!("expected {expected} results, got {}", jobs.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/tests/fixtures/eval/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    #[test]
+    fn parse_names_should_list_per_system_and_nixos_attributes() {
+        let names = parse_names(&fixture("names.json")).unwrap();
+        assert_eq!(names.len(), 25);
+        assert_eq!(names[0], ["packages", "x86_64-linux", "a"]);
+        assert_eq!(names[22], ["devShells", "x86_64-linux", "default"]);
+        assert_eq!(
+            names[24],
+            [
+                "nixosConfigurations",
+                "demo",
+                "config",
+                "system",
+                "build",
+                "toplevel"
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_jobs_should_read_derivations_caught_failures_and_known_errors() {
+        // The fixture evaluates every attribute of names.json that tryEval survives.
+        let jobs = parse_jobs(&fixture("jobs.json"), 20).unwrap();
+        let drv = |i: usize| match &jobs[i] {
+            RawJob::Ok(drv) => drv.clone(),
+            other => panic!("{i}: {other:?}"),
+        };
+        let a = drv(0);
+        assert_eq!((a.name.as_str(), a.system.as_str()), ("a", "x86_64-linux"));
+        assert!(a.drv_path.is_derivation());
+        assert_eq!(a.outputs.keys().collect::<Vec<_>>(), ["out"]);
+        // c and default are the same derivation.
+        assert_eq!(drv(3), drv(4));
+        assert_eq!(drv(12).outputs.len(), 3, "multi");
+        // assertFails, depThrow, emptyThrow, envThrow, evalError, multiLine, and the NixOS
+        // configuration without `config`.
+        for i in [1, 5, 6, 7, 9, 13, 18] {
+            assert_eq!(jobs[i], RawJob::Failed, "{i}");
+        }
+        assert_eq!(
+            jobs[14],
+            RawJob::Error("not a derivation (a int)".to_owned())
+        );
+        assert_eq!(drv(19).name, "nixos-system-demo");
+    }
+
+    #[test]
+    fn parse_jobs_should_reject_a_count_mismatch_and_partial_output() {
+        assert!(parse_jobs(&fixture("jobs.json"), 3).is_err());
+        // What a failed `nix eval --json` leaves on stdout.
+        assert!(parse_jobs(r#"[{"ok":{"drvPath":"/nix/store/"#, 1).is_err());
+        assert!(parse_jobs(r#"["failed", 42]"#, 2).is_err());
+    }
+}

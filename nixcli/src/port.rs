@@ -1,0 +1,161 @@
+//! The `Nix` port: what the reconcilers may ask of Nix, and the request/outcome types.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reconix_spec::names::{AttrPath, StorePath, System};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+
+/// Everything reconix asks of Nix. [`NixCli`](crate::NixCli) is the real implementation.
+pub trait Nix: Send + Sync + 'static {
+    /// Evaluates the jobs of a flake: every attribute of the requested output categories for the
+    /// requested systems, each to a derivation or to its own error message.
+    ///
+    /// # Errors
+    /// [`Error::FlakeEval`](crate::Error::FlakeEval) when the flake as a whole cannot be
+    /// evaluated (no job can even be listed); other variants when Nix cannot be run or its
+    /// output cannot be understood. A broken *attribute* is not an error: it is a job whose
+    /// `result` is `Err(message)`.
+    fn evaluate(&self, req: EvalRequest) -> impl Future<Output = Result<EvalOutcome>> + Send;
+
+    /// Builds one derivation, writing Nix's output to `req.log_file` as it arrives, until it
+    /// finishes, times out or `cancel` fires.
+    ///
+    /// # Errors
+    /// Only when the build cannot be started or its log cannot be written; a failed build is a
+    /// [`BuildOutcome`] with [`BuildStatus::Failed`] (or another status).
+    fn realise(
+        &self,
+        req: BuildRequest,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<BuildOutcome>> + Send;
+
+    /// Registers `link` as an indirect GC root for the (already valid) store path `path`,
+    /// creating its parent directories. Registering the same link again is harmless.
+    ///
+    /// # Errors
+    /// When the directories cannot be created or Nix refuses (e.g. `path` is not valid).
+    fn add_root(&self, link: &Path, path: &StorePath) -> impl Future<Output = Result<()>> + Send;
+
+    /// Returns, for each of `paths` in order, whether it is valid (present) in the store.
+    ///
+    /// # Errors
+    /// When Nix cannot be run or fails.
+    fn is_valid(&self, paths: &[StorePath]) -> impl Future<Output = Result<Vec<bool>>> + Send;
+
+    /// Deletes every store path that is not reachable from a GC root.
+    ///
+    /// # Errors
+    /// When Nix cannot be run or fails.
+    fn collect_garbage(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Returns Nix's version number, e.g. `2.8.0`; the daemon calls it at start to fail early
+    /// when Nix is missing.
+    ///
+    /// # Errors
+    /// [`Error::NixNotFound`](crate::Error::NixNotFound) (whose message says how to install Nix)
+    /// when `nix` cannot be started.
+    fn version(&self) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalRequest {
+    /// A *locked* flake reference, e.g. `git+file:///src/x?ref=refs/heads/main&rev=<40 hex>`:
+    /// evaluation runs in pure mode, where `builtins.getFlake` refuses unlocked references.
+    pub flake_ref: String,
+    /// The systems whose per-system outputs (`packages.<system>.*`, …) are jobs.
+    pub systems: Vec<System>,
+    /// The flake output categories to evaluate: `packages`, `checks`, `devShells` (or any other
+    /// per-system output) and `nixosConfigurations` (whose jobs are
+    /// `nixosConfigurations.<name>.config.system.build.toplevel`, whatever their system).
+    pub attributes: Vec<String>,
+}
+
+/// The result of a successful evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalOutcome {
+    /// One entry per listed attribute, in the order Nix listed them (category, system, name).
+    pub jobs: Vec<EvalJob>,
+    /// How long the whole evaluation took.
+    pub duration: Duration,
+    /// How many `nix` processes were run.
+    pub nix_calls: u32,
+}
+
+/// One attribute of an evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalJob {
+    /// The full attribute path, e.g. `packages.x86_64-linux.hello`.
+    pub attr: AttrPath,
+    /// The derivation's `name` attribute (the attribute name when evaluation failed).
+    pub name: String,
+    /// The derivation's system; for a failed attribute, the system in its path (if any).
+    pub system: Option<System>,
+    /// The derivation, or the attribute's own error message.
+    pub result: Result<JobDrv, String>,
+}
+
+/// The derivation of a successfully evaluated job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDrv {
+    /// The `.drv` path (the file exists: evaluation wrote it).
+    pub drv_path: StorePath,
+    /// Output name → output path.
+    pub outputs: BTreeMap<String, StorePath>,
+    /// The jobs of the same evaluation whose derivation is reached first when walking this
+    /// job's `inputDrvs` (the walk stops at jobs). Jobs sharing one derivation are all listed.
+    pub deps: Vec<AttrPath>,
+}
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// The derivation to realise; all its outputs are built.
+    pub drv_path: StorePath,
+    /// The indirect GC root to register for the outputs: `<root>` for `out` and
+    /// `<root>-<output>` for every other output (that is how `nix-store --add-root` names them).
+    /// Parent directories are created.
+    pub gc_root: Option<PathBuf>,
+    /// Fails the build (as [`BuildStatus::TimedOut`]) after this long (whole seconds, rounded up).
+    pub timeout: Option<Duration>,
+    /// Fails the build (as [`BuildStatus::TimedOut`]) after this long without output.
+    pub max_silent: Option<Duration>,
+    /// Where Nix's output goes, line by line as it arrives (the file is truncated first and
+    /// its parent directories are created).
+    pub log_file: PathBuf,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildStatus {
+    /// Every output is valid.
+    Succeeded,
+    /// A builder (this derivation's or a dependency's) failed.
+    Failed,
+    /// The build hit its `timeout` or `max_silent` limit.
+    TimedOut,
+    /// The build was cancelled through its token.
+    Cancelled,
+    /// Nix failed for another reason (missing `.drv`, store trouble, killed by a signal…).
+    Error,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildOutcome {
+    /// How it ended.
+    pub status: BuildStatus,
+    /// The exit code of `nix-store` (`None` when it was killed by a signal).
+    pub exit_code: Option<i32>,
+    /// The first error Nix reported, without the `error: ` prefix.
+    pub message: Option<String>,
+    /// Output name → path, filled when the build succeeded.
+    pub outputs: BTreeMap<String, StorePath>,
+}

@@ -1,0 +1,621 @@
+//! `NixCli` against the real Nix on this machine, with a throwaway flake in a temporary git
+//! repository. These tests never skip: without Nix they fail and say how to install it.
+//!
+//! Every flake carries a random salt, so each run creates new derivations instead of finding
+//! outputs built by an earlier run.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: clippy's allow-*-in-tests only covers #[test] functions"
+)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reconix_nixcli::{BuildRequest, BuildStatus, Error, EvalJob, EvalRequest, Nix, NixCli};
+use reconix_spec::names::{StorePath, System};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+const NIX_MISSING: &str = "nix not found: run `make test` (which installs Nix via scripts/install-nix.sh) or scripts/install-nix.sh";
+const STEP: Duration = Duration::from_secs(60);
+
+fn require_nix() {
+    let ok = Command::new("nix")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "{NIX_MISSING}");
+}
+
+fn salt() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{nanos}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A flake with no inputs in a fresh git repository, committed.
+struct TestFlake {
+    dir: TempDir,
+    flake_ref: String,
+    salt: String,
+}
+
+impl TestFlake {
+    /// `outputs` is the outputs attribute set; it can use `system`, `salt`, `mk name script`
+    /// and the packages `a`, `b` (reads a) and `c` (links b). Builders redirect per command:
+    /// `exec > $out` would get them SIGKILLed by Nix (nix-lab.md).
+    fn new(outputs: &str) -> Self {
+        require_nix();
+        let salt = salt();
+        let flake = format!(
+            r#"{{
+  outputs = {{ self }}:
+    let
+      system = "x86_64-linux";
+      salt = "{salt}";
+      mk = name: script: derivation {{ inherit name system salt; builder = "/bin/sh"; args = [ "-c" script ]; }};
+      a = mk "a" "echo building-a; echo a-content > $out";
+      b = mk "b" "echo building-b; read x < ${{a}}; echo \"b-uses-$x\" > $out";
+      c = mk "c" "mkdir -p $out/bin; echo c > $out/bin/c; ln -s ${{b}} $out/b-link";
+    in
+    {outputs};
+}}
+"#
+        );
+        Self::from_text(&flake, salt)
+    }
+
+    fn from_text(flake: &str, salt: String) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("reconix-nixcli-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        git(dir.path(), &["add", "flake.nix"]);
+        git(
+            dir.path(),
+            &[
+                "-c",
+                "user.name=reconix",
+                "-c",
+                "user.email=reconix@example.invalid",
+                "commit",
+                "-qm",
+                "test flake",
+            ],
+        );
+        let rev = git(dir.path(), &["rev-parse", "HEAD"]);
+        let flake_ref = format!(
+            "git+file://{}?ref=refs/heads/main&rev={}",
+            dir.path().display(),
+            rev.trim()
+        );
+        Self {
+            dir,
+            flake_ref,
+            salt,
+        }
+    }
+
+    fn request(&self, attributes: &[&str]) -> EvalRequest {
+        EvalRequest {
+            flake_ref: self.flake_ref.clone(),
+            systems: vec![System::new("x86_64-linux").unwrap()],
+            attributes: attributes.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    async fn evaluate(&self, attributes: &[&str]) -> BTreeMap<String, EvalJob> {
+        let outcome = within(NixCli::new().evaluate(self.request(attributes)))
+            .await
+            .unwrap();
+        outcome
+            .jobs
+            .into_iter()
+            .map(|j| (j.attr.to_string(), j))
+            .collect()
+    }
+
+    /// Evaluates `packages` and returns the derivation of `packages.x86_64-linux.<name>`.
+    async fn drv(&self, name: &str) -> StorePath {
+        let jobs = self.evaluate(&["packages"]).await;
+        let job = &jobs[&format!("packages.x86_64-linux.{name}")];
+        job.result.as_ref().unwrap().drv_path.clone()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn build(&self, drv: &StorePath, name: &str) -> BuildRequest {
+        BuildRequest {
+            drv_path: drv.clone(),
+            gc_root: None,
+            timeout: None,
+            max_silent: None,
+            log_file: self.path(&format!("logs/{name}.log")),
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, f)
+        .await
+        .expect("nix took too long")
+}
+
+fn deps(jobs: &BTreeMap<String, EvalJob>, attr: &str) -> Vec<String> {
+    let job = jobs.get(attr).unwrap_or_else(|| panic!("no job {attr}"));
+    let drv = job
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{attr}: {e}"));
+    drv.deps.iter().map(ToString::to_string).collect()
+}
+
+fn error<'a>(jobs: &'a BTreeMap<String, EvalJob>, attr: &str) -> &'a str {
+    jobs[attr].result.as_ref().expect_err(attr)
+}
+
+/// Returns the pids whose command line contains `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            found.push(name);
+        }
+    }
+    found
+}
+
+const DEMO: &str = r#"{
+      packages.${system} = {
+        inherit a b c;
+        default = c;
+        "it's" = a;
+        "has.dot" = a;
+        failing = mk "failing" "echo 'about to fail' >&2; exit 3";
+        evalError = throw "intentional eval error";
+        abortMe = abort "intentional abort";
+        typeError = 1 + "a";
+        notDrv = 42;
+      };
+      checks.${system} = {
+        a-ok = mk "check-a" "test \"$(cat ${a})\" = a-content && touch $out";
+        b-ok = mk "check-b" "grep -q b-uses ${b} && touch $out";
+        fails = mk "check-fails" "echo 'check failed' >&2; false";
+      };
+      devShells.${system}.default = mk "devshell" "echo shell > $out";
+      nixosConfigurations.demo = { config.system.build.toplevel = mk "nixos-system-demo" "mkdir -p $out; echo ${c} > $out/c-path"; };
+    }"#;
+
+#[tokio::test]
+async fn evaluate_should_report_every_attribute_with_its_own_status_message_and_deps() {
+    let flake = TestFlake::new(DEMO);
+    let started = Instant::now();
+    let outcome = within(NixCli::new().evaluate(flake.request(&[
+        "packages",
+        "checks",
+        "devShells",
+        "nixosConfigurations",
+    ])))
+    .await
+    .unwrap();
+    assert!(outcome.nix_calls >= 3, "bisecting needs calls: {outcome:?}");
+    let jobs: BTreeMap<String, EvalJob> = outcome
+        .jobs
+        .into_iter()
+        .map(|j| (j.attr.to_string(), j))
+        .collect();
+
+    let p = |n: &str| format!("packages.x86_64-linux.{n}");
+    let ok = [
+        p("a"),
+        p("b"),
+        p("c"),
+        p("default"),
+        p("it's"),
+        p("failing"),
+        "checks.x86_64-linux.a-ok".to_owned(),
+        "checks.x86_64-linux.b-ok".to_owned(),
+        "checks.x86_64-linux.fails".to_owned(),
+        "devShells.x86_64-linux.default".to_owned(),
+        "nixosConfigurations.demo.config.system.build.toplevel".to_owned(),
+    ];
+    let failed = [p("evalError"), p("abortMe"), p("typeError"), p("notDrv")];
+    let mut expected: Vec<&String> = ok.iter().chain(&failed).collect();
+    expected.sort();
+    // `has.dot` cannot be an attribute path: it is left out.
+    assert_eq!(jobs.keys().collect::<Vec<_>>(), expected);
+    for attr in &ok {
+        let job = &jobs[attr];
+        let drv = job
+            .result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{attr}: {e}"));
+        assert!(
+            Path::new(drv.drv_path.as_str()).exists(),
+            "{attr}: .drv written"
+        );
+        assert_eq!(
+            job.system.as_ref().map(System::as_str),
+            Some("x86_64-linux")
+        );
+        assert!(drv.outputs.contains_key("out"), "{attr}");
+    }
+    assert_eq!(jobs[&p("a")].name, "a");
+
+    // Each message belongs to its own attribute.
+    assert!(error(&jobs, &p("evalError")).contains("intentional eval error"));
+    assert!(error(&jobs, &p("abortMe")).contains("intentional abort"));
+    assert_eq!(
+        error(&jobs, &p("typeError")),
+        "cannot add a string to an integer"
+    );
+    assert_eq!(error(&jobs, &p("notDrv")), "not a derivation (a int)");
+    assert!(!error(&jobs, &p("abortMe")).contains("eval error"));
+    assert!(!error(&jobs, &p("evalError")).contains("abort"));
+    assert_eq!(jobs[&p("evalError")].name, "evalError");
+
+    // Dependencies stop at the first job: c lists b, not a.
+    assert_eq!(deps(&jobs, &p("a")), Vec::<String>::new());
+    assert_eq!(deps(&jobs, &p("b")), [p("a"), p("it's")]);
+    assert_eq!(deps(&jobs, &p("c")), [p("b")]);
+    assert_eq!(deps(&jobs, &p("default")), [p("b")]);
+    assert_eq!(
+        jobs[&p("default")].result.as_ref().unwrap().drv_path,
+        jobs[&p("c")].result.as_ref().unwrap().drv_path
+    );
+    assert_eq!(deps(&jobs, "checks.x86_64-linux.b-ok"), [p("b")]);
+    assert_eq!(
+        deps(
+            &jobs,
+            "nixosConfigurations.demo.config.system.build.toplevel"
+        ),
+        [p("c"), p("default")]
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn evaluate_should_fail_as_a_whole_when_the_flake_is_broken() {
+    require_nix();
+    let flake = TestFlake::from_text("{ outputs = { self }: { x = 1 }; }\n", salt());
+    let err = within(NixCli::new().evaluate(flake.request(&["packages"])))
+        .await
+        .unwrap_err();
+    let Error::FlakeEval { message } = err else {
+        panic!("{err:?}")
+    };
+    assert!(message.starts_with("syntax error"), "{message}");
+}
+
+#[tokio::test]
+async fn evaluate_should_refuse_an_unlocked_flake_reference() {
+    let flake = TestFlake::new("{ packages.${system}.a = a; }");
+    let mut req = flake.request(&["packages"]);
+    req.flake_ref = format!(
+        "git+file://{}?ref=refs/heads/main",
+        flake.dir.path().display()
+    );
+    let err = within(NixCli::new().evaluate(req)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("unlocked flake reference"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn evaluate_should_survive_quotes_and_dollars_in_its_arguments() {
+    let flake = TestFlake::new("{ packages.${system}.a = a; }");
+    let outcome = within(NixCli::new().evaluate(flake.request(&["it's ${x} ''", "packages"])))
+        .await
+        .unwrap();
+    assert_eq!(outcome.jobs.len(), 1);
+    assert_eq!(outcome.nix_calls, 2);
+}
+
+#[tokio::test]
+async fn realise_should_build_root_and_log_a_derivation() {
+    let flake = TestFlake::new("{ packages.${system} = { inherit a b; }; }");
+    let drv = flake.drv("b").await;
+    let root = flake.path("roots/deep/b");
+    let req = BuildRequest {
+        gc_root: Some(root.clone()),
+        ..flake.build(&drv, "b")
+    };
+    let outcome = within(NixCli::new().realise(req.clone(), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
+    assert_eq!(
+        (outcome.exit_code, outcome.message.as_deref()),
+        (Some(0), None)
+    );
+    let out = &outcome.outputs["out"];
+    assert!(Path::new(out.as_str()).exists());
+    // The link points at the output, and Nix registered the link as an indirect root.
+    assert_eq!(std::fs::read_link(&root).unwrap(), Path::new(out.as_str()));
+    let registered = std::fs::read_dir("/nix/var/nix/gcroots/auto")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == root));
+    assert!(registered, "no indirect root for {}", root.display());
+    let log = std::fs::read_to_string(&req.log_file).unwrap();
+    assert!(
+        log.contains("building-a\n") && log.contains("building-b\n"),
+        "{log}"
+    );
+    assert!(log.contains("-b.drv'..."), "{log}");
+}
+
+#[tokio::test]
+async fn realise_should_report_a_failing_builder_with_exit_code_100_and_its_log() {
+    let flake = TestFlake::new(
+        r#"{ packages.${system}.failing = mk "failing" "echo 'about to fail' >&2; echo 'error: from the builder'; exit 3"; }"#,
+    );
+    let drv = flake.drv("failing").await;
+    let req = flake.build(&drv, "failing");
+    let outcome = within(NixCli::new().realise(req.clone(), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Failed);
+    assert_eq!(outcome.exit_code, Some(100));
+    let message = outcome.message.unwrap();
+    assert!(message.starts_with("builder for '/nix/store/"), "{message}");
+    assert!(message.ends_with("failed with exit code 3"), "{message}");
+    assert!(outcome.outputs.is_empty());
+    let log = std::fs::read_to_string(&req.log_file).unwrap();
+    assert!(log.contains("about to fail"), "{log}");
+}
+
+#[tokio::test]
+async fn realise_should_time_out_a_sleeping_build() {
+    let flake = TestFlake::new(
+        r#"{ packages.${system}.sleeper = mk "sleeper" "echo sleeping; sleep 30; touch $out"; }"#,
+    );
+    let drv = flake.drv("sleeper").await;
+    let req = BuildRequest {
+        timeout: Some(Duration::from_secs(1)),
+        ..flake.build(&drv, "sleeper")
+    };
+    let started = Instant::now();
+    let outcome = within(NixCli::new().realise(req, CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::TimedOut, "{outcome:?}");
+    assert_eq!(outcome.exit_code, Some(101));
+    assert!(
+        outcome
+            .message
+            .unwrap()
+            .contains("timed out after 1 seconds")
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn realise_should_stop_a_cancelled_build_and_its_processes() {
+    let flake = TestFlake::new(
+        r#"{ packages.${system}.sleeper = mk "sleeper" "echo sleeping-${salt}; sleep 60; touch $out"; }"#,
+    );
+    let drv = flake.drv("sleeper").await;
+    let req = flake.build(&drv, "sleeper");
+    let cancel = CancellationToken::new();
+    let build = tokio::spawn({
+        let (req, cancel) = (req.clone(), cancel.clone());
+        async move { NixCli::new().realise(req, cancel).await }
+    });
+    // The log is written as the build runs: wait for the builder's first line.
+    let deadline = Instant::now() + STEP;
+    while !std::fs::read_to_string(&req.log_file).is_ok_and(|l| l.contains("sleeping-")) {
+        assert!(Instant::now() < deadline, "the build never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !processes_mentioning(drv.as_str()).is_empty(),
+        "nix-store is running"
+    );
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let outcome = within(build).await.unwrap().unwrap();
+    assert_eq!(outcome.status, BuildStatus::Cancelled);
+    assert!(cancelled_at.elapsed() < Duration::from_secs(3));
+    // Neither nix-store nor the builder (whose command line holds the salt) is left.
+    assert_eq!(processes_mentioning(drv.as_str()), Vec::<String>::new());
+    assert_eq!(
+        processes_mentioning(&format!("sleeping-{}", flake.salt)),
+        Vec::<String>::new()
+    );
+    let log = std::fs::read_to_string(&req.log_file).unwrap();
+    assert!(log.ends_with("reconix: build cancelled\n"), "{log}");
+}
+
+#[tokio::test]
+async fn realise_should_root_other_outputs_with_a_dash_suffix() {
+    let flake = TestFlake::new(
+        r#"{ packages.${system}.multi = derivation {
+          name = "multi"; inherit system salt; builder = "/bin/sh"; outputs = [ "out" "dev" "doc" ];
+          args = [ "-c" "echo o > $out; echo d > $dev; echo doc > $doc" ];
+        }; }"#,
+    );
+    let drv = flake.drv("multi").await;
+    let root = flake.path("roots/multi");
+    let req = BuildRequest {
+        gc_root: Some(root.clone()),
+        ..flake.build(&drv, "multi")
+    };
+    let outcome = within(NixCli::new().realise(req, CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Succeeded);
+    assert_eq!(outcome.outputs.len(), 3);
+    for (output, link) in [("out", "multi"), ("dev", "multi-dev"), ("doc", "multi-doc")] {
+        assert_eq!(
+            std::fs::read_link(flake.path(&format!("roots/{link}"))).unwrap(),
+            Path::new(outcome.outputs[output].as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn add_root_and_is_valid_should_work_on_built_outputs() {
+    let flake = TestFlake::new("{ packages.${system}.a = a; }");
+    let drv = flake.drv("a").await;
+    let nix = NixCli::new();
+    let out = {
+        let jobs = flake.evaluate(&["packages"]).await;
+        jobs["packages.x86_64-linux.a"]
+            .result
+            .as_ref()
+            .unwrap()
+            .outputs["out"]
+            .clone()
+    };
+    assert_eq!(
+        within(nix.is_valid(std::slice::from_ref(&out)))
+            .await
+            .unwrap(),
+        [false]
+    );
+    let outcome = within(nix.realise(flake.build(&drv, "a"), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Succeeded);
+
+    let link = flake.path("gcroots/x/y/a");
+    within(nix.add_root(&link, &out)).await.unwrap();
+    within(nix.add_root(&link, &out)).await.unwrap(); // idempotent
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(out.as_str()));
+
+    let missing = StorePath::new("/nix/store/00000000000000000000000000000000-missing").unwrap();
+    assert_eq!(
+        within(nix.is_valid(&[out, missing.clone(), drv]))
+            .await
+            .unwrap(),
+        [true, false, true]
+    );
+    assert!(
+        within(nix.add_root(&flake.path("gcroots/m"), &missing))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn version_should_return_the_nix_version_number() {
+    require_nix();
+    let version = within(NixCli::new().version()).await.unwrap();
+    assert!(version.starts_with("2."), "{version}");
+}
+
+#[tokio::test]
+async fn realise_should_report_a_missing_derivation_as_an_error() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let req = BuildRequest {
+        drv_path: StorePath::new("/nix/store/00000000000000000000000000000000-missing.drv")
+            .unwrap(),
+        gc_root: None,
+        timeout: None,
+        max_silent: None,
+        log_file: dir.path().join("missing.log"),
+    };
+    let outcome = within(NixCli::new().realise(req, CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Error);
+    assert_eq!(outcome.exit_code, Some(1));
+    assert_eq!(
+        outcome.message.as_deref(),
+        Some(
+            "cannot build missing derivation '/nix/store/00000000000000000000000000000000-missing.drv'"
+        )
+    );
+}
+
+#[tokio::test]
+async fn private_store_should_evaluate_build_root_and_collect_garbage_apart_from_the_main_one() {
+    let flake = TestFlake::new("{ packages.${system} = { inherit a b; }; }");
+    let store = flake.path("store");
+    let nix = NixCli::new().with_store(store.as_os_str());
+    let outcome = within(nix.evaluate(flake.request(&["packages"])))
+        .await
+        .unwrap();
+    let job = |name: &str| {
+        outcome
+            .jobs
+            .iter()
+            .find(|j| j.attr.as_str() == format!("packages.x86_64-linux.{name}"))
+            .unwrap()
+            .result
+            .clone()
+            .unwrap()
+    };
+    let (a, b) = (job("a"), job("b"));
+    // The .drv files were written to the private store, not the main one.
+    assert!(store.join(&a.drv_path.as_str()[1..]).exists());
+    assert!(!Path::new(a.drv_path.as_str()).exists());
+
+    let root = flake.path("roots/a");
+    let req = BuildRequest {
+        gc_root: Some(root.clone()),
+        ..flake.build(&a.drv_path, "a")
+    };
+    let built = within(nix.realise(req, CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(built.status, BuildStatus::Succeeded, "{built:?}");
+    let built_b = within(nix.realise(flake.build(&b.drv_path, "b"), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(built_b.status, BuildStatus::Succeeded, "{built_b:?}");
+    let (out_a, out_b) = (a.outputs["out"].clone(), b.outputs["out"].clone());
+    assert_eq!(
+        within(nix.is_valid(&[out_a.clone(), out_b.clone()]))
+            .await
+            .unwrap(),
+        [true, true]
+    );
+
+    // GC of the private store keeps the rooted output and deletes the unrooted one.
+    within(nix.collect_garbage()).await.unwrap();
+    assert_eq!(
+        within(nix.is_valid(&[out_a, out_b])).await.unwrap(),
+        [true, false]
+    );
+}
