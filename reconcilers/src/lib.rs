@@ -1,0 +1,17 @@
+//! reconix reconcile loops and the generic runtime that drives them.
+//!
+//! [`runtime`] is a small clone of kube-runtime's `Controller`: it schedules keys, runs
+//! `observe → plan → apply` for each and decides when to run them again. The loops themselves
+//! (one file each) only implement [`runtime::Reconciler`].
+
+pub mod runtime;
+
+pub mod builds;
+mod context;
+mod error;
+pub mod evaluations;
+pub mod gcroots;
+pub mod git;
+
+pub use context::{Ctx, LivePorts, Ports, Wakers};
+pub use error::{Error, Result};
