@@ -1,0 +1,500 @@
+//! The `evaluations` loop: the newest head of every watched branch has an evaluation.
+//!
+//! Key: a repository. Observed: the branch heads (for `local` forges, read from the git checkout)
+//! and the repository's evaluations. Steps: evaluate a head that has no finished evaluation yet,
+//! and supersede an unfinished evaluation whose branch moved on or vanished.
+//!
+//! `StartEvaluation` both creates the row (idempotent on repo, ref and rev) and runs the
+//! evaluation, so a daemon killed mid-evaluation simply evaluates again on restart: the row is
+//! still `queued` or `evaluating`, which this plan treats as "not done".
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reconix_nixcli::{EvalOutcome, EvalRequest, Nix};
+use reconix_spec::{AttrPath, ForgeKind, RepoKey, Spec, Timestamp};
+use reconix_status::{EvaluationId, EvaluationState, JobState, NewJob};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::context::{Ctx, Ports};
+use crate::git::{self, Head};
+use crate::runtime::{Action, Plan, Reconciler};
+use crate::{Error, Result};
+
+/// The `evaluations` reconciler.
+#[derive(Debug, Default)]
+pub struct Evaluations<P>(std::marker::PhantomData<fn() -> P>);
+
+impl<P> Evaluations<P> {
+    /// Creates the reconciler.
+    pub fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+/// What `observe` saw for one repository.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Whether the repository is still in the spec.
+    pub in_spec: bool,
+    /// The local checkout path (for building flake references).
+    pub path: Option<std::path::PathBuf>,
+    /// Heads of the branches the spec asks for.
+    pub heads: Vec<Head>,
+    /// Evaluations of this repository, oldest first.
+    pub evaluations: Vec<ObservedEvaluation>,
+}
+
+/// The part of an evaluation row this loop looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedEvaluation {
+    /// Its id.
+    pub id: EvaluationId,
+    /// The full ref name, e.g. `refs/heads/main`.
+    pub git_ref: String,
+    /// The commit.
+    pub rev: String,
+    /// Its state.
+    pub state: EvaluationState,
+}
+
+/// One step of the `evaluations` loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Creates (if needed) and runs the evaluation of `rev` on `git_ref`.
+    StartEvaluation {
+        /// The full ref name.
+        git_ref: String,
+        /// The commit to evaluate.
+        rev: String,
+        /// The flake reference handed to Nix.
+        flake_ref: String,
+    },
+    /// Marks an unfinished evaluation superseded and cancels its unfinished jobs.
+    Supersede {
+        /// The evaluation that lost its branch head.
+        evaluation: EvaluationId,
+        /// The newer evaluation's commit on the same ref, if the ref still exists.
+        by_rev: Option<String>,
+    },
+}
+
+/// Returns the flake reference Nix evaluates for a commit of a local repository.
+///
+/// Nix 2.8 reads a non-bare checkout in place, so any commit in its object database works; `ref`
+/// is passed too because bare mirrors need it (nix-lab §2).
+pub fn local_flake_ref(path: &std::path::Path, git_ref: &str, rev: &str) -> String {
+    format!("git+file://{}?ref={git_ref}&rev={rev}", path.display())
+}
+
+fn is_unfinished(state: EvaluationState) -> bool {
+    matches!(
+        state,
+        EvaluationState::Queued | EvaluationState::Evaluating | EvaluationState::Building
+    )
+}
+
+/// Plans the `evaluations` loop for one repository (pure).
+pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
+    let _ = now;
+    let poll = desired
+        .forges
+        .get(&key.forge)
+        .map_or(Duration::from_secs(30), |f| f.poll_interval.to_std());
+    let Some(path) = observed.path.as_deref().filter(|_| observed.in_spec) else {
+        // Gone from the spec: nothing to start. Cleanup of its data belongs to `retention`.
+        return Plan {
+            steps: Vec::new(),
+            then: Action::await_change(),
+        };
+    };
+    let heads: BTreeMap<&str, &str> = observed
+        .heads
+        .iter()
+        .map(|h| (h.git_ref.as_str(), h.rev.as_str()))
+        .collect();
+    let mut steps = Vec::new();
+    for e in observed
+        .evaluations
+        .iter()
+        .filter(|e| is_unfinished(e.state))
+    {
+        match heads.get(e.git_ref.as_str()) {
+            Some(head) if *head == e.rev => {}
+            head => steps.push(Step::Supersede {
+                evaluation: e.id,
+                by_rev: head.map(|h| (*h).to_owned()),
+            }),
+        }
+    }
+    for head in &observed.heads {
+        let done = observed.evaluations.iter().any(|e| {
+            e.git_ref == head.git_ref
+                && e.rev == head.rev
+                && !matches!(
+                    e.state,
+                    EvaluationState::Queued | EvaluationState::Evaluating
+                )
+        });
+        if !done {
+            steps.push(Step::StartEvaluation {
+                git_ref: head.git_ref.clone(),
+                rev: head.rev.clone(),
+                flake_ref: local_flake_ref(path, &head.git_ref, &head.rev),
+            });
+        }
+    }
+    Plan {
+        steps,
+        then: Action::requeue(poll),
+    }
+}
+
+impl<P: Ports> Reconciler for Evaluations<P> {
+    const NAME: &'static str = "evaluations";
+    type Spec = Spec;
+    type Context = Ctx<P>;
+    type Key = RepoKey;
+    type Observed = Observed;
+    type Step = Step;
+    type Error = Error;
+
+    async fn keys(&self, spec: &Spec, _cx: &Ctx<P>) -> Result<Vec<RepoKey>> {
+        Ok(spec
+            .repos()
+            .filter(|(_, forge, _)| forge.kind == ForgeKind::Local)
+            .map(|(key, _, _)| key)
+            .collect())
+    }
+
+    async fn observe(&self, key: &RepoKey, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
+        let repo_cfg = spec
+            .repo(key)
+            .filter(|(forge, _)| forge.kind == ForgeKind::Local);
+        let (heads, path) = match repo_cfg {
+            Some((_, repo)) => {
+                let path = repo.path.clone().ok_or_else(|| Error::Config {
+                    key: key.to_string(),
+                    message: "local repo has no path".to_owned(),
+                })?;
+                let matches = |b: &str| repo.matches_branch(b);
+                let wanted: Option<&(dyn Fn(&str) -> bool + Sync)> =
+                    (!repo.branches.is_empty()).then_some(&matches);
+                let heads = git::branch_heads(&path, wanted).await?;
+                (heads, Some(path))
+            }
+            None => (Vec::new(), None),
+        };
+        // Read-only: `reconix plan` observes through a read-only database.
+        let k = key.clone();
+        let evaluations = cx
+            .status
+            .call(move |db| match db.repo_id(&k)? {
+                Some(repo) => db.evaluations_for_repo(repo),
+                None => Ok(Vec::new()),
+            })
+            .await?;
+        Ok(Observed {
+            in_spec: repo_cfg.is_some(),
+            path,
+            heads,
+            evaluations: evaluations
+                .into_iter()
+                .map(|e| ObservedEvaluation {
+                    id: e.id,
+                    git_ref: e.ref_name,
+                    rev: e.rev,
+                    state: e.state,
+                })
+                .collect(),
+        })
+    }
+
+    fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
+        plan(key, desired, observed, now)
+    }
+
+    async fn apply(&self, key: &RepoKey, step: Step, cx: &Ctx<P>) -> Result<()> {
+        match step {
+            Step::Supersede { evaluation, by_rev } => {
+                let k = key.clone();
+                cx.status
+                    .call(move |db| {
+                        let now = Timestamp::now();
+                        let repo = db.upsert_repo(&k)?;
+                        let by = by_rev.and_then(|rev| {
+                            db.evaluations_for_repo(repo)
+                                .ok()?
+                                .into_iter()
+                                .rev()
+                                .find(|e| e.rev == rev)
+                                .map(|e| e.id)
+                        });
+                        // Both calls cancel the evaluation's unfinished jobs in the same
+                        // transaction; a branch that vanished has no successor to name.
+                        match by {
+                            Some(by) => db.supersede_evaluation(evaluation, by, now),
+                            None => db.set_evaluation_state(
+                                evaluation,
+                                EvaluationState::Superseded,
+                                None,
+                                now,
+                            ),
+                        }
+                    })
+                    .await?;
+                info!(repo = %key, evaluation = %evaluation, "evaluation superseded");
+                cx.wakers.builds();
+                Ok(())
+            }
+            Step::StartEvaluation {
+                git_ref,
+                rev,
+                flake_ref,
+            } => start_evaluation(key, git_ref, rev, flake_ref, cx).await,
+        }
+    }
+}
+
+async fn start_evaluation<P: Ports>(
+    key: &RepoKey,
+    git_ref: String,
+    rev: String,
+    flake_ref: String,
+    cx: &Ctx<P>,
+) -> Result<()> {
+    let spec = cx.spec();
+    let (_, repo_cfg) = spec.repo(key).ok_or_else(|| Error::Config {
+        key: key.to_string(),
+        message: "repo left the spec".to_owned(),
+    })?;
+    let request = EvalRequest {
+        flake_ref: flake_ref.clone(),
+        systems: repo_cfg.systems.clone(),
+        attributes: repo_cfg
+            .attributes
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect(),
+    };
+    let k = key.clone();
+    let (r, f) = (git_ref.clone(), flake_ref.clone());
+    let id = cx
+        .status
+        .call(move |db| {
+            let now = Timestamp::now();
+            let repo = db.upsert_repo(&k)?;
+            db.record_ref(repo, &r, &rev, now)?;
+            let (id, _) = db.insert_evaluation(repo, &r, &rev, &f, now)?;
+            db.set_evaluation_state(id, EvaluationState::Evaluating, None, now)?;
+            Ok(id)
+        })
+        .await?;
+    info!(repo = %key, evaluation = %id, flake = %flake_ref, "evaluating");
+    match cx.ports.nix().evaluate(request).await {
+        Ok(outcome) => {
+            let jobs = new_jobs(&outcome);
+            let (total, failed) = (
+                jobs.len(),
+                jobs.iter()
+                    .filter(|j| j.state == JobState::EvalFailed)
+                    .count(),
+            );
+            cx.status
+                .call(move |db| db.record_evaluation_result(id, &jobs, Timestamp::now()))
+                .await?;
+            info!(
+                repo = %key, evaluation = %id, jobs = total, eval_failed = failed,
+                elapsed_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+                nix_calls = outcome.nix_calls, "evaluation recorded"
+            );
+            cx.wakers.builds();
+            Ok(())
+        }
+        Err(reconix_nixcli::Error::FlakeEval { message }) => {
+            warn!(repo = %key, evaluation = %id, error = %message, "evaluation failed");
+            cx.status
+                .call(move |db| {
+                    db.set_evaluation_state(
+                        id,
+                        EvaluationState::Failed,
+                        Some(&message),
+                        Timestamp::now(),
+                    )
+                })
+                .await?;
+            Ok(())
+        }
+        Err(err) => Err(Error::Nix(err)),
+    }
+}
+
+/// Converts Nix's evaluation result into rows for the status database.
+fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
+    outcome
+        .jobs
+        .iter()
+        .map(|j| match &j.result {
+            Ok(drv) => NewJob {
+                attr: j.attr.clone(),
+                name: j.name.clone(),
+                system: j.system.clone(),
+                drv_path: Some(drv.drv_path.clone()),
+                outputs: drv.outputs.clone(),
+                deps: drv.deps.clone(),
+                state: JobState::Queued,
+                error: None,
+            },
+            Err(message) => NewJob {
+                attr: j.attr.clone(),
+                name: j.name.clone(),
+                system: j.system.clone(),
+                drv_path: None,
+                outputs: BTreeMap::new(),
+                deps: Vec::<AttrPath>::new(),
+                state: JobState::EvalFailed,
+                error: Some(message.clone()),
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        reconix_spec::parse(
+            "forges:\n  here:\n    kind: local\n    poll-interval: 5s\n    repos:\n      demo:\n        path: /srv/demo\n        branches: [main]\n",
+            std::path::Path::new("test.yaml"),
+        )
+        .unwrap()
+    }
+
+    fn key() -> RepoKey {
+        RepoKey::parse("here/demo").unwrap()
+    }
+
+    fn head(rev: &str) -> Head {
+        Head {
+            git_ref: "refs/heads/main".to_owned(),
+            rev: rev.to_owned(),
+        }
+    }
+
+    fn eval(id: i64, rev: &str, state: EvaluationState) -> ObservedEvaluation {
+        ObservedEvaluation {
+            id: EvaluationId(id),
+            git_ref: "refs/heads/main".to_owned(),
+            rev: rev.to_owned(),
+            state,
+        }
+    }
+
+    fn observed(heads: Vec<Head>, evaluations: Vec<ObservedEvaluation>) -> Observed {
+        Observed {
+            in_spec: true,
+            path: Some("/srv/demo".into()),
+            heads,
+            evaluations,
+        }
+    }
+
+    #[test]
+    fn new_head_should_start_an_evaluation_and_poll_again() {
+        let p = plan(
+            &key(),
+            &spec(),
+            &observed(vec![head("aaa")], vec![]),
+            Timestamp(0),
+        );
+        assert_eq!(
+            p.steps,
+            vec![Step::StartEvaluation {
+                git_ref: "refs/heads/main".into(),
+                rev: "aaa".into(),
+                flake_ref: "git+file:///srv/demo?ref=refs/heads/main&rev=aaa".into(),
+            }]
+        );
+        assert_eq!(p.then, Action::requeue(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn evaluated_head_should_need_nothing() {
+        for state in [
+            EvaluationState::Building,
+            EvaluationState::Finished,
+            EvaluationState::Failed,
+        ] {
+            let o = observed(vec![head("aaa")], vec![eval(1, "aaa", state)]);
+            assert!(
+                plan(&key(), &spec(), &o, Timestamp(0)).steps.is_empty(),
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn interrupted_evaluation_should_be_started_again() {
+        for state in [EvaluationState::Queued, EvaluationState::Evaluating] {
+            let o = observed(vec![head("aaa")], vec![eval(1, "aaa", state)]);
+            let p = plan(&key(), &spec(), &o, Timestamp(0));
+            assert!(
+                matches!(&p.steps[..], [Step::StartEvaluation { rev, .. }] if rev == "aaa"),
+                "{state:?}: {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn moved_head_should_supersede_the_unfinished_evaluation_and_start_a_new_one() {
+        let o = observed(
+            vec![head("bbb")],
+            vec![eval(1, "aaa", EvaluationState::Building)],
+        );
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert_eq!(
+            p.steps[0],
+            Step::Supersede {
+                evaluation: EvaluationId(1),
+                by_rev: Some("bbb".into())
+            }
+        );
+        assert!(matches!(&p.steps[1], Step::StartEvaluation { rev, .. } if rev == "bbb"));
+    }
+
+    #[test]
+    fn finished_evaluation_should_not_be_superseded() {
+        let o = observed(
+            vec![head("bbb")],
+            vec![eval(1, "aaa", EvaluationState::Finished)],
+        );
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert_eq!(p.steps.len(), 1);
+        assert!(matches!(&p.steps[0], Step::StartEvaluation { .. }));
+    }
+
+    #[test]
+    fn deleted_branch_should_supersede_without_a_successor() {
+        let o = observed(vec![], vec![eval(1, "aaa", EvaluationState::Building)]);
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert_eq!(
+            p.steps,
+            vec![Step::Supersede {
+                evaluation: EvaluationId(1),
+                by_rev: None
+            }]
+        );
+    }
+
+    #[test]
+    fn repo_gone_from_spec_should_plan_nothing() {
+        let mut o = observed(vec![head("aaa")], vec![]);
+        o.in_spec = false;
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert!(p.steps.is_empty());
+        assert_eq!(p.then, Action::await_change());
+    }
+}
