@@ -1,0 +1,213 @@
+//! `reconix serve`: wires the spec reloader, the status database, the loops and the HTTP server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use reconix_nixcli::{Nix, NixCli};
+use reconix_reconcilers::builds::Builds;
+use reconix_reconcilers::evaluations::Evaluations;
+use reconix_reconcilers::gcroots::GcRoots;
+use reconix_reconcilers::runtime::{Controller, Reconciler, RunReport, SpecReloader};
+use reconix_reconcilers::{Ctx, LivePorts};
+use reconix_spec::{Spec, SpecErrors, Timestamp};
+use reconix_status::{OpenMode, Status, StatusDb};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::SpecArgs;
+
+/// Command-line values that override the spec's own, on start and on every reload.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overrides {
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+/// Loads and validates the spec, then applies the command-line overrides.
+pub(crate) fn load_spec(path: &Path, overrides: &Overrides) -> Result<Spec, SpecErrors> {
+    let mut spec = reconix_spec::load(path)?;
+    if let Some(dir) = &overrides.state_dir {
+        spec.state_dir.clone_from(dir);
+    }
+    if let Some(listen) = overrides.listen {
+        spec.listen = listen;
+    }
+    Ok(spec)
+}
+
+/// Everything `serve` needs; `demo` builds one too.
+pub(crate) struct ServeOptions {
+    pub(crate) spec_path: PathBuf,
+    pub(crate) overrides: Overrides,
+    pub(crate) nix_store: Option<String>,
+    /// Called once the HTTP socket is bound, with its address and the status handle.
+    pub(crate) on_ready: Option<Box<dyn FnOnce(SocketAddr, Status) + Send>>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("spec_path", &self.spec_path)
+            .field("overrides", &self.overrides)
+            .field("nix_store", &self.nix_store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `reconix serve` until SIGTERM/SIGINT.
+pub(crate) fn run(
+    args: &SpecArgs,
+    listen: Option<SocketAddr>,
+    nix_store: Option<String>,
+) -> Result<ExitCode> {
+    let opts = ServeOptions {
+        spec_path: args.spec.clone(),
+        overrides: Overrides {
+            state_dir: args.state_dir.clone(),
+            listen,
+        },
+        nix_store,
+        on_ready: None,
+    };
+    runtime()?.block_on(serve(opts))
+}
+
+/// Builds the tokio runtime every async verb uses.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Returns the Nix client configured for `--nix-store`.
+pub(crate) fn nix_client(store: Option<&str>) -> NixCli {
+    let nix = NixCli::new();
+    match store {
+        Some(store) => nix.with_store(store),
+        None => nix,
+    }
+}
+
+/// Serves until shutdown; returns the exit code.
+pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
+    let overrides = opts.overrides.clone();
+    let reloader = match SpecReloader::open(opts.spec_path.clone(), move |p: &Path| {
+        load_spec(p, &overrides)
+    }) {
+        Ok(reloader) => reloader,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let spec_rx = reloader.subscribe();
+    let spec = Arc::clone(&spec_rx.borrow());
+    let nix = nix_client(opts.nix_store.as_deref());
+    let version = nix.version().await.context(
+        "nix is not usable: run `make test`/`make demo` (they install Nix through \
+         scripts/install-nix.sh) or `sudo bash scripts/install-nix.sh`",
+    )?;
+    info!(%version, "found nix");
+
+    std::fs::create_dir_all(&spec.state_dir)
+        .with_context(|| format!("creating state dir {}", spec.state_dir.display()))?;
+    let db_path = spec.state_dir.join("reconix.db");
+    let status = Status::new(
+        StatusDb::open(&db_path, OpenMode::ReadWrite)
+            .with_context(|| format!("opening {}", db_path.display()))?,
+    );
+
+    let shutdown = CancellationToken::new();
+    reconix_reconcilers::runtime::shutdown_on_signals(shutdown.clone())
+        .context("installing signal handlers")?;
+    let sighup =
+        reconix_reconcilers::runtime::sighup_stream().context("installing the SIGHUP handler")?;
+    let reloader = reloader.reload_on(sighup);
+    let listen = spec.listen;
+
+    let ctx = Arc::new(Ctx::new(
+        LivePorts::new(nix),
+        status.clone(),
+        spec_rx.clone(),
+    ));
+    let evaluations = controller(Evaluations::new(), &ctx, &spec_rx, &status);
+    let builds = controller(Builds::new(), &ctx, &spec_rx, &status);
+    let gcroots = controller(GcRoots::new(), &ctx, &spec_rx, &status);
+    ctx.wakers
+        .set(builds.handle(), gcroots.handle(), evaluations.handle());
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    // The e2e harness and `demo` wait for this exact line: it is the readiness signal.
+    println!("listening on http://{addr}");
+    info!(%addr, state_dir = %spec.state_dir.display(), "serving");
+    if let Some(on_ready) = opts.on_ready {
+        on_ready(addr, status.clone());
+    }
+
+    let http = reconix_web::serve(listener, reconix_web::AppState::new(status.clone()), {
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    });
+    let running = ctx.running.clone();
+    let (http, (), (), (), ()) = tokio::join!(
+        http,
+        evaluations.run(shutdown.clone()),
+        builds.run(shutdown.clone()),
+        gcroots.run(shutdown.clone()),
+        reloader.run(shutdown.clone()),
+    );
+    if !running.is_empty() {
+        warn!(builds = running.len(), "stopping running builds");
+        running.cancel_all();
+    }
+    if let Err(err) = http {
+        error!(error = %err, "http server failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds a controller whose every run is recorded as loop health in the status database.
+fn controller<R>(
+    reconciler: R,
+    ctx: &Arc<R::Context>,
+    spec: &watch::Receiver<Arc<Spec>>,
+    status: &Status,
+) -> Controller<R>
+where
+    R: Reconciler<Spec = Spec>,
+{
+    let status = status.clone();
+    Controller::new(Arc::new(reconciler), Arc::clone(ctx), spec.clone()).on_report(
+        move |report: &RunReport| {
+            let status = status.clone();
+            let name = report.loop_name;
+            let outcome = report.outcome.clone();
+            let next = report.next_run.map(|d| Timestamp::now().plus(d));
+            tokio::spawn(async move {
+                let recorded = status
+                    .call(move |db| {
+                        db.record_loop_run(
+                            name,
+                            outcome.as_ref().map(|_| ()).map_err(String::as_str),
+                            next,
+                            Timestamp::now(),
+                        )
+                    })
+                    .await;
+                if let Err(err) = recorded {
+                    warn!(loop = name, error = %err, "could not record loop health");
+                }
+            });
+        },
+    )
+}

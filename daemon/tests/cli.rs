@@ -1,0 +1,93 @@
+//! The offline CLI verbs, run as the real binary: `check`, `schema`, and usage errors.
+
+#![allow(
+    clippy::expect_used,
+    reason = "test helper: allow-expect-in-tests covers only #[test] fns"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn reconix(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reconix"))
+        .args(args)
+        .output()
+        .expect("reconix runs")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn check_should_accept_every_example_spec() {
+    for entry in std::fs::read_dir(repo_root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = reconix(&["check", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn check_should_print_every_error_with_its_location_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.yaml");
+    std::fs::write(
+        &spec,
+        "forges:\n  here:\n    kind: local\n    repos:\n      demo:\n        path: /srv/demo\n        branches: ['bad[']\n      other:\n        path: /srv/demo\n",
+    )
+    .unwrap();
+    let out = reconix(&["check", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 2, "expected every error, got: {stderr}");
+    let prefix = format!("{}:", spec.display());
+    for line in &lines {
+        assert!(line.starts_with(&prefix), "no FILE:LINE:COL in {line:?}");
+    }
+    assert!(
+        stderr.contains(&format!("{}:7:", spec.display())),
+        "glob error on line 7: {stderr}"
+    );
+}
+
+#[test]
+fn check_should_reject_unknown_keys_with_a_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("typo.yaml");
+    std::fs::write(&spec, "listen: 127.0.0.1:8080\nstate-dirr: /x\n").unwrap();
+    let out = reconix(&["check", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:2:", spec.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("state-dirr"), "{stderr}");
+}
+
+#[test]
+fn schema_should_print_the_checked_in_schema() {
+    let out = reconix(&["schema"]);
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = std::fs::read_to_string(repo_root().join("docs/spec.schema.json")).unwrap();
+    let checked_in: serde_json::Value = serde_json::from_str(&file).unwrap();
+    assert_eq!(printed, checked_in, "docs/spec.schema.json is stale");
+}
+
+#[test]
+fn status_should_fail_clearly_when_no_daemon_listens() {
+    let out = reconix(&["status", "--server", "http://127.0.0.1:9"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the daemon"), "{stderr}");
+}
