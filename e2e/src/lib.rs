@@ -1,0 +1,349 @@
+//! End-to-end harness: runs the real `reconix` binary against real Nix.
+//!
+//! Each test gets a [`TestDaemon`] (the binary on port 0 with its own state directory and its own
+//! chroot Nix store, so garbage collection in one test cannot touch another test's paths) and a
+//! [`GitRepo`] holding a flake. The daemon is killed when the guard drops.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+/// Returns the path of the `reconix` binary built alongside this test.
+///
+/// `RECONIX_BIN` overrides it. Otherwise the binary is looked up next to the test executable
+/// (`target/<profile>/reconix`), which `cargo test --workspace` builds.
+pub fn reconix_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RECONIX_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/reconix
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no parent directory")?;
+    let bin = profile_dir.join("reconix");
+    ensure!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p reconix` (make test does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Fails with install instructions when `nix` is not on PATH.
+pub fn require_nix() -> Result<()> {
+    let ok = Command::new("nix")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ensure!(
+        ok,
+        "nix not found: run `make test` (it installs Nix through scripts/install-nix.sh) \
+         or `sudo bash scripts/install-nix.sh`"
+    );
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, failing with its stderr on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A git repository in a temporary directory.
+#[derive(Debug)]
+pub struct GitRepo {
+    dir: tempfile::TempDir,
+}
+
+impl GitRepo {
+    /// Creates an empty repository whose default branch is `main`.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("reconix-e2e-repo")
+            .tempdir()?;
+        let repo = Self { dir };
+        repo.git(&["init", "-q", "-b", "main"])?;
+        Ok(repo)
+    }
+
+    /// Returns the working tree path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs git in the repository.
+    pub fn git(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(self.path())
+            .args([
+                "-c",
+                "user.name=e2e",
+                "-c",
+                "user.email=e2e@example.invalid",
+            ])
+            .args(args))
+    }
+
+    /// Writes `flake.nix` and commits it; returns the new commit's sha.
+    pub fn commit_flake(&self, flake: &str, message: &str) -> Result<String> {
+        std::fs::write(self.path().join("flake.nix"), flake)?;
+        self.git(&["add", "-A"])?;
+        self.git(&["commit", "-q", "-m", message])?;
+        Ok(self.git(&["rev-parse", "HEAD"])?.trim().to_owned())
+    }
+}
+
+/// A running `reconix serve` with its own state directory and Nix store.
+#[derive(Debug)]
+pub struct TestDaemon {
+    child: Option<Child>,
+    url: String,
+    state_dir: PathBuf,
+    store: PathBuf,
+    spec_path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stderr_log: PathBuf,
+}
+
+/// What a [`TestDaemon`] is started with.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The spec's YAML, with `{state_dir}` replaced by the daemon's state directory.
+    pub spec: String,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with a fresh state directory and Nix store.
+    pub fn start(config: &DaemonConfig) -> Result<Self> {
+        require_nix()?;
+        let tmp = tempfile::Builder::new().prefix("reconix-e2e").tempdir()?;
+        let root = tmp.path().to_owned();
+        let mut d = Self::spawn(&root, config)?;
+        d._tmp = Some(tmp);
+        Ok(d)
+    }
+
+    /// Starts a daemon on an existing root (state dir + store), e.g. after [`Self::kill9`].
+    pub fn restart(&mut self, config: &DaemonConfig) -> Result<()> {
+        self.kill9()?;
+        let root = self
+            .state_dir
+            .parent()
+            .context("state dir has no parent")?
+            .to_owned();
+        let mut fresh = Self::spawn(&root, config)?;
+        self.child = fresh.child.take();
+        self.url = std::mem::take(&mut fresh.url);
+        self.stderr_log = std::mem::take(&mut fresh.stderr_log);
+        Ok(())
+    }
+
+    fn spawn(root: &Path, config: &DaemonConfig) -> Result<Self> {
+        let state_dir = root.join("state");
+        let store = root.join("store");
+        std::fs::create_dir_all(&state_dir)?;
+        let spec_path = root.join("spec.yaml");
+        let spec = config
+            .spec
+            .replace("{state_dir}", &state_dir.display().to_string());
+        std::fs::write(&spec_path, spec)?;
+        let stderr_log = root.join(format!("daemon-{}.log", unique_suffix()));
+        let mut child = Command::new(reconix_bin()?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--spec"])
+            .arg(&spec_path)
+            .arg("--nix-store")
+            .arg(&store)
+            .env("RUST_LOG", "info,reconix=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log)?)
+            .spawn()
+            .context("spawning reconix serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        // The daemon prints `listening on http://ADDR` once its socket is bound: our readiness signal.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let Ok(url) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+            bail!("daemon did not report its address within 60 s; its log:\n{log}");
+        };
+        Ok(Self {
+            child: Some(child),
+            url,
+            state_dir,
+            store,
+            spec_path,
+            _tmp: None,
+            stderr_log,
+        })
+    }
+
+    /// Returns the base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Returns the daemon's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Returns the chroot store directory the daemon builds in (`--store` for nix commands).
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    /// Returns the spec file path.
+    pub fn spec_path(&self) -> &Path {
+        &self.spec_path
+    }
+
+    /// Returns what the daemon logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL and waits for it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// GETs a JSON document from the API.
+    pub fn get_json(&self, path: &str) -> Result<Value> {
+        let url = format!("{}{path}", self.url);
+        let resp = blocking_get(&url)?;
+        serde_json::from_str(&resp).with_context(|| format!("GET {url}: not JSON: {resp}"))
+    }
+
+    /// GETs a text document from the API.
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        blocking_get(&format!("{}{path}", self.url))
+    }
+
+    /// Polls `f` every 100 ms until it returns `Some`, failing after `deadline` with the daemon log.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut f: impl FnMut(&Self) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let mut last_err = None;
+        loop {
+            match f(self) {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "timed out after {deadline:?} waiting for {what} (last error: {last_err:?}); daemon log:\n{}",
+                    tail(&self.log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a nix-store command against the daemon's store.
+    pub fn nix_store(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("nix-store")
+            .arg("--store")
+            .arg(&self.store)
+            .args(args))
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn unique_suffix() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{n:x}")
+}
+
+/// Returns the last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn blocking_get(url: &str) -> Result<String> {
+    // A tiny HTTP/1.1 GET over loopback keeps this crate free of an HTTP client runtime.
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    ensure!(status == "200", "GET {url}: status {status}: {body}");
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_owned())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

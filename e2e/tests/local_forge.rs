@@ -1,0 +1,315 @@
+//! End to end with a `local` forge: a git repository on disk, the real daemon, real Nix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use reconix_e2e::{DaemonConfig, GitRepo, TestDaemon};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// The test flake: no inputs, a dependency chain a → b → c, slow packages, a failing package with
+/// a dependent, a failing check, an attribute that throws and one that aborts (tryEval cannot
+/// catch `abort`, so the evaluator must bisect), a devShell and a NixOS toplevel.
+fn flake(salt: &str, c_variant: &str, slow_secs: u32) -> String {
+    r#"{
+  outputs = { self }:
+    let
+      system = "x86_64-linux";
+      mk = name: script: derivation {
+        inherit name system;
+        salt = "@SALT@";
+        builder = "/bin/sh";
+        args = [ "-c" script ];
+      };
+      a = mk "a" "echo building-a; echo a-content > $out";
+      b = mk "b" "echo building-b; read x < ${a}; echo \"b-uses-$x\" > $out";
+      c = mk "c" "mkdir -p $out/bin; echo @C@ > $out/bin/c; ln -s ${b} $out/b-link";
+      slow = n: mk "slow-${toString n}" "echo slow-start; sleep @SLOW@; echo slow-${toString n} > $out";
+      failing = mk "failing" "echo 'about to fail' >&2; exit 3";
+    in {
+      packages.${system} = {
+        inherit a b c failing;
+        default = c;
+        slow1 = slow 1; slow2 = slow 2; slow3 = slow 3; slow4 = slow 4;
+        afterFailing = mk "after-failing" "cat ${failing} > $out";
+        evalError = throw "intentional eval error";
+        abortMe = abort "hard abort here";
+      };
+      checks.${system} = {
+        a-ok = mk "check-a" "test \"$(cat ${a})\" = a-content && echo ok > $out";
+        fails = mk "check-fails" "echo 'check failed on purpose' >&2; exit 1";
+      };
+      devShells.${system}.default = mk "devshell" "echo shell > $out";
+      nixosConfigurations.demo = {
+        config.system.build.toplevel = mk "nixos-system-demo" "mkdir -p $out; echo ${c} > $out/c-path";
+      };
+    };
+}
+"#
+    .replace("@SALT@", salt)
+    .replace("@C@", c_variant)
+    .replace("@SLOW@", &slow_secs.to_string())
+}
+
+fn salt() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{n}-{}", std::process::id())
+}
+
+fn spec(repo: &Path) -> DaemonConfig {
+    DaemonConfig {
+        spec: format!(
+            "state-dir: {{state_dir}}\n\
+             forges:\n  here:\n    kind: local\n    poll-interval: 1s\n    repos:\n      demo:\n        path: {}\n        branches: [main]\n\
+             builders:\n  local:\n    max-jobs: 2\n",
+            repo.display()
+        ),
+    }
+}
+
+fn evaluations(d: &TestDaemon) -> Result<Vec<Value>> {
+    Ok(d.get_json("/api/v1/evaluations")?
+        .as_array()
+        .context("evaluations is not an array")?
+        .clone())
+}
+
+/// Waits for the evaluation of `rev` to reach `finished` and returns its detail document.
+fn wait_finished(d: &TestDaemon, rev: &str) -> Result<Value> {
+    d.wait_for(&format!("evaluation of {rev} to finish"), DEADLINE, |d| {
+        let Some(e) = evaluations(d)?.into_iter().find(|e| e["rev"] == rev) else {
+            return Ok(None);
+        };
+        let id = e["id"].as_i64().context("id")?;
+        let detail = d.get_json(&format!("/api/v1/evaluations/{id}"))?;
+        ensure!(detail["state"] != "failed", "evaluation failed: {detail}");
+        Ok((detail["state"] == "finished").then_some(detail))
+    })
+}
+
+fn jobs_by_attr(detail: &Value) -> Result<BTreeMap<String, Value>> {
+    Ok(detail["jobs"]
+        .as_array()
+        .context("jobs")?
+        .iter()
+        .map(|j| (j["attr"].as_str().unwrap_or_default().to_owned(), j.clone()))
+        .collect())
+}
+
+fn state_of(jobs: &BTreeMap<String, Value>, attr: &str) -> String {
+    jobs.get(attr)
+        .and_then(|j| j["state"].as_str())
+        .unwrap_or("<missing>")
+        .to_owned()
+}
+
+const P: &str = "packages.x86_64-linux.";
+const NIXOS: &str = "nixosConfigurations.demo.config.system.build.toplevel";
+
+/// Lists every GC-root symlink below `dir`.
+fn links_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_symlink() {
+            out.push(entry.path());
+        } else if ft.is_dir() {
+            out.extend(links_below(&entry.path())?);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> Result<()> {
+    let repo = GitRepo::new()?;
+    let salt = salt();
+    let rev1 = repo.commit_flake(&flake(&salt, "c-one", 1), "first")?;
+    let d = TestDaemon::start(&spec(repo.path()))?;
+
+    let detail = wait_finished(&d, &rev1)?;
+    let jobs = jobs_by_attr(&detail)?;
+    let expected = [
+        (format!("{P}a"), "succeeded"),
+        (format!("{P}b"), "succeeded"),
+        (format!("{P}c"), "succeeded"),
+        (format!("{P}default"), "succeeded"),
+        (format!("{P}slow1"), "succeeded"),
+        (format!("{P}failing"), "failed"),
+        (format!("{P}afterFailing"), "dependency-failed"),
+        (format!("{P}evalError"), "eval-failed"),
+        (format!("{P}abortMe"), "eval-failed"),
+        ("checks.x86_64-linux.a-ok".to_owned(), "succeeded"),
+        ("checks.x86_64-linux.fails".to_owned(), "failed"),
+        ("devShells.x86_64-linux.default".to_owned(), "succeeded"),
+        (NIXOS.to_owned(), "succeeded"),
+    ];
+    for (attr, state) in &expected {
+        assert_eq!(state_of(&jobs, attr), *state, "state of {attr}: {detail:#}");
+    }
+    assert_eq!(jobs.len(), 16, "unexpected job set: {:?}", jobs.keys());
+
+    // Each evaluation error is attached to its own attribute only.
+    let err = |a: &str| {
+        jobs[&format!("{P}{a}")]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        err("evalError").contains("intentional eval error"),
+        "{}",
+        err("evalError")
+    );
+    assert!(
+        err("abortMe").contains("hard abort here"),
+        "{}",
+        err("abortMe")
+    );
+    assert_eq!(
+        err("afterFailing"),
+        "dependency packages.x86_64-linux.failing failed"
+    );
+    for (attr, job) in &jobs {
+        if job["state"] == "succeeded" {
+            assert!(job["error"].is_null(), "{attr} has an error: {job}");
+        }
+        if job["state"] != "eval-failed" {
+            assert!(
+                job["drv_path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(".drv")),
+                "{attr}"
+            );
+        }
+    }
+
+    // The dependent package was built after its dependency.
+    let a = &jobs[&format!("{P}a")];
+    let b = &jobs[&format!("{P}b")];
+    assert!(
+        b["deps"].as_array().is_some_and(|d| d.contains(&a["id"])),
+        "b must depend on a: {b}"
+    );
+    assert!(
+        b["build"]["started_at"].as_i64() >= a["build"]["finished_at"].as_i64(),
+        "b started before a finished: a={a} b={b}"
+    );
+
+    // The failing check's log is retrievable through the API.
+    let fails = &jobs["checks.x86_64-linux.fails"];
+    let log = d.get_text(&format!("/api/v1/jobs/{}/log", fails["id"]))?;
+    assert!(log.contains("check failed on purpose"), "log: {log}");
+
+    // GC roots exist for exactly the succeeded jobs, and a GC keeps their outputs.
+    let roots_dir = d.state_dir().join("gcroots");
+    let rooted = d.wait_for("gc roots of every succeeded job", DEADLINE, |_| {
+        let links = links_below(&roots_dir)?;
+        let rooted: BTreeSet<String> = links
+            .iter()
+            .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        let want: BTreeSet<String> = jobs
+            .iter()
+            .filter(|(_, j)| j["state"] == "succeeded")
+            .map(|(attr, _)| attr.clone())
+            .collect();
+        Ok((rooted == want).then_some(links))
+    })?;
+    d.nix_store(&["--gc"])?;
+    for link in &rooted {
+        let target = std::fs::read_link(link)?;
+        d.nix_store(&["--check-validity", &target.to_string_lossy()])
+            .with_context(|| format!("{} lost its output after GC", link.display()))?;
+    }
+    let failing_out = jobs[&format!("{P}failing")]["outputs"]["out"]
+        .as_str()
+        .context("failing has an out path")?
+        .to_owned();
+    assert!(
+        d.nix_store(&["--check-validity", &failing_out]).is_err(),
+        "the failing job has no output"
+    );
+
+    // A second commit changes only `c`: a new evaluation that reuses every unchanged build.
+    let rev2 = repo.commit_flake(&flake(&salt, "c-two", 1), "second")?;
+    let detail2 = wait_finished(&d, &rev2)?;
+    let jobs2 = jobs_by_attr(&detail2)?;
+    assert_ne!(detail["id"], detail2["id"]);
+    for (attr, j2) in &jobs2 {
+        let j1 = &jobs[attr];
+        if j1["drv_path"] == j2["drv_path"] && !j1["drv_path"].is_null() {
+            assert_eq!(
+                j1["build"]["id"], j2["build"]["id"],
+                "{attr} was built again"
+            );
+            if !j1["build"].is_null() {
+                assert_eq!(j2["build"]["attempts"], 1, "{attr} was built again: {j2}");
+            }
+            assert_eq!(j1["state"], j2["state"], "{attr}");
+        }
+    }
+    for changed in [format!("{P}c"), NIXOS.to_owned()] {
+        assert_ne!(
+            jobs[&changed]["drv_path"], jobs2[&changed]["drv_path"],
+            "{changed}"
+        );
+        assert_eq!(state_of(&jobs2, &changed), "succeeded");
+    }
+    Ok(())
+}
+
+#[test]
+fn daemon_killed_during_builds_should_converge_after_restart_without_rebuilding() -> Result<()> {
+    let repo = GitRepo::new()?;
+    let rev = repo.commit_flake(&flake(&salt(), "c", 3), "slow")?;
+    let cfg = spec(repo.path());
+    let mut d = TestDaemon::start(&cfg)?;
+
+    // Kill -9 once some jobs are finished and others are still building.
+    let before = d.wait_for("some jobs finished and some building", DEADLINE, |d| {
+        let Some(e) = evaluations(d)?.into_iter().find(|e| e["rev"] == rev) else {
+            return Ok(None);
+        };
+        let detail = d.get_json(&format!("/api/v1/evaluations/{}", e["id"]))?;
+        let jobs = jobs_by_attr(&detail)?;
+        let building = jobs.values().any(|j| j["state"] == "building");
+        let done = jobs.values().any(|j| j["state"] == "succeeded");
+        Ok((building && done).then_some(jobs))
+    })?;
+    d.kill9()?;
+
+    d.restart(&cfg)?;
+    let detail = wait_finished(&d, &rev)?;
+    let after = jobs_by_attr(&detail)?;
+    assert_eq!(state_of(&after, &format!("{P}slow4")), "succeeded");
+    assert_eq!(state_of(&after, &format!("{P}failing")), "failed");
+    assert_eq!(
+        state_of(&after, &format!("{P}afterFailing")),
+        "dependency-failed"
+    );
+    for (attr, j) in &before {
+        if j["state"] == "succeeded" {
+            let a = &after[attr];
+            assert_eq!(a["state"], "succeeded", "{attr}");
+            assert_eq!(a["build"]["id"], j["build"]["id"], "{attr}");
+            assert_eq!(a["build"]["attempts"], 1, "{attr} rebuilt: {a}");
+            assert_eq!(
+                a["build"]["finished_at"], j["build"]["finished_at"],
+                "{attr} rebuilt"
+            );
+        }
+    }
+    // Exactly one evaluation: the restart did not evaluate the same commit twice.
+    assert_eq!(evaluations(&d)?.len(), 1);
+    Ok(())
+}
