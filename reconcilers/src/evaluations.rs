@@ -115,20 +115,10 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
         .iter()
         .map(|h| (h.git_ref.as_str(), h.rev.as_str()))
         .collect();
+    // New heads are evaluated before old evaluations are superseded: superseding cancels the
+    // old jobs, and the builds loop then cancels every running build no live job needs. Were the
+    // old evaluation superseded first, a build both commits share would be cancelled and redone.
     let mut steps = Vec::new();
-    for e in observed
-        .evaluations
-        .iter()
-        .filter(|e| is_unfinished(e.state))
-    {
-        match heads.get(e.git_ref.as_str()) {
-            Some(head) if *head == e.rev => {}
-            head => steps.push(Step::Supersede {
-                evaluation: e.id,
-                by_rev: head.map(|h| (*h).to_owned()),
-            }),
-        }
-    }
     for head in &observed.heads {
         let done = observed.evaluations.iter().any(|e| {
             e.git_ref == head.git_ref
@@ -144,6 +134,19 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
                 rev: head.rev.clone(),
                 flake_ref: local_flake_ref(path, &head.git_ref, &head.rev),
             });
+        }
+    }
+    for e in observed
+        .evaluations
+        .iter()
+        .filter(|e| is_unfinished(e.state))
+    {
+        match heads.get(e.git_ref.as_str()) {
+            Some(head) if *head == e.rev => {}
+            head => steps.push(Step::Supersede {
+                evaluation: e.id,
+                by_rev: head.map(|h| (*h).to_owned()),
+            }),
         }
     }
     Plan {
@@ -449,20 +452,20 @@ mod tests {
     }
 
     #[test]
-    fn moved_head_should_supersede_the_unfinished_evaluation_and_start_a_new_one() {
+    fn moved_head_should_evaluate_the_new_head_before_superseding_the_old_one() {
         let o = observed(
             vec![head("bbb")],
             vec![eval(1, "aaa", EvaluationState::Building)],
         );
         let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert!(matches!(&p.steps[0], Step::StartEvaluation { rev, .. } if rev == "bbb"));
         assert_eq!(
-            p.steps[0],
+            p.steps[1],
             Step::Supersede {
                 evaluation: EvaluationId(1),
                 by_rev: Some("bbb".into())
             }
         );
-        assert!(matches!(&p.steps[1], Step::StartEvaluation { rev, .. } if rev == "bbb"));
     }
 
     #[test]
