@@ -11,6 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 /// Returns the path of the `reconix` binary built alongside this test.
@@ -279,6 +281,78 @@ impl TestDaemon {
     }
 }
 
+/// What the API helpers below poll for: a deadline generous enough for a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(180);
+
+impl TestDaemon {
+    /// Lists the evaluations (newest first).
+    pub fn evaluations(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .get_json("/api/v1/evaluations")?
+            .as_array()
+            .context("evaluations is not an array")?
+            .clone())
+    }
+
+    /// Returns the detail document (with jobs) of the evaluation of `rev`, once it exists.
+    pub fn evaluation_of(&self, rev: &str) -> Result<Option<Value>> {
+        let Some(e) = self.evaluations()?.into_iter().find(|e| e["rev"] == rev) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.get_json(&format!("/api/v1/evaluations/{}", e["id"]))?,
+        ))
+    }
+
+    /// Waits until the evaluation of `rev` is in `state` and returns its detail document.
+    pub fn wait_evaluation(&self, rev: &str, state: &str) -> Result<Value> {
+        self.wait_for(
+            &format!("evaluation of {rev} to be {state}"),
+            DEADLINE,
+            |d| {
+                let Some(detail) = d.evaluation_of(rev)? else {
+                    return Ok(None);
+                };
+                ensure!(
+                    detail["state"] == state || detail["state"] != "failed",
+                    "evaluation failed: {detail}"
+                );
+                Ok((detail["state"] == state).then_some(detail))
+            },
+        )
+    }
+}
+
+/// Returns a local-forge spec for the repository at `repo`, polled every second.
+pub fn local_spec(repo: &Path, max_jobs: u32) -> DaemonConfig {
+    DaemonConfig {
+        spec: format!(
+            "state-dir: {{state_dir}}\n\
+             forges:\n  here:\n    kind: local\n    poll-interval: 1s\n    repos:\n      demo:\n        path: {}\n        branches: [main]\n\
+             builders:\n  local:\n    max-jobs: {max_jobs}\n",
+            repo.display()
+        ),
+    }
+}
+
+/// Indexes an evaluation's jobs by attribute path.
+pub fn jobs_by_attr(detail: &Value) -> Result<BTreeMap<String, Value>> {
+    Ok(detail["jobs"]
+        .as_array()
+        .context("jobs")?
+        .iter()
+        .map(|j| (j["attr"].as_str().unwrap_or_default().to_owned(), j.clone()))
+        .collect())
+}
+
+/// Returns a salt unique to this moment and process, so test derivations are always new.
+pub fn salt() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{n}-{}", std::process::id())
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -299,6 +373,11 @@ fn unique_suffix() -> String {
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// GETs `url` (plain HTTP on loopback) and returns the body of a 200 answer.
+pub fn http_get(url: &str) -> Result<String> {
+    blocking_get(url)
 }
 
 fn blocking_get(url: &str) -> Result<String> {

@@ -2,13 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
-use reconix_e2e::{DaemonConfig, GitRepo, TestDaemon};
+use anyhow::{Context, Result};
+use reconix_e2e::{DEADLINE, GitRepo, TestDaemon, jobs_by_attr, local_spec, salt};
 use serde_json::Value;
-
-const DEADLINE: Duration = Duration::from_secs(180);
 
 /// The test flake: no inputs, a dependency chain a → b → c, slow packages, a failing package with
 /// a dependent, a failing check, an attribute that throws and one that aborts (tryEval cannot
@@ -54,53 +51,6 @@ fn flake(salt: &str, c_variant: &str, slow_secs: u32) -> String {
     .replace("@SLOW@", &slow_secs.to_string())
 }
 
-fn salt() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{n}-{}", std::process::id())
-}
-
-fn spec(repo: &Path) -> DaemonConfig {
-    DaemonConfig {
-        spec: format!(
-            "state-dir: {{state_dir}}\n\
-             forges:\n  here:\n    kind: local\n    poll-interval: 1s\n    repos:\n      demo:\n        path: {}\n        branches: [main]\n\
-             builders:\n  local:\n    max-jobs: 2\n",
-            repo.display()
-        ),
-    }
-}
-
-fn evaluations(d: &TestDaemon) -> Result<Vec<Value>> {
-    Ok(d.get_json("/api/v1/evaluations")?
-        .as_array()
-        .context("evaluations is not an array")?
-        .clone())
-}
-
-/// Waits for the evaluation of `rev` to reach `finished` and returns its detail document.
-fn wait_finished(d: &TestDaemon, rev: &str) -> Result<Value> {
-    d.wait_for(&format!("evaluation of {rev} to finish"), DEADLINE, |d| {
-        let Some(e) = evaluations(d)?.into_iter().find(|e| e["rev"] == rev) else {
-            return Ok(None);
-        };
-        let id = e["id"].as_i64().context("id")?;
-        let detail = d.get_json(&format!("/api/v1/evaluations/{id}"))?;
-        ensure!(detail["state"] != "failed", "evaluation failed: {detail}");
-        Ok((detail["state"] == "finished").then_some(detail))
-    })
-}
-
-fn jobs_by_attr(detail: &Value) -> Result<BTreeMap<String, Value>> {
-    Ok(detail["jobs"]
-        .as_array()
-        .context("jobs")?
-        .iter()
-        .map(|j| (j["attr"].as_str().unwrap_or_default().to_owned(), j.clone()))
-        .collect())
-}
-
 fn state_of(jobs: &BTreeMap<String, Value>, attr: &str) -> String {
     jobs.get(attr)
         .and_then(|j| j["state"].as_str())
@@ -134,9 +84,9 @@ fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> R
     let repo = GitRepo::new()?;
     let salt = salt();
     let rev1 = repo.commit_flake(&flake(&salt, "c-one", 1), "first")?;
-    let d = TestDaemon::start(&spec(repo.path()))?;
+    let d = TestDaemon::start(&local_spec(repo.path(), 2))?;
 
-    let detail = wait_finished(&d, &rev1)?;
+    let detail = d.wait_evaluation(&rev1, "finished")?;
     let jobs = jobs_by_attr(&detail)?;
     let expected = [
         (format!("{P}a"), "succeeded"),
@@ -242,7 +192,7 @@ fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> R
 
     // A second commit changes only `c`: a new evaluation that reuses every unchanged build.
     let rev2 = repo.commit_flake(&flake(&salt, "c-two", 1), "second")?;
-    let detail2 = wait_finished(&d, &rev2)?;
+    let detail2 = d.wait_evaluation(&rev2, "finished")?;
     let jobs2 = jobs_by_attr(&detail2)?;
     assert_ne!(detail["id"], detail2["id"]);
     for (attr, j2) in &jobs2 {
@@ -272,15 +222,14 @@ fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> R
 fn daemon_killed_during_builds_should_converge_after_restart_without_rebuilding() -> Result<()> {
     let repo = GitRepo::new()?;
     let rev = repo.commit_flake(&flake(&salt(), "c", 3), "slow")?;
-    let cfg = spec(repo.path());
+    let cfg = local_spec(repo.path(), 2);
     let mut d = TestDaemon::start(&cfg)?;
 
     // Kill -9 once some jobs are finished and others are still building.
     let before = d.wait_for("some jobs finished and some building", DEADLINE, |d| {
-        let Some(e) = evaluations(d)?.into_iter().find(|e| e["rev"] == rev) else {
+        let Some(detail) = d.evaluation_of(&rev)? else {
             return Ok(None);
         };
-        let detail = d.get_json(&format!("/api/v1/evaluations/{}", e["id"]))?;
         let jobs = jobs_by_attr(&detail)?;
         let building = jobs.values().any(|j| j["state"] == "building");
         let done = jobs.values().any(|j| j["state"] == "succeeded");
@@ -289,7 +238,7 @@ fn daemon_killed_during_builds_should_converge_after_restart_without_rebuilding(
     d.kill9()?;
 
     d.restart(&cfg)?;
-    let detail = wait_finished(&d, &rev)?;
+    let detail = d.wait_evaluation(&rev, "finished")?;
     let after = jobs_by_attr(&detail)?;
     assert_eq!(state_of(&after, &format!("{P}slow4")), "succeeded");
     assert_eq!(state_of(&after, &format!("{P}failing")), "failed");
@@ -310,6 +259,6 @@ fn daemon_killed_during_builds_should_converge_after_restart_without_rebuilding(
         }
     }
     // Exactly one evaluation: the restart did not evaluate the same commit twice.
-    assert_eq!(evaluations(&d)?.len(), 1);
+    assert_eq!(d.evaluations()?.len(), 1);
     Ok(())
 }
