@@ -135,7 +135,17 @@ impl TestDaemon {
         require_nix()?;
         let tmp = tempfile::Builder::new().prefix("reconix-e2e").tempdir()?;
         let root = tmp.path().to_owned();
-        let mut d = Self::spawn(&root, config)?;
+        let mut d = Self::spawn(&root, config, &[])?;
+        d._tmp = Some(tmp);
+        Ok(d)
+    }
+
+    /// Starts a daemon with extra environment variables (e.g. `RECONIX_LOG_FORMAT=json`).
+    pub fn start_with_env(config: &DaemonConfig, env: &[(&str, &str)]) -> Result<Self> {
+        require_nix()?;
+        let tmp = tempfile::Builder::new().prefix("reconix-e2e").tempdir()?;
+        let root = tmp.path().to_owned();
+        let mut d = Self::spawn(&root, config, env)?;
         d._tmp = Some(tmp);
         Ok(d)
     }
@@ -148,14 +158,14 @@ impl TestDaemon {
             .parent()
             .context("state dir has no parent")?
             .to_owned();
-        let mut fresh = Self::spawn(&root, config)?;
+        let mut fresh = Self::spawn(&root, config, &[])?;
         self.child = fresh.child.take();
         self.url = std::mem::take(&mut fresh.url);
         self.stderr_log = std::mem::take(&mut fresh.stderr_log);
         Ok(())
     }
 
-    fn spawn(root: &Path, config: &DaemonConfig) -> Result<Self> {
+    fn spawn(root: &Path, config: &DaemonConfig, env: &[(&str, &str)]) -> Result<Self> {
         let state_dir = root.join("state");
         let store = root.join("store");
         std::fs::create_dir_all(&state_dir)?;
@@ -171,6 +181,7 @@ impl TestDaemon {
             .arg("--nix-store")
             .arg(&store)
             .env("RUST_LOG", "info,reconix=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log)?)
             .spawn()
@@ -224,6 +235,31 @@ impl TestDaemon {
     /// Returns what the daemon logged so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the daemon.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.child.as_ref().context("daemon not running")?.id();
+        run(Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string()))?;
+        Ok(())
+    }
+
+    /// Waits up to `deadline` for the daemon to exit and returns its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Result<Option<i32>> {
+        let mut child = self.child.take().context("daemon not running")?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                bail!("daemon did not exit within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the daemon with SIGKILL and waits for it.
