@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use reconix_nixcli::{Nix, NixCli};
@@ -37,6 +37,24 @@ pub(crate) fn load_spec(path: &Path, overrides: &Overrides) -> Result<Spec, Spec
         spec.listen = listen;
     }
     Ok(spec)
+}
+
+/// Returns an error naming the key when `spec` changes what only a restart can change.
+fn check_pinned(state_dir: &Path, listen: SocketAddr, spec: &Spec) -> Result<(), String> {
+    if spec.state_dir != state_dir {
+        return Err(format!(
+            "state-dir changed from {} to {}: restart the daemon to use a new state directory",
+            state_dir.display(),
+            spec.state_dir.display()
+        ));
+    }
+    if spec.listen != listen {
+        return Err(format!(
+            "listen changed from {listen} to {}: restart the daemon to listen elsewhere",
+            spec.listen
+        ));
+    }
+    Ok(())
 }
 
 /// Everything `serve` needs; `demo` builds one too.
@@ -96,8 +114,13 @@ pub(crate) fn nix_client(store: Option<&str>) -> NixCli {
 /// Serves until shutdown; returns the exit code.
 pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let overrides = opts.overrides.clone();
+    // The first spec loaded fixes the state directory and listen address: the database and the
+    // socket are open, so a reload that changes them is rejected rather than half applied.
+    let pinned: OnceLock<(PathBuf, SocketAddr)> = OnceLock::new();
     let reloader = match SpecReloader::open(opts.spec_path.clone(), move |p: &Path| {
-        load_spec(p, &overrides)
+        let spec = load_spec(p, &overrides).map_err(|e| e.to_string())?;
+        let (dir, listen) = pinned.get_or_init(|| (spec.state_dir.clone(), spec.listen));
+        check_pinned(dir, *listen, &spec).map(|()| spec)
     }) {
         Ok(reloader) => reloader,
         Err(errors) => {
@@ -210,4 +233,21 @@ where
             });
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_should_refuse_to_move_the_state_dir_or_the_socket() {
+        let spec = Spec::default();
+        let (dir, listen) = (spec.state_dir.clone(), spec.listen);
+        assert_eq!(check_pinned(&dir, listen, &spec), Ok(()));
+        let err = check_pinned(Path::new("/elsewhere"), listen, &spec).unwrap_err();
+        assert!(err.contains("state-dir changed") && err.contains("restart"), "{err}");
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let err = check_pinned(&dir, other, &spec).unwrap_err();
+        assert!(err.starts_with("listen changed"), "{err}");
+    }
 }
