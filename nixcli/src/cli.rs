@@ -11,8 +11,11 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::build::BuildMode;
 use crate::parse::stderr::{first_error_line, last_line};
+use crate::pool::BuildPool;
 use crate::port::{BuildOutcome, BuildRequest, EvalOutcome, EvalRequest, Nix};
+use crate::roots;
 use crate::{Error, Result};
 
 /// How many paths one `nix-store --check-validity` call gets (keeps argv small).
@@ -20,10 +23,13 @@ const VALIDITY_CHUNK: usize = 1000;
 
 /// Runs the real Nix programs (written against Nix 2.8; see `nix-lab.md`).
 ///
-/// Cheap to clone. Every invocation is logged at debug level with its duration.
+/// Cheap to clone. Builds go through a pool of long-lived `nix-store --serve --write` channels
+/// by default ([`BuildMode`]); clones share the pool, and the `with_*` builders start a new one.
+/// Every other invocation is a process, logged at debug level with its duration.
 #[derive(Debug, Clone)]
 pub struct NixCli {
     pub(crate) config: Arc<Config>,
+    pub(crate) pool: Arc<BuildPool>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +41,7 @@ pub(crate) struct Config {
     pub(crate) max_jobs: Option<u32>,
     pub(crate) kill_grace: Duration,
     pub(crate) store: Option<OsString>,
+    pub(crate) build_mode: BuildMode,
 }
 
 impl Default for NixCli {
@@ -45,7 +52,7 @@ impl Default for NixCli {
 
 impl NixCli {
     /// Creates a runner using `nix` and `nix-store` from `PATH`, evaluating at most 2 processes
-    /// at a time and building with `max-jobs = 1`.
+    /// at a time and building on channels ([`BuildMode::Channel`]) with `max-jobs = 1`.
     pub fn new() -> Self {
         Self {
             config: Arc::new(Config {
@@ -56,15 +63,20 @@ impl NixCli {
                 max_jobs: Some(1),
                 kill_grace: Duration::from_secs(5),
                 store: None,
+                build_mode: BuildMode::default(),
             }),
+            pool: Arc::default(),
         }
     }
 
     fn with_config(self, change: impl FnOnce(&mut Config)) -> Self {
         let mut config = Arc::unwrap_or_clone(self.config);
         change(&mut config);
+        // Channels started with the old settings (program, store, max-jobs…) must not serve
+        // the new ones.
         Self {
             config: Arc::new(config),
+            pool: Arc::default(),
         }
     }
 
@@ -118,6 +130,63 @@ impl NixCli {
     pub fn with_store(self, store: impl Into<OsString>) -> Self {
         let store = store.into();
         self.with_config(|c| c.store = Some(store))
+    }
+
+    /// Returns a runner that builds in `mode`: on pooled `nix-store --serve` channels (the
+    /// default) or with one `nix-store --realise` per build.
+    #[must_use]
+    pub fn with_build_mode(self, mode: BuildMode) -> Self {
+        self.with_config(|c| c.build_mode = mode)
+    }
+
+    /// Returns the binary caches Nix substitutes from (`substituters` of `nix show-config`),
+    /// as seen with this runner's store and environment.
+    ///
+    /// # Errors
+    /// Returns an error when Nix cannot run or prints something that is not its config.
+    pub async fn substituters(&self) -> Result<Vec<String>> {
+        let args = os_args(["show-config", "--json"]);
+        let stdout = self.run_ok(&self.config.nix, &args).await?;
+        parse_substituters(&stdout).map_err(|reason| Error::Output {
+            command: command_line(&self.config.nix, &args),
+            reason,
+        })
+    }
+
+    /// Returns the build mode that fits this Nix: [`BuildMode::Channel`] when no substituter
+    /// is configured, [`BuildMode::Process`] otherwise, because serve-protocol channels never
+    /// substitute and would build from source what a cache could supply.
+    ///
+    /// # Errors
+    /// See [`substituters`](Self::substituters).
+    pub async fn suitable_build_mode(&self) -> Result<BuildMode> {
+        Ok(if self.substituters().await?.is_empty() {
+            BuildMode::Channel
+        } else {
+            BuildMode::Process
+        })
+    }
+
+    /// Returns the value of the environment variable `key` as Nix processes see it (set with
+    /// [`with_env`](Self::with_env), else inherited), when not empty.
+    pub(crate) fn env_var(&self, key: &str) -> Option<OsString> {
+        self.config
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os(key))
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Returns the store Nix processes use: `--store`, else `NIX_REMOTE`, else `None` (Nix's
+    /// default, `auto`).
+    pub(crate) fn effective_store(&self) -> Option<OsString> {
+        self.config
+            .store
+            .clone()
+            .or_else(|| self.env_var("NIX_REMOTE"))
     }
 
     /// Returns where a store path's file really is: below the chroot store's root when
@@ -174,7 +243,7 @@ impl NixCli {
     }
 
     /// Runs a command that must succeed and returns its stdout.
-    async fn run_ok(&self, program: &Path, args: &[OsString]) -> Result<String> {
+    pub(crate) async fn run_ok(&self, program: &Path, args: &[OsString]) -> Result<String> {
         let finished = self.run(program, args).await?;
         finished.into_success()
     }
@@ -292,10 +361,32 @@ impl Nix for NixCli {
 
     async fn add_root(&self, link: &Path, path: &StorePath) -> Result<()> {
         create_parent(link).await?;
-        let mut args = os_args(["--add-root"]);
-        args.push(link.as_os_str().to_owned());
-        args.extend(os_args(["--indirect", "--realise", path.as_str()]));
-        self.run_ok(&self.config.nix_store, &args).await.map(drop)
+        if roots::auto_dir(self).is_none() {
+            return roots::add_root_with_nix_store(self, link, path).await;
+        }
+        // The path must be valid and stay so until the root exists: a channel's query with
+        // `lock` gives it a temporary root (honoured by a collection already under way).
+        let mut channel = self
+            .pool
+            .acquire(self)
+            .await
+            .map_err(crate::pool::OpenError::into_error)?;
+        let valid = channel
+            .query_valid(&[path.as_str()], true)
+            .await
+            .map_err(|source| Error::Serve {
+                message: "cannot query path validity".to_owned(),
+                source,
+            })?;
+        let result = if valid.iter().any(|v| v == path.as_str()) {
+            roots::register(self, vec![(link.to_owned(), path.clone())]).await
+        } else {
+            Err(Error::InvalidPath {
+                path: path.to_string(),
+            })
+        };
+        self.pool.release(channel);
+        result
     }
 
     async fn is_valid(&self, paths: &[StorePath]) -> Result<Vec<bool>> {
@@ -313,6 +404,8 @@ impl Nix for NixCli {
     }
 
     async fn collect_garbage(&self) -> Result<()> {
+        // Idle channels hold temporary roots on everything they built: close them first.
+        self.pool.close_idle().await;
         self.run_ok(&self.config.nix_store, &os_args(["--gc"]))
             .await
             .map(drop)
@@ -333,9 +426,41 @@ impl Nix for NixCli {
     }
 }
 
+/// Reads `substituters` out of `nix show-config --json`.
+fn parse_substituters(json: &str) -> std::result::Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let value = v
+        .get("substituters")
+        .and_then(|s| s.get("value"))
+        .ok_or("no `substituters` setting")?;
+    let list = value.as_array().ok_or("`substituters` is not a list")?;
+    list.iter()
+        .map(|s| {
+            s.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| "a substituter is not a string".to_owned())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn substituters_should_be_read_from_show_config() {
+        let json = r#"{"substituters":{"aliases":["binary-caches"],"defaultValue":["https://cache.nixos.org/"],"value":["https://cache.nixos.org/","file:///c"]},"cores":{"value":0}}"#;
+        assert_eq!(
+            parse_substituters(json).unwrap(),
+            ["https://cache.nixos.org/", "file:///c"]
+        );
+        assert_eq!(
+            parse_substituters(r#"{"substituters":{"value":[]}}"#).unwrap(),
+            Vec::<String>::new()
+        );
+        assert!(parse_substituters(r#"{"cores":{"value":0}}"#).is_err());
+        assert!(parse_substituters("error: nope").is_err());
+    }
 
     #[test]
     fn command_line_should_shorten_long_arguments_on_a_char_boundary() {

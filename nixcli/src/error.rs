@@ -85,6 +85,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A `nix-store --serve` channel could not be opened or broke during a command.
+    #[error("`nix-store --serve` failed: {message}")]
+    Serve {
+        /// The first `error:` line of its stderr, or what was being done.
+        message: String,
+        /// The protocol error.
+        #[source]
+        source: crate::serve::ServeError,
+    },
+    /// A store path that must be valid (present in the store) is not.
+    #[error("path '{path}' is not valid")]
+    InvalidPath {
+        /// The store path.
+        path: String,
+    },
     /// A background task of this crate panicked or was aborted.
     #[error("internal task failed")]
     Task(#[source] tokio::task::JoinError),

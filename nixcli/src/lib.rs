@@ -6,6 +6,9 @@
 //! - [`parse`] holds the pure parsers: the JSON of the evaluation expressions, `error:` lines of
 //!   stderr, the `.drv` ATerm format, `nix-store` exit codes and its `internal-json` log.
 //! - [`deps`] turns job derivations into job-level dependencies by walking `inputDrvs`.
+//! - [`serve`] is a `nix-store --serve` protocol client over any stream pair: builds run on a
+//!   pool of long-lived local serve processes ([`BuildMode::Channel`], the default), because a
+//!   process per build costs ~25 ms of CPU; remote builders can reuse it over SSH.
 //!
 //! Evaluation follows the "hybrid" strategy measured in `nix-lab.md` (§3, appendices B and C):
 //! list the attribute names, evaluate them all in one `nix eval` with `tryEval`, bisect on an
@@ -19,8 +22,12 @@ mod eval;
 #[cfg(feature = "testing")]
 mod fake;
 pub mod parse;
+mod pool;
 mod port;
+mod roots;
+pub mod serve;
 
+pub use build::BuildMode;
 pub use cli::NixCli;
 pub use error::{Error, Result};
 #[cfg(feature = "testing")]

@@ -39,7 +39,8 @@ pub trait Nix: Send + Sync + 'static {
     /// creating its parent directories. Registering the same link again is harmless.
     ///
     /// # Errors
-    /// When the directories cannot be created or Nix refuses (e.g. `path` is not valid).
+    /// [`Error::InvalidPath`](crate::Error::InvalidPath) when `path` is not valid; other
+    /// variants when the link or its registration cannot be written, or Nix refuses.
     fn add_root(&self, link: &Path, path: &StorePath) -> impl Future<Output = Result<()>> + Send;
 
     /// Returns, for each of `paths` in order, whether it is valid (present) in the store.
@@ -152,7 +153,9 @@ pub enum BuildStatus {
 pub struct BuildOutcome {
     /// How it ended.
     pub status: BuildStatus,
-    /// The exit code of `nix-store` (`None` when it was killed by a signal).
+    /// The exit code of `nix-store --realise` (`None` when it was killed by a signal), or in
+    /// [`BuildMode::Channel`](crate::BuildMode::Channel) the status of the serve reply, which
+    /// is the code `nix-store --realise` would have exited with (0, 100, 101, 1…).
     pub exit_code: Option<i32>,
     /// The first error Nix reported, without the `error: ` prefix.
     pub message: Option<String>,

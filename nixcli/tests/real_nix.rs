@@ -17,7 +17,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reconix_nixcli::{BuildRequest, BuildStatus, Error, EvalJob, EvalRequest, Nix, NixCli};
+use reconix_nixcli::{
+    BuildMode, BuildRequest, BuildStatus, Error, EvalJob, EvalRequest, Nix, NixCli,
+};
 use reconix_spec::names::{StorePath, System};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +139,18 @@ impl TestFlake {
         job.result.as_ref().unwrap().drv_path.clone()
     }
 
+    /// Evaluates `packages` once and returns the derivations of the named packages.
+    async fn drvs(&self, names: &[&str]) -> Vec<StorePath> {
+        let jobs = self.evaluate(&["packages"]).await;
+        names
+            .iter()
+            .map(|name| {
+                let job = &jobs[&format!("packages.x86_64-linux.{name}")];
+                job.result.as_ref().unwrap().drv_path.clone()
+            })
+            .collect()
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -200,6 +214,56 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// The variable that marks the Nix processes of one test, so that it can find them in `/proc`.
+const MARK: &str = "RECONIX_TEST_MARK";
+
+/// Returns a runner in `mode` whose Nix processes carry `MARK=<mark>` in their environment.
+fn marked(mode: BuildMode, mark: &str) -> NixCli {
+    NixCli::new().with_build_mode(mode).with_env(MARK, mark)
+}
+
+/// Returns the pids of the `nix-store` processes started by a runner from [`marked`].
+fn nix_processes_of(mark: &str) -> Vec<String> {
+    let needle = format!("{MARK}={mark}\0");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        // A zombie has an empty command line: it is gone, only not yet reaped.
+        if String::from_utf8_lossy(&environ).contains(&needle) && !cmdline.is_empty() {
+            found.push(name);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Returns whether the process `pid` has finished exiting (it is a zombie or gone).
+fn exited(pid: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // `pid (comm) S …`: the state follows the last parenthesis.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+}
+
+/// Returns the names of the entries of a `gcroots/auto` directory that point at `link`.
+fn registrations_of(auto: &Path, link: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(auto) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == link))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 const DEMO: &str = r#"{
@@ -349,8 +413,37 @@ async fn evaluate_should_survive_quotes_and_dollars_in_its_arguments() {
     assert_eq!(outcome.nix_calls, 2);
 }
 
-#[tokio::test]
-async fn realise_should_build_root_and_log_a_derivation() {
+/// Runs a test body once per [`BuildMode`], as `<name>::on_channels` and `<name>::on_processes`:
+/// both modes must behave the same.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn on_channels() {
+                super::$name(BuildMode::Channel).await;
+            }
+
+            #[tokio::test]
+            async fn on_processes() {
+                super::$name(BuildMode::Process).await;
+            }
+        }
+    )*};
+}
+
+in_both_modes!(
+    realise_should_build_root_and_log_a_derivation,
+    realise_should_report_a_failing_builder_with_exit_code_100_and_its_log,
+    realise_should_time_out_a_sleeping_build,
+    realise_should_stop_a_cancelled_build_and_its_processes,
+    realise_should_root_other_outputs_with_a_dash_suffix,
+    realise_should_report_a_missing_derivation_as_an_error,
+    private_store_should_evaluate_build_root_and_collect_garbage_apart_from_the_main_one,
+);
+
+async fn realise_should_build_root_and_log_a_derivation(mode: BuildMode) {
     let flake = TestFlake::new("{ packages.${system} = { inherit a b; }; }");
     let drv = flake.drv("b").await;
     let root = flake.path("roots/deep/b");
@@ -358,7 +451,8 @@ async fn realise_should_build_root_and_log_a_derivation() {
         gc_root: Some(root.clone()),
         ..flake.build(&drv, "b")
     };
-    let outcome = within(NixCli::new().realise(req.clone(), CancellationToken::new()))
+    let nix = NixCli::new().with_build_mode(mode);
+    let outcome = within(nix.realise(req.clone(), CancellationToken::new()))
         .await
         .unwrap();
     assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
@@ -368,29 +462,32 @@ async fn realise_should_build_root_and_log_a_derivation() {
     );
     let out = &outcome.outputs["out"];
     assert!(Path::new(out.as_str()).exists());
-    // The link points at the output, and Nix registered the link as an indirect root.
+    // The link points at the output, and the link is registered as an indirect root.
     assert_eq!(std::fs::read_link(&root).unwrap(), Path::new(out.as_str()));
-    let registered = std::fs::read_dir("/nix/var/nix/gcroots/auto")
-        .unwrap()
-        .flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == root));
-    assert!(registered, "no indirect root for {}", root.display());
+    assert!(
+        !registrations_of(Path::new("/nix/var/nix/gcroots/auto"), &root).is_empty(),
+        "no indirect root for {}",
+        root.display()
+    );
     let log = std::fs::read_to_string(&req.log_file).unwrap();
     assert!(
         log.contains("building-a\n") && log.contains("building-b\n"),
         "{log}"
     );
-    assert!(log.contains("-b.drv'..."), "{log}");
+    if mode == BuildMode::Process {
+        // Nix's own progress lines come only with the JSON log of `nix-store --realise`.
+        assert!(log.contains("-b.drv'..."), "{log}");
+    }
 }
 
-#[tokio::test]
-async fn realise_should_report_a_failing_builder_with_exit_code_100_and_its_log() {
+async fn realise_should_report_a_failing_builder_with_exit_code_100_and_its_log(mode: BuildMode) {
     let flake = TestFlake::new(
         r#"{ packages.${system}.failing = mk "failing" "echo 'about to fail' >&2; echo 'error: from the builder'; exit 3"; }"#,
     );
     let drv = flake.drv("failing").await;
     let req = flake.build(&drv, "failing");
-    let outcome = within(NixCli::new().realise(req.clone(), CancellationToken::new()))
+    let nix = NixCli::new().with_build_mode(mode);
+    let outcome = within(nix.realise(req.clone(), CancellationToken::new()))
         .await
         .unwrap();
     assert_eq!(outcome.status, BuildStatus::Failed);
@@ -401,10 +498,10 @@ async fn realise_should_report_a_failing_builder_with_exit_code_100_and_its_log(
     assert!(outcome.outputs.is_empty());
     let log = std::fs::read_to_string(&req.log_file).unwrap();
     assert!(log.contains("about to fail"), "{log}");
+    assert!(log.contains("failed with exit code 3"), "{log}");
 }
 
-#[tokio::test]
-async fn realise_should_time_out_a_sleeping_build() {
+async fn realise_should_time_out_a_sleeping_build(mode: BuildMode) {
     let flake = TestFlake::new(
         r#"{ packages.${system}.sleeper = mk "sleeper" "echo sleeping; sleep 30; touch $out"; }"#,
     );
@@ -414,7 +511,8 @@ async fn realise_should_time_out_a_sleeping_build() {
         ..flake.build(&drv, "sleeper")
     };
     let started = Instant::now();
-    let outcome = within(NixCli::new().realise(req, CancellationToken::new()))
+    let nix = NixCli::new().with_build_mode(mode);
+    let outcome = within(nix.realise(req, CancellationToken::new()))
         .await
         .unwrap();
     assert_eq!(outcome.status, BuildStatus::TimedOut, "{outcome:?}");
@@ -428,17 +526,17 @@ async fn realise_should_time_out_a_sleeping_build() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-#[tokio::test]
-async fn realise_should_stop_a_cancelled_build_and_its_processes() {
+async fn realise_should_stop_a_cancelled_build_and_its_processes(mode: BuildMode) {
     let flake = TestFlake::new(
         r#"{ packages.${system}.sleeper = mk "sleeper" "echo sleeping-${salt}; sleep 60; touch $out"; }"#,
     );
     let drv = flake.drv("sleeper").await;
     let req = flake.build(&drv, "sleeper");
+    let nix = marked(mode, &flake.salt);
     let cancel = CancellationToken::new();
     let build = tokio::spawn({
-        let (req, cancel) = (req.clone(), cancel.clone());
-        async move { NixCli::new().realise(req, cancel).await }
+        let (nix, req, cancel) = (nix.clone(), req.clone(), cancel.clone());
+        async move { nix.realise(req, cancel).await }
     });
     // The log is written as the build runs: wait for the builder's first line.
     let deadline = Instant::now() + STEP;
@@ -447,7 +545,7 @@ async fn realise_should_stop_a_cancelled_build_and_its_processes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        !processes_mentioning(drv.as_str()).is_empty(),
+        !nix_processes_of(&flake.salt).is_empty(),
         "nix-store is running"
     );
     let cancelled_at = Instant::now();
@@ -456,6 +554,7 @@ async fn realise_should_stop_a_cancelled_build_and_its_processes() {
     assert_eq!(outcome.status, BuildStatus::Cancelled);
     assert!(cancelled_at.elapsed() < Duration::from_secs(3));
     // Neither nix-store nor the builder (whose command line holds the salt) is left.
+    assert_eq!(nix_processes_of(&flake.salt), Vec::<String>::new());
     assert_eq!(processes_mentioning(drv.as_str()), Vec::<String>::new());
     assert_eq!(
         processes_mentioning(&format!("sleeping-{}", flake.salt)),
@@ -465,8 +564,7 @@ async fn realise_should_stop_a_cancelled_build_and_its_processes() {
     assert!(log.ends_with("reconix: build cancelled\n"), "{log}");
 }
 
-#[tokio::test]
-async fn realise_should_root_other_outputs_with_a_dash_suffix() {
+async fn realise_should_root_other_outputs_with_a_dash_suffix(mode: BuildMode) {
     let flake = TestFlake::new(
         r#"{ packages.${system}.multi = derivation {
           name = "multi"; inherit system salt; builder = "/bin/sh"; outputs = [ "out" "dev" "doc" ];
@@ -479,72 +577,26 @@ async fn realise_should_root_other_outputs_with_a_dash_suffix() {
         gc_root: Some(root.clone()),
         ..flake.build(&drv, "multi")
     };
-    let outcome = within(NixCli::new().realise(req, CancellationToken::new()))
+    let nix = NixCli::new().with_build_mode(mode);
+    let outcome = within(nix.realise(req, CancellationToken::new()))
         .await
         .unwrap();
     assert_eq!(outcome.status, BuildStatus::Succeeded);
     assert_eq!(outcome.outputs.len(), 3);
     for (output, link) in [("out", "multi"), ("dev", "multi-dev"), ("doc", "multi-doc")] {
+        let link = flake.path(&format!("roots/{link}"));
         assert_eq!(
-            std::fs::read_link(flake.path(&format!("roots/{link}"))).unwrap(),
+            std::fs::read_link(&link).unwrap(),
             Path::new(outcome.outputs[output].as_str())
+        );
+        assert!(
+            !registrations_of(Path::new("/nix/var/nix/gcroots/auto"), &link).is_empty(),
+            "{output} is not registered"
         );
     }
 }
 
-#[tokio::test]
-async fn add_root_and_is_valid_should_work_on_built_outputs() {
-    let flake = TestFlake::new("{ packages.${system}.a = a; }");
-    let drv = flake.drv("a").await;
-    let nix = NixCli::new();
-    let out = {
-        let jobs = flake.evaluate(&["packages"]).await;
-        jobs["packages.x86_64-linux.a"]
-            .result
-            .as_ref()
-            .unwrap()
-            .outputs["out"]
-            .clone()
-    };
-    assert_eq!(
-        within(nix.is_valid(std::slice::from_ref(&out)))
-            .await
-            .unwrap(),
-        [false]
-    );
-    let outcome = within(nix.realise(flake.build(&drv, "a"), CancellationToken::new()))
-        .await
-        .unwrap();
-    assert_eq!(outcome.status, BuildStatus::Succeeded);
-
-    let link = flake.path("gcroots/x/y/a");
-    within(nix.add_root(&link, &out)).await.unwrap();
-    within(nix.add_root(&link, &out)).await.unwrap(); // idempotent
-    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(out.as_str()));
-
-    let missing = StorePath::new("/nix/store/00000000000000000000000000000000-missing").unwrap();
-    assert_eq!(
-        within(nix.is_valid(&[out, missing.clone(), drv]))
-            .await
-            .unwrap(),
-        [true, false, true]
-    );
-    assert!(
-        within(nix.add_root(&flake.path("gcroots/m"), &missing))
-            .await
-            .is_err()
-    );
-}
-
-#[tokio::test]
-async fn version_should_return_the_nix_version_number() {
-    require_nix();
-    let version = within(NixCli::new().version()).await.unwrap();
-    assert!(version.starts_with("2."), "{version}");
-}
-
-#[tokio::test]
-async fn realise_should_report_a_missing_derivation_as_an_error() {
+async fn realise_should_report_a_missing_derivation_as_an_error(mode: BuildMode) {
     require_nix();
     let dir = tempfile::tempdir().unwrap();
     let req = BuildRequest {
@@ -555,7 +607,8 @@ async fn realise_should_report_a_missing_derivation_as_an_error() {
         max_silent: None,
         log_file: dir.path().join("missing.log"),
     };
-    let outcome = within(NixCli::new().realise(req, CancellationToken::new()))
+    let nix = NixCli::new().with_build_mode(mode);
+    let outcome = within(nix.realise(req, CancellationToken::new()))
         .await
         .unwrap();
     assert_eq!(outcome.status, BuildStatus::Error);
@@ -568,11 +621,14 @@ async fn realise_should_report_a_missing_derivation_as_an_error() {
     );
 }
 
-#[tokio::test]
-async fn private_store_should_evaluate_build_root_and_collect_garbage_apart_from_the_main_one() {
+async fn private_store_should_evaluate_build_root_and_collect_garbage_apart_from_the_main_one(
+    mode: BuildMode,
+) {
     let flake = TestFlake::new("{ packages.${system} = { inherit a b; }; }");
     let store = flake.path("store");
-    let nix = NixCli::new().with_store(store.as_os_str());
+    let nix = NixCli::new()
+        .with_store(store.as_os_str())
+        .with_build_mode(mode);
     let outcome = within(nix.evaluate(flake.request(&["packages"])))
         .await
         .unwrap();
@@ -611,11 +667,279 @@ async fn private_store_should_evaluate_build_root_and_collect_garbage_apart_from
             .unwrap(),
         [true, true]
     );
+    // The root is registered in the private store's state directory, not the main one.
+    let auto = store.join("nix/var/nix/gcroots/auto");
+    assert_eq!(registrations_of(&auto, &root).len(), 1);
+    assert!(registrations_of(Path::new("/nix/var/nix/gcroots/auto"), &root).is_empty());
 
     // GC of the private store keeps the rooted output and deletes the unrooted one.
     within(nix.collect_garbage()).await.unwrap();
     assert_eq!(
-        within(nix.is_valid(&[out_a, out_b])).await.unwrap(),
+        within(nix.is_valid(&[out_a.clone(), out_b.clone()]))
+            .await
+            .unwrap(),
         [true, false]
+    );
+
+    // Removing the link releases the root: the next GC deletes the output too, and the
+    // collector drops the dangling registration.
+    std::fs::remove_file(&root).unwrap();
+    within(nix.collect_garbage()).await.unwrap();
+    assert_eq!(
+        within(nix.is_valid(&[out_a, out_b])).await.unwrap(),
+        [false, false]
+    );
+    assert!(registrations_of(&auto, &root).is_empty());
+}
+
+/// Makes `path` a FIFO and reads it on a thread, 1 KiB every 2 ms, until the writer closes it.
+fn slow_log_reader(path: &Path) -> std::thread::JoinHandle<String> {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut fifo = std::fs::File::open(&path).unwrap();
+        let (mut text, mut chunk) = (Vec::new(), [0u8; 1024]);
+        loop {
+            match fifo.read(&mut chunk).unwrap() {
+                0 => return String::from_utf8(text).unwrap(),
+                n => text.extend_from_slice(&chunk[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+#[tokio::test]
+async fn channel_should_give_each_build_exactly_its_own_log_on_a_reused_channel() {
+    // Each builder prints 12000 numbered lines (~200 KiB) on stdout and stderr up to its exit,
+    // and the log file is a FIFO drained slowly: the serve process's stderr backs up, so when
+    // Nix replies, the end of the build's output is still unread in the pipe. It must land in
+    // this build's log, not in the next one's.
+    let flake = TestFlake::new(
+        r#"{ packages.${system} = let
+          noisy = name: mk name "i=0; while [ $i -lt 6000 ]; do echo ${name}-out-$i; echo ${name}-err-$i >&2; i=$((i+1)); done; echo ${name} > $out";
+        in { first = noisy "first"; second = noisy "second"; third = noisy "third"; }; }"#,
+    );
+    let drvs = flake.drvs(&["first", "second", "third"]).await;
+    let nix = marked(BuildMode::Channel, &flake.salt);
+    let mut serve_pids = Vec::new();
+    for (drv, name) in drvs.iter().zip(["first", "second", "third"]) {
+        let req = flake.build(drv, name);
+        let reader = slow_log_reader(&req.log_file);
+        let outcome = within(nix.realise(req.clone(), CancellationToken::new()))
+            .await
+            .unwrap();
+        assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
+        serve_pids.push(nix_processes_of(&flake.salt));
+
+        let log = reader.join().unwrap();
+        let mut lines: Vec<&str> = log.lines().collect();
+        lines.sort_unstable();
+        let mut expected: Vec<String> = (0..6000)
+            .flat_map(|i| [format!("{name}-out-{i}"), format!("{name}-err-{i}")])
+            .collect();
+        expected.sort_unstable();
+        assert!(
+            lines == expected,
+            "{name}: {} lines, foreign ones: {:?}",
+            lines.len(),
+            lines
+                .iter()
+                .filter(|l| !l.starts_with(name))
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+    }
+    // One serve process built all three, with reconix's build hook instead of Nix's
+    // `build-remote` (which Nix would start for every build).
+    assert_eq!(serve_pids[0].len(), 1, "{serve_pids:?}");
+    assert!(
+        serve_pids.iter().all(|p| *p == serve_pids[0]),
+        "{serve_pids:?}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", serve_pids[0][0])).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let hook = args
+        .windows(3)
+        .find(|w| w[0] == "--option" && w[1] == "build-hook")
+        .map(|w| PathBuf::from(&w[2]))
+        .unwrap_or_else(|| panic!("no build hook: {args:?}"));
+    assert!(hook.ends_with("decline-build-hook"), "{hook:?}");
+    assert!(hook.exists());
+}
+
+#[tokio::test]
+async fn channel_that_died_while_idle_should_be_replaced() {
+    let flake = TestFlake::new("{ packages.${system} = { inherit a b; }; }");
+    let drvs = flake.drvs(&["a", "b"]).await;
+    let nix = marked(BuildMode::Channel, &flake.salt);
+    let first = within(nix.realise(flake.build(&drvs[0], "a"), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(first.status, BuildStatus::Succeeded, "{first:?}");
+    let idle = nix_processes_of(&flake.salt);
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    let killed = Command::new("kill")
+        .args(["-KILL", &idle[0]])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Died while idle: a zombie (or gone) before the next build asks for a channel. Its
+    // environment disappears earlier, while it is still closing its pipes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !exited(&idle[0]) {
+        assert!(Instant::now() < deadline, "kill -KILL did not kill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let second = within(nix.realise(flake.build(&drvs[1], "b"), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(second.status, BuildStatus::Succeeded, "{second:?}");
+    let replaced = nix_processes_of(&flake.salt);
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_ne!(replaced, idle);
+}
+
+#[tokio::test]
+async fn channels_should_serve_concurrent_callers_with_one_process_each() {
+    let flake = TestFlake::new(
+        r#"{ packages.${system} = builtins.listToAttrs (map (i: {
+          name = "p${toString i}";
+          value = mk "p${toString i}" "echo log-of-p${toString i}; echo ${toString i} > $out";
+        }) (builtins.genList (i: i) 8)); }"#,
+    );
+    let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let drvs = flake.drvs(&name_refs).await;
+    let nix = marked(BuildMode::Channel, &flake.salt);
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(
+        drvs.into_iter().zip(names).collect::<Vec<_>>(),
+    ));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let (nix, queue) = (nix.clone(), queue.clone());
+        let logs = flake.path("logs");
+        callers.push(tokio::spawn(async move {
+            let mut built = 0;
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some((drv, name)) = next else { break };
+                let req = BuildRequest {
+                    drv_path: drv,
+                    gc_root: None,
+                    timeout: None,
+                    max_silent: None,
+                    log_file: logs.join(format!("{name}.log")),
+                };
+                let outcome = nix
+                    .realise(req.clone(), CancellationToken::new())
+                    .await
+                    .unwrap();
+                assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
+                let log = std::fs::read_to_string(&req.log_file).unwrap();
+                assert_eq!(log, format!("log-of-{name}\n"));
+                built += 1;
+            }
+            built
+        }));
+    }
+    let mut total = 0;
+    for caller in callers {
+        total += within(caller).await.unwrap();
+    }
+    assert_eq!(total, 8);
+    let serving = nix_processes_of(&flake.salt);
+    assert!(
+        (1..=2).contains(&serving.len()),
+        "two callers need at most two channels: {serving:?}"
+    );
+    // Dropping the last clone of the runner stops its channels.
+    drop(nix);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !nix_processes_of(&flake.salt).is_empty() {
+        assert!(Instant::now() < deadline, "channels outlived their runner");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn add_root_and_is_valid_should_work_on_built_outputs() {
+    let flake = TestFlake::new("{ packages.${system}.a = a; }");
+    let drv = flake.drv("a").await;
+    let nix = NixCli::new();
+    let out = {
+        let jobs = flake.evaluate(&["packages"]).await;
+        jobs["packages.x86_64-linux.a"]
+            .result
+            .as_ref()
+            .unwrap()
+            .outputs["out"]
+            .clone()
+    };
+    assert_eq!(
+        within(nix.is_valid(std::slice::from_ref(&out)))
+            .await
+            .unwrap(),
+        [false]
+    );
+    let outcome = within(nix.realise(flake.build(&drv, "a"), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Succeeded);
+
+    let link = flake.path("gcroots/x/y/a");
+    within(nix.add_root(&link, &out)).await.unwrap();
+    within(nix.add_root(&link, &out)).await.unwrap(); // idempotent
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(out.as_str()));
+    // Registered once, under reconix's own stable name (no nix-store process ran).
+    let registered = registrations_of(Path::new("/nix/var/nix/gcroots/auto"), &link);
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    assert!(registered[0].starts_with("reconix-"), "{registered:?}");
+
+    let missing = StorePath::new("/nix/store/00000000000000000000000000000000-missing").unwrap();
+    assert_eq!(
+        within(nix.is_valid(&[out, missing.clone(), drv]))
+            .await
+            .unwrap(),
+        [true, false, true]
+    );
+    assert!(
+        within(nix.add_root(&flake.path("gcroots/m"), &missing))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn version_should_return_the_nix_version_number() {
+    require_nix();
+    let version = within(NixCli::new().version()).await.unwrap();
+    assert!(version.starts_with("2."), "{version}");
+}
+
+#[tokio::test]
+async fn build_mode_should_fall_back_to_processes_when_a_binary_cache_is_configured() {
+    require_nix();
+    // make test's nix.conf has no substituters: channels are safe.
+    assert_eq!(
+        within(NixCli::new().suitable_build_mode()).await.unwrap(),
+        reconix_nixcli::BuildMode::Channel
+    );
+    let with_cache =
+        NixCli::new().with_env("NIX_CONFIG", "substituters = file:///nonexistent-cache");
+    assert_eq!(
+        within(with_cache.substituters()).await.unwrap(),
+        ["file:///nonexistent-cache"]
+    );
+    assert_eq!(
+        within(with_cache.suitable_build_mode()).await.unwrap(),
+        reconix_nixcli::BuildMode::Process
     );
 }

@@ -1,4 +1,4 @@
-//! `NixCli::realise`: one `nix-store --realise` process per build.
+//! [`BuildMode::Process`](super::BuildMode::Process): one `nix-store --realise` process per build.
 //!
 //! The command is
 //! `nix-store --log-format internal-json --realise DRV [--add-root ROOT --indirect]
@@ -16,28 +16,25 @@
 //!   failing fast frees the build slot sooner, and dependencies already built stay valid.
 //! - `max-jobs` defaults to 1 so that one reconix build slot is one Nix build at a time.
 //!
-//! The process runs in its own process group. On cancellation the group gets `SIGTERM` (Nix
-//! then stops its builder, whose sandbox is in another session, and cleans up: measured at
-//! under 10 ms), and `SIGKILL` after a grace period if it is still there.
+//! The process runs in its own process group. On cancellation the group gets `SIGTERM`, and
+//! `SIGKILL` after a grace period if it is still there (see [`super::terminate`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use reconix_spec::names::StorePath;
-use rustix::process::{Pid, Signal, kill_process_group};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::process::Child;
+use rustix::process::Signal;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::cli::{NixCli, command_line, create_parent, os_args, spawn_error, status_text};
-use crate::parse::aterm::parse_derivation;
+use super::{
+    Log, group_of, known_outputs, read_derivation, signal_group, terminate, whole_seconds,
+};
+use crate::cli::{NixCli, command_line, os_args, spawn_error, status_text};
 use crate::parse::exit::classify_realise_exit;
-use crate::parse::log::{LogLine, parse_log_line};
 use crate::port::{BuildOutcome, BuildRequest, BuildStatus};
 use crate::{Error, Result};
 
@@ -45,42 +42,16 @@ use crate::{Error, Result};
 /// the pipes open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Builds `req.drv_path` (see the module docs).
-pub(crate) async fn realise(
+/// Builds `req.drv_path` with its own `nix-store --realise` (see the module docs).
+pub(super) async fn realise(
     cli: &NixCli,
-    req: BuildRequest,
+    req: &BuildRequest,
+    mut log: Log,
     cancel: CancellationToken,
 ) -> Result<BuildOutcome> {
     let started = Instant::now();
-    create_parent(&req.log_file).await?;
-    if let Some(root) = &req.gc_root {
-        create_parent(root).await?;
-    }
-    let mut log = Log {
-        file: tokio::fs::File::create(&req.log_file)
-            .await
-            .map_err(|source| Error::Io {
-                path: req.log_file.clone(),
-                source,
-            })?,
-        path: req.log_file.clone(),
-        first_error: None,
-    };
-
-    if cancel.is_cancelled() {
-        log.text("reconix: build cancelled before it started")
-            .await?;
-        log.flush().await?;
-        return Ok(BuildOutcome {
-            status: BuildStatus::Cancelled,
-            exit_code: None,
-            message: Some("build cancelled".to_owned()),
-            outputs: BTreeMap::new(),
-        });
-    }
-
     let program = &cli.config.nix_store;
-    let args = realise_args(&req, cli.config.max_jobs);
+    let args = realise_args(req, cli.config.max_jobs);
     let mut child = cli
         .command(program, &args)
         .stdout(Stdio::piped())
@@ -89,10 +60,7 @@ pub(crate) async fn realise(
         .process_group(0)
         .spawn()
         .map_err(|source| spawn_error(program, source))?;
-    let group = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(Pid::from_raw);
+    let group = group_of(&child);
 
     let (tx, mut lines) = mpsc::unbounded_channel();
     let mut readers = Vec::new();
@@ -112,7 +80,7 @@ pub(crate) async fn realise(
                 break terminate(&mut child, group, cli.config.kill_grace).await;
             }
             status = child.wait() => break status,
-            Some(line) = lines.recv() => log.line(&line).await?,
+            Some(line) = lines.recv() => log.json_line(&line).await?,
         }
     };
     // Whatever is left in its group (normally nothing) goes too. The group id cannot have been
@@ -125,7 +93,7 @@ pub(crate) async fn realise(
 
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while let Some(line) = lines.recv().await {
-            log.line(&line).await?;
+            log.json_line(&line).await?;
         }
         Ok::<_, Error>(())
     })
@@ -156,7 +124,7 @@ pub(crate) async fn realise(
     log.flush().await?;
 
     let outputs = if status == BuildStatus::Succeeded {
-        drv_outputs(&req.drv_path, &cli.physical(&req.drv_path)).await?
+        known_outputs(&read_derivation(cli, &req.drv_path).await?)
     } else {
         BTreeMap::new()
     };
@@ -188,45 +156,21 @@ fn realise_args(req: &BuildRequest, max_jobs: Option<u32>) -> Vec<OsString> {
         args.push("--indirect".into());
     }
     if let Some(timeout) = req.timeout {
-        args.extend(os_args(["--timeout".to_owned(), whole_seconds(timeout)]));
+        args.extend(os_args([
+            "--timeout".to_owned(),
+            whole_seconds(timeout).to_string(),
+        ]));
     }
     if let Some(silent) = req.max_silent {
         args.extend(os_args([
             "--max-silent-time".to_owned(),
-            whole_seconds(silent),
+            whole_seconds(silent).to_string(),
         ]));
     }
     if let Some(n) = max_jobs {
         args.extend(os_args(["--option", "max-jobs", &n.to_string()]));
     }
     args
-}
-
-/// Rounds up to whole seconds, at least 1 (Nix reads 0 as "no limit").
-fn whole_seconds(d: Duration) -> String {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    secs.max(1).to_string()
-}
-
-/// Sends `signal` to the process group, ignoring errors (it may be gone already).
-fn signal_group(group: Option<Pid>, signal: Signal) {
-    if let Some(group) = group {
-        let _ = kill_process_group(group, signal);
-    }
-}
-
-async fn terminate(
-    child: &mut Child,
-    group: Option<Pid>,
-    grace: Duration,
-) -> std::io::Result<ExitStatus> {
-    signal_group(group, Signal::TERM);
-    if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
-        return status;
-    }
-    signal_group(group, Signal::KILL);
-    child.kill().await?;
-    child.wait().await
 }
 
 /// Sends each line of `stream` (without its newline) until EOF or until the receiver is gone.
@@ -248,69 +192,11 @@ async fn read_lines(stream: impl AsyncRead + Unpin, tx: mpsc::UnboundedSender<Ve
     }
 }
 
-/// The build log file.
-struct Log {
-    file: tokio::fs::File,
-    path: std::path::PathBuf,
-    first_error: Option<String>,
-}
-
-impl Log {
-    async fn line(&mut self, raw: &[u8]) -> Result<()> {
-        match parse_log_line(&String::from_utf8_lossy(raw)) {
-            LogLine::Text(text) => self.text(&text).await,
-            LogLine::Error { text, message } => {
-                self.first_error.get_or_insert(message);
-                self.text(&text).await
-            }
-            LogLine::Nothing => Ok(()),
-        }
-    }
-
-    async fn text(&mut self, text: &str) -> Result<()> {
-        let mut bytes = Vec::with_capacity(text.len() + 1);
-        bytes.extend_from_slice(text.as_bytes());
-        bytes.push(b'\n');
-        self.file
-            .write_all(&bytes)
-            .await
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        self.file.flush().await.map_err(|source| Error::Io {
-            path: self.path.clone(),
-            source,
-        })
-    }
-}
-
-/// Reads the output paths of a derivation from its `.drv` file.
-async fn drv_outputs(drv_path: &StorePath, file: &Path) -> Result<BTreeMap<String, StorePath>> {
-    let text = tokio::fs::read(file)
-        .await
-        .map_err(|source| Error::DrvRead {
-            path: drv_path.to_string(),
-            source,
-        })?;
-    let drv = parse_derivation(&text).map_err(|source| Error::DrvParse {
-        path: drv_path.to_string(),
-        source,
-    })?;
-    // Content-addressed outputs have no path in the .drv; they are not reported.
-    Ok(drv
-        .outputs
-        .into_iter()
-        .filter_map(|(name, path)| path.map(|p| (name, p)))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use reconix_spec::names::StorePath;
 
     use super::*;
 
@@ -346,46 +232,5 @@ mod tests {
             ..request()
         };
         assert_eq!(realise_args(&req, None).len(), 4);
-    }
-
-    #[tokio::test]
-    async fn realise_should_not_start_nix_when_already_cancelled() {
-        let dir = tempfile::tempdir().unwrap();
-        let cli = NixCli::new().with_nix_store_program("/nonexistent/nix-store");
-        let req = BuildRequest {
-            log_file: dir.path().join("logs/a.log"),
-            ..request()
-        };
-        let cancel = CancellationToken::new();
-        cancel.cancel();
-        let outcome = realise(&cli, req.clone(), cancel).await.unwrap();
-        assert_eq!(outcome.status, BuildStatus::Cancelled);
-        assert!(
-            std::fs::read_to_string(&req.log_file)
-                .unwrap()
-                .contains("cancelled")
-        );
-    }
-
-    #[tokio::test]
-    async fn realise_should_say_how_to_install_nix_when_nix_store_is_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let cli = NixCli::new().with_nix_store_program("/nonexistent/nix-store");
-        let req = BuildRequest {
-            log_file: dir.path().join("a.log"),
-            gc_root: Some(dir.path().join("roots/a")),
-            ..request()
-        };
-        let err = realise(&cli, req, CancellationToken::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::NixNotFound { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn whole_seconds_should_round_up_and_never_be_zero() {
-        assert_eq!(whole_seconds(Duration::from_secs(3)), "3");
-        assert_eq!(whole_seconds(Duration::from_millis(3001)), "4");
-        assert_eq!(whole_seconds(Duration::ZERO), "1");
     }
 }

@@ -1,0 +1,282 @@
+//! [`BuildMode::Channel`](super::BuildMode::Channel): a build is one `cmdBuildPaths` on a pooled
+//! `nix-store --serve --write` channel (`crate::pool`).
+//!
+//! - The command names every output of the derivation, `drv!out,dev`, read from the `.drv`
+//!   (which also gives the output paths reported on success). A `.drv` that does not exist is
+//!   sent as it is, so that Nix reports it in its own words (`cannot build missing derivation`).
+//! - `timeout` and `max_silent` become the build settings `buildTimeout` and `maxSilentTime`
+//!   (whole seconds rounded up; 0 means none).
+//! - The reply maps like `nix-store --realise`'s exit code, which it carries: 0 succeeded, 100
+//!   failed, 101 timed out, anything else an error ([`classify_realise_exit`]). The message is
+//!   the first line of Nix's, without `error: `; the whole of it goes to the log.
+//! - A channel that broke before the command was sent is replaced once; one that broke later
+//!   gives an `Error` outcome (the build may have run, so it is not repeated).
+//! - GC roots are written directly (`crate::roots`) while the channel's process still holds its
+//!   temporary roots on the new outputs, so no collection can slip in between.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use reconix_spec::names::StorePath;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{Log, cancelled, known_outputs, read_derivation, whole_seconds};
+use crate::cli::NixCli;
+use crate::parse::aterm::Derivation;
+use crate::parse::exit::classify_realise_exit;
+use crate::parse::stderr::first_error_line;
+use crate::pool::{Ended, OpenError, stderr_message};
+use crate::port::{BuildOutcome, BuildRequest, BuildStatus};
+use crate::roots::{output_links, register};
+use crate::serve::{BuildPathsReply, BuildSettings};
+use crate::{Error, Result};
+
+/// Builds `req.drv_path` on a pooled channel (see the module docs).
+pub(super) async fn realise(
+    cli: &NixCli,
+    req: &BuildRequest,
+    mut log: Log,
+    cancel: CancellationToken,
+) -> Result<BuildOutcome> {
+    let started = Instant::now();
+    let drv = match read_derivation(cli, &req.drv_path).await {
+        Ok(drv) => Some(drv),
+        Err(Error::DrvRead { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err),
+    };
+    let target = build_target(&req.drv_path, drv.as_ref());
+    let settings = build_settings(req);
+
+    let mut retried = false;
+    let outcome =
+        loop {
+            let opened = tokio::select! {
+                biased;
+                () = cancel.cancelled() => None,
+                opened = cli.pool.acquire(cli) => Some(opened),
+            };
+            let mut channel = match opened {
+                None => {
+                    log.text("reconix: build cancelled").await?;
+                    break cancelled();
+                }
+                Some(Ok(channel)) => channel,
+                Some(Err(OpenError::Spawn(err))) => return Err(err),
+                Some(Err(err @ OpenError::Handshake { .. })) => {
+                    let message = err.message();
+                    if let OpenError::Handshake { stderr, .. } = &err {
+                        log.bytes(stderr).await?;
+                    }
+                    log.text(&format!("reconix: cannot open a build channel: {message}"))
+                        .await?;
+                    let exit_code = match &err {
+                        OpenError::Handshake { exit, .. } => exit.and_then(|e| e.code()),
+                        OpenError::Spawn(_) => None,
+                    };
+                    break error_outcome(exit_code, message);
+                }
+            };
+
+            let ended = channel
+                .build(&target, &settings, &mut log, &cancel, cli.config.kill_grace)
+                .await?;
+            match ended {
+                Ended::Replied(BuildPathsReply::Built) => {
+                    let outputs = match &drv {
+                        Some(drv) => known_outputs(drv),
+                        None => known_outputs(&read_derivation(cli, &req.drv_path).await?),
+                    };
+                    // Rooted before the channel goes back: its temporary roots keep the outputs.
+                    let rooted = match &req.gc_root {
+                        Some(root) => register(cli, output_links(root, &outputs)).await,
+                        None => Ok(()),
+                    };
+                    cli.pool.release(channel);
+                    break match rooted {
+                        Ok(()) => BuildOutcome {
+                            status: BuildStatus::Succeeded,
+                            exit_code: Some(0),
+                            message: None,
+                            outputs,
+                        },
+                        Err(err) => {
+                            let message = format!("cannot register the gc root: {}", chain(&err));
+                            log.text(&format!("reconix: {message}")).await?;
+                            error_outcome(None, message)
+                        }
+                    };
+                }
+                Ended::Replied(BuildPathsReply::Failed { status, message }) => {
+                    cli.pool.release(channel);
+                    let text = message.trim_end();
+                    log.text(text).await?;
+                    let code = i32::try_from(status).ok();
+                    break BuildOutcome {
+                        status: classify_realise_exit(code),
+                        exit_code: code,
+                        message: Some(first_message(text).unwrap_or_else(|| {
+                            format!("nix-store --serve reported status {status}")
+                        })),
+                        outputs: BTreeMap::new(),
+                    };
+                }
+                Ended::Cancelled => {
+                    log.text("reconix: build cancelled").await?;
+                    break cancelled();
+                }
+                Ended::Broken {
+                    sent: false, error, ..
+                } if !retried => {
+                    debug!(error = %error, "build channel was dead before the command, retrying");
+                    retried = true;
+                }
+                Ended::Broken {
+                    error,
+                    exit,
+                    stderr,
+                    ..
+                } => {
+                    let message = stderr_message(&stderr)
+                        .unwrap_or_else(|| format!("nix-store --serve failed: {error}"));
+                    log.text(&format!("reconix: the build channel broke: {error}"))
+                        .await?;
+                    break error_outcome(exit.and_then(|e| e.code()), message);
+                }
+            }
+        };
+    log.flush().await?;
+    debug!(
+        drv = %req.drv_path,
+        status = ?outcome.status,
+        exit_code = ?outcome.exit_code,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "built on a channel"
+    );
+    Ok(outcome)
+}
+
+/// Returns what `cmdBuildPaths` is asked for: `drv!out1,out2` with every output of the
+/// derivation, or the bare path when the `.drv` could not be read.
+fn build_target(drv_path: &StorePath, drv: Option<&Derivation>) -> String {
+    match drv {
+        Some(drv) if !drv.outputs.is_empty() => {
+            let names: Vec<&str> = drv.outputs.keys().map(String::as_str).collect();
+            format!("{drv_path}!{}", names.join(","))
+        }
+        _ => drv_path.to_string(),
+    }
+}
+
+fn build_settings(req: &BuildRequest) -> BuildSettings {
+    BuildSettings {
+        max_silent_time: req.max_silent.map_or(0, whole_seconds),
+        build_timeout: req.timeout.map_or(0, whole_seconds),
+        max_log_size: 0,
+    }
+}
+
+/// Returns the message of a failure reply (ANSI already stripped): its first `error:` line
+/// without the prefix, else its first line; without the `;` Nix puts before a log tail.
+fn first_message(text: &str) -> Option<String> {
+    first_error_line(text)
+        .or_else(|| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_owned)
+        })
+        .map(|m| m.trim_end_matches(';').to_owned())
+}
+
+fn error_outcome(exit_code: Option<i32>, message: String) -> BuildOutcome {
+    BuildOutcome {
+        status: BuildStatus::Error,
+        exit_code,
+        message: Some(message),
+        outputs: BTreeMap::new(),
+    }
+}
+
+/// Renders an error with its sources, for a one-line message.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::parse::aterm::parse_derivation;
+
+    const DRV: &str = "/nix/store/7xbvbdqxbqxqnzg56mmd7l9bbrb4c534-a.drv";
+
+    #[test]
+    fn build_target_should_name_every_output_or_send_the_bare_path() {
+        let drv = parse_derivation(
+            br#"Derive([("dev","/nix/store/7xbvbdqxbqxqnzg56mmd7l9bbrb4c534-a-dev","",""),("out","/nix/store/7xbvbdqxbqxqnzg56mmd7l9bbrb4c534-a","","")],[],[],"x86_64-linux","/bin/sh",[],[])"#,
+        )
+        .unwrap();
+        let path = StorePath::new(DRV).unwrap();
+        assert_eq!(build_target(&path, Some(&drv)), format!("{DRV}!dev,out"));
+        assert_eq!(build_target(&path, None), DRV);
+    }
+
+    #[test]
+    fn build_settings_should_round_limits_up_and_use_zero_for_none() {
+        let req = BuildRequest {
+            drv_path: StorePath::new(DRV).unwrap(),
+            gc_root: None,
+            timeout: Some(Duration::from_millis(1500)),
+            max_silent: None,
+            log_file: PathBuf::from("/logs/a.log"),
+        };
+        assert_eq!(
+            build_settings(&req),
+            BuildSettings {
+                max_silent_time: 0,
+                build_timeout: 2,
+                max_log_size: 0
+            }
+        );
+    }
+
+    #[test]
+    fn first_message_should_take_the_first_error_line_without_prefix_or_tail_marker() {
+        assert_eq!(
+            first_message("error: builder for '/nix/store/x.drv' failed with exit code 3")
+                .as_deref(),
+            Some("builder for '/nix/store/x.drv' failed with exit code 3")
+        );
+        assert_eq!(
+            first_message(
+                "error: builder for 'x' failed with exit code 2;\nlast 10 log lines:\n> boom"
+            )
+            .as_deref(),
+            Some("builder for 'x' failed with exit code 2")
+        );
+        assert_eq!(
+            first_message("\nsomething odd\n").as_deref(),
+            Some("something odd")
+        );
+        assert_eq!(first_message(""), None);
+    }
+
+    #[test]
+    fn chain_should_join_an_error_and_its_sources() {
+        let err = Error::Io {
+            path: PathBuf::from("/roots/a"),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(chain(&err), "cannot write /roots/a: disk full");
+    }
+}

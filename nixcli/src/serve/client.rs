@@ -1,0 +1,461 @@
+//! [`ServeClient`]: the serve-protocol commands reconix needs, over any stream pair.
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::ServeError;
+use super::wire::{
+    BuildSettings, SERVE_MAGIC_1, SERVE_MAGIC_2, SERVE_PROTOCOL_VERSION, encode_build_paths,
+    encode_query_valid_paths, major, put_u64, read_bytes, read_strings, read_u64,
+};
+use crate::parse::stderr::strip_ansi;
+
+/// The answer to `cmdBuildPaths`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildPathsReply {
+    /// Every requested output is valid.
+    Built,
+    /// Building failed. Nix 2.8 sends `e.status, e.msg()`.
+    Failed {
+        /// The status Nix would exit with: 100 build failure, 101 timeout, 102 hash mismatch,
+        /// 1 any other error (`crate::parse::exit` explains the bits).
+        status: u64,
+        /// Nix's message with its ANSI colour codes removed, e.g.
+        /// `error: builder for '/nix/store/…-x.drv' failed with exit code 3`.
+        message: String,
+    },
+}
+
+/// A connected serve-protocol client: the handshake is done, commands run one at a time.
+///
+/// Reads are not buffered (a command's reply is a few numbers); pass a buffered reader for
+/// commands with large replies.
+pub struct ServeClient<R, W> {
+    reader: R,
+    writer: W,
+    server_version: u64,
+}
+
+impl<R, W> std::fmt::Debug for ServeClient<R, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeClient")
+            .field(
+                "server_version",
+                &format_args!("{:#x}", self.server_version),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, W> ServeClient<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Performs the handshake: sends `SERVE_MAGIC_1`, expects `SERVE_MAGIC_2` and the server's
+    /// version, then sends the client version 2.7.
+    ///
+    /// # Errors
+    /// When the stream fails or closes, or the server is not a serve-protocol 2.x server.
+    pub async fn handshake(mut reader: R, mut writer: W) -> Result<Self, ServeError> {
+        let mut hello = Vec::new();
+        put_u64(&mut hello, SERVE_MAGIC_1);
+        send(&mut writer, &hello).await?;
+        let magic = read_u64(&mut reader).await?;
+        if magic != SERVE_MAGIC_2 {
+            return Err(ServeError::BadMagic { got: magic });
+        }
+        let server_version = read_u64(&mut reader).await?;
+        if major(server_version) != major(SERVE_PROTOCOL_VERSION) {
+            return Err(ServeError::UnsupportedVersion {
+                version: server_version,
+            });
+        }
+        let mut version = Vec::new();
+        put_u64(&mut version, SERVE_PROTOCOL_VERSION);
+        send(&mut writer, &version).await?;
+        Ok(Self {
+            reader,
+            writer,
+            server_version,
+        })
+    }
+
+    /// Returns the protocol version the server announced, e.g. `0x207`.
+    pub fn server_version(&self) -> u64 {
+        self.server_version
+    }
+
+    /// Sends `cmdBuildPaths` without waiting for the reply (see
+    /// [`read_build_paths_reply`](Self::read_build_paths_reply)), so that a caller can tell a
+    /// server that was already gone (nothing was started) from one that died while building.
+    ///
+    /// # Errors
+    /// When the stream cannot be written.
+    pub async fn send_build_paths<S: AsRef<str>>(
+        &mut self,
+        paths: &[S],
+        settings: &BuildSettings,
+    ) -> Result<(), ServeError> {
+        let command = encode_build_paths(paths, settings, self.server_version);
+        send(&mut self.writer, &command).await
+    }
+
+    /// Reads the reply to `cmdBuildPaths`. Not cancel-safe: dropping it half-way leaves the
+    /// stream out of step, so the connection must then be abandoned.
+    ///
+    /// # Errors
+    /// When the stream fails or closes, or the reply is malformed.
+    pub async fn read_build_paths_reply(&mut self) -> Result<BuildPathsReply, ServeError> {
+        let status = read_u64(&mut self.reader).await?;
+        if status == 0 {
+            return Ok(BuildPathsReply::Built);
+        }
+        let message = read_bytes(&mut self.reader).await?;
+        Ok(BuildPathsReply::Failed {
+            status,
+            message: strip_ansi(&String::from_utf8_lossy(&message)),
+        })
+    }
+
+    /// Builds `paths` (`drv!out,dev` strings, or plain store paths to make valid) and returns
+    /// the reply.
+    ///
+    /// # Errors
+    /// As [`send_build_paths`](Self::send_build_paths) and
+    /// [`read_build_paths_reply`](Self::read_build_paths_reply).
+    pub async fn build_paths<S: AsRef<str>>(
+        &mut self,
+        paths: &[S],
+        settings: &BuildSettings,
+    ) -> Result<BuildPathsReply, ServeError> {
+        self.send_build_paths(paths, settings).await?;
+        self.read_build_paths_reply().await
+    }
+
+    /// Returns which of `paths` are valid on the server. With `lock`, the server keeps a
+    /// temporary GC root on each of them for as long as it runs; with `substitute` it first
+    /// tries to substitute the missing ones.
+    ///
+    /// # Errors
+    /// When the stream fails or closes, or the reply is malformed.
+    pub async fn query_valid_paths<S: AsRef<str>>(
+        &mut self,
+        paths: &[S],
+        lock: bool,
+        substitute: bool,
+    ) -> Result<Vec<String>, ServeError> {
+        let command = encode_query_valid_paths(paths, lock, substitute);
+        send(&mut self.writer, &command).await?;
+        read_strings(&mut self.reader).await
+    }
+
+    /// Returns the reader and the writer.
+    pub fn into_inner(self) -> (R, W) {
+        (self.reader, self.writer)
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<(), ServeError> {
+    writer.write_all(bytes).await.map_err(write_error)?;
+    writer.flush().await.map_err(write_error)
+}
+
+fn write_error(source: std::io::Error) -> ServeError {
+    if source.kind() == std::io::ErrorKind::BrokenPipe {
+        ServeError::Closed
+    } else {
+        ServeError::Io(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf, duplex, split};
+
+    use super::super::wire::{put_bytes, put_strings, read_string};
+    use super::*;
+
+    type Client = ServeClient<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
+
+    /// The server side of a duplex pipe, written as a tiny fake `nix-store --serve`.
+    struct FakeServer {
+        reader: ReadHalf<DuplexStream>,
+        writer: WriteHalf<DuplexStream>,
+    }
+
+    impl FakeServer {
+        async fn u64(&mut self) -> u64 {
+            read_u64(&mut self.reader).await.unwrap()
+        }
+
+        async fn strings(&mut self) -> Vec<String> {
+            read_strings(&mut self.reader).await.unwrap()
+        }
+
+        async fn send(&mut self, build: impl FnOnce(&mut Vec<u8>)) {
+            let mut buf = Vec::new();
+            build(&mut buf);
+            self.writer.write_all(&buf).await.unwrap();
+        }
+
+        /// Answers the handshake with `version` and checks the client's version.
+        async fn accept(&mut self, version: u64) {
+            assert_eq!(self.u64().await, SERVE_MAGIC_1);
+            self.send(|b| {
+                put_u64(b, SERVE_MAGIC_2);
+                put_u64(b, version);
+            })
+            .await;
+            assert_eq!(self.u64().await, SERVE_PROTOCOL_VERSION);
+        }
+    }
+
+    fn pipe() -> (ReadHalf<DuplexStream>, WriteHalf<DuplexStream>, FakeServer) {
+        let (client, server) = duplex(1 << 16);
+        let (client_r, client_w) = split(client);
+        let (server_r, server_w) = split(server);
+        let server = FakeServer {
+            reader: server_r,
+            writer: server_w,
+        };
+        (client_r, client_w, server)
+    }
+
+    /// Runs `server` against a freshly connected client and returns both results.
+    async fn with_server<T, F>(
+        version: u64,
+        server: impl FnOnce(FakeServer) -> F + Send + 'static,
+        client: impl AsyncFnOnce(&mut Client) -> T,
+    ) -> T
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (r, w, mut fake) = pipe();
+        let serving = tokio::spawn(async move {
+            fake.accept(version).await;
+            server(fake).await;
+        });
+        let mut connected = ServeClient::handshake(r, w).await.unwrap();
+        assert_eq!(connected.server_version(), version);
+        let result = client(&mut connected).await;
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .unwrap()
+            .unwrap();
+        result
+    }
+
+    #[tokio::test]
+    async fn build_paths_should_send_paths_and_settings_and_read_success() {
+        let reply = with_server(
+            0x207,
+            |mut s| async move {
+                assert_eq!(s.u64().await, 6);
+                assert_eq!(s.strings().await, ["/nix/store/a.drv!out,dev"]);
+                let settings: Vec<u64> = [
+                    s.u64().await,
+                    s.u64().await,
+                    s.u64().await,
+                    s.u64().await,
+                    s.u64().await,
+                    s.u64().await,
+                ]
+                .into();
+                assert_eq!(settings, [7, 9, 0, 0, 0, 0]);
+                s.send(|b| put_u64(b, 0)).await;
+            },
+            async |c| {
+                let settings = BuildSettings {
+                    max_silent_time: 7,
+                    build_timeout: 9,
+                    max_log_size: 0,
+                };
+                c.build_paths(&["/nix/store/a.drv!out,dev"], &settings)
+                    .await
+                    .unwrap()
+            },
+        )
+        .await;
+        assert_eq!(reply, BuildPathsReply::Built);
+    }
+
+    #[tokio::test]
+    async fn build_paths_should_read_status_and_message_without_colours() {
+        let reply = with_server(
+            0x207,
+            |mut s| async move {
+                assert_eq!(s.u64().await, 6);
+                s.strings().await;
+                for _ in 0..6 {
+                    s.u64().await;
+                }
+                s.send(|b| {
+                    put_u64(b, 100);
+                    put_bytes(
+                        b,
+                        b"\x1b[31;1merror:\x1b[0m builder for '\x1b[35;1m/nix/store/x.drv\x1b[0m' failed with exit code 3",
+                    );
+                })
+                .await;
+            },
+            async |c| {
+                c.build_paths(&["/nix/store/x.drv!out"], &BuildSettings::default())
+                    .await
+                    .unwrap()
+            },
+        )
+        .await;
+        assert_eq!(
+            reply,
+            BuildPathsReply::Failed {
+                status: 100,
+                message: "error: builder for '/nix/store/x.drv' failed with exit code 3".into(),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn build_paths_should_send_fewer_settings_to_an_older_server() {
+        with_server(
+            0x203,
+            |mut s| async move {
+                assert_eq!(s.u64().await, 6);
+                s.strings().await;
+                for _ in 0..5 {
+                    s.u64().await;
+                }
+                // keepFailed is not sent to 2.3: the next word is already the next command.
+                s.send(|b| put_u64(b, 0)).await;
+                assert_eq!(s.u64().await, 1);
+                s.u64().await;
+                s.u64().await;
+                s.strings().await;
+                s.send(|b| put_strings::<&str>(b, &[])).await;
+            },
+            async |c| {
+                c.build_paths(&["/nix/store/x.drv!out"], &BuildSettings::default())
+                    .await
+                    .unwrap();
+                c.query_valid_paths(&["/nix/store/y"], false, false)
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn query_valid_paths_should_send_flags_and_return_the_valid_subset() {
+        let valid = with_server(
+            0x207,
+            |mut s| async move {
+                assert_eq!(s.u64().await, 1);
+                assert_eq!((s.u64().await, s.u64().await), (1, 0));
+                let asked = s.strings().await;
+                assert_eq!(asked, ["/nix/store/a", "/nix/store/b"]);
+                s.send(|b| put_strings(b, &["/nix/store/b"])).await;
+            },
+            async |c| {
+                c.query_valid_paths(&["/nix/store/a", "/nix/store/b"], true, false)
+                    .await
+                    .unwrap()
+            },
+        )
+        .await;
+        assert_eq!(valid, ["/nix/store/b"]);
+    }
+
+    #[tokio::test]
+    async fn commands_should_run_one_after_another_on_one_connection() {
+        with_server(
+            0x207,
+            |mut s| async move {
+                for status in [0u64, 101] {
+                    assert_eq!(s.u64().await, 6);
+                    s.strings().await;
+                    for _ in 0..6 {
+                        s.u64().await;
+                    }
+                    s.send(|b| {
+                        put_u64(b, status);
+                        if status != 0 {
+                            put_bytes(b, b"error: timed out after 1 seconds");
+                        }
+                    })
+                    .await;
+                }
+            },
+            async |c| {
+                let settings = BuildSettings::default();
+                assert_eq!(
+                    c.build_paths(&["/nix/store/a.drv!out"], &settings)
+                        .await
+                        .unwrap(),
+                    BuildPathsReply::Built
+                );
+                let second = c.build_paths(&["/nix/store/b.drv!out"], &settings).await;
+                assert!(
+                    matches!(second, Ok(BuildPathsReply::Failed { status: 101, .. })),
+                    "{second:?}"
+                );
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn read_build_paths_reply_should_report_a_server_that_went_away() {
+        let err = with_server(
+            0x207,
+            |s| async move { drop(s) },
+            async |c| {
+                // The send may or may not see the closed pipe; the reply cannot come.
+                let _ = c
+                    .send_build_paths(&["/nix/store/a.drv!out"], &BuildSettings::default())
+                    .await;
+                c.read_build_paths_reply().await.unwrap_err()
+            },
+        )
+        .await;
+        assert!(matches!(err, ServeError::Closed), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn handshake_should_refuse_a_server_with_the_wrong_magic_or_version() {
+        for (magic, version) in [(0x1234, 0x207), (SERVE_MAGIC_2, 0x307)] {
+            let (r, w, mut fake) = pipe();
+            tokio::spawn(async move {
+                fake.u64().await;
+                fake.send(|b| {
+                    put_u64(b, magic);
+                    put_u64(b, version);
+                })
+                .await;
+                // Keep the pipe open until the client has decided.
+                let _ = read_string(&mut fake.reader).await;
+            });
+            let err = ServeClient::handshake(r, w).await.unwrap_err();
+            if magic == SERVE_MAGIC_2 {
+                assert!(
+                    matches!(err, ServeError::UnsupportedVersion { version: 0x307 }),
+                    "{err:?}"
+                );
+            } else {
+                assert!(
+                    matches!(err, ServeError::BadMagic { got: 0x1234 }),
+                    "{err:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn handshake_should_report_a_server_that_closes_at_once() {
+        let (r, w, fake) = pipe();
+        drop(fake);
+        let err = ServeClient::handshake(r, w).await.unwrap_err();
+        assert!(matches!(err, ServeError::Closed), "{err:?}");
+    }
+}
