@@ -136,6 +136,15 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
          scripts/install-nix.sh) or `sudo bash scripts/install-nix.sh`",
     )?;
     info!(%version, "found nix");
+    let mode = nix
+        .suitable_build_mode()
+        .await
+        .context("reading Nix's configuration")?;
+    info!(
+        ?mode,
+        "build mode (channels unless binary caches are configured)"
+    );
+    let nix = nix.with_build_mode(mode);
 
     std::fs::create_dir_all(&spec.state_dir)
         .with_context(|| format!("creating state dir {}", spec.state_dir.display()))?;
@@ -245,7 +254,10 @@ mod tests {
         let (dir, listen) = (spec.state_dir.clone(), spec.listen);
         assert_eq!(check_pinned(&dir, listen, &spec), Ok(()));
         let err = check_pinned(Path::new("/elsewhere"), listen, &spec).unwrap_err();
-        assert!(err.contains("state-dir changed") && err.contains("restart"), "{err}");
+        assert!(
+            err.contains("state-dir changed") && err.contains("restart"),
+            "{err}"
+        );
         let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let err = check_pinned(&dir, other, &spec).unwrap_err();
         assert!(err.starts_with("listen changed"), "{err}");
