@@ -300,6 +300,11 @@ impl<P: Ports> Reconciler for Builds<P> {
     }
 
     async fn observe(&self, _key: &BuilderName, _spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
+        // The running set is read BEFORE the database. A build task records its result and only
+        // then leaves the set, so a drv missing from this snapshot has its final state in the
+        // rows read next. The other order could see a `running` row for a build that has just
+        // ended and dispatch it again.
+        let running = cx.running.drvs();
         let (jobs, finishable) = cx
             .status
             .call(|db| Ok((db.schedulable_jobs()?, db.finishable_evaluations()?)))
@@ -324,7 +329,7 @@ impl<P: Ports> Reconciler for Builds<P> {
             .collect();
         Ok(Observed {
             jobs,
-            running: cx.running.drvs(),
+            running,
             finishable,
         })
     }
@@ -394,18 +399,31 @@ async fn dispatch<P: Ports>(
         .status
         .call(move |db| {
             let now = Timestamp::now();
+            // A drv whose build already succeeded or failed is never built again (applying a
+            // step twice must end in the same state); the next plan moves its jobs on.
+            if db.build_by_drv(&drv)?.is_some_and(|b| b.state.is_final()) {
+                return Ok(false);
+            }
             db.upsert_build(&drv, Some(&builder), BuildState::Running, now)?;
             // Known from the start, so the log can be read while the build runs.
             db.record_build_log(&drv, &log, 0, now)?;
             for job in &jobs {
                 db.set_job_state(*job, JobState::Building, None, now)?;
             }
-            Ok(())
+            Ok(true)
         })
         .await;
-    if let Err(err) = recorded {
-        cx.running.finish(&drv_path);
-        return Err(err.into());
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => {
+            cx.running.finish(&drv_path);
+            cx.wakers.builds();
+            return Ok(());
+        }
+        Err(err) => {
+            cx.running.finish(&drv_path);
+            return Err(err.into());
+        }
     }
     info!(drv = %drv_path, "build started");
     let request = BuildRequest {
