@@ -8,6 +8,7 @@ pub(crate) mod plan;
 pub(crate) mod schema;
 pub(crate) mod serve;
 pub(crate) mod status;
+pub(crate) mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -108,6 +109,11 @@ pub(crate) enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Works with webhook deliveries offline (e.g. copied from a forge's delivery log).
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
+    },
 }
 
 /// Runs the chosen verb and returns the process exit code.
@@ -127,5 +133,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => plan::run(&spec, output, nix_store.as_deref()),
         Command::Status { server, output } => status::run(&server, output),
         Command::Demo { dir, listen } => demo::run(&dir, listen),
+        Command::Webhook { command } => webhook::run(command),
     }
 }
