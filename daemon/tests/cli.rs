@@ -91,3 +91,18 @@ fn status_should_fail_clearly_when_no_daemon_listens() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach the daemon"), "{stderr}");
 }
+
+#[test]
+fn usage_errors_should_exit_64_and_help_should_exit_0() {
+    let out = reconix(&["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+    let out = reconix(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
+}
