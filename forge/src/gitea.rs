@@ -1,6 +1,8 @@
 //! Gitea, Forgejo and Codeberg webhooks: bare hex HMAC-SHA256 of the raw body in
 //! `X-Gitea-Signature` or `X-Forgejo-Signature` (Forgejo sends both, with the same value) and
 //! the `push` and `pull_request` payloads.
+//!
+//! The REST client is [`GiteaClient`] (module `client`).
 
 use serde::Deserialize;
 
@@ -8,6 +10,9 @@ use reconix_spec::Secret;
 
 use crate::event::{Event, Headers, Ignored, Payload, PullRequest, PullRequestAction, Push};
 use crate::{Error, Result, verify as sig};
+
+mod client;
+pub use client::GiteaClient;
 
 /// The signature headers, either of which is accepted.
 pub const SIGNATURE_HEADERS: [&str; 2] = ["X-Gitea-Signature", "X-Forgejo-Signature"];

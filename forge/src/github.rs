@@ -1,5 +1,7 @@
 //! GitHub and GitHub Enterprise Server webhooks: `X-Hub-Signature-256` (`sha256=` + hex
 //! HMAC-SHA256 of the raw body) and the `push`, `pull_request` and `ping` payloads.
+//!
+//! The REST client is [`GithubClient`] (module `client`).
 
 use serde::Deserialize;
 
@@ -7,6 +9,9 @@ use reconix_spec::Secret;
 
 use crate::event::{Event, Headers, Ignored, Payload, Ping, PullRequest, PullRequestAction, Push};
 use crate::{Error, Result, verify as sig};
+
+mod client;
+pub use client::GithubClient;
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "X-Hub-Signature-256";

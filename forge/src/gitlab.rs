@@ -1,5 +1,7 @@
 //! GitLab (gitlab.com and self-managed) webhooks: the plain shared secret in `X-Gitlab-Token`
 //! (there is no HMAC) and the `Push Hook`, `Tag Push Hook` and `Merge Request Hook` payloads.
+//!
+//! The REST client is [`GitlabClient`] (module `client`).
 
 use serde::Deserialize;
 
@@ -7,6 +9,9 @@ use reconix_spec::Secret;
 
 use crate::event::{Event, Headers, Ignored, Payload, PullRequest, PullRequestAction, Push};
 use crate::{Error, Result, verify as sig};
+
+mod client;
+pub use client::GitlabClient;
 
 /// The header carrying the webhook's secret token in clear.
 pub const TOKEN_HEADER: &str = "X-Gitlab-Token";

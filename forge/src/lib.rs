@@ -1,19 +1,35 @@
 //! Forges (GitHub, GitLab, Gitea/Forgejo): webhook signature verification and parsing of
-//! deliveries into one normalised [`Event`]. Pure code: no IO, no async, no tokio.
+//! deliveries into one normalised [`Event`] (pure code: no IO, no async), and REST clients
+//! behind the [`Forge`] port.
 //!
 //! A delivery is checked in two steps, so that the caller decides what to do with each failure
 //! (the intake answers 401 to a [`ErrorClass::Signature`] error and 400 to a
 //! [`ErrorClass::Payload`] one; `reconix webhook inspect` exits 2 and 1):
 //! [`verify()`] checks the signature over the raw body, then [`parse()`] reads the event header
 //! and the JSON payload.
+//!
+//! The REST side is the [`Forge`] port ([`api`]) with one client per kind: [`GithubClient`],
+//! [`GitlabClient`] and [`GiteaClient`]. They share the HTTP machinery (retries, rate limits,
+//! pagination) and differ only in endpoints and vocabulary. An open pull request from the API is
+//! [`api::PullRequest`], not the webhook event's [`PullRequest`].
 
+pub mod api;
 pub mod event;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
+mod http;
 pub mod verify;
 
+pub use api::{
+    ApiError, ApiResult, Branch, CheckConclusion, CheckOutput, CheckRun, CheckRunSpec, CheckStatus,
+    CommitStatus, Forge, Hook, HookEvent, HookSpec, Permission, RepoInfo, StatusState,
+};
 pub use event::{Event, Headers, Ignored, Payload, Ping, PullRequest, PullRequestAction, Push};
+pub use gitea::GiteaClient;
+pub use github::GithubClient;
+pub use gitlab::GitlabClient;
+pub use http::RetryPolicy;
 
 use reconix_spec::{ForgeKind, Secret};
 
