@@ -19,6 +19,7 @@ pub mod gitea;
 pub mod github;
 pub mod gitlab;
 mod http;
+mod repos_api;
 pub mod verify;
 
 pub use api::{

@@ -4,20 +4,19 @@
 //! branch heads.
 
 use reconix_spec::{RepoName, Secret};
-use reqwest::Method;
 use reqwest::header::AUTHORIZATION;
-use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    ApiError, ApiResult, Branch, CommitStatus, Forge, Hook, HookEvent, HookSpec, Permission,
-    PullRequest, RepoInfo, StatusState,
+    ApiResult, Branch, CommitStatus, Forge, Hook, HookEvent, HookSpec, Permission, PullRequest,
+    RepoInfo, StatusState,
 };
-use crate::http::{Http, RateLimitHeaders, RetryPolicy, encode_segment, repo_path};
+use crate::http::{Http, RateLimitHeaders, RetryPolicy};
+use crate::repos_api::{Dialect, RepoApi};
 
 /// A client for one Gitea or Forgejo API, authenticated with `Authorization: token <token>`.
 #[derive(Debug, Clone)]
 pub struct GiteaClient {
-    http: Http,
+    api: RepoApi,
 }
 
 impl GiteaClient {
@@ -25,7 +24,7 @@ impl GiteaClient {
     /// [`RetryPolicy`].
     ///
     /// # Errors
-    /// Returns [`ApiError::Build`] when the token cannot be sent in a header.
+    /// Returns [`ApiError::Build`](crate::api::ApiError::Build) when the token cannot be sent in a header.
     pub fn new(api_url: &str, token: &Secret) -> ApiResult<Self> {
         Self::with_retry_policy(api_url, token, RetryPolicy::default())
     }
@@ -33,7 +32,7 @@ impl GiteaClient {
     /// Creates a client with an explicit retry policy (tests shorten the delays).
     ///
     /// # Errors
-    /// Returns [`ApiError::Build`] when the token cannot be sent in a header.
+    /// Returns [`ApiError::Build`](crate::api::ApiError::Build) when the token cannot be sent in a header.
     pub fn with_retry_policy(
         api_url: &str,
         token: &Secret,
@@ -47,7 +46,9 @@ impl GiteaClient {
             policy,
             RateLimitHeaders::XRateLimit,
         )?;
-        Ok(Self { http })
+        Ok(Self {
+            api: RepoApi::new(http, &DIALECT),
+        })
     }
 }
 
@@ -85,220 +86,58 @@ pub(crate) fn permission_level(permission: &str) -> Permission {
     }
 }
 
-#[derive(Deserialize)]
-struct HookDto {
-    id: u64,
-    #[serde(default)]
-    active: bool,
-    #[serde(default)]
-    events: Vec<String>,
-    #[serde(default)]
-    config: HookConfigDto,
-}
-
-#[derive(Deserialize, Default)]
-struct HookConfigDto {
-    url: Option<String>,
-    content_type: Option<String>,
-}
-
-impl From<HookDto> for Hook {
-    fn from(dto: HookDto) -> Self {
-        // Gitea may expand `pull_request` into its sub-events when it reports a hook.
-        let mut events: Vec<HookEvent> = dto
-            .events
-            .iter()
-            .filter_map(|e| match e.as_str() {
-                "push" => Some(HookEvent::Push),
-                e if e.starts_with("pull_request") => Some(HookEvent::PullRequest),
-                _ => None,
-            })
-            .collect();
-        events.sort();
-        events.dedup();
-        Self {
-            id: dto.id,
-            url: dto.config.url.unwrap_or_default(),
-            events,
-            active: dto.active,
-            content_type: dto.config.content_type,
-        }
+/// Gitea may report a `pull_request` subscription as its sub-events (`pull_request_sync`, …).
+fn hook_event(name: &str) -> Option<HookEvent> {
+    match name {
+        "push" => Some(HookEvent::Push),
+        n if n.starts_with("pull_request") => Some(HookEvent::PullRequest),
+        _ => None,
     }
 }
 
-#[derive(Serialize)]
-struct HookBody<'a> {
-    /// `CreateHookOption.type` is required; `EditHookOption` has none.
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-    active: bool,
-    events: Vec<&'static str>,
-    config: HookConfigBody<'a>,
-}
-
-#[derive(Serialize)]
-struct HookConfigBody<'a> {
-    url: &'a str,
-    content_type: &'static str,
-    secret: &'a str,
-}
-
-fn hook_body(spec: &HookSpec, create: bool) -> HookBody<'_> {
-    HookBody {
-        kind: create.then_some("gitea"),
-        active: true,
-        events: spec.events.iter().map(|e| event_name(*e)).collect(),
-        config: HookConfigBody {
-            url: &spec.url,
-            content_type: "json",
-            secret: spec.secret.expose(),
-        },
-    }
-}
-
-#[derive(Deserialize)]
-struct RepoDto {
-    default_branch: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct BranchDto {
-    name: String,
-    commit: CommitDto,
-}
-
-#[derive(Deserialize)]
-struct CommitDto {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct PullDto {
-    number: u64,
-    head: PullEndDto,
-    base: PullEndDto,
-    user: Option<UserDto>,
-}
-
-#[derive(Deserialize)]
-struct PullEndDto {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    sha: String,
-    repo: Option<RepoRefDto>,
-}
-
-#[derive(Deserialize)]
-struct RepoRefDto {
-    full_name: String,
-}
-
-#[derive(Deserialize)]
-struct UserDto {
-    login: String,
-}
-
-#[derive(Deserialize)]
-struct PermissionDto {
-    permission: String,
-}
-
-#[derive(Serialize)]
-struct StatusBody<'a> {
-    state: &'static str,
-    context: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target_url: Option<&'a str>,
-}
+/// How Gitea differs from GitHub's API: page size as `limit`, `type` on hook creation.
+static DIALECT: Dialect = Dialect {
+    page: "limit=50",
+    event_name,
+    hook_event,
+    status_state,
+    permission_level,
+    create_name: None,
+    create_type: Some("gitea"),
+    insecure_ssl: None,
+};
 
 impl Forge for GiteaClient {
     async fn list_hooks(&self, repo: &RepoName) -> ApiResult<Vec<Hook>> {
-        let path = format!("/repos/{}/hooks?limit=50", repo_path(repo));
-        let hooks: Vec<HookDto> = self.http.get_all(&path).await?;
-        Ok(hooks.into_iter().map(Hook::from).collect())
+        self.api.list_hooks(repo).await
     }
 
     async fn create_hook(&self, repo: &RepoName, spec: &HookSpec) -> ApiResult<Hook> {
-        let path = format!("/repos/{}/hooks", repo_path(repo));
-        let hook: HookDto = self
-            .http
-            .send_json(Method::POST, &path, &hook_body(spec, true))
-            .await?;
-        Ok(hook.into())
+        self.api.create_hook(repo, spec).await
     }
 
     async fn patch_hook(&self, repo: &RepoName, id: u64, spec: &HookSpec) -> ApiResult<Hook> {
-        let path = format!("/repos/{}/hooks/{id}", repo_path(repo));
-        let hook: HookDto = self
-            .http
-            .send_json(Method::PATCH, &path, &hook_body(spec, false))
-            .await?;
-        Ok(hook.into())
+        self.api.patch_hook(repo, id, spec).await
     }
 
     async fn delete_hook(&self, repo: &RepoName, id: u64) -> ApiResult<()> {
-        let path = format!("/repos/{}/hooks/{id}", repo_path(repo));
-        self.http.delete(&path).await
+        self.api.delete_hook(repo, id).await
     }
 
     async fn repository(&self, repo: &RepoName) -> ApiResult<RepoInfo> {
-        let path = format!("/repos/{}", repo_path(repo));
-        let dto: RepoDto = self.http.get(&path).await?;
-        Ok(RepoInfo {
-            default_branch: dto.default_branch.filter(|b| !b.is_empty()),
-        })
+        self.api.repository(repo).await
     }
 
     async fn branches(&self, repo: &RepoName) -> ApiResult<Vec<Branch>> {
-        let path = format!("/repos/{}/branches?limit=50", repo_path(repo));
-        let branches: Vec<BranchDto> = self.http.get_all(&path).await?;
-        Ok(branches
-            .into_iter()
-            .map(|b| Branch {
-                name: b.name,
-                sha: b.commit.id,
-            })
-            .collect())
+        self.api.branches(repo).await
     }
 
     async fn open_pull_requests(&self, repo: &RepoName) -> ApiResult<Vec<PullRequest>> {
-        let path = format!("/repos/{}/pulls?state=open&limit=50", repo_path(repo));
-        let pulls: Vec<PullDto> = self.http.get_all(&path).await?;
-        Ok(pulls
-            .into_iter()
-            .map(|p| {
-                // A deleted fork leaves `head.repo` null: treat it as a fork (untrusted code).
-                let from_fork = match (&p.head.repo, &p.base.repo) {
-                    (Some(head), Some(base)) => {
-                        !head.full_name.eq_ignore_ascii_case(&base.full_name)
-                    }
-                    _ => true,
-                };
-                PullRequest {
-                    number: p.number,
-                    head_sha: p.head.sha,
-                    head_ref: p.head.git_ref,
-                    base_ref: p.base.git_ref,
-                    author: p.user.map(|u| u.login).unwrap_or_default(),
-                    from_fork,
-                }
-            })
-            .collect())
+        self.api.open_pull_requests(repo).await
     }
 
     async fn permission(&self, repo: &RepoName, user: &str) -> ApiResult<Permission> {
-        let path = format!(
-            "/repos/{}/collaborators/{}/permission",
-            repo_path(repo),
-            encode_segment(user)
-        );
-        match self.http.get::<PermissionDto>(&path).await {
-            Ok(dto) => Ok(permission_level(&dto.permission)),
-            Err(ApiError::NotFound { .. }) => Ok(Permission::None),
-            Err(err) => Err(err),
-        }
+        self.api.permission(repo, user).await
     }
 
     async fn create_status(
@@ -307,19 +146,6 @@ impl Forge for GiteaClient {
         sha: &str,
         status: &CommitStatus,
     ) -> ApiResult<()> {
-        let path = format!(
-            "/repos/{}/statuses/{}",
-            repo_path(repo),
-            encode_segment(sha)
-        );
-        let body = StatusBody {
-            state: status_state(status.state),
-            context: &status.context,
-            description: status.description.as_deref(),
-            target_url: status.target_url.as_deref(),
-        };
-        self.http
-            .send_json_no_answer(Method::POST, &path, &body)
-            .await
+        self.api.create_status(repo, sha, status).await
     }
 }
