@@ -10,8 +10,10 @@ use rusqlite_migration::{M, Migrations, SchemaVersion};
 use crate::error::{Error, QueryExt, Result};
 
 /// The migrations, one numbered file each; append new ones, never edit released ones.
-const MIGRATION_LIST: &[M<'static>] =
-    &[M::up(include_str!("../migrations/001_initial.sql")).foreign_key_check()];
+const MIGRATION_LIST: &[M<'static>] = &[
+    M::up(include_str!("../migrations/001_initial.sql")).foreign_key_check(),
+    M::up(include_str!("../migrations/002_forges.sql")).foreign_key_check(),
+];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_LIST);
 

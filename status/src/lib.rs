@@ -10,6 +10,7 @@ mod builds;
 mod db;
 mod error;
 mod evaluations;
+mod forges;
 mod gc_roots;
 mod jobs;
 mod loops;
@@ -23,6 +24,10 @@ mod testing;
 
 pub use db::{OpenMode, SCHEMA_VERSION, Status, StatusDb};
 pub use error::{Error, Result};
+pub use forges::{
+    DeliveryEffect, DeliveryOutcome, DriftId, DriftRow, ForgeHealth, ForgeHealthState, HookRow,
+    NewDelivery, NewDrift, PostedStatus, PullRequestRow, PullRequestUpdate,
+};
 pub use types::{
     Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, GcRoot, Job, JobId,
     JobState, LoopHealth, NewJob, ParseStateError, RefHead, Repo, RepoId, SchedDep, SchedJob,
