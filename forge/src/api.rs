@@ -112,7 +112,8 @@ impl ApiError {
 }
 
 /// The events a hook delivers, in the daemon's vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum HookEvent {
     /// Branch and tag pushes (GitLab: `push_events` and `tag_push_events`).
     Push,
@@ -210,7 +211,8 @@ impl Permission {
 /// | `Failure` | `failure` | `failed` | `failure` |
 /// | `Error` | `error` | `failed` (no error state) | `error` |
 /// | `Cancelled` | `error` (not the code's fault) | `canceled` | `warning` (neither pass nor fail) |
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StatusState {
     /// Waiting to start.
     Pending,
@@ -227,7 +229,8 @@ pub enum StatusState {
 }
 
 /// A commit status to post.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct CommitStatus {
     /// The state.
     pub state: StatusState,
@@ -240,7 +243,8 @@ pub struct CommitStatus {
 }
 
 /// The status of a GitHub check run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CheckStatus {
     /// Not started.
     Queued,
@@ -251,7 +255,8 @@ pub enum CheckStatus {
 }
 
 /// The conclusion of a completed GitHub check run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CheckConclusion {
     /// Everything passed.
     Success,
@@ -268,7 +273,8 @@ pub enum CheckConclusion {
 }
 
 /// The output shown on a check run's page.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct CheckOutput {
     /// The title.
     pub title: String,
@@ -277,7 +283,8 @@ pub struct CheckOutput {
 }
 
 /// A GitHub check run to create or update.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct CheckRunSpec {
     /// The check's name.
     pub name: String,

@@ -14,6 +14,7 @@
 //! [`api::PullRequest`], not the webhook event's [`PullRequest`].
 
 pub mod api;
+mod client;
 pub mod event;
 pub mod gitea;
 pub mod github;
@@ -26,6 +27,7 @@ pub use api::{
     ApiError, ApiResult, Branch, CheckConclusion, CheckOutput, CheckRun, CheckRunSpec, CheckStatus,
     CommitStatus, Forge, Hook, HookEvent, HookSpec, Permission, RepoInfo, StatusState,
 };
+pub use client::{ForgeClient, pull_request_ref};
 pub use event::{Event, Headers, Ignored, Payload, Ping, PullRequest, PullRequestAction, Push};
 pub use gitea::GiteaClient;
 pub use github::GithubClient;
