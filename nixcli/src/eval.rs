@@ -300,10 +300,16 @@ fn read_derivation(path: &StorePath, file: &Path) -> Result<crate::parse::aterm:
     })
 }
 
+/// The arguments of every evaluation. `accept-flake-config` is forced off: a flake's `nixConfig`
+/// (substituters, post-build hooks, …) comes from the code under test, which for a pull request
+/// is anyone's, so it must never change how Nix runs, whatever nix.conf says.
 fn eval_args(expr: &str) -> Vec<OsString> {
     let mut args = os_args([
         "eval",
         "--json",
+        "--option",
+        "accept-flake-config",
+        "false",
         "--option",
         "eval-cache",
         "false",
@@ -367,6 +373,23 @@ fn ranges(indices: &[usize]) -> Vec<[usize; 2]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluations_should_refuse_flake_config_from_the_code_under_test() {
+        let args: Vec<String> = eval_args("1")
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args
+            .iter()
+            .position(|a| a == "accept-flake-config")
+            .unwrap();
+        assert_eq!(
+            (args[at - 1].as_str(), args[at + 1].as_str()),
+            ("--option", "false")
+        );
+        assert!(!args.iter().any(|a| a == "--accept-flake-config"));
+    }
 
     #[test]
     fn from_json_expr_should_leave_no_nix_string_syntax_in_the_text() {
