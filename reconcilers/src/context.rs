@@ -10,6 +10,7 @@ use reconix_status::Status;
 use tokio::sync::watch;
 
 use crate::builds::RunningBuilds;
+use crate::forges::ForgeClients;
 use crate::runtime::Handle;
 
 /// The bundle of ports (one trait per boundary) the loops are generic over.
@@ -53,6 +54,8 @@ pub struct Ctx<P> {
     pub running: RunningBuilds,
     /// Handles to wake loops when something they observe changed.
     pub wakers: Wakers,
+    /// REST clients of the hosted forges.
+    pub forges: ForgeClients,
 }
 
 impl<P> Ctx<P> {
@@ -64,7 +67,15 @@ impl<P> Ctx<P> {
             spec,
             running: RunningBuilds::default(),
             wakers: Wakers::default(),
+            forges: ForgeClients::default(),
         }
+    }
+
+    /// Replaces the forge client registry (tests use short retry delays).
+    #[must_use]
+    pub fn with_forge_clients(mut self, forges: ForgeClients) -> Self {
+        self.forges = forges;
+        self
     }
 
     /// Returns the current spec.
@@ -86,26 +97,81 @@ pub struct Wakers {
     inner: Arc<OnceLock<WakerSet>>,
 }
 
+/// The handles [`Wakers`] holds.
 #[derive(Debug)]
-struct WakerSet {
-    builds: Handle<BuilderName>,
-    gcroots: Handle<RepoKey>,
-    evaluations: Handle<RepoKey>,
+pub struct WakerSet {
+    /// The `builds` loop.
+    pub builds: Handle<BuilderName>,
+    /// The `gcroots` loop.
+    pub gcroots: Handle<RepoKey>,
+    /// The `evaluations` loop.
+    pub evaluations: Handle<RepoKey>,
+    /// The `heads` loop (hosted forges only).
+    pub heads: Option<Handle<RepoKey>>,
+    /// The `statuses` loop (hosted forges only).
+    pub statuses: Option<Handle<RepoKey>>,
+    /// The `webhooks` loop (hosted forges only).
+    pub webhooks: Option<Handle<RepoKey>>,
 }
 
 impl Wakers {
-    /// Installs the handles; later calls are ignored.
+    /// Installs the handles of the core loops; later calls are ignored.
     pub fn set(
         &self,
         builds: Handle<BuilderName>,
         gcroots: Handle<RepoKey>,
         evaluations: Handle<RepoKey>,
     ) {
-        let _ = self.inner.set(WakerSet {
+        self.set_all(WakerSet {
             builds,
             gcroots,
             evaluations,
+            heads: None,
+            statuses: None,
+            webhooks: None,
         });
+    }
+
+    /// Installs every handle; later calls are ignored.
+    pub fn set_all(&self, set: WakerSet) {
+        let _ = self.inner.set(set);
+    }
+
+    /// Wakes the `statuses` loop for one repository.
+    pub fn statuses(&self, repo: RepoKey) {
+        if let Some(h) = self.inner.get().and_then(|w| w.statuses.as_ref()) {
+            h.trigger(repo);
+        }
+    }
+
+    /// Wakes the `statuses` loop for every repository.
+    pub fn all_statuses(&self) {
+        if let Some(h) = self.inner.get().and_then(|w| w.statuses.as_ref()) {
+            h.trigger_all();
+        }
+    }
+
+    /// Wakes the `heads` loop for one repository.
+    pub fn heads(&self, repo: RepoKey) {
+        if let Some(h) = self.inner.get().and_then(|w| w.heads.as_ref()) {
+            h.trigger(repo);
+        }
+    }
+
+    /// Wakes the `webhooks` loop for one repository.
+    pub fn webhooks(&self, repo: RepoKey) {
+        if let Some(h) = self.inner.get().and_then(|w| w.webhooks.as_ref()) {
+            h.trigger(repo);
+        }
+    }
+
+    /// Wakes every loop that calls forges, for every repository (a paused forge resumed).
+    pub fn forge_loops(&self) {
+        if let Some(w) = self.inner.get() {
+            for h in [&w.heads, &w.statuses, &w.webhooks].into_iter().flatten() {
+                h.trigger_all();
+            }
+        }
     }
 
     /// Wakes the `builds` loop.

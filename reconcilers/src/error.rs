@@ -28,6 +28,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A forge's API failed.
+    #[error("forge {forge}")]
+    Forge {
+        /// The forge's name in the spec.
+        forge: String,
+        /// What the client reported.
+        #[source]
+        source: reconix_forge::ApiError,
+    },
     /// The spec does not allow what the loop was asked to do.
     #[error("{key}: {message}")]
     Config {

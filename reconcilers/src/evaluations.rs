@@ -1,8 +1,13 @@
-//! The `evaluations` loop: the newest head of every watched branch has an evaluation.
+//! The `evaluations` loop: the newest head of every watched branch (and trusted pull request)
+//! has an evaluation.
 //!
-//! Key: a repository. Observed: the branch heads (for `local` forges, read from the git checkout)
-//! and the repository's evaluations. Steps: evaluate a head that has no finished evaluation yet,
-//! and supersede an unfinished evaluation whose branch moved on or vanished.
+//! Key: a repository. Observed: the heads — for `local` forges read from the git checkout; for
+//! hosted forges the branch heads and open pull requests that webhooks and the `heads` loop
+//! recorded in the database, pull requests only when their author is trusted (write permission
+//! or the allowlist) — and the repository's evaluations. Steps: evaluate a head that has no
+//! finished evaluation yet (hosted code is first fetched into a bare mirror, pull requests
+//! through the forge's PR ref), and supersede an unfinished evaluation whose branch or pull
+//! request moved on or vanished (cancel-on-push).
 //!
 //! `StartEvaluation` both creates the row (idempotent on repo, ref and rev) and runs the
 //! evaluation, so a daemon killed mid-evaluation simply evaluates again on restart: the row is
@@ -38,8 +43,10 @@ impl<P> Evaluations<P> {
 pub struct Observed {
     /// Whether the repository is still in the spec.
     pub in_spec: bool,
-    /// The local checkout path (for building flake references).
+    /// The local checkout path, or for hosted forges the mirror (for building flake references).
     pub path: Option<std::path::PathBuf>,
+    /// For hosted forges: the URL the mirror is fetched from.
+    pub fetch_url: Option<String>,
     /// Heads of the branches the spec asks for.
     pub heads: Vec<Head>,
     /// Evaluations of this repository, oldest first.
@@ -71,6 +78,8 @@ pub enum Step {
         rev: String,
         /// The flake reference handed to Nix.
         flake_ref: String,
+        /// For hosted forges: fetch the ref from this URL into the mirror first.
+        fetch_url: Option<String>,
     },
     /// Marks an unfinished evaluation superseded and cancels its unfinished jobs.
     Supersede {
@@ -85,8 +94,21 @@ pub enum Step {
 ///
 /// Nix 2.8 reads a non-bare checkout in place, so any commit in its object database works; `ref`
 /// is passed too because bare mirrors need it (nix-lab §2).
+///
+/// Nix percent-decodes the path, so `%` (mirrors encode `/` in repo names as `%2F`), spaces,
+/// `?` and `#` are percent-encoded.
 pub fn local_flake_ref(path: &std::path::Path, git_ref: &str, rev: &str) -> String {
-    format!("git+file://{}?ref={git_ref}&rev={rev}", path.display())
+    let mut encoded = String::new();
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            ' ' => encoded.push_str("%20"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            c => encoded.push(c),
+        }
+    }
+    format!("git+file://{encoded}?ref={git_ref}&rev={rev}")
 }
 
 fn is_unfinished(state: EvaluationState) -> bool {
@@ -133,6 +155,7 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
                 git_ref: head.git_ref.clone(),
                 rev: head.rev.clone(),
                 flake_ref: local_flake_ref(path, &head.git_ref, &head.rev),
+                fetch_url: observed.fetch_url.clone(),
             });
         }
     }
@@ -165,18 +188,20 @@ impl<P: Ports> Reconciler for Evaluations<P> {
     type Error = Error;
 
     async fn keys(&self, spec: &Spec, _cx: &Ctx<P>) -> Result<Vec<RepoKey>> {
-        Ok(spec
-            .repos()
-            .filter(|(_, forge, _)| forge.kind == ForgeKind::Local)
-            .map(|(key, _, _)| key)
-            .collect())
+        Ok(spec.repos().map(|(key, _, _)| key).collect())
     }
 
     async fn observe(&self, key: &RepoKey, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
-        let repo_cfg = spec
-            .repo(key)
-            .filter(|(forge, _)| forge.kind == ForgeKind::Local);
+        let repo_cfg = spec.repo(key);
+        let mut fetch_url = None;
         let (heads, path) = match repo_cfg {
+            Some((forge, repo)) if forge.kind != ForgeKind::Local => {
+                fetch_url = forge
+                    .web_url_or_default()
+                    .map(|web| format!("{web}/{}.git", key.repo));
+                let heads = hosted_heads(key, forge.kind, repo, cx).await?;
+                (heads, Some(mirror_path(&spec.state_dir, key)))
+            }
             Some((_, repo)) => {
                 let path = repo.path.clone().ok_or_else(|| Error::Config {
                     key: key.to_string(),
@@ -202,6 +227,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
         Ok(Observed {
             in_spec: repo_cfg.is_some(),
             path,
+            fetch_url,
             heads,
             evaluations: evaluations
                 .into_iter()
@@ -250,15 +276,114 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                     .await?;
                 info!(repo = %key, evaluation = %evaluation, "evaluation superseded");
                 cx.wakers.builds();
+                cx.wakers.statuses(key.clone());
                 Ok(())
             }
             Step::StartEvaluation {
                 git_ref,
                 rev,
                 flake_ref,
-            } => start_evaluation(key, git_ref, rev, flake_ref, cx).await,
+                fetch_url,
+            } => {
+                if let Some(url) = fetch_url {
+                    fetch(key, &url, &git_ref, &rev, cx).await?;
+                }
+                start_evaluation(key, git_ref, rev, flake_ref, cx).await
+            }
         }
     }
+}
+
+/// Returns the bare mirror of a hosted repository: `<state-dir>/mirrors/<forge>/<repo>.git`,
+/// with `/` in the repo name (owner/name, GitLab groups) encoded as `%2F`.
+pub fn mirror_path(state_dir: &std::path::Path, key: &RepoKey) -> std::path::PathBuf {
+    state_dir
+        .join("mirrors")
+        .join(key.forge.as_str())
+        .join(format!("{}.git", key.repo.as_str().replace('/', "%2F")))
+}
+
+/// Reads the heads of a hosted repository from the database: the built branches and the open
+/// pull requests whose author is trusted.
+async fn hosted_heads<P: Ports>(
+    key: &RepoKey,
+    kind: ForgeKind,
+    repo: &reconix_spec::Repo,
+    cx: &Ctx<P>,
+) -> Result<Vec<Head>> {
+    let k = key.clone();
+    let (default_branch, refs, prs) = cx
+        .status
+        .call(move |db| match db.repo_id(&k)? {
+            Some(id) => Ok((
+                db.default_branch(id)?,
+                db.refs(id)?,
+                db.open_pull_requests(id)?,
+            )),
+            None => Ok((None, Vec::new(), Vec::new())),
+        })
+        .await?;
+    let mut heads: Vec<Head> = refs
+        .into_iter()
+        .filter(|r| {
+            r.name.strip_prefix("refs/heads/").is_some_and(|b| {
+                if repo.follows_default_branch() {
+                    default_branch.as_deref() == Some(b)
+                } else {
+                    repo.matches_branch(b)
+                }
+            })
+        })
+        .map(|r| Head {
+            git_ref: r.name,
+            rev: r.rev,
+        })
+        .collect();
+    if repo.pull_requests {
+        heads.extend(
+            prs.into_iter()
+                .filter(|p| {
+                    p.author_can_write == Some(true)
+                        || p.author
+                            .as_ref()
+                            .is_some_and(|a| repo.allowlist.contains(a))
+                })
+                .map(|p| Head {
+                    git_ref: reconix_forge::pull_request_ref(kind, p.number),
+                    rev: p.head_sha,
+                }),
+        );
+    }
+    Ok(heads)
+}
+
+/// Fetches `git_ref` of a hosted repository into its mirror, authenticated with the forge's
+/// token.
+async fn fetch<P: Ports>(
+    key: &RepoKey,
+    url: &str,
+    git_ref: &str,
+    rev: &str,
+    cx: &Ctx<P>,
+) -> Result<()> {
+    let spec = cx.spec();
+    let forge = spec.forges.get(&key.forge).ok_or_else(|| Error::Config {
+        key: key.to_string(),
+        message: "forge left the spec".to_owned(),
+    })?;
+    let auth = match &forge.token_file {
+        Some(file) => Some(git::FetchAuth::for_kind(
+            forge.kind,
+            file.read().map_err(|source| Error::Io {
+                context: format!("reading token file {}", file.path().display()),
+                source,
+            })?,
+        )),
+        None => None,
+    };
+    let mirror = mirror_path(&spec.state_dir, key);
+    info!(repo = %key, %git_ref, %rev, "fetching");
+    git::fetch_into_mirror(&mirror, url, auth.as_ref(), git_ref, rev).await
 }
 
 async fn start_evaluation<P: Ports>(
@@ -296,6 +421,7 @@ async fn start_evaluation<P: Ports>(
         })
         .await?;
     info!(repo = %key, evaluation = %id, flake = %flake_ref, "evaluating");
+    cx.wakers.statuses(key.clone());
     match cx.ports.nix().evaluate(request).await {
         Ok(outcome) => {
             let jobs = new_jobs(&outcome);
@@ -314,6 +440,7 @@ async fn start_evaluation<P: Ports>(
                 nix_calls = outcome.nix_calls, "evaluation recorded"
             );
             cx.wakers.builds();
+            cx.wakers.statuses(key.clone());
             Ok(())
         }
         Err(reconix_nixcli::Error::FlakeEval { message }) => {
@@ -328,6 +455,7 @@ async fn start_evaluation<P: Ports>(
                     )
                 })
                 .await?;
+            cx.wakers.statuses(key.clone());
             Ok(())
         }
         Err(err) => Err(Error::Nix(err)),
@@ -400,6 +528,7 @@ mod tests {
         Observed {
             in_spec: true,
             path: Some("/srv/demo".into()),
+            fetch_url: None,
             heads,
             evaluations,
         }
@@ -419,6 +548,7 @@ mod tests {
                 git_ref: "refs/heads/main".into(),
                 rev: "aaa".into(),
                 flake_ref: "git+file:///srv/demo?ref=refs/heads/main&rev=aaa".into(),
+                fetch_url: None,
             }]
         );
         assert_eq!(p.then, Action::requeue(Duration::from_secs(5)));
@@ -488,6 +618,28 @@ mod tests {
             vec![Step::Supersede {
                 evaluation: EvaluationId(1),
                 by_rev: None
+            }]
+        );
+    }
+
+    #[test]
+    fn hosted_heads_should_be_fetched_into_the_mirror_first() {
+        let mut o = observed(vec![head("aaa")], vec![]);
+        o.path = Some(mirror_path(
+            std::path::Path::new("/var/lib/reconix"),
+            &RepoKey::parse("gh/a/b").unwrap(),
+        ));
+        o.fetch_url = Some("https://github.com/a/b.git".to_owned());
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert_eq!(
+            p.steps,
+            vec![Step::StartEvaluation {
+                git_ref: "refs/heads/main".into(),
+                rev: "aaa".into(),
+                flake_ref:
+                    "git+file:///var/lib/reconix/mirrors/gh/a%252Fb.git?ref=refs/heads/main&rev=aaa"
+                        .into(),
+                fetch_url: Some("https://github.com/a/b.git".into()),
             }]
         );
     }

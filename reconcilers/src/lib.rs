@@ -10,8 +10,13 @@ pub mod builds;
 mod context;
 mod error;
 pub mod evaluations;
+pub mod forge_health;
+pub mod forges;
 pub mod gcroots;
 pub mod git;
+pub mod heads;
+pub mod statuses;
+pub mod webhooks;
 
-pub use context::{Ctx, LivePorts, Ports, Wakers};
+pub use context::{Ctx, LivePorts, Ports, WakerSet, Wakers};
 pub use error::{Error, Result};

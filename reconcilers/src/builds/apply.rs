@@ -48,7 +48,7 @@ pub(super) async fn dispatch<P: Ports>(
         })
         .await;
     match recorded {
-        Ok(true) => {}
+        Ok(true) => cx.wakers.all_statuses(),
         Ok(false) => {
             cx.running.finish(&drv_path);
             cx.wakers.builds();
@@ -107,6 +107,7 @@ pub(super) async fn dispatch<P: Ports>(
         }
         running.finish(&drv_path);
         wakers.builds();
+        wakers.all_statuses();
         if state == BuildState::Succeeded {
             wakers.gcroots();
         }

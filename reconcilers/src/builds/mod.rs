@@ -184,6 +184,7 @@ impl<P: Ports> Reconciler for Builds<P> {
                 if state == JobState::Succeeded {
                     cx.wakers.gcroots();
                 }
+                cx.wakers.all_statuses();
                 Ok(())
             }
             Step::FinishEvaluation { evaluation } => {
@@ -194,6 +195,7 @@ impl<P: Ports> Reconciler for Builds<P> {
                 if done {
                     info!(evaluation = %evaluation, "evaluation finished");
                     cx.wakers.gcroots();
+                    cx.wakers.all_statuses();
                 }
                 Ok(())
             }

@@ -1,0 +1,210 @@
+//! What the hosted-forge loops share: a client per forge built from the spec (token read from
+//! its file), a guard that turns 401 and rate limits into forge health, and naming helpers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use reconix_forge::{ApiError, ForgeClient, RetryPolicy};
+use reconix_spec::{Forge, ForgeName, Secret, Spec, Timestamp};
+use reconix_status::{ForgeHealthState, Status};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::{Error, Result};
+
+/// Builds and caches one REST client per forge; a changed token file or API URL makes a new one.
+#[derive(Debug, Clone, Default)]
+pub struct ForgeClients {
+    policy: Option<RetryPolicy>,
+    cache: Arc<Mutex<HashMap<ForgeName, Cached>>>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    api_url: String,
+    token_fingerprint: String,
+    client: ForgeClient,
+}
+
+impl ForgeClients {
+    /// Creates a registry whose clients use `policy` (the default policy when `None`).
+    pub fn new(policy: Option<RetryPolicy>) -> Self {
+        Self {
+            policy,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Returns the client of forge `name`, reading its token file.
+    ///
+    /// # Errors
+    /// Returns [`Error::Config`] when the forge has no API URL or token file, [`Error::Io`] when
+    /// the token file cannot be read, and [`Error::Forge`] when the client cannot be built.
+    pub fn client(&self, name: &ForgeName, forge: &Forge) -> Result<ForgeClient> {
+        let config = |message: &str| Error::Config {
+            key: name.to_string(),
+            message: message.to_owned(),
+        };
+        let api_url = forge
+            .api_url_or_default()
+            .ok_or_else(|| config("the forge has no api-url"))?;
+        let token_file = forge
+            .token_file
+            .as_ref()
+            .ok_or_else(|| config("the forge has no token-file"))?;
+        let token = token_file.read().map_err(|source| Error::Io {
+            context: format!("reading token file {}", token_file.path().display()),
+            source,
+        })?;
+        let token_fingerprint = fingerprint("token", &token);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cache.get(name)
+            && c.api_url == api_url
+            && c.token_fingerprint == token_fingerprint
+        {
+            return Ok(c.client.clone());
+        }
+        let client = ForgeClient::new(forge.kind, api_url, &token, self.policy.unwrap_or_default())
+            .map_err(|source| Error::Forge {
+                forge: name.to_string(),
+                source,
+            })?;
+        cache.insert(
+            name.clone(),
+            Cached {
+                api_url: api_url.to_owned(),
+                token_fingerprint,
+                client: client.clone(),
+            },
+        );
+        Ok(client)
+    }
+}
+
+/// Returns a short fingerprint of a secret for change detection: the first 16 hex digits of
+/// SHA-256 over a purpose label and the secret. Stored and compared, never shown.
+pub fn fingerprint(purpose: &str, secret: &Secret) -> String {
+    let mut h = Sha256::new();
+    h.update(b"reconix ");
+    h.update(purpose.as_bytes());
+    h.update([0]);
+    h.update(secret.expose().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Returns where forge `name` delivers webhooks: `<external-url>/webhooks/<name>`.
+pub fn webhook_url(spec: &Spec, name: &ForgeName) -> Option<String> {
+    spec.external_url
+        .as_deref()
+        .map(|u| format!("{}/webhooks/{name}", u.trim_end_matches('/')))
+}
+
+/// Records what an API error says about the forge's health: 401 pauses it, a rate limit makes
+/// it wait. Returns the error wrapped for the loop.
+pub async fn record_api_error(status: &Status, name: &ForgeName, err: ApiError) -> Error {
+    let now = Timestamp::now();
+    let health = match &err {
+        ApiError::Unauthorized { .. } => Some((
+            ForgeHealthState::Paused,
+            Some("the forge rejected the token (401); calls are paused until it is accepted again"),
+            None,
+        )),
+        ApiError::RateLimited { retry_after } => Some((
+            ForgeHealthState::RateLimited,
+            Some("rate limited by the forge"),
+            Some(now.plus(*retry_after)),
+        )),
+        _ => None,
+    };
+    if let Some((state, reason, until)) = health {
+        warn!(forge = %name, error = %err, state = ?state, "forge calls held back");
+        let n = name.clone();
+        let reason = reason.map(str::to_owned);
+        if let Err(e) = status
+            .call(move |db| db.set_forge_health(&n, state, reason.as_deref(), until, now))
+            .await
+        {
+            warn!(forge = %name, error = %e, "could not record forge health");
+        }
+    }
+    Error::Forge {
+        forge: name.to_string(),
+        source: err,
+    }
+}
+
+/// Whether a forge may be called now, and if not, how long to wait (`None`: until a probe
+/// succeeds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Calls go through.
+    Open,
+    /// The forge is paused (401): only the probe calls it.
+    Paused,
+    /// Rate limited for this long.
+    Wait(Duration),
+}
+
+/// Reads forge `name`'s health and says whether it may be called at `now`.
+///
+/// # Errors
+/// Returns [`Error::Status`] when the database fails.
+pub async fn gate(status: &Status, name: &ForgeName, now: Timestamp) -> Result<Gate> {
+    let n = name.clone();
+    let health = status.call(move |db| db.forge_health(&n)).await?;
+    Ok(match health {
+        None => Gate::Open,
+        Some(h) => match h.state {
+            ForgeHealthState::Ok => Gate::Open,
+            ForgeHealthState::Paused => Gate::Paused,
+            ForgeHealthState::RateLimited => match h.until {
+                Some(until) if until > now => Gate::Wait(until.since(now)),
+                _ => Gate::Open,
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_should_differ_by_purpose_and_secret_and_hide_it() {
+        let a = fingerprint("hook", &Secret::new("s3cret"));
+        assert_eq!(a.len(), 16);
+        assert!(!a.contains("s3cret"));
+        assert_eq!(a, fingerprint("hook", &Secret::new("s3cret")));
+        assert_ne!(a, fingerprint("token", &Secret::new("s3cret")));
+        assert_ne!(a, fingerprint("hook", &Secret::new("other")));
+    }
+
+    #[tokio::test]
+    async fn a_401_should_pause_and_a_rate_limit_should_wait() {
+        let status = Status::new(reconix_status::StatusDb::open_memory().unwrap());
+        let gh = ForgeName::new("gh").unwrap();
+        assert_eq!(
+            gate(&status, &gh, Timestamp::now()).await.unwrap(),
+            Gate::Open
+        );
+        let err = ApiError::RateLimited {
+            retry_after: Duration::from_secs(60),
+        };
+        record_api_error(&status, &gh, err).await;
+        assert!(matches!(
+            gate(&status, &gh, Timestamp::now()).await.unwrap(),
+            Gate::Wait(d) if d > Duration::from_secs(50)
+        ));
+        let err = ApiError::Unauthorized {
+            method: "GET".to_owned(),
+            path: "/x".to_owned(),
+        };
+        let e = record_api_error(&status, &gh, err).await;
+        assert!(matches!(e, Error::Forge { .. }));
+        assert_eq!(
+            gate(&status, &gh, Timestamp::now()).await.unwrap(),
+            Gate::Paused
+        );
+    }
+}
