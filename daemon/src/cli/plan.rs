@@ -2,7 +2,8 @@
 //!
 //! It observes through a read-only view of the state directory's database (or an empty one when
 //! the daemon never ran) and the real Nix/git, like a dry run of every reconcile. Builds that a
-//! running daemon has in flight are not visible here, so they may show up as `dispatch`.
+//! running daemon has in flight are not visible here, so they may show up as `dispatch`. Loops of
+//! hosted forges read the forge's API (GET requests only) to observe.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use reconix_reconcilers::builds::Builds;
 use reconix_reconcilers::evaluations::Evaluations;
+use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
+use reconix_reconcilers::heads::Heads;
+use reconix_reconcilers::statuses::Statuses;
+use reconix_reconcilers::webhooks::Webhooks;
 use reconix_reconcilers::runtime::{Reconciler, dry_run};
 use reconix_reconcilers::{Ctx, LivePorts};
 use reconix_spec::{Spec, Timestamp};
@@ -53,6 +58,10 @@ pub(crate) fn run(args: &SpecArgs, output: Output, nix_store: Option<&str>) -> R
             plans(&Evaluations::new(), &spec, &ctx, now).await,
             plans(&Builds::new(), &spec, &ctx, now).await,
             plans(&GcRoots::new(), &spec, &ctx, now).await,
+            plans(&Heads::new(), &spec, &ctx, now).await,
+            plans(&Webhooks::new(), &spec, &ctx, now).await,
+            plans(&Statuses::new(), &spec, &ctx, now).await,
+            plans(&ForgeHealthLoop::new(), &spec, &ctx, now).await,
         ])
     })?;
     match output {

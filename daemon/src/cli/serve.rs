@@ -9,9 +9,13 @@ use anyhow::{Context, Result};
 use reconix_nixcli::{Nix, NixCli};
 use reconix_reconcilers::builds::Builds;
 use reconix_reconcilers::evaluations::Evaluations;
+use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
+use reconix_reconcilers::heads::Heads;
+use reconix_reconcilers::statuses::Statuses;
+use reconix_reconcilers::webhooks::Webhooks;
 use reconix_reconcilers::runtime::{Controller, Reconciler, RunReport, SpecReloader};
-use reconix_reconcilers::{Ctx, LivePorts};
+use reconix_reconcilers::{Ctx, LivePorts, WakerSet};
 use reconix_spec::{Spec, SpecErrors, Timestamp};
 use reconix_status::{OpenMode, Status, StatusDb};
 use tokio::sync::watch;
@@ -170,8 +174,18 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let evaluations = controller(Evaluations::new(), &ctx, &spec_rx, &status);
     let builds = controller(Builds::new(), &ctx, &spec_rx, &status);
     let gcroots = controller(GcRoots::new(), &ctx, &spec_rx, &status);
-    ctx.wakers
-        .set(builds.handle(), gcroots.handle(), evaluations.handle());
+    let heads = controller(Heads::new(), &ctx, &spec_rx, &status);
+    let webhooks = controller(Webhooks::new(), &ctx, &spec_rx, &status);
+    let statuses = controller(Statuses::new(), &ctx, &spec_rx, &status);
+    let forges = controller(ForgeHealthLoop::new(), &ctx, &spec_rx, &status);
+    ctx.wakers.set_all(WakerSet {
+        builds: builds.handle(),
+        gcroots: gcroots.handle(),
+        evaluations: evaluations.handle(),
+        heads: Some(heads.handle()),
+        statuses: Some(statuses.handle()),
+        webhooks: Some(webhooks.handle()),
+    });
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -189,11 +203,15 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         async move { shutdown.cancelled().await }
     });
     let running = ctx.running.clone();
-    let (http, (), (), (), ()) = tokio::join!(
+    let (http, (), (), (), (), (), (), (), ()) = tokio::join!(
         http,
         evaluations.run(shutdown.clone()),
         builds.run(shutdown.clone()),
         gcroots.run(shutdown.clone()),
+        heads.run(shutdown.clone()),
+        webhooks.run(shutdown.clone()),
+        statuses.run(shutdown.clone()),
+        forges.run(shutdown.clone()),
         reloader.run(shutdown.clone()),
     );
     if !running.is_empty() {
