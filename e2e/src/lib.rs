@@ -125,8 +125,15 @@ pub struct TestDaemon {
 /// What a [`TestDaemon`] is started with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// The spec's YAML, with `{state_dir}` replaced by the daemon's state directory.
+    /// The spec's YAML, with `{state_dir}` replaced by the daemon's state directory and
+    /// `{port}` by a free loopback port the daemon then listens on (for `external-url`, which
+    /// must be known before the daemon starts).
     pub spec: String,
+}
+
+/// Returns a loopback port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl TestDaemon {
@@ -170,13 +177,19 @@ impl TestDaemon {
         let store = root.join("store");
         std::fs::create_dir_all(&state_dir)?;
         let spec_path = root.join("spec.yaml");
-        let spec = config
+        let mut spec = config
             .spec
             .replace("{state_dir}", &state_dir.display().to_string());
+        let mut listen = "127.0.0.1:0".to_owned();
+        if spec.contains("{port}") {
+            let port = free_port()?.to_string();
+            spec = spec.replace("{port}", &port);
+            listen = format!("127.0.0.1:{port}");
+        }
         std::fs::write(&spec_path, spec)?;
         let stderr_log = root.join(format!("daemon-{}.log", unique_suffix()));
         let mut child = Command::new(reconix_bin()?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--spec"])
+            .args(["serve", "--listen", &listen, "--spec"])
             .arg(&spec_path)
             .arg("--nix-store")
             .arg(&store)

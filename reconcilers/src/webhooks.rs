@@ -119,9 +119,16 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
     let Some(url) = webhook_url(desired, &key.forge) else {
         return idle(Action::await_change());
     };
+    // Hooks are looked at again every poll interval: drift made on the forge sends no event.
+    let poll = desired
+        .forges
+        .get(&key.forge)
+        .map_or(Action::await_change(), |f| {
+            Action::requeue(f.poll_interval.to_std())
+        });
     let hooks = match (observed.gate, &observed.hooks) {
         (Gate::Wait(d), _) => return idle(Action::requeue(d)),
-        (Gate::Paused, _) | (Gate::Open, None) => return idle(Action::await_change()),
+        (Gate::Paused, _) | (Gate::Open, None) => return idle(poll),
         (Gate::Open, Some(hooks)) => hooks,
     };
     let recorded_id = observed.recorded.as_ref().map(|r| r.hook_id);
@@ -147,10 +154,7 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
         steps.push(Step::Create {
             vanished: recorded_id,
         });
-        return Plan {
-            steps,
-            then: Action::await_change(),
-        };
+        return Plan { steps, then: poll };
     };
     steps.extend(extra.iter().map(|h| Step::Delete {
         id: h.id,
@@ -210,10 +214,7 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
     } else if recorded_id != Some(keep.id) {
         steps.push(Step::Adopt { id: keep.id });
     }
-    Plan {
-        steps,
-        then: Action::await_change(),
-    }
+    Plan { steps, then: poll }
 }
 
 impl<P: Ports> Reconciler for Webhooks<P> {
