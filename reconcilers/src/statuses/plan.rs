@@ -313,7 +313,9 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Vec<Desired> {
                     "waiting for a trusted push: {} may not write to this repository",
                     pr.author
                 ))),
-                target_url: None,
+                // Forges expect a link on every status (GitHub documents it as a string); the
+                // daemon's page says which pull requests wait and why.
+                target_url: Some(format!("{}/", settings.external_url)),
                 kind: DesiredKind::Status,
             }),
         }
@@ -1288,7 +1290,7 @@ mod tests {
                             "waiting for a trusted push: mallory may not write to this repository"
                                 .to_owned()
                         ),
-                        target_url: None,
+                        target_url: Some("https://ci.example.org/".to_owned()),
                     },
                 },
                 Step::Post {
