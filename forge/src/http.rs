@@ -274,8 +274,8 @@ fn classify(
     })
 }
 
-/// Returns how long a rate-limited answer asks to wait: `Retry-After` (seconds), else the reset
-/// time of an exhausted quota.
+/// Returns how long a rate-limited answer asks to wait: `Retry-After` (seconds, or an HTTP date
+/// as RFC 9110 allows), else the reset time of an exhausted quota.
 fn rate_limit_wait(
     headers: &HeaderMap,
     kind: RateLimitHeaders,
@@ -283,6 +283,13 @@ fn rate_limit_wait(
 ) -> Option<Duration> {
     if let Some(seconds) = header_u64(headers, "retry-after") {
         return Some(Duration::from_secs(seconds));
+    }
+    if let Some(date) = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    {
+        return Some(date.duration_since(now).unwrap_or(Duration::ZERO));
     }
     let (remaining, reset) = match kind {
         RateLimitHeaders::XRateLimit => ("x-ratelimit-remaining", "x-ratelimit-reset"),
@@ -416,6 +423,27 @@ mod tests {
         assert_eq!(
             rate_limit_wait(&h, RateLimitHeaders::RateLimit, now),
             Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn retry_after_should_accept_seconds_and_http_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let h = headers(&[("retry-after", "7")]);
+        assert_eq!(
+            rate_limit_wait(&h, RateLimitHeaders::XRateLimit, now),
+            Some(Duration::from_secs(7))
+        );
+        // 1445412480 is Wed, 21 Oct 2015 07:28:00 GMT (RFC 9110's example date).
+        let h = headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:30 GMT")]);
+        assert_eq!(
+            rate_limit_wait(&h, RateLimitHeaders::XRateLimit, now),
+            Some(Duration::from_secs(30))
+        );
+        let h = headers(&[("retry-after", "Wed, 21 Oct 2015 07:00:00 GMT")]);
+        assert_eq!(
+            rate_limit_wait(&h, RateLimitHeaders::XRateLimit, now),
+            Some(Duration::ZERO)
         );
     }
 
