@@ -133,7 +133,9 @@ pub struct DaemonConfig {
 
 /// Returns a loopback port that was free a moment ago.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl TestDaemon {

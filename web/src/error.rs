@@ -1,5 +1,7 @@
 //! API errors: logged in full, answered sanitized (attic's `ServerError`).
 
+use std::path::PathBuf;
+
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,27 @@ pub enum ApiError {
     /// The requested thing does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A webhook was sent to a forge the spec does not have (or a `local` one, or the daemon
+    /// runs without an intake).
+    #[error("no forge named `{0}`")]
+    NoForge(String),
+    /// A webhook delivery's signature did not verify: answered 401 with the reason, which
+    /// names only the header (never the secret nor the signature).
+    #[error("webhook signature rejected")]
+    Signature(#[source] reconix_forge::Error),
+    /// A verified webhook delivery could not be understood: answered 400.
+    #[error("webhook payload rejected")]
+    Payload(#[source] reconix_forge::Error),
+    /// A forge's webhook secret file could not be read. The answer names the file, never its
+    /// contents.
+    #[error("cannot read the webhook secret file {}", path.display())]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
     /// The status database failed.
     #[error("status database: {0}")]
     Status(#[from] reconix_status::Error),
@@ -20,10 +43,31 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Returns `err` followed by its causes, `: `-separated.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, message) = match &self {
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, self.to_string()),
+            Self::NotFound(_) | Self::NoForge(_) => (StatusCode::NOT_FOUND, self.to_string()),
+            Self::Signature(err) => (StatusCode::UNAUTHORIZED, err.to_string()),
+            // The cause (serde's line and column) helps whoever configured the hook.
+            Self::Payload(err) => (StatusCode::BAD_REQUEST, chain(err)),
+            Self::SecretFile { .. } => {
+                // The path and the IO error; `SecretFile::read` never puts contents in it.
+                let message = chain(&self);
+                error!(error = %message, "webhook intake cannot read its secret");
+                (StatusCode::INTERNAL_SERVER_ERROR, message)
+            }
             Self::Status(_) | Self::Internal(_) => {
                 // The full error goes to the log; the client learns only that it failed.
                 error!(error = %self, "api request failed");

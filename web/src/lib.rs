@@ -1,36 +1,68 @@
-//! HTTP surface of the daemon: the JSON API (`/api/v1/…`) and a plain status page at `/`.
+//! HTTP surface of the daemon: the JSON API (`/api/v1/…`), a plain status page at `/` and the
+//! webhook intake (`POST /webhooks/{forge}`).
 //!
-//! Everything here is read-only; handlers only read the status database through its views.
-//! Entry point: [`router`], which takes its state as an argument (axum's testing pattern).
+//! The API and the page only read the status database through its views. The intake verifies,
+//! parses and records deliveries, then calls the daemon's wake callback ([`Wake`]); it decides
+//! nothing else. Entry point: [`router`], which takes its state as an argument (axum's testing
+//! pattern).
 
 mod error;
 mod page;
+mod webhooks;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use reconix_spec::{ForgeKind, Spec, Timestamp};
 use reconix_status::views::{EvaluationDetail, EvaluationSummary, LoopSummary, StatusOverview};
-use reconix_status::{EvaluationId, JobId, Status};
-use serde::Deserialize;
+use reconix_status::{DriftRow, EvaluationId, ForgeHealth, ForgeHealthState, JobId, Status};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use webhooks::Wake;
 
 /// Shared state of every handler.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The observed-state database.
     pub status: Status,
+    /// The webhook intake; without it `POST /webhooks/{forge}` answers 404.
+    intake: Option<Arc<webhooks::Intake>>,
 }
 
 impl AppState {
-    /// Creates the state from a status handle.
+    /// Creates the state from a status handle, without a webhook intake.
     pub fn new(status: Status) -> Self {
-        Self { status }
+        Self {
+            status,
+            intake: None,
+        }
+    }
+
+    /// Enables the webhook intake: deliveries are checked against the current `spec` (its
+    /// forges, their secrets and repositories), recorded, and `wake` is called with what a
+    /// recorded delivery changed. `wake` runs on the request's task and must return quickly.
+    #[must_use]
+    pub fn with_intake(
+        mut self,
+        spec: watch::Receiver<Arc<Spec>>,
+        wake: Arc<dyn Fn(Wake) + Send + Sync>,
+    ) -> Self {
+        let intake = webhooks::Intake::new(self.status.clone(), spec, wake);
+        self.intake = Some(Arc::new(intake));
+        self
+    }
+
+    /// Returns the current spec, when the intake is enabled.
+    fn spec(&self) -> Option<Arc<Spec>> {
+        self.intake.as_ref().map(|intake| intake.spec())
     }
 }
 
@@ -44,6 +76,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/evaluations/{id}", get(evaluation))
         .route("/api/v1/jobs/{id}/log", get(job_log))
         .route("/api/v1/loops", get(loops))
+        .route("/api/v1/drift", get(drift))
+        .route("/api/v1/forges", get(forges))
+        .route(
+            "/webhooks/{forge}",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT)),
+        )
         .with_state(state)
 }
 
@@ -99,6 +137,75 @@ async fn loops(State(st): State<AppState>) -> Result<Json<Vec<LoopSummary>>, Api
     Ok(Json(st.status.call(|db| db.loop_list()).await?))
 }
 
+async fn drift(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<DriftRow>>, ApiError> {
+    let limit = q.limit();
+    Ok(Json(st.status.call(move |db| db.drifts(limit)).await?))
+}
+
+/// A forge's health as the API and the page show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct ForgeView {
+    /// The forge's name in the spec.
+    forge: String,
+    /// Its kind, when the spec is known (and still has the forge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<ForgeKind>,
+    /// Whether it may be called.
+    state: ForgeHealthState,
+    /// True when the forge rejected the token: nothing is reported to it until that is fixed.
+    paused: bool,
+    /// Why it is not ok.
+    reason: Option<String>,
+    /// Since when it is in this state; `None` for a forge that was never anything but ok.
+    since: Option<Timestamp>,
+    /// For `rate-limited`: when calls may resume.
+    until: Option<Timestamp>,
+}
+
+/// Joins the health rows with the spec's forges: every forge of the spec (ok when it has no
+/// row), then the rows of forges no longer in the spec.
+fn forge_views(spec: Option<&Spec>, healths: Vec<ForgeHealth>) -> Vec<ForgeView> {
+    let view = |h: ForgeHealth, kind| ForgeView {
+        paused: h.state == ForgeHealthState::Paused,
+        forge: h.forge,
+        kind,
+        state: h.state,
+        reason: h.reason,
+        since: Some(h.since),
+        until: h.until,
+    };
+    let mut healths: Vec<Option<ForgeHealth>> = healths.into_iter().map(Some).collect();
+    let mut out = Vec::new();
+    for (name, forge) in spec.iter().flat_map(|s| s.forges.iter()) {
+        let row = healths
+            .iter_mut()
+            .find(|h| h.as_ref().is_some_and(|h| h.forge == name.as_str()))
+            .and_then(Option::take);
+        out.push(match row {
+            Some(h) => view(h, Some(forge.kind)),
+            None => ForgeView {
+                forge: name.to_string(),
+                kind: Some(forge.kind),
+                state: ForgeHealthState::Ok,
+                paused: false,
+                reason: None,
+                since: None,
+                until: None,
+            },
+        });
+    }
+    out.extend(healths.into_iter().flatten().map(|h| view(h, None)));
+    out
+}
+
+async fn forges(State(st): State<AppState>) -> Result<Json<Vec<ForgeView>>, ApiError> {
+    let healths = st.status.call(|db| db.forge_healths()).await?;
+    Ok(Json(forge_views(st.spec().as_deref(), healths)))
+}
+
 async fn overview(State(st): State<AppState>) -> Result<Json<StatusOverview>, ApiError> {
     Ok(Json(st.status.call(|db| db.overview(10)).await?))
 }
@@ -117,7 +224,7 @@ async fn job_log(State(st): State<AppState>, Path(id): Path<i64>) -> Result<Resp
 }
 
 async fn index(State(st): State<AppState>) -> Result<Html<String>, ApiError> {
-    let (list, latest, loops) = st
+    let (list, latest, loops, healths) = st
         .status
         .call(|db| {
             let list = db.evaluation_list(20)?;
@@ -125,11 +232,14 @@ async fn index(State(st): State<AppState>) -> Result<Html<String>, ApiError> {
                 Some(e) => db.evaluation_detail(e.id)?,
                 None => None,
             };
-            Ok((list, latest, db.loop_list()?))
+            Ok((list, latest, db.loop_list()?, db.forge_healths()?))
         })
         .await?;
-    Ok(Html(page::render(&list, latest.as_ref(), &loops)))
+    let forges = forge_views(st.spec().as_deref(), healths);
+    Ok(Html(page::render(&list, latest.as_ref(), &loops, &forges)))
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod webhook_tests;

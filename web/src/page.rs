@@ -1,10 +1,14 @@
-//! The plain HTML status page: evaluations, the latest evaluation's jobs, loop health.
+//! The plain HTML status page: paused forges first, evaluations, the latest evaluation's jobs,
+//! forge and loop health.
 //!
 //! Deliberately small and dependency-free; every interpolated value goes through [`escape`].
 
 use std::fmt::Write;
 
+use reconix_status::ForgeHealthState;
 use reconix_status::views::{EvaluationDetail, EvaluationSummary, LoopSummary};
+
+use crate::ForgeView;
 
 /// Escapes text for HTML element content and attribute values.
 pub(crate) fn escape(s: &str) -> String {
@@ -31,6 +35,7 @@ pub(crate) fn render(
     list: &[EvaluationSummary],
     latest: Option<&EvaluationDetail>,
     loops: &[LoopSummary],
+    forges: &[ForgeView],
 ) -> String {
     let mut h = String::new();
     h.push_str(concat!(
@@ -43,8 +48,23 @@ pub(crate) fn render(
         "code{font-size:.9em}.succeeded,.finished{color:#187a2f}",
         ".failed,.eval-failed,.dependency-failed,.timed-out{color:#b3261e}",
         ".building,.evaluating,.running{color:#8a6d00}.queued,.superseded,.cancelled{color:#666}",
+        ".alert{background:#b3261e;color:#fff;padding:.75rem 1rem;font-weight:bold}.paused{color:#b3261e;font-weight:bold}",
+        ".rate-limited{color:#8a6d00}.ok{color:#187a2f}",
         "</style></head><body><h1>reconix</h1>"
     ));
+    // A paused forge gets no commit statuses and no hook repairs: say so before anything else.
+    for f in forges.iter().filter(|f| f.paused) {
+        let _ = write!(
+            h,
+            "<p class=\"alert\">forge {} is PAUSED: {}</p>",
+            escape(&f.forge),
+            escape(
+                f.reason
+                    .as_deref()
+                    .unwrap_or("the forge rejected the token")
+            )
+        );
+    }
     h.push_str("<h2>Evaluations</h2>");
     if list.is_empty() {
         h.push_str("<p>No evaluations yet: the loops are polling the configured branches.</p>");
@@ -100,6 +120,24 @@ pub(crate) fn render(
                 escape(j.state.as_str()),
                 escape(j.state.as_str()),
                 detail
+            );
+        }
+        h.push_str("</table>");
+    }
+    if !forges.is_empty() {
+        h.push_str("<h2>Forges</h2><table><tr><th>forge</th><th>kind</th><th>state</th><th>reason</th></tr>");
+        for f in forges {
+            let state = match f.state {
+                ForgeHealthState::Ok => "ok",
+                ForgeHealthState::Paused => "paused",
+                ForgeHealthState::RateLimited => "rate-limited",
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{}</td></tr>",
+                escape(&f.forge),
+                f.kind.map_or("", |k| k.as_str()),
+                escape(f.reason.as_deref().unwrap_or(""))
             );
         }
         h.push_str("</table>");

@@ -12,9 +12,9 @@ use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
 use reconix_reconcilers::heads::Heads;
+use reconix_reconcilers::runtime::{Controller, Reconciler, RunReport, SpecReloader};
 use reconix_reconcilers::statuses::Statuses;
 use reconix_reconcilers::webhooks::Webhooks;
-use reconix_reconcilers::runtime::{Controller, Reconciler, RunReport, SpecReloader};
 use reconix_reconcilers::{Ctx, LivePorts, WakerSet};
 use reconix_spec::{Spec, SpecErrors, Timestamp};
 use reconix_status::{OpenMode, Status, StatusDb};
@@ -198,7 +198,18 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         on_ready(addr, status.clone());
     }
 
-    let http = reconix_web::serve(listener, reconix_web::AppState::new(status.clone()), {
+    // Deliveries wake the loops that act on them; the wakers only poke the controllers' queues.
+    let wakers = ctx.wakers.clone();
+    let wake = Arc::new(move |w: reconix_web::Wake| match w {
+        reconix_web::Wake::Head(repo) => {
+            wakers.evaluations(repo.clone());
+            wakers.statuses(repo);
+        }
+        reconix_web::Wake::PullRequest(repo) => wakers.heads(repo),
+        reconix_web::Wake::SignatureFailure(repo) => wakers.webhooks(repo),
+    });
+    let app = reconix_web::AppState::new(status.clone()).with_intake(spec_rx.clone(), wake);
+    let http = reconix_web::serve(listener, app, {
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled().await }
     });

@@ -8,6 +8,8 @@
 //! - **build N**: the same kind of flake, trivial builds. reconix: wall clock from `git commit`
 //!   until the API shows the evaluation `finished`. Raw: one `nix build --no-link` of all N
 //!   attributes. Both with two builds at a time.
+//! - **intake**: signed GitHub push deliveries to the real webhook route, against a trivial axum
+//!   handler as the baseline (module [`intake`]); needs neither Nix nor the daemon binary.
 //!
 //! Both sides use a chroot store of their own (`--nix-store DIR` / `--store DIR`), each warmed up
 //! with a small flake first, and each run alternates which side goes first. Run
@@ -15,6 +17,7 @@
 
 mod cpu;
 mod flakes;
+mod intake;
 mod report;
 
 use std::ffi::OsString;
@@ -45,8 +48,9 @@ const IDLE_CORES: f64 = 0.15;
 const DEADLINE: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "\
-usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3] [--only eval|build] [--json PATH]
-                     [--idle-wait 120]
+usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3] [--only eval|build|intake]
+                     [--json PATH] [--idle-wait 120] [--deliveries 20000] [--concurrency 16]
+       reconix-bench intake [--deliveries 20000] [--concurrency 16] [--runs 3] [--json PATH]
 
 Compares reconix with raw Nix on generated flakes (p_i depends on p_(i/10)), fresh salts each time:
   eval N    daemon: commit seen -> jobs recorded     raw: one bulk `nix eval --json` (appendix B)
@@ -54,6 +58,9 @@ Compares reconix with raw Nix on generated flakes (p_i depends on p_(i/10)), fre
 Each measurement runs --runs times; the table reports min and median. Progress goes to stderr.
 Before each measurement the bench waits (at most --idle-wait seconds, 0 = not at all) until the
 machine uses < 0.15 cores, and it warns when other processes used more during a measurement.
+  intake    --deliveries signed GitHub pushes to POST /webhooks/{forge} over --concurrency
+            connections (file-backed database): deliveries/s, p50/p99/max latency, against an
+            axum handler that only reads the body (baseline); needs no Nix (`intake` = `--only intake`)
 The reconix binary is target/<profile>/reconix next to this one, or $RECONIX_BIN.";
 
 /// Which benchmarks to run.
@@ -61,6 +68,7 @@ The reconix binary is target/<profile>/reconix next to this one, or $RECONIX_BIN
 enum Only {
     Eval,
     Build,
+    Intake,
 }
 
 /// Command-line options.
@@ -72,6 +80,8 @@ struct Opts {
     only: Option<Only>,
     json: Option<PathBuf>,
     idle_wait: Duration,
+    deliveries: usize,
+    concurrency: usize,
 }
 
 fn parse_list(flag: &str, value: Option<String>) -> Result<Vec<usize>> {
@@ -99,8 +109,14 @@ impl Opts {
             only: None,
             json: None,
             idle_wait: Duration::from_secs(120),
+            deliveries: 20_000,
+            concurrency: 16,
         };
-        let mut args = args.into_iter();
+        let mut args = args.into_iter().peekable();
+        if args.peek().is_some_and(|a| a == "intake") {
+            args.next();
+            opts.only = Some(Only::Intake);
+        }
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
                 Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
@@ -121,7 +137,8 @@ impl Opts {
                     opts.only = match value().as_deref() {
                         Some("eval") => Some(Only::Eval),
                         Some("build") => Some(Only::Build),
-                        other => bail!("--only takes `eval` or `build`, not {other:?}"),
+                        Some("intake") => Some(Only::Intake),
+                        other => bail!("--only takes `eval`, `build` or `intake`, not {other:?}"),
                     }
                 }
                 "--idle-wait" => {
@@ -130,6 +147,17 @@ impl Opts {
                         format!("--idle-wait: `{v}` is not a number of seconds")
                     })?;
                     opts.idle_wait = Duration::from_secs(secs);
+                }
+                "--deliveries" | "--concurrency" => {
+                    let n = match parse_list(&flag, value())?.as_slice() {
+                        [n] => *n,
+                        _ => bail!("{flag} takes one positive number"),
+                    };
+                    if flag == "--deliveries" {
+                        opts.deliveries = n;
+                    } else {
+                        opts.concurrency = n;
+                    }
                 }
                 "--json" => opts.json = Some(value().context("--json needs a path")?.into()),
                 other => bail!("unknown argument `{other}`\n\n{USAGE}"),
@@ -141,6 +169,35 @@ impl Opts {
     fn wants(&self, kind: Only) -> bool {
         self.only.is_none_or(|o| o == kind)
     }
+
+    fn intake_settings(&self) -> intake::Settings {
+        intake::Settings {
+            deliveries: self.deliveries,
+            concurrency: self.concurrency,
+            runs: self.runs,
+        }
+    }
+}
+
+/// `reconix-bench intake`: the intake benchmark alone, which needs neither Nix nor the daemon.
+fn run_intake(opts: &Opts) -> Result<ExitCode> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("e2e crate has no parent")?;
+    let machine = Machine::read(workspace);
+    eprint!("{}", machine.text());
+    let report = intake::run(opts.intake_settings())?;
+    println!("# reconix-bench results\n");
+    print!("{}", machine.text());
+    println!();
+    print!("{}", report.text());
+    if let Some(path) = &opts.json {
+        let doc = json!({ "machine": machine.to_json(), "intake": report.to_json() });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("[bench] wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -163,6 +220,9 @@ fn run() -> Result<ExitCode> {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     };
+    if opts.only == Some(Only::Intake) {
+        return run_intake(&opts);
+    }
     // The e2e harness finds the daemon through RECONIX_BIN. Setting our own environment needs
     // `unsafe` in edition 2024, so when it is unset we run ourselves again with it set.
     if std::env::var_os("RECONIX_BIN").is_none() {
@@ -223,6 +283,11 @@ fn run() -> Result<ExitCode> {
             rows.extend(r.rows);
         }
     }
+    let intake = if opts.wants(Only::Intake) {
+        Some(intake::run(opts.intake_settings())?)
+    } else {
+        None
+    };
 
     let table = report::table(&rows);
     println!("# reconix-bench results\n");
@@ -244,6 +309,10 @@ fn run() -> Result<ExitCode> {
         println!("  {name}: {}", cmd.as_str().unwrap_or_default());
     }
     println!("\nJOBS='{}'", flakes::JOBS_EXPR);
+    if let Some(intake) = &intake {
+        println!();
+        print!("{}", intake.text());
+    }
 
     if let Some(path) = &opts.json {
         let settings = json!({
@@ -255,13 +324,16 @@ fn run() -> Result<ExitCode> {
             "settle_ms": SETTLE.as_millis(), "idle_wait_s": opts.idle_wait.as_secs(),
             "idle_cores": IDLE_CORES, "jobs_expr": flakes::JOBS_EXPR,
         });
-        let doc = report::to_json(
+        let mut doc = report::to_json(
             &machine,
             &settings,
             &Value::Object(commands),
             &rows,
             &json!(details),
         );
+        if let Some(intake) = &intake {
+            doc["intake"] = intake.to_json();
+        }
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         progress!("wrote {}", path.display());

@@ -125,7 +125,7 @@ impl Machine {
         }
     }
 
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "date": self.date, "nproc": self.nproc, "cpu": self.cpu, "memory": self.memory,
             "kernel": self.kernel, "nix": self.nix, "reconix_rev": self.reconix_rev,
