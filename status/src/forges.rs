@@ -2,7 +2,7 @@
 //! drift, the statuses it posted and whether a forge may be called.
 
 use reconix_spec::names::{ForgeName, RepoKey, Timestamp};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::error::{QueryExt, Result};
@@ -286,41 +286,39 @@ impl StatusDb {
     ) -> Result<DeliveryOutcome> {
         const OP: &str = "record_delivery";
         let tx = self.write(OP)?;
-        if let Some(id) = &delivery.delivery_id {
-            let seen: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM webhook_deliveries WHERE forge = ?1 AND delivery_id = ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![delivery.forge.as_str(), id], |r| r.get(0))
-                        .optional()
-                })
-                .op(OP)?;
-            if seen.is_some() {
-                return Ok(DeliveryOutcome::Duplicate);
-            }
-        }
-        let outcome = apply_effect(&tx, effect, now)?;
-        tx.prepare_cached(
-            "INSERT INTO webhook_deliveries \
-             (forge, delivery_id, event, repo, ref, sha, result, received_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                delivery.forge.as_str(),
-                delivery.delivery_id,
-                delivery.event,
-                delivery.repo,
-                delivery.git_ref,
-                delivery.sha,
-                outcome.as_str(),
-                now.0
-            ])
-        })
-        .op(OP)?;
+        let outcome = record_one(&tx, delivery, effect, now)?;
         tx.commit().op(OP)?;
         Ok(outcome)
+    }
+
+    /// Records several deliveries, in order, in one transaction (one commit for the batch: the
+    /// intake's group commit). Each delivery is applied inside its own savepoint, so one that
+    /// fails is rolled back alone and reported in its slot; the others are kept.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when the transaction itself cannot start or commit; then
+    /// nothing of the batch is recorded.
+    pub fn record_deliveries(
+        &mut self,
+        batch: &[(NewDelivery, DeliveryEffect)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<DeliveryOutcome>>> {
+        const OP: &str = "record_deliveries";
+        let mut tx = self.write(OP)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (delivery, effect) in batch {
+            let sp = tx.savepoint().op(OP)?;
+            match record_one(&sp, delivery, effect, now) {
+                Ok(outcome) => {
+                    sp.commit().op(OP)?;
+                    outcomes.push(Ok(outcome));
+                }
+                // Dropping the savepoint rolls back this delivery only.
+                Err(err) => outcomes.push(Err(err)),
+            }
+        }
+        tx.commit().op(OP)?;
+        Ok(outcomes)
     }
 
     /// Counts recorded deliveries by result (for the API and tests).
@@ -829,7 +827,51 @@ impl StatusDb {
     }
 }
 
-fn repo_id_tx(tx: &Transaction<'_>, key: &RepoKey) -> Result<RepoId> {
+/// Records one delivery and applies its effect on `tx` (a transaction or savepoint).
+fn record_one(
+    tx: &Connection,
+    delivery: &NewDelivery,
+    effect: &DeliveryEffect,
+    now: Timestamp,
+) -> Result<DeliveryOutcome> {
+    const OP: &str = "record_delivery";
+    if let Some(id) = &delivery.delivery_id {
+        let seen: Option<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM webhook_deliveries WHERE forge = ?1 AND delivery_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![delivery.forge.as_str(), id], |r| r.get(0))
+                    .optional()
+            })
+            .op(OP)?;
+        if seen.is_some() {
+            return Ok(DeliveryOutcome::Duplicate);
+        }
+    }
+    let outcome = apply_effect(tx, effect, now)?;
+    tx.prepare_cached(
+        "INSERT INTO webhook_deliveries \
+         (forge, delivery_id, event, repo, ref, sha, result, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            delivery.forge.as_str(),
+            delivery.delivery_id,
+            delivery.event,
+            delivery.repo,
+            delivery.git_ref,
+            delivery.sha,
+            outcome.as_str(),
+            now.0
+        ])
+    })
+    .op(OP)?;
+    Ok(outcome)
+}
+
+fn repo_id_tx(tx: &Connection, key: &RepoKey) -> Result<RepoId> {
     const OP: &str = "record_delivery";
     tx.prepare_cached(
         "INSERT INTO repos (forge, name) VALUES (?1, ?2) ON CONFLICT (forge, name) \
@@ -841,7 +883,7 @@ fn repo_id_tx(tx: &Transaction<'_>, key: &RepoKey) -> Result<RepoId> {
 }
 
 fn apply_effect(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     effect: &DeliveryEffect,
     now: Timestamp,
 ) -> Result<DeliveryOutcome> {
@@ -906,7 +948,7 @@ fn apply_effect(
 }
 
 fn upsert_pr(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     repo: RepoId,
     pr: &PullRequestUpdate,
     now: Timestamp,
@@ -998,6 +1040,33 @@ mod tests {
         let repo = db.repo_id(&repo_key("gh/a/b")).unwrap().unwrap();
         assert_eq!(db.refs(repo).unwrap()[0].rev, "aaa");
         assert_eq!(db.delivery_counts().unwrap(), [("new-head".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_batch_should_coalesce_within_itself_and_isolate_a_failing_delivery() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let bad = DeliveryEffect::PullRequest {
+            repo: repo_key("gh/a/b"),
+            pr: PullRequestUpdate {
+                number: u64::MAX,
+                ..pr("ccc", true)
+            },
+        };
+        let batch = vec![
+            (delivery(Some("1")), head(Some("aaa"))),
+            (delivery(Some("1")), head(Some("bbb"))),
+            (delivery(Some("2")), bad),
+            (delivery(Some("3")), head(Some("ddd"))),
+        ];
+        let out = db.record_deliveries(&batch, T0).unwrap();
+        assert_eq!(out[0].as_ref().unwrap(), &DeliveryOutcome::NewHead);
+        assert_eq!(out[1].as_ref().unwrap(), &DeliveryOutcome::Duplicate);
+        assert!(out[2].is_err(), "{:?}", out[2]);
+        assert_eq!(out[3].as_ref().unwrap(), &DeliveryOutcome::NewHead);
+        let repo = db.repo_id(&repo_key("gh/a/b")).unwrap().unwrap();
+        assert_eq!(db.refs(repo).unwrap()[0].rev, "ddd");
+        assert_eq!(db.delivery_counts().unwrap(), [("new-head".to_owned(), 2)]);
+        assert!(db.open_pull_requests(repo).unwrap().is_empty());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod views;
 #[cfg(test)]
 mod testing;
 
-pub use db::{OpenMode, SCHEMA_VERSION, Status, StatusDb};
+pub use db::{Checkpointer, OpenMode, SCHEMA_VERSION, Status, StatusDb};
 pub use error::{Error, Result};
 pub use forges::{
     DeliveryEffect, DeliveryOutcome, DriftId, DriftRow, ForgeHealth, ForgeHealthState, HookRow,

@@ -212,18 +212,36 @@ impl Intake {
     }
 }
 
-/// Records queued deliveries in arrival order, a batch per `status.call`, answering each as
-/// soon as its transaction has committed. Ends when every sender is gone.
+/// Records queued deliveries in arrival order, a batch per `status.call` and per transaction
+/// (group commit: one commit for everything queued meanwhile), then answers each. Ends when
+/// every sender is gone.
 async fn record_loop(status: Status, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(RECORDER_BATCH);
     while queue.recv_many(&mut batch, RECORDER_BATCH).await > 0 {
         let pending = std::mem::take(&mut batch);
         let done = status
             .call(move |db| {
-                for p in pending {
-                    let outcome = db.record_delivery(&p.delivery, &p.effect, Timestamp::now());
-                    // The request may have been cancelled (client gone); its row stays.
-                    let _ = p.reply.send(outcome);
+                let items: Vec<_> = pending
+                    .iter()
+                    .map(|p| (p.delivery.clone(), p.effect.clone()))
+                    .collect();
+                match db.record_deliveries(&items, Timestamp::now()) {
+                    Ok(outcomes) => {
+                        for (p, outcome) in pending.into_iter().zip(outcomes) {
+                            // The request may have been cancelled (client gone); its row stays.
+                            let _ = p.reply.send(outcome);
+                        }
+                    }
+                    Err(err) => {
+                        // The batch's transaction failed as a whole: nothing was recorded.
+                        let message = err.to_string();
+                        for p in pending {
+                            let _ = p.reply.send(Err(reconix_status::Error::Invalid {
+                                op: "record_deliveries",
+                                reason: message.clone(),
+                            }));
+                        }
+                    }
                 }
                 Ok(())
             })

@@ -17,7 +17,7 @@ use reconix_reconcilers::statuses::Statuses;
 use reconix_reconcilers::webhooks::Webhooks;
 use reconix_reconcilers::{Ctx, LivePorts, WakerSet};
 use reconix_spec::{Spec, SpecErrors, Timestamp};
-use reconix_status::{OpenMode, Status, StatusDb};
+use reconix_status::{Checkpointer, OpenMode, Status, StatusDb};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -159,6 +159,13 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     );
 
     let shutdown = CancellationToken::new();
+    // The WAL is moved into the database from a second connection, off the write path.
+    let checkpointer = Checkpointer::open(&db_path)
+        .with_context(|| format!("opening {} for checkpoints", db_path.display()))?;
+    tokio::spawn(checkpointer.run_until(std::time::Duration::from_secs(1), {
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    }));
     reconix_reconcilers::runtime::shutdown_on_signals(shutdown.clone())
         .context("installing signal handlers")?;
     let sighup =

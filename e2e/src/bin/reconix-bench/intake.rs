@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use reconix_spec::{Secret, Spec};
-use reconix_status::{OpenMode, Status, StatusDb};
+use reconix_status::{Checkpointer, OpenMode, Status, StatusDb};
 use reconix_web::{AppState, Wake};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
@@ -295,7 +295,8 @@ fn intake_server(dir: &std::path::Path) -> Result<Server> {
     );
     let spec: Spec = reconix_spec::parse(&spec, &dir.join("spec.yaml"))
         .map_err(|e| anyhow::anyhow!("bench spec rejected: {e}"))?;
-    let db = StatusDb::open(dir.join("status.db"), OpenMode::ReadWrite)?;
+    let db_path = dir.join("status.db");
+    let db = StatusDb::open(&db_path, OpenMode::ReadWrite)?;
     let (_spec_tx, spec_rx) = watch::channel(Arc::new(spec));
     let wakes = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&wakes);
@@ -307,7 +308,13 @@ fn intake_server(dir: &std::path::Path) -> Result<Server> {
             }
         }),
     );
-    Server::start(None, Some((state, wakes)))
+    let server = Server::start(None, Some((state, wakes)))?;
+    // As the daemon does: the WAL is checkpointed from a second connection every second.
+    let checkpointer = Checkpointer::open(&db_path)?;
+    server
+        .runtime
+        .spawn(checkpointer.run_until(Duration::from_secs(1), std::future::pending()));
+    Ok(server)
 }
 
 /// Sends every delivery over `concurrency` connections; returns the wall time and each
