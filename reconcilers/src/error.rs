@@ -47,5 +47,15 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Returns a [`Error::Config`] for `key`.
+    pub fn config(key: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Self::Config {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// The loops' result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -367,17 +367,14 @@ async fn fetch<P: Ports>(
     cx: &Ctx<P>,
 ) -> Result<()> {
     let spec = cx.spec();
-    let forge = spec.forges.get(&key.forge).ok_or_else(|| Error::Config {
-        key: key.to_string(),
-        message: "forge left the spec".to_owned(),
-    })?;
+    let forge = spec
+        .forges
+        .get(&key.forge)
+        .ok_or_else(|| Error::config(key, "forge left the spec"))?;
     let auth = match &forge.token_file {
         Some(file) => Some(git::FetchAuth::for_kind(
             forge.kind,
-            file.read().map_err(|source| Error::Io {
-                context: format!("reading token file {}", file.path().display()),
-                source,
-            })?,
+            crate::forges::read_secret(file, "token")?,
         )),
         None => None,
     };
@@ -394,10 +391,9 @@ async fn start_evaluation<P: Ports>(
     cx: &Ctx<P>,
 ) -> Result<()> {
     let spec = cx.spec();
-    let (_, repo_cfg) = spec.repo(key).ok_or_else(|| Error::Config {
-        key: key.to_string(),
-        message: "repo left the spec".to_owned(),
-    })?;
+    let (_, repo_cfg) = spec
+        .repo(key)
+        .ok_or_else(|| Error::config(key, "repo left the spec"))?;
     let request = EvalRequest {
         flake_ref: flake_ref.clone(),
         systems: repo_cfg.systems.clone(),

@@ -122,10 +122,10 @@ impl<P: Ports> Reconciler for ForgeHealthLoop<P> {
     async fn apply(&self, key: &ForgeName, step: Step, cx: &Ctx<P>) -> Result<()> {
         if step == Step::Probe {
             let spec = cx.spec();
-            let forge = spec.forges.get(key).ok_or_else(|| Error::Config {
-                key: key.to_string(),
-                message: "forge left the spec".to_owned(),
-            })?;
+            let forge = spec
+                .forges
+                .get(key)
+                .ok_or_else(|| Error::config(key, "forge left the spec"))?;
             let Some(repo) = forge.repos.keys().next() else {
                 return Ok(());
             };

@@ -53,10 +53,7 @@ impl ForgeClients {
             .token_file
             .as_ref()
             .ok_or_else(|| config("the forge has no token-file"))?;
-        let token = token_file.read().map_err(|source| Error::Io {
-            context: format!("reading token file {}", token_file.path().display()),
-            source,
-        })?;
+        let token = read_secret(token_file, "token")?;
         let token_fingerprint = fingerprint("token", &token);
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = cache.get(name)
@@ -79,6 +76,44 @@ impl ForgeClients {
             },
         );
         Ok(client)
+    }
+}
+
+/// Reads a secret from its file; the error names the file (never its content).
+///
+/// # Errors
+/// Returns [`Error::Io`] when the file cannot be read.
+pub fn read_secret(file: &reconix_spec::SecretFile, what: &str) -> Result<Secret> {
+    file.read().map_err(|source| Error::Io {
+        context: format!("reading {what} file {}", file.path().display()),
+        source,
+    })
+}
+
+/// Reads the webhook secret of a forge.
+///
+/// # Errors
+/// Returns [`Error::Config`] when the forge has no `webhook-secret-file` and [`Error::Io`] when
+/// it cannot be read.
+pub fn webhook_secret(name: &ForgeName, forge: &Forge) -> Result<Secret> {
+    let file = forge
+        .webhook_secret_file
+        .as_ref()
+        .ok_or_else(|| Error::config(name, "the forge has no webhook-secret-file"))?;
+    read_secret(file, "webhook secret")
+}
+
+impl ForgeClients {
+    /// Returns the client of the forge that hosts `repo` under `spec`.
+    ///
+    /// # Errors
+    /// As [`ForgeClients::client`]; [`Error::Config`] when the forge left the spec.
+    pub fn for_repo(&self, spec: &Spec, repo: &reconix_spec::RepoKey) -> Result<ForgeClient> {
+        let forge = spec
+            .forges
+            .get(&repo.forge)
+            .ok_or_else(|| Error::config(repo, "forge left the spec"))?;
+        self.client(&repo.forge, forge)
     }
 }
 

@@ -306,12 +306,7 @@ impl<P: Ports> Reconciler for Heads<P> {
                 head_sha,
                 author,
             } => {
-                let spec = cx.spec();
-                let (forge, _) = spec.repo(key).ok_or_else(|| Error::Config {
-                    key: key.to_string(),
-                    message: "repo left the spec".to_owned(),
-                })?;
-                let client = cx.forges.client(&key.forge, forge)?;
+                let client = cx.forges.for_repo(&cx.spec(), key)?;
                 let permission = match client.permission(&key.repo, &author).await {
                     Ok(p) => p,
                     Err(err) => return Err(record_api_error(&cx.status, &key.forge, err).await),

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::context::{Ctx, Ports};
-use crate::forges::{Gate, fingerprint, gate, record_api_error, webhook_url};
+use crate::forges::{Gate, fingerprint, gate, record_api_error, webhook_secret, webhook_url};
 use crate::runtime::{Action, Plan, Reconciler};
 use crate::{Error, Result};
 
@@ -265,20 +265,10 @@ impl<P: Ports> Reconciler for Webhooks<P> {
             })
             .await?;
         let secret_fingerprint = match spec.repo(key) {
-            Some((forge, _)) => {
-                let file = forge
-                    .webhook_secret_file
-                    .as_ref()
-                    .ok_or_else(|| Error::Config {
-                        key: key.to_string(),
-                        message: "the forge has no webhook-secret-file".to_owned(),
-                    })?;
-                let secret = file.read().map_err(|source| Error::Io {
-                    context: format!("reading webhook secret file {}", file.path().display()),
-                    source,
-                })?;
-                Some(fingerprint(HOOK_SECRET, &secret))
-            }
+            Some((forge, _)) => Some(fingerprint(
+                HOOK_SECRET,
+                &webhook_secret(&key.forge, forge)?,
+            )),
             None => None,
         };
         let gate = gate(&cx.status, &key.forge, Timestamp::now()).await?;
@@ -307,35 +297,24 @@ impl<P: Ports> Reconciler for Webhooks<P> {
 
     async fn apply(&self, key: &RepoKey, step: Step, cx: &Ctx<P>) -> Result<()> {
         let spec = cx.spec();
-        let forge = spec.forges.get(&key.forge).ok_or_else(|| Error::Config {
-            key: key.to_string(),
-            message: "forge left the spec".to_owned(),
-        })?;
+        let forge = spec
+            .forges
+            .get(&key.forge)
+            .ok_or_else(|| Error::config(key, "forge left the spec"))?;
         let client = cx.forges.client(&key.forge, forge)?;
         let subject = |id: Option<u64>| match id {
             Some(id) => format!("{key} hook {id}"),
             None => format!("{key} hook"),
         };
         let hook_spec = || -> Result<(HookSpec, String)> {
-            let (_, repo) = spec.repo(key).ok_or_else(|| Error::Config {
-                key: key.to_string(),
-                message: "repo left the spec".to_owned(),
-            })?;
+            let (_, repo) = spec
+                .repo(key)
+                .ok_or_else(|| Error::config(key, "repo left the spec"))?;
             let url = webhook_url(&spec, &key.forge).ok_or_else(|| Error::Config {
                 key: key.to_string(),
                 message: "external-url is not set".to_owned(),
             })?;
-            let file = forge
-                .webhook_secret_file
-                .as_ref()
-                .ok_or_else(|| Error::Config {
-                    key: key.to_string(),
-                    message: "the forge has no webhook-secret-file".to_owned(),
-                })?;
-            let secret = file.read().map_err(|source| Error::Io {
-                context: format!("reading webhook secret file {}", file.path().display()),
-                source,
-            })?;
+            let secret = webhook_secret(&key.forge, forge)?;
             let fp = fingerprint(HOOK_SECRET, &secret);
             Ok((
                 HookSpec {

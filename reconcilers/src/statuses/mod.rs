@@ -350,12 +350,7 @@ impl<P: Ports> Reconciler for Statuses<P> {
                 .await?;
             return Ok(());
         }
-        let spec = cx.spec();
-        let forge = spec.forges.get(&key.forge).ok_or_else(|| Error::Config {
-            key: key.to_string(),
-            message: "forge left the spec".to_owned(),
-        })?;
-        let client = cx.forges.client(&key.forge, forge)?;
+        let client = cx.forges.for_repo(&cx.spec(), key)?;
         let (record, result) = match step {
             Step::Post { sha, status } => {
                 let result = client.create_status(&key.repo, &sha, &status).await;
