@@ -6,6 +6,7 @@
 //! parsed into validated newtypes at the boundary, so a malformed row is an [`Error::Corrupt`]
 //! naming its table and column rather than a panic further up.
 
+mod agents;
 mod builds;
 mod db;
 mod error;
@@ -22,6 +23,7 @@ pub mod views;
 #[cfg(test)]
 mod testing;
 
+pub use agents::{AgentAdmission, AgentHello, AgentRow};
 pub use db::{Checkpointer, OpenMode, SCHEMA_VERSION, Status, StatusDb};
 pub use error::{Error, Result};
 pub use forges::{
