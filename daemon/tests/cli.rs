@@ -106,3 +106,53 @@ fn usage_errors_should_exit_64_and_help_should_exit_0() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
 }
+
+#[test]
+fn builders_should_be_listed_and_revoked_in_the_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(&spec, format!("state-dir: {}\n", dir.path().display())).unwrap();
+    let spec = spec.to_str().unwrap();
+    // Before the daemon ever ran: a clear message, exit 1.
+    let out = reconix(&["builders", "list", "--spec", spec]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has not run"));
+
+    let mut db = reconix_status::StatusDb::open(
+        dir.path().join("reconix.db"),
+        reconix_status::OpenMode::ReadWrite,
+    )
+    .unwrap();
+    let systems = ["x86_64-linux".to_owned()];
+    db.enroll_agent(
+        &reconix_status::AgentHello {
+            name: "builder-1",
+            key_fingerprint: "SHA256:k",
+            systems: &systems,
+            features: &[],
+            max_jobs: 2,
+        },
+        reconix_spec::Timestamp::now(),
+    )
+    .unwrap();
+    drop(db);
+
+    let out = reconix(&["builders", "list", "--spec", spec]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        table.contains("builder-1") && table.contains("disconnected") && table.contains("0/2"),
+        "{table}"
+    );
+    let out = reconix(&["builders", "revoke", "--spec", spec, "builder-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = reconix(&["builders", "revoke", "--spec", spec, "builder-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = reconix(&["builders", "list", "--spec", spec, "--output", "json"]);
+    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(agents[0]["revoked_at"].is_number(), "{agents}");
+}

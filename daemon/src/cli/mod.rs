@@ -1,6 +1,7 @@
 //! Command-line verbs: one file each. `check`, `schema` and `plan` work offline; `status` talks to
 //! a running daemon's JSON API, like kubectl.
 
+pub(crate) mod builders;
 pub(crate) mod check;
 pub(crate) mod demo;
 pub(crate) mod logging;
@@ -109,6 +110,11 @@ pub(crate) enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Lists or revokes enrolled remote builders (agents).
+    Builders {
+        #[command(subcommand)]
+        command: builders::BuildersCommand,
+    },
     /// Works with webhook deliveries offline (e.g. copied from a forge's delivery log).
     Webhook {
         #[command(subcommand)]
@@ -134,5 +140,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { server, output } => status::run(&server, output),
         Command::Demo { dir, listen } => demo::run(&dir, listen),
         Command::Webhook { command } => webhook::run(command),
+        Command::Builders { command } => builders::run(command),
     }
 }
