@@ -2,10 +2,17 @@
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use std::collections::HashSet;
+
+use reconix_spec::names::StorePath;
+
 use super::ServeError;
+use super::nar::{NarError, NarLimits, copy_export};
 use super::wire::{
-    BuildSettings, SERVE_MAGIC_1, SERVE_MAGIC_2, SERVE_PROTOCOL_VERSION, encode_build_paths,
-    encode_query_valid_paths, major, put_u64, read_bytes, read_strings, read_u64,
+    BasicDerivation, BuildResult, BuildSettings, CMD_IMPORT_PATHS, SERVE_MAGIC_1, SERVE_MAGIC_2,
+    SERVE_PROTOCOL_VERSION, encode_build_derivation, encode_build_paths, encode_export_paths,
+    encode_query_closure, encode_query_valid_paths, major, put_u64, read_build_result, read_bytes,
+    read_strings, read_u64,
 };
 use crate::parse::stderr::strip_ansi;
 
@@ -28,11 +35,15 @@ pub enum BuildPathsReply {
 /// A connected serve-protocol client: the handshake is done, commands run one at a time.
 ///
 /// Reads are not buffered (a command's reply is a few numbers); pass a buffered reader for
-/// commands with large replies.
+/// commands with large replies (`cmdExportPaths`).
+///
+/// A command that fails with an error (not a failed *build*, which is a reply) may leave the
+/// stream half-way through a reply or a request: the connection must then be dropped.
 pub struct ServeClient<R, W> {
     reader: R,
     writer: W,
     server_version: u64,
+    nar_limits: NarLimits,
 }
 
 impl<R, W> std::fmt::Debug for ServeClient<R, W> {
@@ -77,7 +88,17 @@ where
             reader,
             writer,
             server_version,
+            nar_limits: NarLimits::default(),
         })
+    }
+
+    /// Returns this client with other bounds on the NARs it copies in export streams.
+    #[must_use]
+    pub fn with_nar_limits(self, limits: NarLimits) -> Self {
+        Self {
+            nar_limits: limits,
+            ..self
+        }
     }
 
     /// Returns the protocol version the server announced, e.g. `0x207`.
@@ -149,6 +170,104 @@ where
         read_strings(&mut self.reader).await
     }
 
+    /// Returns the closure of `paths` on the server (with the outputs of the derivations in it
+    /// when `include_outputs`), in no particular order.
+    ///
+    /// # Errors
+    /// When the stream fails or closes, or the reply is malformed.
+    pub async fn query_closure<S: AsRef<str>>(
+        &mut self,
+        paths: &[S],
+        include_outputs: bool,
+    ) -> Result<Vec<String>, ServeError> {
+        let command = encode_query_closure(paths, include_outputs);
+        send(&mut self.writer, &command).await?;
+        read_strings(&mut self.reader).await
+    }
+
+    /// Sends `cmdImportPaths` with the export stream read from `export` (as written by
+    /// `nix-store --export`: references must come before their referrers, and must be valid on
+    /// the server or in the stream) and returns the paths it held. The stream is checked as it
+    /// is copied, and exactly one stream is read from `export`. The server does not check
+    /// signatures.
+    ///
+    /// # Errors
+    /// When `export` is not a well-formed export stream ([`ServeError::Archive`]; the server
+    /// then has a partial stream and the connection is unusable), when the server fails to
+    /// import it (it closes the connection: its stderr says why), or when it does not
+    /// acknowledge.
+    pub async fn import_paths<E: AsyncRead + Unpin>(
+        &mut self,
+        export: &mut E,
+    ) -> Result<Vec<StorePath>, ServeError> {
+        let mut command = Vec::new();
+        put_u64(&mut command, CMD_IMPORT_PATHS);
+        send(&mut self.writer, &command).await?;
+        let paths = copy_export(export, &mut self.writer, &self.nar_limits, |_| true)
+            .await
+            .map_err(|e| match e {
+                NarError::Write(source) => write_error(source),
+                other => ServeError::Archive(other),
+            })?;
+        match read_u64(&mut self.reader).await? {
+            1 => Ok(paths),
+            got => Err(ServeError::UnexpectedReply {
+                command: "cmdImportPaths",
+                got,
+            }),
+        }
+    }
+
+    /// Sends `cmdExportPaths` for `paths` and copies the export stream the server answers with
+    /// (references first) into `sink`, e.g. the stdin of a local `nix-store --import`; returns
+    /// the paths it held. `sink` is flushed, not closed.
+    ///
+    /// Every path in the stream must be one of `paths`: a server sending another is stopped
+    /// before that path's metadata reaches `sink` (see [`copy_export`]), so an importer cannot
+    /// register it.
+    ///
+    /// # Errors
+    /// When the stream fails or closes, is malformed or breaks the NAR limits, holds a path not
+    /// asked for, or `sink` cannot be written ([`NarError::Write`] in [`ServeError::Archive`]).
+    pub async fn export_paths<S: AsRef<str>, K: AsyncWrite + Unpin>(
+        &mut self,
+        paths: &[S],
+        sink: &mut K,
+    ) -> Result<Vec<StorePath>, ServeError> {
+        let command = encode_export_paths(paths);
+        send(&mut self.writer, &command).await?;
+        let asked: HashSet<&str> = paths.iter().map(AsRef::as_ref).collect();
+        let mut seen = HashSet::new();
+        // Accepts each path asked for once: a repeated one would be a server bug or a trick.
+        let accept = |path: &StorePath| asked.contains(path.as_str()) && seen.insert(path.clone());
+        copy_export(&mut self.reader, sink, &self.nar_limits, accept)
+            .await
+            .map_err(|e| match e {
+                NarError::Truncated => ServeError::Closed,
+                NarError::Read(source) => ServeError::Io(source),
+                other => ServeError::Archive(other),
+            })
+    }
+
+    /// Builds `drv` (named `drv_path`, which need not be valid on the server) with
+    /// `cmdBuildDerivation` and returns the result. Every path in `drv.input_srcs` must already
+    /// be valid on the server. Not cancel-safe (see
+    /// [`read_build_paths_reply`](Self::read_build_paths_reply)).
+    ///
+    /// # Errors
+    /// When the stream fails or closes, or the reply is malformed. A failed build is an
+    /// `Ok` result with a failure status.
+    pub async fn build_derivation(
+        &mut self,
+        drv_path: &str,
+        drv: &BasicDerivation,
+        settings: &BuildSettings,
+    ) -> Result<BuildResult, ServeError> {
+        let command = encode_build_derivation(drv_path, drv, settings, self.server_version);
+        send(&mut self.writer, &command).await?;
+        read_build_result(&mut self.reader, self.server_version).await
+    }
+
     /// Returns the reader and the writer.
     pub fn into_inner(self) -> (R, W) {
         (self.reader, self.writer)
@@ -174,6 +293,9 @@ mod tests {
 
     use tokio::io::{DuplexStream, ReadHalf, WriteHalf, duplex, split};
 
+    use tokio::io::AsyncReadExt;
+
+    use super::super::nar::testing::export_record;
     use super::super::wire::{put_bytes, put_strings, read_string};
     use super::*;
 
@@ -403,6 +525,121 @@ mod tests {
             },
         )
         .await;
+    }
+
+    const A: &str = "/nix/store/00000000000000000000000000000000-a";
+    const B: &str = "/nix/store/11111111111111111111111111111111-b";
+
+    fn export_stream(paths: &[&str]) -> Vec<u8> {
+        let mut stream = Vec::new();
+        for path in paths {
+            export_record(&mut stream, path, &[]);
+        }
+        put_u64(&mut stream, 0);
+        stream
+    }
+
+    #[tokio::test]
+    async fn import_paths_should_send_one_export_stream_and_read_the_acknowledgement() {
+        let stream = export_stream(&[A, B]);
+        let expected = stream.clone();
+        let imported = with_server(
+            0x207,
+            move |mut s| async move {
+                assert_eq!(s.u64().await, 4);
+                let mut got = vec![0u8; expected.len()];
+                s.reader.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, expected);
+                s.send(|b| put_u64(b, 1)).await;
+            },
+            async |c| {
+                // Bytes after the stream are not sent.
+                let mut input = stream.clone();
+                input.extend_from_slice(b"not sent");
+                let mut reader = input.as_slice();
+                let paths = c.import_paths(&mut reader).await.unwrap();
+                assert_eq!(reader, b"not sent");
+                paths
+            },
+        )
+        .await;
+        assert_eq!(imported.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn import_paths_should_refuse_a_missing_acknowledgement() {
+        let err = with_server(
+            0x207,
+            |mut s| async move {
+                assert_eq!(s.u64().await, 4);
+                let _ = copy_export(
+                    &mut s.reader,
+                    &mut Vec::new(),
+                    &NarLimits::default(),
+                    |_| true,
+                )
+                .await;
+                s.send(|b| put_u64(b, 0)).await;
+            },
+            async |c| {
+                let stream = export_stream(&[A]);
+                c.import_paths(&mut stream.as_slice()).await.unwrap_err()
+            },
+        )
+        .await;
+        assert!(
+            matches!(
+                err,
+                ServeError::UnexpectedReply {
+                    command: "cmdImportPaths",
+                    got: 0
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn export_paths_should_copy_the_paths_asked_for_and_refuse_others() {
+        let (exported, refused) = with_server(
+            0x207,
+            |mut s| async move {
+                for answer in [&[A][..], &[A, B]] {
+                    assert_eq!((s.u64().await, s.u64().await), (5, 0));
+                    assert_eq!(s.strings().await, [A]);
+                    let stream = export_stream(answer);
+                    s.send(|b| b.extend_from_slice(&stream)).await;
+                }
+            },
+            async |c| {
+                let mut sink = Vec::new();
+                let exported = c.export_paths(&[A], &mut sink).await.unwrap();
+                assert_eq!(sink, export_stream(&[A]));
+                let refused = c.export_paths(&[A], &mut Vec::new()).await.unwrap_err();
+                (exported, refused)
+            },
+        )
+        .await;
+        assert_eq!(exported, [StorePath::new(A).unwrap()]);
+        assert!(
+            matches!(&refused, ServeError::Archive(NarError::UnexpectedPath { path }) if path.as_str() == B),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn query_closure_should_send_the_flag_and_return_the_closure() {
+        let closure = with_server(
+            0x207,
+            |mut s| async move {
+                assert_eq!((s.u64().await, s.u64().await), (7, 1));
+                assert_eq!(s.strings().await, [B]);
+                s.send(|b| put_strings(b, &[A, B])).await;
+            },
+            async |c| c.query_closure(&[B], true).await.unwrap(),
+        )
+        .await;
+        assert_eq!(closure, [A, B]);
     }
 
     #[tokio::test]

@@ -3,18 +3,25 @@
 //! (the build channels of [`NixCli`](crate::NixCli)) or, later, an SSH session to a remote
 //! builder.
 //!
-//! Only what reconix uses is implemented: the handshake, `cmdBuildPaths` and
-//! `cmdQueryValidPaths` (`nix-lab.md` §5 lists the others). The server writes build logs as plain
-//! text to its *stderr*, which is not part of the protocol: the caller reads it (see
+//! Only what reconix uses is implemented: the handshake, `cmdQueryValidPaths`,
+//! `cmdImportPaths`, `cmdExportPaths`, `cmdBuildPaths`, `cmdQueryClosure` and
+//! `cmdBuildDerivation` (`nix-lab.md` §5 lists the others). The server writes build logs as
+//! plain text to its *stderr*, which is not part of the protocol: the caller reads it (see
 //! `crate::pool` for how a local channel attributes it to the right build).
 //!
-//! [`wire`] holds the framing (pure encoders, small decoders); [`ServeClient`] the commands.
+//! [`wire`] holds the framing (pure encoders, small decoders); [`nar`] the streaming NAR and
+//! export-stream walkers; [`ServeClient`] the commands; [`build_remote`] builds a derivation on
+//! a server that does not share the local store, copying closures both ways.
 
 mod client;
+pub mod nar;
+mod remote;
 pub mod wire;
 
 pub use client::{BuildPathsReply, ServeClient};
-pub use wire::BuildSettings;
+pub use nar::{NarError, NarLimits};
+pub use remote::{RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings, build_remote};
+pub use wire::{BasicDerivation, BuildResult, BuildResultStatus, BuildSettings, DerivationOutput};
 
 /// Errors of the serve protocol.
 #[derive(Debug, thiserror::Error)]
@@ -49,4 +56,16 @@ pub enum ServeError {
     /// The server sent a store path that is not UTF-8.
     #[error("the server sent a path that is not UTF-8")]
     NotUtf8,
+    /// An export stream or NAR, sent or received, is malformed, breaks a limit, or holds a
+    /// path that was not asked for.
+    #[error("bad export stream")]
+    Archive(#[source] NarError),
+    /// The server answered a command with something else than its acknowledgement.
+    #[error("the server answered {command} with {got}")]
+    UnexpectedReply {
+        /// The command, e.g. `cmdImportPaths`.
+        command: &'static str,
+        /// What it sent.
+        got: u64,
+    },
 }

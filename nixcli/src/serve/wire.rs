@@ -9,6 +9,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::ServeError;
+use crate::parse::stderr::strip_ansi;
 
 /// The first number a client sends (`SERVE_MAGIC_1` in Nix).
 pub const SERVE_MAGIC_1: u64 = 0x390c_9deb;
@@ -18,8 +19,17 @@ pub const SERVE_MAGIC_2: u64 = 0x5452_eecb;
 pub const SERVE_PROTOCOL_VERSION: u64 = 0x207;
 /// `cmdQueryValidPaths`: lock, substitute, paths → the valid subset.
 pub const CMD_QUERY_VALID_PATHS: u64 = 1;
+/// `cmdImportPaths`: an export stream → `1`.
+pub const CMD_IMPORT_PATHS: u64 = 4;
+/// `cmdExportPaths`: `0` and paths → an export stream of them, references first.
+pub const CMD_EXPORT_PATHS: u64 = 5;
 /// `cmdBuildPaths`: `drv!out,…` strings and build settings → `0`, or status and message.
 pub const CMD_BUILD_PATHS: u64 = 6;
+/// `cmdQueryClosure`: includeOutputs and paths → their closure.
+pub const CMD_QUERY_CLOSURE: u64 = 7;
+/// `cmdBuildDerivation`: a derivation path, a [`BasicDerivation`] and build settings → a
+/// [`BuildResult`].
+pub const CMD_BUILD_DERIVATION: u64 = 8;
 /// The longest string accepted from a server (a build failure message can quote a log tail).
 pub const MAX_STRING_LEN: u64 = 16 << 20;
 /// The longest list accepted from a server.
@@ -86,23 +96,30 @@ pub fn encode_build_paths<S: AsRef<str>>(
     settings: &BuildSettings,
     server_version: u64,
 ) -> Vec<u8> {
-    let minor = minor(server_version);
     let mut buf = Vec::new();
     put_u64(&mut buf, CMD_BUILD_PATHS);
     put_strings(&mut buf, paths);
-    put_u64(&mut buf, settings.max_silent_time);
-    put_u64(&mut buf, settings.build_timeout);
+    put_build_settings(&mut buf, settings, server_version);
+    buf
+}
+
+/// Appends the build settings a server of `server_version` reads after a build command
+/// (`maxLogSize` from 2.2, `buildRepeat` and `enforceDeterminism` from 2.3, `keepFailed` from
+/// 2.7), as Nix's own client does.
+fn put_build_settings(buf: &mut Vec<u8>, settings: &BuildSettings, server_version: u64) {
+    let minor = minor(server_version);
+    put_u64(buf, settings.max_silent_time);
+    put_u64(buf, settings.build_timeout);
     if minor >= 2 {
-        put_u64(&mut buf, settings.max_log_size);
+        put_u64(buf, settings.max_log_size);
     }
     if minor >= 3 {
-        put_u64(&mut buf, 0); // buildRepeat: must stay 0
-        put_u64(&mut buf, 0); // enforceDeterminism
+        put_u64(buf, 0); // buildRepeat: must stay 0
+        put_u64(buf, 0); // enforceDeterminism
     }
     if minor >= 7 {
-        put_u64(&mut buf, 0); // keepFailed
+        put_u64(buf, 0); // keepFailed
     }
-    buf
 }
 
 /// Encodes `cmdQueryValidPaths`. With `lock`, the server holds a temporary GC root for each
@@ -118,6 +135,210 @@ pub fn encode_query_valid_paths<S: AsRef<str>>(
     put_u64(&mut buf, u64::from(substitute));
     put_strings(&mut buf, paths);
     buf
+}
+
+/// Encodes `cmdQueryClosure`: the closure of `paths`, with the outputs of the derivations in it
+/// when `include_outputs`.
+pub fn encode_query_closure<S: AsRef<str>>(paths: &[S], include_outputs: bool) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put_u64(&mut buf, CMD_QUERY_CLOSURE);
+    put_u64(&mut buf, u64::from(include_outputs));
+    put_strings(&mut buf, paths);
+    buf
+}
+
+/// Encodes `cmdExportPaths` (the `0` is an obsolete flag, "sign").
+pub fn encode_export_paths<S: AsRef<str>>(paths: &[S]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put_u64(&mut buf, CMD_EXPORT_PATHS);
+    put_u64(&mut buf, 0);
+    put_strings(&mut buf, paths);
+    buf
+}
+
+/// One output of a [`BasicDerivation`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DerivationOutput {
+    /// The output name, e.g. `out`.
+    pub name: String,
+    /// Its store path (empty for a floating content-addressed output).
+    pub path: String,
+    /// For a fixed-output derivation, the method and algorithm (`r:sha256`), else empty.
+    pub hash_algo: String,
+    /// For a fixed-output derivation, the expected hash in base 16, else empty.
+    pub hash: String,
+}
+
+/// A derivation without its input derivations, as `cmdBuildDerivation` takes it: the server
+/// builds it from `input_srcs` alone, which must therefore hold the whole input closure
+/// (sources and the outputs of input derivations), as Nix's `build-remote` sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BasicDerivation {
+    /// The outputs, in name order.
+    pub outputs: Vec<DerivationOutput>,
+    /// Store paths that must be valid on the server before it builds.
+    pub input_srcs: Vec<String>,
+    /// The system, e.g. `x86_64-linux`.
+    pub platform: String,
+    /// The builder program.
+    pub builder: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment, in key order.
+    pub env: Vec<(String, String)>,
+}
+
+/// Encodes `cmdBuildDerivation` for a server speaking `server_version`.
+pub fn encode_build_derivation(
+    drv_path: &str,
+    drv: &BasicDerivation,
+    settings: &BuildSettings,
+    server_version: u64,
+) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put_u64(&mut buf, CMD_BUILD_DERIVATION);
+    put_bytes(&mut buf, drv_path.as_bytes());
+    put_u64(&mut buf, drv.outputs.len() as u64);
+    for output in &drv.outputs {
+        for field in [&output.name, &output.path, &output.hash_algo, &output.hash] {
+            put_bytes(&mut buf, field.as_bytes());
+        }
+    }
+    put_strings(&mut buf, &drv.input_srcs);
+    put_bytes(&mut buf, drv.platform.as_bytes());
+    put_bytes(&mut buf, drv.builder.as_bytes());
+    put_strings(&mut buf, &drv.args);
+    put_u64(&mut buf, drv.env.len() as u64);
+    for (key, value) in &drv.env {
+        put_bytes(&mut buf, key.as_bytes());
+        put_bytes(&mut buf, value.as_bytes());
+    }
+    put_build_settings(&mut buf, settings, server_version);
+    buf
+}
+
+/// The status of a Nix `BuildResult`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BuildResultStatus {
+    /// Built now.
+    Built,
+    /// Substituted from a cache.
+    Substituted,
+    /// Valid already; nothing was done.
+    AlreadyValid,
+    /// The builder failed.
+    PermanentFailure,
+    /// An input was rejected.
+    InputRejected,
+    /// An output was rejected (e.g. a hash mismatch).
+    OutputRejected,
+    /// A failure that may go away on retry.
+    TransientFailure,
+    /// Failed before, and failures are cached.
+    CachedFailure,
+    /// `buildTimeout` or `maxSilentTime` was exceeded.
+    TimedOut,
+    /// Any other failure.
+    MiscFailure,
+    /// A dependency failed.
+    DependencyFailed,
+    /// `maxLogSize` was exceeded.
+    LogLimitExceeded,
+    /// Repeated builds differed.
+    NotDeterministic,
+    /// A status this client does not know.
+    Unknown(u64),
+}
+
+impl BuildResultStatus {
+    /// Returns the status for its number on the wire.
+    pub fn from_code(code: u64) -> Self {
+        match code {
+            0 => Self::Built,
+            1 => Self::Substituted,
+            2 => Self::AlreadyValid,
+            3 => Self::PermanentFailure,
+            4 => Self::InputRejected,
+            5 => Self::OutputRejected,
+            6 => Self::TransientFailure,
+            7 => Self::CachedFailure,
+            8 => Self::TimedOut,
+            9 => Self::MiscFailure,
+            10 => Self::DependencyFailed,
+            11 => Self::LogLimitExceeded,
+            12 => Self::NotDeterministic,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// Returns true when the outputs are valid (built, substituted or already there).
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Built | Self::Substituted | Self::AlreadyValid)
+    }
+}
+
+/// The reply to `cmdBuildDerivation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildResult {
+    /// What happened.
+    pub status: BuildResultStatus,
+    /// Nix's message when it failed (ANSI colour codes removed), else empty.
+    pub error_msg: String,
+    /// How many times the derivation was built (0 when nothing was built).
+    pub times_built: u64,
+    /// Whether repeated builds differed.
+    pub is_non_deterministic: bool,
+    /// When the build started, in seconds since the epoch (0 when it did not).
+    pub start_time: u64,
+    /// When the build stopped, in seconds since the epoch.
+    pub stop_time: u64,
+    /// Realisations of the built outputs, `"sha256:<hash>!out"` → Realisation JSON.
+    pub built_outputs: Vec<(String, String)>,
+}
+
+/// Reads the reply to `cmdBuildDerivation` from a server speaking `server_version`: the times
+/// come from servers ≥ 2.3, and the built outputs from servers ≥ 2.6 (Nix 2.8 sends them to
+/// every client whatever its version, a bug this client meets by always claiming 2.7).
+///
+/// # Errors
+/// As [`read_strings`].
+pub async fn read_build_result<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    server_version: u64,
+) -> Result<BuildResult, ServeError> {
+    let status = BuildResultStatus::from_code(read_u64(reader).await?);
+    let error_msg = strip_ansi(&String::from_utf8_lossy(&read_bytes(reader).await?));
+    let mut result = BuildResult {
+        status,
+        error_msg,
+        times_built: 0,
+        is_non_deterministic: false,
+        start_time: 0,
+        stop_time: 0,
+        built_outputs: Vec::new(),
+    };
+    if minor(server_version) >= 3 {
+        result.times_built = read_u64(reader).await?;
+        result.is_non_deterministic = read_u64(reader).await? != 0;
+        result.start_time = read_u64(reader).await?;
+        result.stop_time = read_u64(reader).await?;
+    }
+    if minor(server_version) >= 6 {
+        let count = read_u64(reader).await?;
+        if count > MAX_LIST_LEN {
+            return Err(ServeError::TooLong {
+                what: "list",
+                len: count,
+            });
+        }
+        for _ in 0..count {
+            let id = read_string(reader).await?;
+            let realisation = read_string(reader).await?;
+            result.built_outputs.push((id, realisation));
+        }
+    }
+    Ok(result)
 }
 
 /// Reads a number.
@@ -259,6 +480,84 @@ mod tests {
     fn versions_should_split_into_major_and_minor() {
         assert_eq!((major(0x207), minor(0x207)), (0x200, 7));
         assert_eq!((major(0x10b), minor(0x10b)), (0x100, 11));
+    }
+
+    #[tokio::test]
+    async fn encode_build_derivation_should_send_the_derivation_then_the_settings() {
+        let drv = BasicDerivation {
+            outputs: vec![DerivationOutput {
+                name: "out".into(),
+                path: "/nix/store/o".into(),
+                ..DerivationOutput::default()
+            }],
+            input_srcs: vec!["/nix/store/i".into()],
+            platform: "x86_64-linux".into(),
+            builder: "/bin/sh".into(),
+            args: vec!["-c".into(), "true".into()],
+            env: vec![("out".into(), "/nix/store/o".into())],
+        };
+        let settings = BuildSettings {
+            build_timeout: 2,
+            ..BuildSettings::default()
+        };
+        let buf = encode_build_derivation("/nix/store/d.drv", &drv, &settings, 0x207);
+        let mut r = buf.as_slice();
+        assert_eq!(read_u64(&mut r).await.unwrap(), CMD_BUILD_DERIVATION);
+        assert_eq!(read_string(&mut r).await.unwrap(), "/nix/store/d.drv");
+        assert_eq!(read_u64(&mut r).await.unwrap(), 1);
+        let mut output = Vec::new();
+        for _ in 0..4 {
+            output.push(read_string(&mut r).await.unwrap());
+        }
+        assert_eq!(output, ["out", "/nix/store/o", "", ""]);
+        assert_eq!(read_strings(&mut r).await.unwrap(), ["/nix/store/i"]);
+        assert_eq!(read_string(&mut r).await.unwrap(), "x86_64-linux");
+        assert_eq!(read_string(&mut r).await.unwrap(), "/bin/sh");
+        assert_eq!(read_strings(&mut r).await.unwrap(), ["-c", "true"]);
+        assert_eq!(read_u64(&mut r).await.unwrap(), 1);
+        assert_eq!(read_string(&mut r).await.unwrap(), "out");
+        assert_eq!(read_string(&mut r).await.unwrap(), "/nix/store/o");
+        assert_eq!(words(r), [0, 2, 0, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn read_build_result_should_read_what_the_server_version_sends() {
+        let mut full = Vec::new();
+        put_u64(&mut full, 8);
+        put_bytes(
+            &mut full,
+            b"\x1b[31;1merror:\x1b[0m timed out after 2 seconds",
+        );
+        for word in [1, 0, 100, 102, 1] {
+            put_u64(&mut full, word);
+        }
+        put_bytes(&mut full, b"sha256:abc!out");
+        put_bytes(&mut full, b"{}");
+        let result = read_build_result(&mut full.as_slice(), 0x207)
+            .await
+            .unwrap();
+        assert_eq!(result.status, BuildResultStatus::TimedOut);
+        assert_eq!(result.error_msg, "error: timed out after 2 seconds");
+        assert_eq!(
+            (result.times_built, result.start_time, result.stop_time),
+            (1, 100, 102)
+        );
+        assert_eq!(
+            result.built_outputs,
+            [("sha256:abc!out".into(), "{}".into())]
+        );
+        // A 2.2 server sends the status and the message only.
+        let mut short = Vec::new();
+        put_u64(&mut short, 0);
+        put_bytes(&mut short, b"");
+        let mut reader = short.as_slice();
+        let result = read_build_result(&mut reader, 0x202).await.unwrap();
+        assert!(result.status.is_success());
+        assert!(reader.is_empty());
+        assert_eq!(
+            BuildResultStatus::from_code(42),
+            BuildResultStatus::Unknown(42)
+        );
     }
 
     #[tokio::test]
