@@ -1,0 +1,773 @@
+//! The builder's side: dial the coordinator, then serve SSH on the socket we opened.
+//!
+//! [`Agent::run`] dials with exponential backoff and reconnects after every disconnect until
+//! it is cancelled. On each connection it is an SSH server whose host key is the agent's
+//! identity (`<state-dir>/agent_ed25519`). It admits exactly one client: user
+//! [`SSH_USER`](crate::SSH_USER) with publickey auth and the pinned coordinator key (given as a
+//! fingerprint, or trusted on first use and stored in `<state-dir>/coordinator.pub`). On a
+//! session channel it grants only two requests:
+//!
+//! - subsystem [`CONTROL_SUBSYSTEM`](crate::CONTROL_SUBSYSTEM): it writes the `hello` line and
+//!   then a heartbeat every interval (see [`protocol`](crate::protocol));
+//! - exec [`SERVE_COMMAND`](crate::SERVE_COMMAND), byte for byte: it runs
+//!   `nix-store --serve --write [--store URI]` with stdin from channel data, stdout to channel
+//!   data and stderr to extended data 1, up to `max_jobs` at once.
+//!
+//! Everything else (shell, pty, env, other commands and subsystems, forwarding) is refused.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reconix_spec::{BuilderName, Secret, System};
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelMsg, Disconnect, MethodKind, MethodSet};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::keys::{self, Fingerprint};
+use crate::protocol::{Hello, Message, PROTOCOL_VERSION};
+use crate::{CONTROL_SUBSYSTEM, Error, Result, SERVE_COMMAND, SSH_USER};
+
+/// The agent's key file in its state directory.
+pub const AGENT_KEY_FILE: &str = "agent_ed25519";
+
+/// The pinned coordinator public key in the agent's state directory (trust on first use).
+pub const COORDINATOR_PUB_FILE: &str = "coordinator.pub";
+
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the coordinator has from the TCP connect to a successful authentication.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Session channels opened but not yet given a request, per connection. Bounds what a
+/// misbehaving client can hold open.
+const MAX_IDLE_CHANNELS: usize = 8;
+
+/// The delays between connection attempts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first delay.
+    pub min: Duration,
+    /// The longest delay; the delay doubles up to it. A session that lasted at least this long
+    /// resets the delay to `min`.
+    pub max: Duration,
+    /// Whether to randomise delays, so that many agents do not reconnect in lockstep.
+    pub jitter: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            jitter: true,
+        }
+    }
+}
+
+impl Backoff {
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.min)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .without_max_times();
+        if self.jitter {
+            builder.with_jitter().build()
+        } else {
+            builder.build()
+        }
+    }
+}
+
+/// What the agent needs to run; the binary fills it from its flags.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The coordinator's `HOST:PORT`.
+    pub coordinator: String,
+    /// Where the agent keeps its key and the pinned coordinator key.
+    pub state_dir: PathBuf,
+    /// The enrolment token file; a missing file means no token.
+    pub token_file: Option<PathBuf>,
+    /// The builder's name.
+    pub name: BuilderName,
+    /// The systems it builds for.
+    pub systems: Vec<System>,
+    /// The Nix system features it offers.
+    pub features: Vec<String>,
+    /// How many serve channels (builds) run at once.
+    pub max_jobs: u32,
+    /// The store URI passed to `nix-store --store`; `None` uses the machine's default store.
+    pub store: Option<String>,
+    /// The only coordinator key accepted; without it the first key seen is pinned.
+    pub coordinator_key: Option<Fingerprint>,
+    /// How often the control channel sends a heartbeat.
+    pub heartbeat: Duration,
+    /// The delays between connection attempts.
+    pub backoff: Backoff,
+}
+
+impl AgentConfig {
+    /// Returns a configuration with the defaults: system `x86_64-linux`, no features, one job,
+    /// the default store, trust on first use, heartbeats every 5 s.
+    pub fn new(
+        coordinator: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+        name: BuilderName,
+    ) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            state_dir: state_dir.into(),
+            token_file: None,
+            name,
+            systems: vec![System::x86_64_linux()],
+            features: Vec::new(),
+            max_jobs: 1,
+            store: None,
+            coordinator_key: None,
+            heartbeat: Duration::from_secs(5),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Returns the machine's host name as a builder name.
+///
+/// # Errors
+/// [`Error::HostName`] when it cannot be read or is not a valid builder name.
+pub fn hostname() -> Result<BuilderName> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(Error::HostName)?;
+    BuilderName::new(text.trim())
+        .map_err(|e| Error::HostName(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// Which coordinator key the agent accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pin {
+    /// `--coordinator-key`: only this one, never written down.
+    Given(Fingerprint),
+    /// Pinned earlier and read from `coordinator.pub`.
+    Pinned(Fingerprint),
+    /// Nothing yet: the first key that authenticates gets pinned.
+    Unpinned,
+}
+
+/// What every connection of one agent shares.
+#[derive(Debug)]
+struct Shared {
+    config: AgentConfig,
+    pin: Mutex<Pin>,
+    running: Arc<AtomicU32>,
+}
+
+impl Shared {
+    fn pin(&self) -> MutexGuard<'_, Pin> {
+        // A panic while holding the lock cannot leave `Pin` half-updated (it is assigned
+        // whole), so a poisoned lock is still usable.
+        self.pin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Returns whether `key` may try to authenticate (no pinning yet: its owner is unproven).
+    fn may_offer(&self, key: &PublicKey) -> bool {
+        match &*self.pin() {
+            Pin::Given(fp) | Pin::Pinned(fp) => *fp == keys::fingerprint(key),
+            Pin::Unpinned => true,
+        }
+    }
+
+    /// Returns whether `key`, whose ownership is proven, is the coordinator's; pins it when
+    /// nothing is pinned yet.
+    fn admit(&self, key: &PublicKey) -> bool {
+        let fp = keys::fingerprint(key);
+        let mut pin = self.pin();
+        match &*pin {
+            Pin::Given(expected) | Pin::Pinned(expected) => *expected == fp,
+            Pin::Unpinned => {
+                let path = self.config.state_dir.join(COORDINATOR_PUB_FILE);
+                let written = key.to_openssh().map_err(Error::Key).and_then(|text| {
+                    keys::write_atomic(&path, format!("{text}\n").as_bytes(), 0o644)
+                });
+                match written {
+                    Ok(()) => {
+                        info!(fingerprint = %fp, path = %path.display(), "pinned the coordinator's key (trust on first use)");
+                        *pin = Pin::Pinned(fp);
+                        true
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "cannot pin the coordinator's key; refusing it");
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reserves one of `max_jobs` serve slots.
+    fn try_slot(&self) -> Option<Slot> {
+        let max = self.config.max_jobs;
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(&self.running)))
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            name: self.config.name.clone(),
+            systems: self.config.systems.clone(),
+            features: self.config.features.clone(),
+            max_jobs: self.config.max_jobs,
+            token: self.config.token_file.as_deref().and_then(read_token),
+        }
+    }
+}
+
+/// A running serve channel; releases its slot when dropped.
+#[derive(Debug)]
+struct Slot(Arc<AtomicU32>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads the token file; a missing or unreadable file means no token (after enrolment the key
+/// alone identifies the agent).
+fn read_token(path: &Path) -> Option<Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim();
+            (!token.is_empty()).then(|| Secret::new(token))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            warn!(path = %path.display(), error = %error, "cannot read the token file; sending no token");
+            None
+        }
+    }
+}
+
+/// A builder agent: its identity and configuration.
+#[derive(Debug)]
+pub struct Agent {
+    shared: Arc<Shared>,
+    server_config: Arc<server::Config>,
+    fingerprint: Fingerprint,
+}
+
+impl Agent {
+    /// Loads (or creates) the agent's key and the pinned coordinator key.
+    ///
+    /// # Errors
+    /// When the state directory or a key file is unusable.
+    pub fn new(config: AgentConfig) -> Result<Self> {
+        keys::ensure_dir(&config.state_dir)?;
+        let key = keys::load_or_create_key(&config.state_dir.join(AGENT_KEY_FILE))?;
+        let pin = match &config.coordinator_key {
+            Some(fp) => Pin::Given(*fp),
+            None => {
+                let path = config.state_dir.join(COORDINATOR_PUB_FILE);
+                match PublicKey::read_openssh_file(&path) {
+                    Ok(pinned) => Pin::Pinned(keys::fingerprint(&pinned)),
+                    Err(russh::keys::ssh_key::Error::Io(std::io::ErrorKind::NotFound)) => {
+                        Pin::Unpinned
+                    }
+                    Err(e) => return Err(Error::Key(e)),
+                }
+            }
+        };
+        let fingerprint = keys::fingerprint(key.public_key());
+        Ok(Self {
+            server_config: Arc::new(server_config(key)),
+            shared: Arc::new(Shared {
+                config,
+                pin: Mutex::new(pin),
+                running: Arc::new(AtomicU32::new(0)),
+            }),
+            fingerprint,
+        })
+    }
+
+    /// Returns the fingerprint of the agent's key, its identity.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Returns the fingerprint of the coordinator key the agent accepts, if one is pinned or
+    /// given.
+    pub fn coordinator_fingerprint(&self) -> Option<Fingerprint> {
+        match &*self.shared.pin() {
+            Pin::Given(fp) | Pin::Pinned(fp) => Some(*fp),
+            Pin::Unpinned => None,
+        }
+    }
+
+    /// Returns how many serve channels are running now.
+    pub fn running(&self) -> u32 {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Dials the coordinator and serves it, reconnecting after every disconnect with
+    /// exponential backoff, until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// None at present: connection failures are logged and retried. The `Result` leaves room
+    /// for fatal conditions.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let backoff = self.shared.config.backoff;
+        let mut delays = backoff.delays();
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            match self.connect_once(&shutdown).await {
+                Ok(()) => info!("disconnected from the coordinator"),
+                Err(error) => warn!(error = %error, "connection to the coordinator failed"),
+            }
+            if started.elapsed() >= backoff.max {
+                delays = backoff.delays();
+            }
+            let delay = delays.next().unwrap_or(backoff.max);
+            debug!(delay = ?delay, "reconnecting");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one connection to its end.
+    async fn connect_once(&self, shutdown: &CancellationToken) -> Result<()> {
+        let addr = &self.shared.config.coordinator;
+        let connect_error = |source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        };
+        let tcp = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str())) => r
+                .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(connect_error)?,
+        };
+        // Small serve-protocol messages must not wait for Nagle.
+        tcp.set_nodelay(true).map_err(connect_error)?;
+        info!(coordinator = %addr, "connected");
+
+        let conn = shutdown.child_token();
+        let (authed_tx, authed_rx) = tokio::sync::oneshot::channel();
+        let handler = ConnHandler {
+            shared: Arc::clone(&self.shared),
+            conn: conn.clone(),
+            idle: HashMap::new(),
+            control_open: false,
+            authed: Some(authed_tx),
+        };
+        let ssh_error = |source| Error::Ssh {
+            peer: addr.clone(),
+            source,
+        };
+        let session = tokio::time::timeout(
+            AUTH_TIMEOUT,
+            server::run_stream(Arc::clone(&self.server_config), tcp, handler),
+        )
+        .await
+        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(ssh_error)?;
+        let handle = session.handle();
+        let mut session = std::pin::pin!(session);
+        let auth_deadline = tokio::time::sleep(AUTH_TIMEOUT);
+        let mut auth_deadline = std::pin::pin!(auth_deadline);
+        let mut authed_rx = authed_rx;
+        let mut authed = false;
+        loop {
+            tokio::select! {
+                r = &mut session => return r.map_err(ssh_error),
+                () = conn.cancelled() => {
+                    // Shutdown, or the control channel closed: say goodbye, then give the
+                    // session a moment to flush it.
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "agent disconnecting".into(), String::new())
+                        .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+                    return Ok(());
+                }
+                r = &mut authed_rx, if !authed => {
+                    authed = true;
+                    if r.is_ok() {
+                        debug!("coordinator authenticated");
+                    }
+                }
+                () = &mut auth_deadline, if !authed => {
+                    warn!("the coordinator did not authenticate in time");
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, "authentication timeout".into(), String::new())
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn server_config(key: PrivateKey) -> server::Config {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    server::Config {
+        keys: vec![key],
+        methods,
+        // The coordinator is a program with the right key, not a person guessing passwords:
+        // a short, constant rejection delay is enough.
+        auth_rejection_time: Duration::from_millis(200),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 3,
+        // The coordinator sends keepalives; silence for this long means it is gone.
+        inactivity_timeout: Some(Duration::from_secs(90)),
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..server::Config::default()
+    }
+}
+
+/// The SSH server handler of one connection.
+struct ConnHandler {
+    shared: Arc<Shared>,
+    /// Cancelled to end this connection.
+    conn: CancellationToken,
+    /// Session channels opened but not yet given a request.
+    idle: HashMap<ChannelId, Channel<Msg>>,
+    control_open: bool,
+    authed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ConnHandler {
+    fn refuse(
+        &mut self,
+        channel: ChannelId,
+        what: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        warn!(request = what, "refused a channel request");
+        session.channel_failure(channel)
+    }
+}
+
+impl server::Handler for ConnHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if user == SSH_USER && self.shared.may_offer(offer.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if user == SSH_USER && self.shared.admit(key.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            warn!(user, fingerprint = %keys::fingerprint(key.public_key), "refused a coordinator key");
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(tx) = self.authed.take() {
+            let _ = tx.send(());
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.idle.len() >= MAX_IDLE_CHANNELS {
+            warn!("too many idle channels; refusing another");
+            // Dropping `reply` rejects the channel.
+            return Ok(());
+        }
+        reply.accept().await;
+        self.idle.insert(channel.id(), channel);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.idle.remove(&channel);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != CONTROL_SUBSYSTEM || self.control_open {
+            return self.refuse(channel, &format!("subsystem {name:?}"), session);
+        }
+        let Some(ch) = self.idle.remove(&channel) else {
+            return self.refuse(channel, "subsystem on a busy channel", session);
+        };
+        self.control_open = true;
+        session.channel_success(channel)?;
+        let hello = Message::Hello(self.shared.hello()).encode();
+        tokio::spawn(control(
+            ch,
+            hello,
+            self.shared.config.heartbeat,
+            Arc::clone(&self.shared.running),
+            self.conn.clone(),
+        ));
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if data != SERVE_COMMAND.as_bytes() {
+            let shown = String::from_utf8_lossy(data);
+            return self.refuse(channel, &format!("exec {shown:?}"), session);
+        }
+        let Some(slot) = self.shared.try_slot() else {
+            return self.refuse(channel, "exec beyond max-jobs", session);
+        };
+        if !self.idle.contains_key(&channel) {
+            return self.refuse(channel, "exec on a busy channel", session);
+        }
+        let child = match serve_command(self.shared.config.store.as_deref()).spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                warn!(error = %error, "cannot start nix-store --serve");
+                return session.channel_failure(channel);
+            }
+        };
+        let Some(ch) = self.idle.remove(&channel) else {
+            return session.channel_failure(channel);
+        };
+        session.channel_success(channel)?;
+        debug!(channel = %channel, "serve channel started");
+        tokio::spawn(serve(ch, child, slot));
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(channel, "shell", session)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(channel, "pty", session)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(channel, "env", session)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(channel, "x11", session)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(channel, "window-change", session)
+    }
+}
+
+fn serve_command(store: Option<&str>) -> Command {
+    let mut cmd = Command::new("nix-store");
+    cmd.args(["--serve", "--write"]);
+    if let Some(store) = store {
+        cmd.args(["--store", store]);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A closed channel or a dropped connection must not leave the process behind.
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs the control channel: the hello, then heartbeats until the channel or the connection
+/// closes. Closing the control channel ends the connection.
+async fn control(
+    channel: Channel<Msg>,
+    hello: Vec<u8>,
+    every: Duration,
+    running: Arc<AtomicU32>,
+    conn: CancellationToken,
+) {
+    let (mut rx, tx) = channel.split();
+    if tx.data_bytes(hello).await.is_err() {
+        conn.cancel();
+        return;
+    }
+    let start = tokio::time::Instant::now() + every;
+    let mut ticker = tokio::time::interval_at(start, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = conn.cancelled() => return,
+            msg = rx.wait() => match msg {
+                None | Some(ChannelMsg::Close) => {
+                    info!("the coordinator closed the control channel");
+                    conn.cancel();
+                    return;
+                }
+                Some(_) => {}
+            },
+            _ = ticker.tick() => {
+                let line = Message::Heartbeat { running: running.load(Ordering::Acquire) }.encode();
+                if tx.data_bytes(line).await.is_err() {
+                    conn.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Pumps one `nix-store --serve` process through its channel until either ends.
+async fn serve(channel: Channel<Msg>, mut child: Child, _slot: Slot) {
+    let (mut rx, tx) = channel.split();
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let exited = {
+        let input = pump_input(&mut rx, stdin);
+        let output = async {
+            let mut out = tx.make_writer();
+            let mut err = tx.make_writer_ext(Some(1));
+            let copy_out = async {
+                if let Some(mut stdout) = stdout {
+                    let _ = tokio::io::copy(&mut stdout, &mut out).await;
+                }
+            };
+            let copy_err = async {
+                if let Some(mut stderr) = stderr {
+                    let _ = tokio::io::copy(&mut stderr, &mut err).await;
+                }
+            };
+            tokio::join!(copy_out, copy_err);
+            child.wait().await
+        };
+        tokio::select! {
+            status = output => Some(status),
+            () = input => None,
+        }
+    };
+    match exited {
+        Some(status) => {
+            let code = status.map_or(255, exit_code);
+            debug!(code, "serve process exited");
+            let _ = tx.eof().await;
+            let _ = tx.exit_status(code).await;
+            let _ = tx.close().await;
+        }
+        None => {
+            debug!("serve channel closed by the coordinator; stopping the process");
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// Feeds channel data to the process's stdin; closes stdin on EOF; returns when the channel
+/// closes.
+async fn pump_input(
+    rx: &mut russh::ChannelReadHalf,
+    mut stdin: Option<tokio::process::ChildStdin>,
+) {
+    while let Some(msg) = rx.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                if let Some(pipe) = stdin.as_mut()
+                    && pipe.write_all(&data).await.is_err()
+                {
+                    // The process is gone; its exit is reported by the output side. Keep
+                    // draining so the connection does not stall.
+                    stdin = None;
+                }
+            }
+            ChannelMsg::Eof => stdin = None,
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    }
+}
+
+fn exit_code(status: ExitStatus) -> u32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u32::try_from(code).unwrap_or(255),
+        (None, Some(signal)) => 128 + u32::try_from(signal).unwrap_or(127),
+        (None, None) => 255,
+    }
+}

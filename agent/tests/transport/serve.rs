@@ -1,0 +1,197 @@
+//! Serve channels over SSH to a real `nix-store --serve --write` on a separate chroot store.
+
+use std::time::{Duration, Instant};
+
+use reconix_agent::Error;
+use reconix_agent::coordinator::{AgentConn, ServeChannel, ServeReader, ServeWriter};
+use reconix_nixcli::serve::ServeClient;
+use tokio::io::AsyncReadExt;
+
+use crate::common::{
+    Coordinator, DEADLINE, agent_config, chroot_store, eventually, require_nix, spawn_agent,
+};
+
+/// A path that is valid in no store.
+const ABSENT: &str = "/nix/store/00000000000000000000000000000000-absent";
+
+async fn connect(
+    conn: &AgentConn,
+) -> (
+    ServeClient<ServeReader, ServeWriter>,
+    ServeReader,
+    reconix_agent::coordinator::ServeExit,
+) {
+    let ServeChannel {
+        reader,
+        writer,
+        log,
+        exit,
+        ..
+    } = tokio::time::timeout(DEADLINE, conn.open_serve())
+        .await
+        .unwrap()
+        .unwrap();
+    let client = tokio::time::timeout(DEADLINE, ServeClient::handshake(reader, writer))
+        .await
+        .unwrap()
+        .unwrap();
+    (client, log, exit)
+}
+
+#[tokio::test]
+async fn serve_channels_should_speak_the_serve_protocol_to_a_separate_store() {
+    require_nix();
+    let coordinator = Coordinator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let store = chroot_store(state.path());
+    let mut config = agent_config(&coordinator, state.path());
+    config.store = Some(store.display().to_string());
+    config.max_jobs = 2;
+    config.heartbeat = Duration::from_millis(100);
+    let _agent = spawn_agent(config);
+    let conn = coordinator.pending().await.accept();
+    assert_eq!(conn.hello().max_jobs, 2);
+
+    let (mut first, _log1, _exit1) = connect(&conn).await;
+    assert_eq!(first.server_version() >> 8, 2);
+    let valid = first
+        .query_valid_paths(&[ABSENT], false, false)
+        .await
+        .unwrap();
+    assert!(valid.is_empty(), "{valid:?}");
+    // The chroot store was created by the agent's nix-store, not the machine's store.
+    assert!(
+        store.join("nix/var/nix/db").exists(),
+        "no chroot store at {}",
+        store.display()
+    );
+
+    // Two channels at once on the same connection.
+    let (mut second, _log2, _exit2) = connect(&conn).await;
+    let (a, b) = tokio::join!(
+        first.query_valid_paths(&[ABSENT], false, false),
+        second.query_valid_paths(&[ABSENT], false, false),
+    );
+    assert!(a.unwrap().is_empty());
+    assert!(b.unwrap().is_empty());
+
+    // The heartbeat counts them.
+    let mut beats = conn.heartbeats();
+    eventually("a heartbeat with two running", async || {
+        let _ = tokio::time::timeout(Duration::from_millis(500), beats.changed()).await;
+        beats.borrow_and_update().is_some_and(|b| b.running == 2)
+    })
+    .await;
+
+    // A third is beyond max-jobs.
+    let third = conn.open_serve().await;
+    assert!(matches!(third, Err(Error::Refused { .. })), "{third:?}");
+
+    // Closing stdin ends nix-store with status 0, which frees a slot.
+    let (reader, mut writer) = second.into_inner();
+    tokio::io::AsyncWriteExt::shutdown(&mut writer)
+        .await
+        .unwrap();
+    let mut exit2 = _exit2;
+    let status = tokio::time::timeout(DEADLINE, exit2.wait()).await.unwrap();
+    assert_eq!(status, Some(0));
+    drop((reader, writer, _log2));
+    eventually("a free slot", async || conn.open_serve().await.is_ok()).await;
+
+    // Dropping a channel kills its process and frees its slot as well.
+    drop((first, _log1, _exit1));
+    eventually("two free slots", async || {
+        let a = conn.open_serve().await;
+        let b = conn.open_serve().await;
+        a.is_ok() && b.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn serve_stderr_should_arrive_as_the_log() {
+    require_nix();
+    let coordinator = Coordinator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&coordinator, state.path());
+    config.store = Some(chroot_store(state.path()).display().to_string());
+    let _agent = spawn_agent(config);
+    let conn = coordinator.pending().await.accept();
+
+    // Not the serve magic: nix-store complains on stderr and exits non-zero.
+    let ServeChannel {
+        mut reader,
+        mut writer,
+        mut log,
+        mut exit,
+        ..
+    } = conn.open_serve().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut writer, &1u64.to_le_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(DEADLINE, log.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(text.contains("protocol mismatch"), "log: {text:?}");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, reader.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = tokio::time::timeout(DEADLINE, exit.wait()).await.unwrap();
+    assert_eq!(status, Some(1), "log: {text:?}");
+}
+
+#[tokio::test]
+async fn serve_setup_time_should_be_measured_on_reused_and_fresh_connections() {
+    require_nix();
+    let coordinator = Coordinator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&coordinator, state.path());
+    config.store = Some(chroot_store(state.path()).display().to_string());
+    // Enough slots that no round waits for the previous channel's slot to be released.
+    config.max_jobs = 16;
+    let agent = spawn_agent(config.clone());
+    let conn = coordinator.pending().await.accept();
+    // Warm up: creates the chroot store.
+    drop(connect(&conn).await);
+
+    const N: u32 = 10;
+    let mut reused = Duration::ZERO;
+    for _ in 0..N {
+        let started = Instant::now();
+        let (mut client, _log, _exit) = connect(&conn).await;
+        client
+            .query_valid_paths(&[ABSENT], false, false)
+            .await
+            .unwrap();
+        reused += started.elapsed();
+        drop(client);
+    }
+    drop(conn);
+    drop(agent);
+
+    let mut fresh = Duration::ZERO;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let agent = spawn_agent(config.clone());
+        let conn = coordinator.pending().await.accept();
+        let (mut client, _log, _exit) = connect(&conn).await;
+        client
+            .query_valid_paths(&[ABSENT], false, false)
+            .await
+            .unwrap();
+        fresh += started.elapsed();
+        drop(client);
+        drop(conn);
+        drop(agent);
+    }
+    println!(
+        "serve setup (open channel + handshake + one query): reused connection {:?} avg over {N}, \
+         fresh connection (dial + ssh + hello + same) {:?} avg over 3",
+        reused / N,
+        fresh / 3
+    );
+}
