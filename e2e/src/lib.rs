@@ -23,16 +23,29 @@ pub fn reconix_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RECONIX_BIN") {
         return Ok(PathBuf::from(p));
     }
+    sibling_bin("reconix")
+}
+
+/// Returns the path of the `reconix-agent` binary built alongside this test
+/// (`RECONIX_AGENT_BIN` overrides it).
+pub fn agent_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RECONIX_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    sibling_bin("reconix-agent")
+}
+
+fn sibling_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test>-<hash> → target/<profile>/reconix
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .context("test executable has no parent directory")?;
-    let bin = profile_dir.join("reconix");
+    let bin = profile_dir.join(name);
     ensure!(
         bin.exists(),
-        "{} not found: build it with `cargo build -p reconix` (make test does)",
+        "{} not found: build it with `cargo build --workspace` (make test does)",
         bin.display()
     );
     Ok(bin)
@@ -125,9 +138,10 @@ pub struct TestDaemon {
 /// What a [`TestDaemon`] is started with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// The spec's YAML, with `{state_dir}` replaced by the daemon's state directory and
+    /// The spec's YAML, with `{state_dir}` replaced by the daemon's state directory,
     /// `{port}` by a free loopback port the daemon then listens on (for `external-url`, which
-    /// must be known before the daemon starts).
+    /// must be known before the daemon starts) and `{enroll_port}` by another free port (for
+    /// `builders.enrollment.listen`).
     pub spec: String,
 }
 
@@ -187,6 +201,9 @@ impl TestDaemon {
             let port = free_port()?.to_string();
             spec = spec.replace("{port}", &port);
             listen = format!("127.0.0.1:{port}");
+        }
+        if spec.contains("{enroll_port}") {
+            spec = spec.replace("{enroll_port}", &free_port()?.to_string());
         }
         std::fs::write(&spec_path, spec)?;
         let stderr_log = root.join(format!("daemon-{}.log", unique_suffix()));

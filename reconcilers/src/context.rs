@@ -9,6 +9,7 @@ use reconix_spec::{BuilderName, RepoKey, Spec};
 use reconix_status::Status;
 use tokio::sync::watch;
 
+use crate::agents::Agents;
 use crate::builds::RunningBuilds;
 use crate::forges::ForgeClients;
 use crate::runtime::Handle;
@@ -56,6 +57,8 @@ pub struct Ctx<P> {
     pub wakers: Wakers,
     /// REST clients of the hosted forges.
     pub forges: ForgeClients,
+    /// The connected remote builders.
+    pub agents: Agents,
 }
 
 impl<P> Ctx<P> {
@@ -68,6 +71,7 @@ impl<P> Ctx<P> {
             running: RunningBuilds::default(),
             wakers: Wakers::default(),
             forges: ForgeClients::default(),
+            agents: Agents::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod runtime;
 
+pub mod agents;
 pub mod builds;
 mod context;
 mod error;

@@ -194,6 +194,29 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         webhooks: Some(webhooks.handle()),
     });
 
+    if let Some(enrollment) = &spec.builders.enrollment {
+        let key = reconix_agent::coordinator::CoordinatorKey::load_or_create(&spec.state_dir)
+            .context("loading the coordinator key")?;
+        let agents_listener = reconix_agent::coordinator::Listener::bind(enrollment.listen, &key)
+            .await
+            .with_context(|| format!("binding the enrollment listener {}", enrollment.listen))?;
+        // Agents pin this fingerprint on first use (`reconix-agent --coordinator-key` pins it
+        // up front).
+        println!(
+            "agents enroll at {} (coordinator key {})",
+            agents_listener.local_addr(),
+            key.fingerprint()
+        );
+        tokio::spawn(reconix_reconcilers::agents::run_enrollment(
+            agents_listener,
+            spec_rx.clone(),
+            status.clone(),
+            ctx.agents.clone(),
+            ctx.wakers.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -1,0 +1,257 @@
+//! Enrolment of remote builders and the registry of connected agents.
+//!
+//! The daemon accepts agents on `builders.enrollment.listen` ([`run_enrollment`]). A connecting
+//! agent whose key is enrolled under its name (and not revoked) is admitted; any other must
+//! present the enrollment token, and is then enrolled with its key. A wrong or missing token is
+//! refused and nothing is recorded. Admitted connections live in [`Agents`] until they drop;
+//! each heartbeat is recorded, and a revoked agent is disconnected at its next heartbeat.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use reconix_agent::coordinator::{AgentConn, Listener, Pending, token_matches};
+use reconix_spec::{Spec, Timestamp};
+use reconix_status::{AgentAdmission, AgentHello, Status};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::Wakers;
+use crate::forges::read_secret;
+
+/// The connected, admitted agents by name.
+#[derive(Debug, Clone, Default)]
+pub struct Agents {
+    inner: Arc<Mutex<HashMap<String, Arc<AgentConn>>>>,
+}
+
+impl Agents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AgentConn>>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the connection of agent `name`, if it is connected.
+    pub fn get(&self, name: &str) -> Option<Arc<AgentConn>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Returns the names of the connected agents, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Registers a connection; returns the one it replaces (the same agent reconnected).
+    fn insert(&self, conn: Arc<AgentConn>) -> Option<Arc<AgentConn>> {
+        self.lock().insert(conn.name().to_string(), conn)
+    }
+
+    /// Forgets `conn` unless a newer connection of the same agent replaced it.
+    fn remove(&self, conn: &Arc<AgentConn>) {
+        let mut map = self.lock();
+        if map
+            .get(conn.name().as_str())
+            .is_some_and(|c| Arc::ptr_eq(c, conn))
+        {
+            map.remove(conn.name().as_str());
+        }
+    }
+}
+
+/// Why a connecting agent was refused.
+fn admit_error(pending: &Pending) -> String {
+    format!(
+        "agent {} ({}) presented no valid enrollment token",
+        pending.hello().name,
+        pending.agent_key_fingerprint()
+    )
+}
+
+/// Accepts agents until `shutdown`.
+pub async fn run_enrollment(
+    listener: Listener,
+    spec: watch::Receiver<Arc<Spec>>,
+    status: Status,
+    agents: Agents,
+    wakers: Wakers,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let pending = tokio::select! {
+            () = shutdown.cancelled() => return,
+            p = listener.accept() => p,
+        };
+        let pending = match pending {
+            Ok(p) => p,
+            Err(err) => {
+                warn!(error = %err, "an agent connection failed its handshake");
+                continue;
+            }
+        };
+        let spec = Arc::clone(&spec.borrow());
+        if let Err(err) = admit(pending, &spec, &status, &agents, &wakers).await {
+            warn!(error = %err, "could not admit an agent");
+        }
+    }
+}
+
+async fn admit(
+    pending: Pending,
+    spec: &Spec,
+    status: &Status,
+    agents: &Agents,
+    wakers: &Wakers,
+) -> crate::Result<()> {
+    let hello = pending.hello().clone();
+    let name = hello.name.to_string();
+    let fingerprint = pending.agent_key_fingerprint().to_string();
+    let (n, fp) = (name.clone(), fingerprint.clone());
+    let admission = status.call(move |db| db.agent_admission(&n, &fp)).await?;
+    let systems: Vec<String> = hello.systems.iter().map(ToString::to_string).collect();
+    let features = hello.features.clone();
+    if admission == AgentAdmission::NeedsToken {
+        let expected = match &spec.builders.enrollment {
+            Some(e) => read_secret(&e.token_file, "enrollment token")?,
+            None => {
+                pending.reject("enrollment is not configured").await;
+                return Ok(());
+            }
+        };
+        let valid = hello
+            .token
+            .as_ref()
+            .is_some_and(|t| token_matches(expected.expose().trim(), t.expose().trim()));
+        if !valid {
+            warn!(reason = %admit_error(&pending), "agent refused");
+            pending.reject("enrollment token missing or wrong").await;
+            return Ok(());
+        }
+        let (n, fp, s, f, m) = (
+            name.clone(),
+            fingerprint.clone(),
+            systems.clone(),
+            features.clone(),
+            hello.max_jobs,
+        );
+        status
+            .call(move |db| {
+                db.enroll_agent(
+                    &AgentHello {
+                        name: &n,
+                        key_fingerprint: &fp,
+                        systems: &s,
+                        features: &f,
+                        max_jobs: m,
+                    },
+                    Timestamp::now(),
+                )
+            })
+            .await?;
+        info!(agent = %name, key = %fingerprint, "agent enrolled");
+    }
+    let conn = Arc::new(pending.accept());
+    let (n, fp, s, f, m) = (
+        name.clone(),
+        fingerprint.clone(),
+        systems.clone(),
+        features.clone(),
+        hello.max_jobs,
+    );
+    status
+        .call(move |db| {
+            db.set_agent_connected(
+                &AgentHello {
+                    name: &n,
+                    key_fingerprint: &fp,
+                    systems: &s,
+                    features: &f,
+                    max_jobs: m,
+                },
+                true,
+                Timestamp::now(),
+            )
+        })
+        .await?;
+    info!(agent = %name, peer = %conn.peer(), "agent connected");
+    if let Some(old) = agents.insert(Arc::clone(&conn)) {
+        old.disconnect().await;
+    }
+    wakers.builds();
+    tokio::spawn(watch_agent(
+        conn,
+        fingerprint,
+        systems,
+        features,
+        status.clone(),
+        agents.clone(),
+        wakers.clone(),
+    ));
+    Ok(())
+}
+
+/// Records heartbeats until the connection drops; disconnects a revoked agent.
+async fn watch_agent(
+    conn: Arc<AgentConn>,
+    fingerprint: String,
+    systems: Vec<String>,
+    features: Vec<String>,
+    status: Status,
+    agents: Agents,
+    wakers: Wakers,
+) {
+    let name = conn.name().to_string();
+    let mut beats = conn.heartbeats();
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            () = &mut closed => break,
+            changed = beats.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let running = beats.borrow_and_update().as_ref().map_or(0, |h| h.running);
+                let (n, fp) = (name.clone(), fingerprint.clone());
+                let admitted = status
+                    .call(move |db| {
+                        db.record_heartbeat(&n, running, Timestamp::now())?;
+                        db.agent_admission(&n, &fp)
+                    })
+                    .await;
+                match admitted {
+                    Ok(AgentAdmission::Known) => {}
+                    Ok(AgentAdmission::NeedsToken) => {
+                        info!(agent = %name, "agent revoked: disconnecting");
+                        conn.disconnect().await;
+                        break;
+                    }
+                    Err(err) => warn!(agent = %name, error = %err, "could not record a heartbeat"),
+                }
+            }
+        }
+    }
+    agents.remove(&conn);
+    let max_jobs = conn.hello().max_jobs;
+    let n = name.clone();
+    let recorded = status
+        .call(move |db| {
+            db.set_agent_connected(
+                &AgentHello {
+                    name: &n,
+                    key_fingerprint: &fingerprint,
+                    systems: &systems,
+                    features: &features,
+                    max_jobs,
+                },
+                false,
+                Timestamp::now(),
+            )
+        })
+        .await;
+    if let Err(err) = recorded {
+        warn!(agent = %name, error = %err, "could not record a disconnect");
+    }
+    info!(agent = %name, "agent disconnected");
+    wakers.builds();
+}
