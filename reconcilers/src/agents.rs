@@ -59,6 +59,28 @@ impl Agents {
     }
 }
 
+/// What an agent offers, as recorded in the `agents` table.
+#[derive(Debug, Clone)]
+struct Offer {
+    name: String,
+    fingerprint: String,
+    systems: Vec<String>,
+    features: Vec<String>,
+    max_jobs: u32,
+}
+
+impl Offer {
+    fn hello(&self) -> AgentHello<'_> {
+        AgentHello {
+            name: &self.name,
+            key_fingerprint: &self.fingerprint,
+            systems: &self.systems,
+            features: &self.features,
+            max_jobs: self.max_jobs,
+        }
+    }
+}
+
 /// Why a connecting agent was refused.
 fn admit_error(pending: &Pending) -> String {
     format!(
@@ -104,12 +126,18 @@ async fn admit(
     wakers: &Wakers,
 ) -> crate::Result<()> {
     let hello = pending.hello().clone();
-    let name = hello.name.to_string();
-    let fingerprint = pending.agent_key_fingerprint().to_string();
-    let (n, fp) = (name.clone(), fingerprint.clone());
-    let admission = status.call(move |db| db.agent_admission(&n, &fp)).await?;
-    let systems: Vec<String> = hello.systems.iter().map(ToString::to_string).collect();
-    let features = hello.features.clone();
+    let offer = Offer {
+        name: hello.name.to_string(),
+        fingerprint: pending.agent_key_fingerprint().to_string(),
+        systems: hello.systems.iter().map(ToString::to_string).collect(),
+        features: hello.features.clone(),
+        max_jobs: hello.max_jobs,
+    };
+    let name = offer.name.clone();
+    let o = offer.clone();
+    let admission = status
+        .call(move |db| db.agent_admission(&o.name, &o.fingerprint))
+        .await?;
     if admission == AgentAdmission::NeedsToken {
         let expected = match &spec.builders.enrollment {
             Some(e) => read_secret(&e.token_file, "enrollment token")?,
@@ -127,51 +155,16 @@ async fn admit(
             pending.reject("enrollment token missing or wrong").await;
             return Ok(());
         }
-        let (n, fp, s, f, m) = (
-            name.clone(),
-            fingerprint.clone(),
-            systems.clone(),
-            features.clone(),
-            hello.max_jobs,
-        );
+        let o = offer.clone();
         status
-            .call(move |db| {
-                db.enroll_agent(
-                    &AgentHello {
-                        name: &n,
-                        key_fingerprint: &fp,
-                        systems: &s,
-                        features: &f,
-                        max_jobs: m,
-                    },
-                    Timestamp::now(),
-                )
-            })
+            .call(move |db| db.enroll_agent(&o.hello(), Timestamp::now()))
             .await?;
-        info!(agent = %name, key = %fingerprint, "agent enrolled");
+        info!(agent = %name, key = %offer.fingerprint, "agent enrolled");
     }
     let conn = Arc::new(pending.accept());
-    let (n, fp, s, f, m) = (
-        name.clone(),
-        fingerprint.clone(),
-        systems.clone(),
-        features.clone(),
-        hello.max_jobs,
-    );
+    let o = offer.clone();
     status
-        .call(move |db| {
-            db.set_agent_connected(
-                &AgentHello {
-                    name: &n,
-                    key_fingerprint: &fp,
-                    systems: &s,
-                    features: &f,
-                    max_jobs: m,
-                },
-                true,
-                Timestamp::now(),
-            )
-        })
+        .call(move |db| db.set_agent_connected(&o.hello(), true, Timestamp::now()))
         .await?;
     info!(agent = %name, peer = %conn.peer(), "agent connected");
     if let Some(old) = agents.insert(Arc::clone(&conn)) {
@@ -180,9 +173,7 @@ async fn admit(
     wakers.builds();
     tokio::spawn(watch_agent(
         conn,
-        fingerprint,
-        systems,
-        features,
+        offer,
         status.clone(),
         agents.clone(),
         wakers.clone(),
@@ -193,9 +184,7 @@ async fn admit(
 /// Records heartbeats until the connection drops; disconnects a revoked agent.
 async fn watch_agent(
     conn: Arc<AgentConn>,
-    fingerprint: String,
-    systems: Vec<String>,
-    features: Vec<String>,
+    offer: Offer,
     status: Status,
     agents: Agents,
     wakers: Wakers,
@@ -212,7 +201,7 @@ async fn watch_agent(
                     break;
                 }
                 let running = beats.borrow_and_update().as_ref().map_or(0, |h| h.running);
-                let (n, fp) = (name.clone(), fingerprint.clone());
+                let (n, fp) = (name.clone(), offer.fingerprint.clone());
                 let admitted = status
                     .call(move |db| {
                         db.record_heartbeat(&n, running, Timestamp::now())?;
@@ -232,22 +221,8 @@ async fn watch_agent(
         }
     }
     agents.remove(&conn);
-    let max_jobs = conn.hello().max_jobs;
-    let n = name.clone();
     let recorded = status
-        .call(move |db| {
-            db.set_agent_connected(
-                &AgentHello {
-                    name: &n,
-                    key_fingerprint: &fingerprint,
-                    systems: &systems,
-                    features: &features,
-                    max_jobs,
-                },
-                false,
-                Timestamp::now(),
-            )
-        })
+        .call(move |db| db.set_agent_connected(&offer.hello(), false, Timestamp::now()))
         .await;
     if let Err(err) = recorded {
         warn!(agent = %name, error = %err, "could not record a disconnect");
