@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reconix_spec::Timestamp;
 use reconix_status::{AgentRow, OpenMode, StatusDb};
 
-use super::serve::{Overrides, load_spec};
+use super::serve::load_spec_or_report;
 use super::{Output, SpecArgs};
 
 /// `reconix builders …` verbs.
@@ -64,16 +64,8 @@ pub(crate) fn run(command: BuildersCommand) -> Result<ExitCode> {
 /// Opens the database of the spec's state directory; `None` (with a message) when the spec is
 /// invalid or the daemon never ran there.
 fn open(args: &SpecArgs, mode: OpenMode) -> Result<Option<StatusDb>> {
-    let overrides = Overrides {
-        state_dir: args.state_dir.clone(),
-        listen: None,
-    };
-    let spec = match load_spec(&args.spec, &overrides) {
-        Ok(spec) => spec,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return Ok(None);
-        }
+    let Some(spec) = load_spec_or_report(args) else {
+        return Ok(None);
     };
     let path = spec.state_dir.join("reconix.db");
     if !path.exists() {

@@ -22,21 +22,13 @@ use reconix_spec::{Spec, Timestamp};
 use reconix_status::{OpenMode, Status, StatusDb};
 use serde_json::{Value, json};
 
-use super::serve::{Overrides, load_spec, nix_client, runtime};
+use super::serve::{load_spec_or_report, nix_client, runtime};
 use super::{Output, SpecArgs};
 
 /// Runs `reconix plan`.
 pub(crate) fn run(args: &SpecArgs, output: Output, nix_store: Option<&str>) -> Result<ExitCode> {
-    let overrides = Overrides {
-        state_dir: args.state_dir.clone(),
-        listen: None,
-    };
-    let spec = match load_spec(&args.spec, &overrides) {
-        Ok(spec) => spec,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(spec) = load_spec_or_report(args) else {
+        return Ok(ExitCode::FAILURE);
     };
     let db_path = spec.state_dir.join("reconix.db");
     let db = if db_path.exists() {

@@ -43,6 +43,22 @@ pub(crate) fn load_spec(path: &Path, overrides: &Overrides) -> Result<Spec, Spec
     Ok(spec)
 }
 
+/// Loads the spec of an offline verb (`plan`, `builders`) with its `--state-dir` override;
+/// prints every error to stderr and returns `None` when it is invalid.
+pub(crate) fn load_spec_or_report(args: &SpecArgs) -> Option<Spec> {
+    let overrides = Overrides {
+        state_dir: args.state_dir.clone(),
+        listen: None,
+    };
+    match load_spec(&args.spec, &overrides) {
+        Ok(spec) => Some(spec),
+        Err(errors) => {
+            eprintln!("{errors}");
+            None
+        }
+    }
+}
+
 /// Returns an error naming the key when `spec` changes what only a restart can change.
 fn check_pinned(state_dir: &Path, listen: SocketAddr, spec: &Spec) -> Result<(), String> {
     if spec.state_dir != state_dir {
