@@ -11,11 +11,14 @@
     reason = "test helpers: clippy's allow-*-in-tests only covers #[test] functions"
 )]
 
+mod common;
+
+use common::{STEP, require_nix, salt, within};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use reconix_nixcli::{
     BuildMode, BuildRequest, BuildStatus, Error, EvalJob, EvalRequest, Nix, NixCli,
@@ -23,30 +26,6 @@ use reconix_nixcli::{
 use reconix_spec::names::{StorePath, System};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
-
-const NIX_MISSING: &str = "nix not found: run `make test` (which installs Nix via scripts/install-nix.sh) or scripts/install-nix.sh";
-const STEP: Duration = Duration::from_secs(60);
-
-fn require_nix() {
-    let ok = Command::new("nix")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(ok, "{NIX_MISSING}");
-}
-
-fn salt() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{nanos}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// A flake with no inputs in a fresh git repository, committed.
 struct TestFlake {
@@ -178,12 +157,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .expect("nix took too long")
 }
 
 fn deps(jobs: &BTreeMap<String, EvalJob>, attr: &str) -> Vec<String> {

@@ -13,11 +13,14 @@
     reason = "test helpers: clippy's allow-*-in-tests only covers #[test] functions"
 )]
 
+mod common;
+
+use common::{NIX_MISSING, require_nix, salt, within};
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use reconix_nixcli::NixCli;
 use reconix_nixcli::serve::nar::{NarError, NarLimits, copy_export, copy_nar};
@@ -29,36 +32,6 @@ use reconix_spec::names::StorePath;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
-
-const NIX_MISSING: &str = "nix not found: run `make test` (which installs Nix via scripts/install-nix.sh) or scripts/install-nix.sh";
-const STEP: Duration = Duration::from_secs(60);
-
-fn require_nix() {
-    let ok = Command::new("nix-store")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(ok, "{NIX_MISSING}");
-}
-
-fn salt() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{nanos}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .expect("nix took too long")
-}
 
 /// Runs a command that must succeed and returns its stdout.
 fn run(program: &str, args: &[&str]) -> String {
