@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{BuilderName, SecretFile, System};
+use crate::{BuilderName, Duration, SecretFile, System};
 
 /// The machines that run builds.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Builders {
     /// Builds on the daemon's own machine.
@@ -20,6 +20,25 @@ pub struct Builders {
     /// Remote builders by name (the name `local` is reserved). Each one enrols itself through
     /// `enrollment`.
     pub remote: BTreeMap<BuilderName, RemoteBuilder>,
+    /// A connected agent that sends no heartbeat for this long is considered dead: it is
+    /// disconnected and its running builds are requeued on other builders.
+    pub heartbeat_timeout: Duration,
+    /// How many more times a build is tried, on another builder when there is one, after a
+    /// transient failure (connection lost, builder gone, disk full). A build that fails by
+    /// itself is never retried.
+    pub transient_retries: u32,
+}
+
+impl Default for Builders {
+    fn default() -> Self {
+        Self {
+            local: LocalBuilder::default(),
+            enrollment: None,
+            remote: BTreeMap::new(),
+            heartbeat_timeout: Duration::from_secs(30),
+            transient_retries: 2,
+        }
+    }
 }
 
 /// The daemon's own machine as a builder.
@@ -54,7 +73,11 @@ pub struct Enrollment {
     pub token_file: SecretFile,
 }
 
-/// A named remote builder.
+/// Limits for one named remote builder (the agent itself says what it offers).
+///
+/// An enrolled agent without an entry here is used with what it offers. An entry caps it:
+/// only the listed systems and features are used, and at most `max-jobs` builds run on it at
+/// once (0 drains it: no new builds go there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RemoteBuilder {

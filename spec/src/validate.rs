@@ -290,6 +290,12 @@ impl Spec {
 
     fn check_builders(&self, c: &mut Checker, at: &At) {
         c.systems(&at.k("local"), &self.builders.local.systems);
+        if self.builders.heartbeat_timeout.to_std() < std::time::Duration::from_secs(1) {
+            c.report(
+                &at.k("heartbeat-timeout"),
+                "heartbeat-timeout must be at least 1s (agents send a heartbeat every few seconds)",
+            );
+        }
         if let Some(enrollment) = &self.builders.enrollment {
             c.secret(
                 &at.k("enrollment"),
