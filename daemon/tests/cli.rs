@@ -153,6 +153,13 @@ fn builders_should_be_listed_and_revoked_in_the_state_dir() {
     let out = reconix(&["builders", "revoke", "--spec", spec, "builder-1"]);
     assert_eq!(out.status.code(), Some(1));
     let out = reconix(&["builders", "list", "--spec", spec, "--output", "json"]);
-    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(agents[0]["revoked_at"].is_number(), "{agents}");
+    let builders: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = builders
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "builder-1")
+        .unwrap();
+    assert!(agent["revoked_at"].is_number(), "{builders}");
+    assert_eq!(agent["state"], "revoked", "{builders}");
 }

@@ -349,6 +349,79 @@ impl TestDaemon {
     }
 }
 
+/// A running `reconix-agent`, killed when dropped.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `reconix-agent --name NAME` with state dir `dir` (its token file is `dir/token`,
+    /// its log `dir/agent.log`), heartbeats every second, and `extra` arguments.
+    pub fn start(coordinator: &str, dir: &Path, name: &str, extra: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
+        let child = Command::new(agent_bin()?)
+            .args([
+                "--coordinator",
+                coordinator,
+                "--name",
+                name,
+                "--heartbeat",
+                "1",
+            ])
+            .arg("--state-dir")
+            .arg(dir)
+            .arg("--token-file")
+            .arg(dir.join("token"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning reconix-agent")?;
+        Ok(Self {
+            child,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, …) to the agent.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        run(Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string()))?;
+        Ok(())
+    }
+
+    /// Returns what the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the enrollment address from the daemon's spec (written from `{enroll_port}`).
+pub fn enroll_addr(d: &TestDaemon) -> Result<String> {
+    let spec = std::fs::read_to_string(d.spec_path())?;
+    spec.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("listen: 127.0.0.1:")
+                .map(|p| format!("127.0.0.1:{p}"))
+        })
+        .context("no enrollment listen address in the spec")
+}
+
 /// What the API helpers below poll for: a deadline generous enough for a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(180);
 

@@ -4,42 +4,16 @@
 //! again with a token.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use anyhow::{Context, Result, ensure};
-use reconix_e2e::{DEADLINE, DaemonConfig, TestDaemon, agent_bin, reconix_bin, run};
+use anyhow::{Result, ensure};
+use reconix_e2e::{
+    AgentProcess, DEADLINE, DaemonConfig, TestDaemon, enroll_addr, reconix_bin, run,
+};
 use serde_json::Value;
 
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_agent(coordinator: &str, dir: &Path, name: &str) -> Result<Agent> {
-    std::fs::create_dir_all(dir)?;
-    let log = std::fs::File::create(dir.join("agent.log"))?;
-    let child = Command::new(agent_bin()?)
-        .args([
-            "--coordinator",
-            coordinator,
-            "--name",
-            name,
-            "--heartbeat",
-            "1",
-        ])
-        .arg("--state-dir")
-        .arg(dir)
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("spawning reconix-agent")?;
-    Ok(Agent(child))
+fn start_agent(coordinator: &str, dir: &Path, name: &str) -> Result<AgentProcess> {
+    AgentProcess::start(coordinator, dir, name, &[])
 }
 
 fn builders(d: &TestDaemon) -> Result<Vec<Value>> {
@@ -54,18 +28,6 @@ fn builders(d: &TestDaemon) -> Result<Vec<Value>> {
 
 fn builder(d: &TestDaemon, name: &str) -> Result<Option<Value>> {
     Ok(builders(d)?.into_iter().find(|b| b["name"] == name))
-}
-
-/// Reads the enrollment address the daemon printed in its spec (`{enroll_port}`).
-fn enroll_addr(d: &TestDaemon) -> Result<String> {
-    let spec = std::fs::read_to_string(d.spec_path())?;
-    spec.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("listen: 127.0.0.1:")
-                .map(|p| format!("127.0.0.1:{p}"))
-        })
-        .context("no enrollment listen address in the spec")
 }
 
 #[test]

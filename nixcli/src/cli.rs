@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reconix_spec::names::StorePath;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -16,6 +17,7 @@ use crate::parse::stderr::{first_error_line, last_line};
 use crate::pool::BuildPool;
 use crate::port::{BuildOutcome, BuildRequest, EvalOutcome, EvalRequest, Nix};
 use crate::roots;
+use crate::serve::{BuildSettings, RemoteBuildOutcome, ServeClient};
 use crate::{Error, Result};
 
 /// How many paths one `nix-store --check-validity` call gets (keeps argv small).
@@ -401,6 +403,19 @@ impl Nix for NixCli {
             .iter()
             .map(|p| !invalid.contains(p.as_str()))
             .collect())
+    }
+
+    async fn build_remote<R, W>(
+        &self,
+        client: &mut ServeClient<R, W>,
+        drv_path: &StorePath,
+        settings: &BuildSettings,
+    ) -> Result<RemoteBuildOutcome>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        crate::serve::build_remote(client, self, drv_path, settings).await
     }
 
     async fn collect_garbage(&self) -> Result<()> {

@@ -121,6 +121,7 @@ mod tests {
                         .map(|i| (drv(i), vec!["out".to_owned()]))
                         .collect(),
                     system: "x86_64-linux".to_owned(),
+                    required_features: Vec::new(),
                 };
                 (drv(d), derivation)
             })
@@ -223,6 +224,7 @@ mod tests {
                     outputs: BTreeMap::new(),
                     input_drvs: inputs,
                     system: String::new(),
+                    required_features: Vec::new(),
                 };
                 (drv(n), derivation)
             })

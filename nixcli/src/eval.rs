@@ -15,7 +15,7 @@
 //! stdout is parsed only when the process exited with status 0 (`nix eval --json` streams, so a
 //! failure leaves partial JSON).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
@@ -185,21 +185,32 @@ pub(crate) async fn evaluate(cli: &NixCli, req: EvalRequest) -> Result<EvalOutco
         })
         .collect();
     let reader = cli.clone();
-    let mut deps = tokio::task::spawn_blocking(move || {
-        job_deps(&nodes, |p: &StorePath| {
-            read_derivation(p, &reader.physical(p))
-        })
+    let (deps, features) = tokio::task::spawn_blocking(move || {
+        let job_drvs: HashSet<StorePath> = nodes.iter().map(|(_, d)| d.clone()).collect();
+        // The required features of the job derivations, noted as the walk reads them (it reads
+        // each derivation once, the jobs' own included).
+        let mut features: HashMap<StorePath, Vec<String>> = HashMap::new();
+        let deps = job_deps(&nodes, |p: &StorePath| {
+            let drv = read_derivation(p, &reader.physical(p))?;
+            if job_drvs.contains(p) {
+                features.insert(p.clone(), drv.required_features.clone());
+            }
+            Ok::<_, Error>(drv)
+        })?;
+        Ok::<_, Error>((deps, features))
     })
     .await
-    .map_err(Error::Task)??
-    .into_iter();
+    .map_err(Error::Task)??;
+    let mut deps = deps.into_iter();
 
     let jobs = jobs
         .into_iter()
         .map(|(target, result)| match result {
             Ok(drv) => {
                 let deps = deps.next().unwrap_or_default();
-                job_from_drv(target, drv, deps)
+                // Jobs sharing one derivation (aliases) all get its features.
+                let features = features.get(&drv.drv_path).cloned().unwrap_or_default();
+                job_from_drv(target, drv, deps, features)
             }
             Err(message) => EvalJob {
                 attr: target.attr,
@@ -254,7 +265,12 @@ fn slot(raw: RawJob) -> Slot {
     }
 }
 
-fn job_from_drv(target: Target, drv: RawDrv, deps: Vec<AttrPath>) -> EvalJob {
+fn job_from_drv(
+    target: Target,
+    drv: RawDrv,
+    deps: Vec<AttrPath>,
+    required_features: Vec<String>,
+) -> EvalJob {
     // Evaluation accepts any `system` (`system = 12` gives "12"); such a job cannot be built.
     let result = match System::new(drv.system.as_str()) {
         Ok(system) => {
@@ -266,6 +282,7 @@ fn job_from_drv(target: Target, drv: RawDrv, deps: Vec<AttrPath>) -> EvalJob {
                     drv_path: drv.drv_path,
                     outputs: drv.outputs,
                     deps,
+                    required_features,
                 }),
             };
         }

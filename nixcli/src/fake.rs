@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use reconix_spec::names::StorePath;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,7 @@ use crate::cli::create_parent;
 use crate::port::{
     BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, Nix,
 };
+use crate::serve::{BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient};
 use crate::{Error, Result};
 
 /// One call made to a [`FakeNix`], in the order they were made.
@@ -35,6 +37,8 @@ pub enum Call {
     },
     /// [`Nix::is_valid`].
     IsValid(Vec<StorePath>),
+    /// [`Nix::build_remote`] (the derivation).
+    BuildRemote(StorePath),
     /// [`Nix::collect_garbage`].
     CollectGarbage,
     /// [`Nix::version`].
@@ -65,6 +69,7 @@ pub struct FakeNix {
 struct State {
     evaluations: HashMap<String, FakeEvaluation>,
     builds: HashMap<StorePath, BuildOutcome>,
+    remote_builds: HashMap<StorePath, RemoteBuildOutcome>,
     logs: HashMap<StorePath, String>,
     gates: HashMap<StorePath, watch::Sender<bool>>,
     valid: HashSet<StorePath>,
@@ -98,6 +103,13 @@ impl FakeNix {
     /// Scripts the outcome of building `drv` (replacing any earlier script).
     pub fn set_build(&self, drv: StorePath, outcome: BuildOutcome) {
         self.state().builds.insert(drv, outcome);
+    }
+
+    /// Scripts the outcome of building `drv` remotely (replacing any earlier script); an
+    /// unscripted remote build is an error, since the fake cannot build anything. The client
+    /// passed to [`Nix::build_remote`] is not used.
+    pub fn set_remote_build(&self, drv: StorePath, outcome: RemoteBuildOutcome) {
+        self.state().remote_builds.insert(drv, outcome);
     }
 
     /// Scripts the text written to the log file when `drv` is built.
@@ -265,6 +277,31 @@ impl Nix for FakeNix {
         self.record(Call::IsValid(paths.to_vec()));
         let state = self.state();
         Ok(paths.iter().map(|p| state.valid.contains(p)).collect())
+    }
+
+    async fn build_remote<R, W>(
+        &self,
+        _client: &mut ServeClient<R, W>,
+        drv_path: &StorePath,
+        _settings: &BuildSettings,
+    ) -> Result<RemoteBuildOutcome>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.record(Call::BuildRemote(drv_path.clone()));
+        let mut state = self.state();
+        let Some(outcome) = state.remote_builds.get(drv_path).cloned() else {
+            return Err(Error::Command {
+                command: format!("FakeNix::build_remote {drv_path}"),
+                status: "unsupported".to_owned(),
+                message: format!("FakeNix cannot build remotely: nothing scripted for {drv_path}"),
+            });
+        };
+        if outcome.status == RemoteBuildStatus::Built {
+            state.valid.extend(outcome.outputs.values().cloned());
+        }
+        Ok(outcome)
     }
 
     async fn collect_garbage(&self) -> Result<()> {

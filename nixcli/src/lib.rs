@@ -35,3 +35,6 @@ pub use fake::{Call, FakeEvaluation, FakeNix};
 pub use port::{
     BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, JobDrv, Nix,
 };
+pub use serve::{
+    BuildResultStatus, BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient,
+};

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use reconix_spec::names::{AttrPath, StorePath, System};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::serve::{BuildSettings, RemoteBuildOutcome, ServeClient};
 
 /// Everything reconix asks of Nix. [`NixCli`](crate::NixCli) is the real implementation.
 pub trait Nix: Send + Sync + 'static {
@@ -54,6 +56,22 @@ pub trait Nix: Send + Sync + 'static {
     /// # Errors
     /// When Nix cannot be run or fails.
     fn collect_garbage(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Builds `drv_path` on the store behind `client` (see [`crate::serve::build_remote`]) and
+    /// copies its outputs into this store.
+    ///
+    /// # Errors
+    /// As [`crate::serve::build_remote`]: a failed or timed-out build is an outcome, not an
+    /// error, and after an error the connection must be dropped.
+    fn build_remote<R, W>(
+        &self,
+        client: &mut ServeClient<R, W>,
+        drv_path: &StorePath,
+        settings: &BuildSettings,
+    ) -> impl Future<Output = Result<RemoteBuildOutcome>> + Send
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send;
 
     /// Returns Nix's version number, e.g. `2.8.0`; the daemon calls it at start to fail early
     /// when Nix is missing.
@@ -112,6 +130,10 @@ pub struct JobDrv {
     /// The jobs of the same evaluation whose derivation is reached first when walking this
     /// job's `inputDrvs` (the walk stops at jobs). Jobs sharing one derivation are all listed.
     pub deps: Vec<AttrPath>,
+    /// The system features a builder must have to build the derivation itself
+    /// (`requiredSystemFeatures`, e.g. `kvm`): sorted, no duplicates, usually empty.
+    #[serde(default)]
+    pub required_features: Vec<String>,
 }
 
 /// What to build.

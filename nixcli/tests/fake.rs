@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use reconix_nixcli::serve::RemoteBuildTimings;
 use reconix_nixcli::{
-    BuildOutcome, BuildRequest, BuildStatus, Call, Error, EvalJob, EvalRequest, FakeEvaluation,
-    FakeNix, JobDrv, Nix,
+    BuildOutcome, BuildRequest, BuildSettings, BuildStatus, Call, Error, EvalJob, EvalRequest,
+    FakeEvaluation, FakeNix, JobDrv, Nix, RemoteBuildOutcome, RemoteBuildStatus, ServeClient,
 };
 use reconix_spec::names::{AttrPath, StorePath, System};
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 
 const DRV: &str = "/nix/store/7xbvbdqxbqxqnzg56mmd7l9bbrb4c534-a.drv";
@@ -34,6 +36,7 @@ fn job() -> EvalJob {
             drv_path: sp(DRV),
             outputs: BTreeMap::from([("out".to_owned(), sp(OUT))]),
             deps: vec![],
+            required_features: vec![],
         }),
     }
 }
@@ -195,5 +198,59 @@ async fn version_and_collect_garbage_should_be_recorded() {
     assert_eq!(
         nix.calls(),
         [Call::Version, Call::Version, Call::CollectGarbage]
+    );
+}
+
+/// A client over a pipe to a server that only answers the handshake (the fake never uses it).
+async fn idle_client() -> ServeClient<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>> {
+    use reconix_nixcli::serve::wire::{SERVE_MAGIC_2, put_u64};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (client_end, mut server_end) = tokio::io::duplex(1 << 10);
+    tokio::spawn(async move {
+        let mut hello = [0u8; 8];
+        server_end.read_exact(&mut hello).await.unwrap();
+        let mut reply = Vec::new();
+        put_u64(&mut reply, SERVE_MAGIC_2);
+        put_u64(&mut reply, 0x207);
+        server_end.write_all(&reply).await.unwrap();
+        // Holds the pipe open until the client goes.
+        let _ = server_end.read_to_end(&mut Vec::new()).await;
+    });
+    let (r, w) = tokio::io::split(client_end);
+    within(ServeClient::handshake(r, w)).await.unwrap()
+}
+
+#[tokio::test]
+async fn build_remote_should_refuse_unscripted_builds_and_return_scripted_outcomes() {
+    let nix = FakeNix::new();
+    let mut client = idle_client().await;
+    let settings = BuildSettings::default();
+
+    let err = within(nix.build_remote(&mut client, &sp(DRV), &settings))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot build remotely"), "{err}");
+
+    let outcome = RemoteBuildOutcome {
+        status: RemoteBuildStatus::Built,
+        outputs: BTreeMap::from([("out".to_owned(), sp(OUT))]),
+        copied_to_remote: vec![],
+        copied_back: vec![sp(OUT)],
+        times_built: 1,
+        timings: RemoteBuildTimings::default(),
+    };
+    nix.set_remote_build(sp(DRV), outcome.clone());
+    let got = within(nix.build_remote(&mut client, &sp(DRV), &settings))
+        .await
+        .unwrap();
+    assert_eq!(got, outcome);
+    assert_eq!(within(nix.is_valid(&[sp(OUT)])).await.unwrap(), [true]);
+    assert_eq!(
+        nix.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::BuildRemote(d) if *d == sp(DRV)))
+            .count(),
+        2
     );
 }

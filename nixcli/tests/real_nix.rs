@@ -255,6 +255,10 @@ const DEMO: &str = r#"{
         a-ok = mk "check-a" "test \"$(cat ${a})\" = a-content && touch $out";
         b-ok = mk "check-b" "grep -q b-uses ${b} && touch $out";
         fails = mk "check-fails" "echo 'check failed' >&2; false";
+        needs-kvm = derivation {
+          name = "needs-kvm"; inherit system salt; builder = "/bin/sh"; args = [ "-c" "touch $out" ];
+          requiredSystemFeatures = [ "kvm" "big-parallel" "kvm" ];
+        };
       };
       devShells.${system}.default = mk "devshell" "echo shell > $out";
       nixosConfigurations.demo = { config.system.build.toplevel = mk "nixos-system-demo" "mkdir -p $out; echo ${c} > $out/c-path"; };
@@ -290,6 +294,7 @@ async fn evaluate_should_report_every_attribute_with_its_own_status_message_and_
         "checks.x86_64-linux.a-ok".to_owned(),
         "checks.x86_64-linux.b-ok".to_owned(),
         "checks.x86_64-linux.fails".to_owned(),
+        "checks.x86_64-linux.needs-kvm".to_owned(),
         "devShells.x86_64-linux.default".to_owned(),
         "nixosConfigurations.demo.config.system.build.toplevel".to_owned(),
     ];
@@ -315,6 +320,16 @@ async fn evaluate_should_report_every_attribute_with_its_own_status_message_and_
         assert!(drv.outputs.contains_key("out"), "{attr}");
     }
     assert_eq!(jobs[&p("a")].name, "a");
+
+    // Required system features come from each job's own derivation.
+    for attr in &ok {
+        let features = &jobs[attr].result.as_ref().unwrap().required_features;
+        if attr == "checks.x86_64-linux.needs-kvm" {
+            assert_eq!(features, &["big-parallel", "kvm"], "{attr}");
+        } else {
+            assert!(features.is_empty(), "{attr}: {features:?}");
+        }
+    }
 
     // Each message belongs to its own attribute.
     assert!(error(&jobs, &p("evalError")).contains("intentional eval error"));

@@ -19,18 +19,20 @@ use common::{NIX_MISSING, require_nix, salt, within};
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::{Command, Stdio};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use reconix_nixcli::NixCli;
 use reconix_nixcli::serve::nar::{NarError, NarLimits, copy_export, copy_nar};
 use reconix_nixcli::serve::{
     BuildResultStatus, BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient,
     build_remote,
 };
+use reconix_nixcli::{Nix, NixCli};
 use reconix_spec::names::StorePath;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWrite, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 /// Runs a command that must succeed and returns its stdout.
@@ -47,7 +49,10 @@ fn run(program: &str, args: &[&str]) -> String {
 /// Two empty chroot stores and an expression with a salt, instantiated into LOCAL on demand.
 ///
 /// Packages: `a` (no inputs), `b` (reads `a`, links to it: its output references `a`), `c`
-/// (reads `a`, no reference), `fail` (reads `a`, exits 7), `sleeper` (sleeps 30 s).
+/// (reads `a`, no reference), `fail` (reads `a`, exits 7), `sleeper` (sleeps 30 s); and for
+/// intermediate derivations (never built locally): `i` (reads `a`, no reference), `d` (links
+/// to `i`: its output references `i`'s), `dfail` (uses `ifail`, which reads `a` and exits 5),
+/// `dsleep` (uses `sleeper`).
 struct Lab {
     dir: TempDir,
     nix: NixCli,
@@ -71,7 +76,12 @@ impl Lab {
   c = mk "c" "echo building-c; read x < ${{a}}; echo \"c-uses-$x\" > $out";
   fail = mk "fail" "read x < ${{a}}; echo about-to-fail; exit 7";
   sleeper = mk "sleeper" "echo sleeping; sleep 30; touch $out";
-in {{ inherit a b c fail sleeper; }}
+  i = mk "i" "echo building-i; read x < ${{a}}; mkdir $out; echo \"i-uses-$x\" > $out/f";
+  d = mk "d" "echo building-d; mkdir $out; ln -s ${{i}} $out/i; cat ${{i}}/f > $out/f";
+  ifail = mk "ifail" "read x < ${{a}}; echo intermediate-fails; exit 5";
+  dfail = mk "dfail" "echo building-dfail; echo ${{ifail}} > $out";
+  dsleep = mk "dsleep" "echo building-dsleep; echo ${{sleeper}} > $out";
+in {{ inherit a b c fail sleeper i d ifail dfail dsleep; }}
 "#
         );
         std::fs::write(dir.path().join("default.nix"), expr).unwrap();
@@ -126,8 +136,46 @@ in {{ inherit a b c fail sleeper; }}
         out.lines().map(str::to_owned).collect()
     }
 
+    /// The output of `drv` (valid or not) in LOCAL.
+    fn output(&self, drv: &StorePath) -> StorePath {
+        let local = self.store("local");
+        let out = run(
+            "nix-store",
+            &["--store", &local, "--query", "--outputs", drv.as_str()],
+        );
+        path(out.trim())
+    }
+
+    fn verify(&self, which: &str, path: &StorePath) {
+        run(
+            "nix-store",
+            &[
+                "--store",
+                &self.store(which),
+                "--verify-path",
+                path.as_str(),
+            ],
+        );
+    }
+
     /// Starts `nix-store --serve --write --store REMOTE` and performs the handshake.
     async fn serve(&self) -> Remote {
+        let (child, stdout, stdin, log) = self.spawn_serve();
+        let client = within(ServeClient::handshake(BufReader::new(stdout), stdin))
+            .await
+            .unwrap();
+        Remote { client, child, log }
+    }
+
+    /// Starts `nix-store --serve --write --store REMOTE`, reading its stderr (the log) to the end.
+    fn spawn_serve(
+        &self,
+    ) -> (
+        Child,
+        ChildStdout,
+        ChildStdin,
+        tokio::task::JoinHandle<String>,
+    ) {
         let mut child = tokio::process::Command::new("nix-store")
             .args(["--serve", "--write", "--store", &self.store("remote")])
             .stdin(Stdio::piped())
@@ -144,10 +192,7 @@ in {{ inherit a b c fail sleeper; }}
             stderr.read_to_end(&mut log).await.unwrap();
             String::from_utf8_lossy(&log).into_owned()
         });
-        let client = within(ServeClient::handshake(BufReader::new(stdout), stdin))
-            .await
-            .unwrap();
-        Remote { client, child, log }
+        (child, stdout, stdin, log)
     }
 }
 
@@ -323,23 +368,237 @@ async fn build_remote_should_reuse_one_connection_and_skip_inputs_the_builder_ha
 }
 
 #[tokio::test]
-async fn build_remote_should_refuse_inputs_that_are_not_built_locally() {
+async fn build_remote_should_build_intermediate_derivations_remotely_and_copy_their_outputs_back() {
     let lab = Lab::new();
-    let b = lab.drv("b");
+    let (a, i, d) = (lab.drv("a"), lab.drv("i"), lab.drv("d"));
+    let a_out = lab.build_locally(&a);
+    let (i_out, d_out) = (lab.output(&i), lab.output(&d));
+    assert!(!lab.valid("local", &i_out));
     let mut remote = lab.serve().await;
+
+    let outcome = remote.build(&lab, &d, &BuildSettings::default()).await;
+
+    assert_eq!(outcome.status, RemoteBuildStatus::Built, "{outcome:?}");
+    assert_eq!(outcome.outputs["out"], d_out);
+    assert_eq!(outcome.times_built, 1);
+    // The .drv closure went over with the output built already, not the one to build.
+    let sent: BTreeSet<&StorePath> = outcome.copied_to_remote.iter().collect();
+    assert_eq!(sent, [&a, &i, &d, &a_out].into_iter().collect());
+    let position = |p: &StorePath| outcome.copied_to_remote.iter().position(|s| s == p);
+    assert!(position(&a) < position(&i) && position(&i) < position(&d));
+    // d's output references i's: both came back, references first, and are sound.
+    assert_eq!(outcome.copied_back, [i_out.clone(), d_out.clone()]);
+    for out in [&i_out, &d_out] {
+        assert!(lab.valid("local", out), "{out}");
+        lab.verify("local", out);
+    }
+    let expected: BTreeSet<String> = [i_out.to_string(), d_out.to_string()].into();
+    assert_eq!(lab.closure("local", &d_out), expected);
+    let file = lab
+        .dir
+        .path()
+        .join("local")
+        .join(&d_out.as_str()[1..])
+        .join("f");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "i-uses-a-content\n");
+
+    // Again on the same connection: everything is in place, nothing is built or copied.
+    let again = remote.build(&lab, &d, &BuildSettings::default()).await;
+    assert_eq!(again.status, RemoteBuildStatus::Built, "{again:?}");
+    assert_eq!(again.times_built, 0);
+    assert!(again.copied_to_remote.is_empty() && again.copied_back.is_empty());
+
+    let log = remote.finish().await;
+    assert_eq!(log.matches("building-i").count(), 1, "{log}");
+    assert_eq!(log.matches("building-d").count(), 1, "{log}");
+    assert!(!log.contains("building-a"), "a was rebuilt: {log}");
+}
+
+#[tokio::test]
+async fn build_remote_should_report_a_failing_intermediate_derivation_and_import_nothing() {
+    let lab = Lab::new();
+    let (a, ifail, dfail) = (lab.drv("a"), lab.drv("ifail"), lab.drv("dfail"));
+    lab.build_locally(&a);
+    let mut remote = lab.serve().await;
+
+    let outcome = remote.build(&lab, &dfail, &BuildSettings::default()).await;
+
+    let RemoteBuildStatus::Failed { status, message } = &outcome.status else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(*status, BuildResultStatus::DependencyFailed, "{message}");
+    assert!(!outcome.status.is_transient());
+    assert!(message.contains(dfail.as_str()), "{message}");
+    assert!(
+        !message.starts_with("error") && !message.contains('\x1b'),
+        "{message:?}"
+    );
+    assert!(outcome.copied_back.is_empty());
+    for out in [lab.output(&ifail), lab.output(&dfail)] {
+        assert!(
+            !lab.valid("local", &out) && !lab.valid("remote", &out),
+            "{out}"
+        );
+    }
+    // The connection is still usable after a failed build.
+    let again = remote
+        .build(&lab, &lab.drv("d"), &BuildSettings::default())
+        .await;
+    assert_eq!(again.status, RemoteBuildStatus::Built, "{again:?}");
+    let log = remote.finish().await;
+    assert!(log.contains("intermediate-fails"), "{log}");
+    assert!(!log.contains("building-dfail"), "{log}");
+}
+
+#[tokio::test]
+async fn build_remote_should_report_an_intermediate_derivation_that_times_out() {
+    let lab = Lab::new();
+    let dsleep = lab.drv("dsleep");
+    let mut remote = lab.serve().await;
+    let settings = BuildSettings {
+        build_timeout: 2,
+        ..BuildSettings::default()
+    };
+
+    let started = Instant::now();
+    let outcome = remote.build(&lab, &dsleep, &settings).await;
+
+    let RemoteBuildStatus::TimedOut { message } = &outcome.status else {
+        panic!("{outcome:?}");
+    };
+    // The message is about the top derivation; the intermediate's own went to the log.
+    assert!(message.contains(dsleep.as_str()), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(outcome.copied_back.is_empty());
+    assert!(!lab.valid("local", &outcome.outputs["out"]));
+    let log = remote.finish().await;
+    assert!(log.contains("timed out after 2 seconds"), "{log}");
+}
+
+#[tokio::test]
+async fn build_remote_should_refuse_a_closure_path_that_no_derivation_of_the_closure_produces() {
+    use reconix_nixcli::serve::wire::{
+        SERVE_MAGIC_2, put_strings, put_u64, read_strings, read_u64,
+    };
+    use tokio::io::AsyncWriteExt;
+
+    let lab = Lab::new();
+    let (i, d) = (lab.drv("i"), lab.drv("d"));
+    let (i_out, d_out) = (lab.output(&i), lab.output(&d));
+    let stray = "/nix/store/00000000000000000000000000000000-stray";
+    // A lying builder: it has everything, builds nothing, and names a stray path in the
+    // outputs' closure.
+    let (client_end, server_end) = tokio::io::duplex(1 << 16);
+    let (mut r, mut w) = tokio::io::split(server_end);
+    let closure = vec![d_out.to_string(), i_out.to_string(), stray.to_owned()];
+    let server = tokio::spawn(async move {
+        let mut reply = Vec::new();
+        read_u64(&mut r).await.unwrap();
+        put_u64(&mut reply, SERVE_MAGIC_2);
+        put_u64(&mut reply, 0x207);
+        w.write_all(&reply).await.unwrap();
+        read_u64(&mut r).await.unwrap();
+        assert_eq!(read_u64(&mut r).await.unwrap(), 1, "cmdQueryValidPaths");
+        read_u64(&mut r).await.unwrap();
+        read_u64(&mut r).await.unwrap();
+        let asked = read_strings(&mut r).await.unwrap();
+        let mut reply = Vec::new();
+        put_strings(&mut reply, &asked);
+        w.write_all(&reply).await.unwrap();
+        assert_eq!(read_u64(&mut r).await.unwrap(), 6, "cmdBuildPaths");
+        let targets = read_strings(&mut r).await.unwrap();
+        for _ in 0..6 {
+            read_u64(&mut r).await.unwrap();
+        }
+        let mut reply = Vec::new();
+        put_u64(&mut reply, 0);
+        w.write_all(&reply).await.unwrap();
+        assert_eq!(read_u64(&mut r).await.unwrap(), 7, "cmdQueryClosure");
+        read_u64(&mut r).await.unwrap();
+        read_strings(&mut r).await.unwrap();
+        let mut reply = Vec::new();
+        put_strings(&mut reply, &closure);
+        w.write_all(&reply).await.unwrap();
+        // Nothing more: no export is asked for.
+        let next = read_u64(&mut r).await;
+        assert!(next.is_err(), "{next:?}");
+        targets
+    });
+    let (cr, cw) = tokio::io::split(client_end);
+    let mut client = within(ServeClient::handshake(BufReader::new(cr), cw))
+        .await
+        .unwrap();
+
     let err = within(build_remote(
-        &mut remote.client,
+        &mut client,
         &lab.nix,
-        &b,
+        &d,
         &BuildSettings::default(),
     ))
     .await
     .unwrap_err();
+
     assert!(
-        matches!(err, reconix_nixcli::Error::InvalidPath { .. }),
+        matches!(&err, reconix_nixcli::Error::Serve { message, .. } if message.contains(stray)),
         "{err:?}"
     );
-    remote.finish().await;
+    drop(client);
+    let targets = within(server).await.unwrap();
+    assert_eq!(targets, [format!("{d}!out")]);
+    assert!(!lab.valid("local", &d_out) && !lab.valid("local", &i_out));
+}
+
+/// A writer that is `Send` but not `Sync`, like the agent's `ServeWriter`.
+struct SendOnlyWriter(Pin<Box<dyn AsyncWrite + Send>>);
+
+impl AsyncWrite for SendOnlyWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().0.as_mut().poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn nix_port_build_remote_should_run_in_a_spawned_task_over_a_writer_that_is_not_sync() {
+    let lab = Lab::new();
+    // Nothing is built locally: c's input a is built on the builder too.
+    let c = lab.drv("c");
+    let (mut child, stdout, stdin, log) = lab.spawn_serve();
+    let writer = SendOnlyWriter(Box::pin(stdin));
+    let mut client = within(ServeClient::handshake(BufReader::new(stdout), writer))
+        .await
+        .unwrap();
+    let nix = lab.nix.clone();
+    let drv = c.clone();
+    // tokio::spawn requires the future to be Send.
+    let outcome = tokio::spawn(async move {
+        let outcome = Nix::build_remote(&nix, &mut client, &drv, &BuildSettings::default()).await;
+        drop(client);
+        outcome
+    });
+    let outcome = within(outcome).await.unwrap().unwrap();
+    assert_eq!(outcome.status, RemoteBuildStatus::Built, "{outcome:?}");
+    let c_out = outcome.outputs["out"].clone();
+    assert_eq!(outcome.copied_back, std::slice::from_ref(&c_out));
+    lab.verify("local", &c_out);
+    assert!(!lab.valid("local", &lab.output(&lab.drv("a"))));
+    assert!(within(child.wait()).await.unwrap().success());
+    let log = within(log).await.unwrap();
+    assert!(
+        log.contains("building-a") && log.contains("building-c"),
+        "{log}"
+    );
 }
 
 /// A directory tree with every kind of NAR node, dumped with `nix-store --dump`.

@@ -4,7 +4,8 @@
 //! agent whose key is enrolled under its name (and not revoked) is admitted; any other must
 //! present the enrollment token, and is then enrolled with its key. A wrong or missing token is
 //! refused and nothing is recorded. Admitted connections live in [`Agents`] until they drop;
-//! each heartbeat is recorded, and a revoked agent is disconnected at its next heartbeat.
+//! each heartbeat is recorded and wakes the `builders` loop, which disconnects a revoked agent
+//! or one whose heartbeats stopped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -181,7 +182,8 @@ async fn admit(
     Ok(())
 }
 
-/// Records heartbeats until the connection drops; disconnects a revoked agent.
+/// Records heartbeats until the connection drops; each one wakes the `builders` loop, which
+/// disconnects a revoked or silent agent.
 async fn watch_agent(
     conn: Arc<AgentConn>,
     offer: Offer,
@@ -189,10 +191,11 @@ async fn watch_agent(
     agents: Agents,
     wakers: Wakers,
 ) {
-    let name = conn.name().to_string();
+    let name = conn.name().clone();
     let mut beats = conn.heartbeats();
     let closed = conn.closed();
     tokio::pin!(closed);
+    wakers.builders(name.clone());
     loop {
         tokio::select! {
             () = &mut closed => break,
@@ -201,22 +204,14 @@ async fn watch_agent(
                     break;
                 }
                 let running = beats.borrow_and_update().as_ref().map_or(0, |h| h.running);
-                let (n, fp) = (name.clone(), offer.fingerprint.clone());
-                let admitted = status
-                    .call(move |db| {
-                        db.record_heartbeat(&n, running, Timestamp::now())?;
-                        db.agent_admission(&n, &fp)
-                    })
+                let n = name.to_string();
+                let recorded = status
+                    .call(move |db| db.record_heartbeat(&n, running, Timestamp::now()))
                     .await;
-                match admitted {
-                    Ok(AgentAdmission::Known) => {}
-                    Ok(AgentAdmission::NeedsToken) => {
-                        info!(agent = %name, "agent revoked: disconnecting");
-                        conn.disconnect().await;
-                        break;
-                    }
-                    Err(err) => warn!(agent = %name, error = %err, "could not record a heartbeat"),
+                if let Err(err) = recorded {
+                    warn!(agent = %name, error = %err, "could not record a heartbeat");
                 }
+                wakers.builders(name.clone());
             }
         }
     }

@@ -116,6 +116,8 @@ pub struct WakerSet {
     pub statuses: Option<Handle<RepoKey>>,
     /// The `webhooks` loop (hosted forges only).
     pub webhooks: Option<Handle<RepoKey>>,
+    /// The `builders` loop (remote builders only).
+    pub builders: Option<Handle<BuilderName>>,
 }
 
 impl Wakers {
@@ -133,6 +135,7 @@ impl Wakers {
             heads: None,
             statuses: None,
             webhooks: None,
+            builders: None,
         });
     }
 
@@ -175,6 +178,13 @@ impl Wakers {
             for h in [&w.heads, &w.statuses, &w.webhooks].into_iter().flatten() {
                 h.trigger_all();
             }
+        }
+    }
+
+    /// Wakes the `builders` loop for one agent.
+    pub fn builders(&self, agent: BuilderName) {
+        if let Some(h) = self.inner.get().and_then(|w| w.builders.as_ref()) {
+            h.trigger(agent);
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod runtime;
 
 pub mod agents;
+pub mod builders;
 pub mod builds;
 mod context;
 mod error;

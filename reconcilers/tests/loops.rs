@@ -37,6 +37,7 @@ fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
                 .iter()
                 .map(|d| AttrPath::new(format!("packages.x86_64-linux.{d}")).unwrap())
                 .collect(),
+            required_features: Vec::new(),
         }),
     }
 }
@@ -245,6 +246,7 @@ async fn dispatch_of_a_drv_whose_build_already_ended_should_do_nothing() {
         .unwrap();
     let step = BuildStep::Dispatch {
         drv_path: drv,
+        builder: BuilderName::local(),
         jobs: Vec::new(),
         gc_root: w.ctx.state_dir().join("r"),
         timeout: Duration::from_secs(60),

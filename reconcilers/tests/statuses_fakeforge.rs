@@ -34,6 +34,7 @@ fn jobs() -> Vec<NewJob> {
             drv_path: Some(StorePath::new(format!("/nix/store/{n:0>32}-p{n}.drv")).unwrap()),
             outputs: BTreeMap::new(),
             deps: Vec::new(),
+            required_features: Vec::new(),
             state: JobState::Queued,
             error: None,
         })

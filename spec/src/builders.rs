@@ -98,3 +98,100 @@ impl Default for RemoteBuilder {
         }
     }
 }
+
+impl RemoteBuilder {
+    /// Applies this entry's caps to what an agent offers: only the systems and features both
+    /// list, and at most `max-jobs` slots.
+    pub fn cap(&self, offer: &Offer) -> Offer {
+        Offer {
+            systems: offer
+                .systems
+                .iter()
+                .filter(|s| self.systems.contains(s))
+                .cloned()
+                .collect(),
+            features: offer
+                .features
+                .iter()
+                .filter(|f| self.features.contains(f))
+                .cloned()
+                .collect(),
+            max_jobs: offer.max_jobs.min(self.max_jobs),
+        }
+    }
+}
+
+/// What a builder offers: systems, features and build slots.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Offer {
+    /// The systems it builds for.
+    pub systems: Vec<System>,
+    /// The system features it offers.
+    pub features: Vec<String>,
+    /// How many builds it runs at once.
+    pub max_jobs: u32,
+}
+
+impl Offer {
+    /// Returns whether a derivation for `system` requiring `features` may build here (slots
+    /// aside).
+    pub fn can_build(&self, system: &System, features: &[String]) -> bool {
+        self.systems.contains(system) && features.iter().all(|f| self.features.contains(f))
+    }
+}
+
+impl Builders {
+    /// Returns what agent `name`, offering `offer`, may be used for: capped by its
+    /// `builders.remote` entry when there is one.
+    pub fn agent_offer(&self, name: &BuilderName, offer: Offer) -> Offer {
+        match self.remote.get(name) {
+            Some(entry) => entry.cap(&offer),
+            None => offer,
+        }
+    }
+
+    /// Returns what the local builder offers.
+    pub fn local_offer(&self) -> Offer {
+        Offer {
+            systems: self.local.systems.clone(),
+            features: self.local.features.clone(),
+            max_jobs: self.local.max_jobs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sys(s: &str) -> System {
+        System::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_remote_entry_should_cap_what_an_agent_offers() {
+        let mut builders = Builders::default();
+        let name = BuilderName::new("arm").unwrap();
+        let offer = Offer {
+            systems: vec![sys("aarch64-linux"), sys("x86_64-linux")],
+            features: vec!["kvm".to_owned(), "big-parallel".to_owned()],
+            max_jobs: 8,
+        };
+        assert_eq!(builders.agent_offer(&name, offer.clone()), offer);
+        builders.remote.insert(
+            name.clone(),
+            RemoteBuilder {
+                systems: vec![sys("aarch64-linux")],
+                features: vec!["kvm".to_owned()],
+                max_jobs: 2,
+            },
+        );
+        let capped = builders.agent_offer(&name, offer);
+        assert_eq!(capped.systems, [sys("aarch64-linux")]);
+        assert_eq!(capped.features, ["kvm"]);
+        assert_eq!(capped.max_jobs, 2);
+        assert!(capped.can_build(&sys("aarch64-linux"), &["kvm".to_owned()]));
+        assert!(!capped.can_build(&sys("aarch64-linux"), &["big-parallel".to_owned()]));
+        assert!(!capped.can_build(&sys("x86_64-linux"), &[]));
+    }
+}

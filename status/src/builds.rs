@@ -100,6 +100,35 @@ impl StatusDb {
         Ok(BuildId(id))
     }
 
+    /// Puts the running build of `drv` back in the queue after a transient failure on
+    /// `builder` (connection lost, builder gone, disk full): the attempt counts, `reason` is
+    /// kept as its error and `builder` as the one to avoid next time. Returns false (changing
+    /// nothing) unless the build is `running` on `builder`, so a late report of an attempt that
+    /// was already superseded cannot disturb the current one.
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails.
+    pub fn requeue_build(
+        &mut self,
+        drv: &StorePath,
+        builder: &BuilderName,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE builds SET state = 'queued', error = ?3, queued_at = ?4, \
+                 started_at = NULL, finished_at = NULL, exit_code = NULL \
+                 WHERE drv_path = ?1 AND builder = ?2 AND state = 'running'",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![drv.as_str(), builder.as_str(), reason, now.0])
+            })
+            .op("requeue_build")?;
+        Ok(n > 0)
+    }
+
     /// Records that the build of `drv` ended in terminal `state`; returns its id.
     ///
     /// Creates the row when the drv was never dispatched (e.g. its outputs were already
@@ -274,6 +303,38 @@ mod tests {
         db.upsert_build(&drv(1), Some(&b), BuildState::Running, at(4))
             .unwrap();
         assert_eq!(db.build_by_drv(&drv(1)).unwrap().unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn requeue_build_should_keep_the_attempt_reason_and_builder_of_the_running_build_only() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let a1 = BuilderName::new("a1").unwrap();
+        db.upsert_build(&drv(1), Some(&a1), BuildState::Running, T0)
+            .unwrap();
+        // Another builder's late report changes nothing.
+        assert!(!db.requeue_build(&drv(1), &local(), "lost", at(1)).unwrap());
+        assert!(
+            db.requeue_build(&drv(1), &a1, "agent a1 lost the connection", at(2))
+                .unwrap()
+        );
+        let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
+        assert_eq!(
+            (
+                build.state,
+                build.attempts,
+                build.builder.as_ref(),
+                build.queued_at
+            ),
+            (BuildState::Queued, 1, Some(&a1), at(2))
+        );
+        assert_eq!(build.error.as_deref(), Some("agent a1 lost the connection"));
+        assert_eq!(build.started_at, None);
+        // Only a running build can be requeued.
+        assert!(!db.requeue_build(&drv(1), &a1, "again", at(3)).unwrap());
+        db.upsert_build(&drv(1), Some(&local()), BuildState::Running, at(4))
+            .unwrap();
+        let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
+        assert_eq!((build.attempts, build.error), (2, None));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::StatusDb;
 use crate::error::{Error, QueryExt, Result};
 use crate::evaluations::evaluation_state;
 use crate::row::{
-    BUILD_COLUMNS, JOB_COLUMNS, get, outputs_json, parse, parse_build, parse_job, parse_repo_key,
+    BUILD_COLUMNS, JOB_COLUMNS, features_json, get, outputs_json, parse, parse_build,
+    parse_features, parse_job, parse_repo_key,
 };
 use crate::types::{
     EvaluationId, EvaluationState, Job, JobId, JobState, NewJob, SchedDep, SchedJob,
@@ -89,8 +90,8 @@ impl StatusDb {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO jobs (evaluation_id, attr, name, system, drv_path, outputs, \
-                     state, error, created_at, finished_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     state, error, created_at, finished_at, required_features) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .op(OP)?;
             for job in jobs {
@@ -107,6 +108,7 @@ impl StatusDb {
                         job.error,
                         now.0,
                         finished_at,
+                        features_json(&job.required_features),
                     ])
                     .op(OP)?;
                 ids.push(tx.last_insert_rowid());
@@ -291,7 +293,7 @@ impl StatusDb {
         let mut stmt = tx
             .prepare_cached(&format!(
                 "SELECT j.id, j.evaluation_id, j.attr, j.drv_path, j.system, j.state, \
-                 r.forge, r.name, {BUILD_COLUMNS} FROM jobs j \
+                 r.forge, r.name, j.required_features, {BUILD_COLUMNS} FROM jobs j \
                  JOIN evaluations e ON e.id = j.evaluation_id \
                  JOIN repos r ON r.id = e.repo_id \
                  LEFT JOIN builds b ON b.drv_path = j.drv_path \
@@ -321,8 +323,9 @@ impl StatusDb {
                 drv_path,
                 system: parse("jobs", "system", get(row, 4, OP)?)?,
                 state: parse("jobs", "state", get(row, 5, OP)?)?,
+                required_features: parse_features(get(row, 8, OP)?)?,
                 deps: deps.remove(&id).unwrap_or_default(),
-                build: parse_build(row, 8, OP)?,
+                build: parse_build(row, 9, OP)?,
             });
         }
         Ok(jobs)
@@ -496,6 +499,17 @@ mod tests {
         let sched = db.schedulable_jobs().unwrap();
         assert_eq!(sched.len(), 10_000);
         assert_eq!(db.live_drvs().unwrap().len(), 10_000);
+    }
+
+    #[test]
+    fn schedulable_jobs_should_carry_the_required_features() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let mut kvm = job(1, "vm-test");
+        kvm.required_features = vec!["big-parallel".to_owned(), "kvm".to_owned()];
+        building_eval(&mut db, "aaa", &[kvm, job(2, "plain")]);
+        let sched = db.schedulable_jobs().unwrap();
+        assert_eq!(sched[0].required_features, ["big-parallel", "kvm"]);
+        assert!(sched[1].required_features.is_empty());
     }
 
     #[test]

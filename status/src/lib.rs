@@ -24,6 +24,7 @@ pub mod views;
 mod testing;
 
 pub use agents::{AgentAdmission, AgentHello, AgentRow};
+pub use agents::{BuilderKind, BuilderState, BuilderView, RunningBuild, RunningJob, builder_views};
 pub use db::{Checkpointer, OpenMode, SCHEMA_VERSION, Status, StatusDb};
 pub use error::{Error, Result};
 pub use forges::{

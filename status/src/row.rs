@@ -80,6 +80,21 @@ pub(crate) fn outputs_json(
     })
 }
 
+/// Serialises a job's required system features (a JSON array of strings).
+pub(crate) fn features_json(features: &[String]) -> String {
+    serde_json::to_string(features).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Parses the `jobs.required_features` column.
+pub(crate) fn parse_features(value: String) -> Result<Vec<String>> {
+    serde_json::from_str(&value).map_err(|e| Error::Corrupt {
+        table: "jobs",
+        column: "required_features",
+        reason: e.to_string(),
+        value,
+    })
+}
+
 fn parse_outputs(value: String) -> Result<BTreeMap<String, StorePath>> {
     serde_json::from_str(&value).map_err(|e| Error::Corrupt {
         table: "jobs",

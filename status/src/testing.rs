@@ -55,6 +55,7 @@ pub(crate) fn job(n: u64, name: &str) -> NewJob {
         drv_path: Some(drv(n)),
         outputs: BTreeMap::from([("out".to_owned(), store_path(n + 1_000_000, name))]),
         deps: Vec::new(),
+        required_features: Vec::new(),
         state: JobState::Queued,
         error: None,
     }
@@ -78,6 +79,7 @@ pub(crate) fn failed_job(name: &str, error: &str) -> NewJob {
         drv_path: None,
         outputs: BTreeMap::new(),
         deps: Vec::new(),
+        required_features: Vec::new(),
         state: JobState::EvalFailed,
         error: Some(error.to_owned()),
     }

@@ -276,6 +276,8 @@ pub struct NewJob {
     pub outputs: BTreeMap<String, StorePath>,
     /// Attribute paths of the jobs of the same evaluation it depends on.
     pub deps: Vec<AttrPath>,
+    /// The system features its derivation requires (`requiredSystemFeatures`).
+    pub required_features: Vec<String>,
     /// `queued` or `eval-failed`.
     pub state: JobState,
     /// The attribute's evaluation error, for `eval-failed` jobs.
@@ -339,6 +341,8 @@ pub struct SchedJob {
     pub drv_path: StorePath,
     /// The system it builds for.
     pub system: System,
+    /// The system features its derivation requires, sorted.
+    pub required_features: Vec<String>,
     /// `queued` or `building`.
     pub state: JobState,
     /// Its dependencies and their states, in id order.

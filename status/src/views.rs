@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use reconix_spec::names::{AttrPath, RepoKey, StorePath, System, Timestamp};
+use reconix_spec::names::{AttrPath, BuilderName, RepoKey, StorePath, System, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
-use crate::row::{get, parse, parse_repo_key};
+use crate::row::{get, parse, parse_opt, parse_repo_key};
 use crate::types::{BuildId, BuildState, EvaluationId, EvaluationState, JobId, JobState};
 
 /// One evaluation in a list: what ran, where it stands, and how many jobs are in each state.
@@ -92,6 +92,8 @@ pub struct BuildView {
     pub state: BuildState,
     /// How many times it was started.
     pub attempts: u32,
+    /// The builder of its last attempt: `local` or an agent's name.
+    pub builder: Option<BuilderName>,
     /// The exit code of `nix-store --realise`, once it ended.
     pub exit_code: Option<i32>,
     /// When its last attempt started.
@@ -206,7 +208,7 @@ impl StatusDb {
                 .conn
                 .prepare_cached(
                     "SELECT j.id, b.id, b.state, b.log_path IS NOT NULL, b.attempts, b.exit_code, \
-                     b.started_at, b.finished_at FROM jobs j \
+                     b.started_at, b.finished_at, b.builder FROM jobs j \
                      JOIN builds b ON b.drv_path = j.drv_path WHERE j.evaluation_id = ?1",
                 )
                 .op(OP)?;
@@ -217,6 +219,7 @@ impl StatusDb {
                     id: BuildId(get(row, 1, OP)?),
                     state: parse("builds", "state", get(row, 2, OP)?)?,
                     attempts: u32::try_from(attempts).unwrap_or(0),
+                    builder: parse_opt("builds", "builder", get(row, 8, OP)?)?,
                     exit_code: get(row, 5, OP)?,
                     started_at: get::<Option<i64>>(row, 6, OP)?.map(Timestamp),
                     finished_at: get::<Option<i64>>(row, 7, OP)?.map(Timestamp),

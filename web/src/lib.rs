@@ -19,9 +19,12 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use reconix_spec::{ForgeKind, Spec, Timestamp};
+use reconix_spec::{Builders, ForgeKind, Spec, Timestamp};
 use reconix_status::views::{EvaluationDetail, EvaluationSummary, LoopSummary, StatusOverview};
-use reconix_status::{DriftRow, EvaluationId, ForgeHealth, ForgeHealthState, JobId, Status};
+use reconix_status::{
+    BuilderView, DriftRow, EvaluationId, ForgeHealth, ForgeHealthState, JobId, Status,
+    builder_views,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -78,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/loops", get(loops))
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/forges", get(forges))
+        .route("/api/v1/builders", get(builders))
         .route(
             "/webhooks/{forge}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT)),
@@ -204,6 +208,23 @@ fn forge_views(spec: Option<&Spec>, healths: Vec<ForgeHealth>) -> Vec<ForgeView>
 async fn forges(State(st): State<AppState>) -> Result<Json<Vec<ForgeView>>, ApiError> {
     let healths = st.status.call(|db| db.forge_healths()).await?;
     Ok(Json(forge_views(st.spec().as_deref(), healths)))
+}
+
+/// The local builder and every enrolled agent, with state, capped offer, load and running builds.
+async fn builders(State(st): State<AppState>) -> Result<Json<Vec<BuilderView>>, ApiError> {
+    let (agents, running) = st
+        .status
+        .call(|db| Ok((db.agents()?, db.running_builds()?)))
+        .await?;
+    let spec = st.spec();
+    let fallback = Builders::default();
+    let spec_builders = spec.as_deref().map_or(&fallback, |s| &s.builders);
+    Ok(Json(builder_views(
+        spec_builders,
+        agents,
+        running,
+        Timestamp::now(),
+    )))
 }
 
 async fn overview(State(st): State<AppState>) -> Result<Json<StatusOverview>, ApiError> {

@@ -1,12 +1,16 @@
 //! Router tests: requests through `router(state).oneshot(..)`, no server (axum's testing example).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use reconix_spec::{AttrPath, RepoKey, StorePath, System, Timestamp};
-use reconix_status::{BuildState, EvaluationId, JobState, NewJob, Status, StatusDb};
+use reconix_spec::{
+    AttrPath, BuilderName, RemoteBuilder, RepoKey, Spec, StorePath, System, Timestamp,
+};
+use reconix_status::{AgentHello, BuildState, EvaluationId, JobState, NewJob, Status, StatusDb};
 use serde_json::Value;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::{AppState, router};
@@ -23,6 +27,7 @@ fn job(n: u32, name: &str, state: JobState, error: Option<&str>) -> NewJob {
         drv_path: (state != JobState::EvalFailed).then(|| drv(n, name)),
         outputs: BTreeMap::new(),
         deps: Vec::new(),
+        required_features: Vec::new(),
         state,
         error: error.map(str::to_owned),
     }
@@ -172,6 +177,120 @@ async fn page_should_list_evaluations_and_escape_errors() {
         "{body}"
     );
     assert!(!body.contains("<b>error</b>"));
+}
+
+/// A database with agent `arm` (connected, heartbeat now, one build running `hello`), agent
+/// `old` (revoked, disconnected), and a spec capping `arm` at one slot for `aarch64-linux`.
+fn builders_state(now: Timestamp) -> AppState {
+    let mut db = StatusDb::open_memory().unwrap();
+    let repo = db
+        .upsert_repo(&RepoKey::parse("here/demo").unwrap())
+        .unwrap();
+    let (id, _) = db
+        .insert_evaluation(
+            repo,
+            "refs/heads/main",
+            &"a".repeat(40),
+            "git+file:///r",
+            now,
+        )
+        .unwrap();
+    db.record_evaluation_result(id, &[job(1, "hello", JobState::Queued, None)], now)
+        .unwrap();
+    let systems = vec!["aarch64-linux".to_owned(), "x86_64-linux".to_owned()];
+    let features = vec!["kvm".to_owned()];
+    for name in ["arm", "old"] {
+        let key = format!("SHA256:{name}");
+        let hello = AgentHello {
+            name,
+            key_fingerprint: &key,
+            systems: &systems,
+            features: &features,
+            max_jobs: 4,
+        };
+        db.enroll_agent(&hello, now).unwrap();
+        if name == "arm" {
+            db.set_agent_connected(&hello, true, now).unwrap();
+            db.record_heartbeat(name, 1, now).unwrap();
+        }
+    }
+    assert!(db.revoke_agent("old", now).unwrap());
+    let arm = BuilderName::new("arm").unwrap();
+    db.upsert_build(&drv(1, "hello"), Some(&arm), BuildState::Running, now)
+        .unwrap();
+    let mut spec = Spec::default();
+    spec.builders.local.max_jobs = 0;
+    spec.builders.remote.insert(
+        arm,
+        RemoteBuilder {
+            systems: vec![System::new("aarch64-linux").unwrap()],
+            features: vec!["kvm".to_owned()],
+            max_jobs: 1,
+        },
+    );
+    let (_tx, rx) = watch::channel(Arc::new(spec));
+    AppState::new(Status::new(db)).with_intake(rx, Arc::new(|_| {}))
+}
+
+#[tokio::test]
+async fn builders_should_show_state_load_running_jobs_and_heartbeat() {
+    let now = Timestamp::now();
+    let st = builders_state(now);
+    let (code, body) = get(&st, "/api/v1/builders").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["local", "arm", "old"]);
+    let (local, arm, old) = (&v[0], &v[1], &v[2]);
+    assert_eq!(
+        (&local["kind"], &local["state"]),
+        (&"local".into(), &"disabled".into())
+    );
+    assert_eq!(local["key_fingerprint"], Value::Null);
+    assert_eq!(
+        (&arm["kind"], &arm["state"]),
+        (&"agent".into(), &"ready".into())
+    );
+    assert_eq!(arm["systems"], serde_json::json!(["aarch64-linux"]));
+    assert_eq!((&arm["max_jobs"], &arm["running"]), (&1.into(), &1.into()));
+    assert_eq!(arm["load"], 1.0);
+    assert_eq!(arm["last_heartbeat_at"], now.0);
+    assert_eq!(arm["connected_at"], now.0);
+    assert_eq!(arm["revoked_at"], Value::Null);
+    assert_eq!(arm["key_fingerprint"], "SHA256:arm");
+    let build = &arm["running_builds"][0];
+    assert_eq!(build["drv_path"], drv(1, "hello").as_str());
+    assert_eq!(build["attempts"], 1);
+    assert_eq!(build["jobs"][0]["attr"], "packages.x86_64-linux.hello");
+    assert_eq!(
+        (&old["state"], &old["revoked_at"]),
+        (&"revoked".into(), &now.0.into())
+    );
+    assert_eq!(old["connected_at"], Value::Null);
+    assert_eq!(old["load"], 0.0);
+}
+
+#[tokio::test]
+async fn builders_without_a_spec_should_use_the_default_local_builder() {
+    let st = AppState::new(Status::new(StatusDb::open_memory().unwrap()));
+    let (code, body) = get(&st, "/api/v1/builders").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&v[0]["name"], &v[0]["state"]),
+        (&"local".into(), &"ready".into())
+    );
+    assert_eq!(
+        (&v[0]["max_jobs"], &v[0]["running"]),
+        (&2.into(), &0.into())
+    );
+    assert_eq!(v[0]["running_builds"], serde_json::json!([]));
 }
 
 fn tempfile_path(name: &str) -> std::path::PathBuf {

@@ -1,21 +1,28 @@
-//! `reconix builders list|revoke`: the enrolled remote builders, read from (and revoked in) the
-//! state directory's database. A running daemon notices a revocation on the agent's next
-//! connection or heartbeat and drops it.
+//! `reconix builders list|revoke`: the builders (the local one and the enrolled agents) with
+//! their state, load and running builds, read from (and revoked in) the state directory's
+//! database. A running daemon notices a revocation on the agent's next connection or heartbeat
+//! and drops it.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use reconix_spec::Timestamp;
-use reconix_status::{AgentRow, OpenMode, StatusDb};
+use reconix_spec::{Spec, Timestamp};
+use reconix_status::{BuilderView, OpenMode, StatusDb, builder_views};
 
 use super::serve::load_spec_or_report;
 use super::{Output, SpecArgs};
 
+/// How many job attributes the RUNNING column shows before `+N more`.
+const RUNNING_SHOWN: usize = 2;
+/// How many characters of one attribute the RUNNING column shows.
+const ATTR_WIDTH: usize = 48;
+
 /// `reconix builders …` verbs.
 #[derive(Debug, Subcommand)]
 pub(crate) enum BuildersCommand {
-    /// Lists the enrolled agents with their state, offer, load and last heartbeat.
+    /// Lists the builders (local and enrolled agents) with their state, offer, load, running
+    /// jobs and last heartbeat.
     List {
         #[command(flatten)]
         spec: SpecArgs,
@@ -36,18 +43,19 @@ pub(crate) enum BuildersCommand {
 pub(crate) fn run(command: BuildersCommand) -> Result<ExitCode> {
     match command {
         BuildersCommand::List { spec, output } => {
-            let Some(db) = open(&spec, OpenMode::ReadOnly)? else {
+            let Some((spec, db)) = open(&spec, OpenMode::ReadOnly)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let agents = db.agents()?;
+            let now = Timestamp::now();
+            let views = builder_views(&spec.builders, db.agents()?, db.running_builds()?, now);
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&agents)?),
-                Output::Table => print!("{}", table(&agents, Timestamp::now())),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
+                Output::Table => print!("{}", table(&views, now)),
             }
             Ok(ExitCode::SUCCESS)
         }
         BuildersCommand::Revoke { spec, name } => {
-            let Some(mut db) = open(&spec, OpenMode::ReadWrite)? else {
+            let Some((_, mut db)) = open(&spec, OpenMode::ReadWrite)? else {
                 return Ok(ExitCode::FAILURE);
             };
             if db.revoke_agent(&name, Timestamp::now())? {
@@ -61,9 +69,9 @@ pub(crate) fn run(command: BuildersCommand) -> Result<ExitCode> {
     }
 }
 
-/// Opens the database of the spec's state directory; `None` (with a message) when the spec is
-/// invalid or the daemon never ran there.
-fn open(args: &SpecArgs, mode: OpenMode) -> Result<Option<StatusDb>> {
+/// Loads the spec and opens the database of its state directory; `None` (with a message) when
+/// the spec is invalid or the daemon never ran there.
+fn open(args: &SpecArgs, mode: OpenMode) -> Result<Option<(Spec, StatusDb)>> {
     let Some(spec) = load_spec_or_report(args) else {
         return Ok(None);
     };
@@ -75,47 +83,86 @@ fn open(args: &SpecArgs, mode: OpenMode) -> Result<Option<StatusDb>> {
         );
         return Ok(None);
     }
-    Ok(Some(
-        StatusDb::open(&path, mode).with_context(|| format!("opening {}", path.display()))?,
-    ))
+    let db = StatusDb::open(&path, mode).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Some((spec, db)))
 }
 
-/// Renders agents as aligned columns.
-fn table(agents: &[AgentRow], now: Timestamp) -> String {
+/// Returns `text` cut to `max` characters, ending in `…` when cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Names what runs on a builder: the attributes of the jobs waiting on its builds (a build no
+/// job waits on by its drv name), the first few only.
+fn running_cell(view: &BuilderView) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for build in &view.running_builds {
+        if build.jobs.is_empty() {
+            names.push(build.drv_path.name().to_owned());
+        }
+        for job in &build.jobs {
+            if !names.iter().any(|n| n == job.attr.as_str()) {
+                names.push(job.attr.to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        return "-".to_owned();
+    }
+    let more = names.len().saturating_sub(RUNNING_SHOWN);
+    let mut cell = names
+        .iter()
+        .take(RUNNING_SHOWN)
+        .map(|n| truncate(n, ATTR_WIDTH))
+        .collect::<Vec<_>>()
+        .join(",");
+    if more > 0 {
+        cell.push_str(&format!(" +{more} more"));
+    }
+    cell
+}
+
+/// Renders builders as aligned columns.
+fn table(views: &[BuilderView], now: Timestamp) -> String {
     let ago = |t: Option<Timestamp>| {
         t.map_or_else(
             || "-".to_owned(),
             |t| format!("{}s ago", now.since(t).as_secs()),
         )
     };
-    let mut rows = vec![[
-        "NAME".to_owned(),
-        "STATE".to_owned(),
-        "SYSTEMS".to_owned(),
-        "FEATURES".to_owned(),
-        "LOAD".to_owned(),
-        "HEARTBEAT".to_owned(),
-        "KEY".to_owned(),
-    ]];
-    for a in agents {
-        let state = if a.revoked_at.is_some() {
-            "revoked"
-        } else if a.connected_at.is_some() {
-            "connected"
-        } else {
-            "disconnected"
-        };
+    let or_dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+    let mut rows = vec![
+        [
+            "NAME",
+            "STATE",
+            "SYSTEMS",
+            "FEATURES",
+            "LOAD",
+            "RUNNING",
+            "HEARTBEAT",
+            "KEY",
+        ]
+        .map(str::to_owned),
+    ];
+    for v in views {
         rows.push([
-            a.name.clone(),
-            state.to_owned(),
-            a.systems.join(","),
-            a.features.join(","),
-            format!("{}/{}", a.running, a.max_jobs),
-            ago(a.last_heartbeat_at),
-            a.key_fingerprint.clone(),
+            v.name.clone(),
+            v.state.to_string(),
+            or_dash(v.systems.join(",")),
+            or_dash(v.features.join(",")),
+            format!("{}/{}", v.running, v.max_jobs),
+            running_cell(v),
+            ago(v.last_heartbeat_at),
+            v.key_fingerprint.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -133,10 +180,35 @@ fn table(agents: &[AgentRow], now: Timestamp) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use reconix_spec::{AttrPath, Builders, StorePath};
+    use reconix_status::{AgentRow, EvaluationId, JobId, RunningBuild, RunningJob};
+
     use super::*;
 
-    #[test]
-    fn the_table_should_show_state_load_and_heartbeat_age() {
+    fn drv(n: u32) -> StorePath {
+        StorePath::new(format!("/nix/store/{n:0>32}-job-{n}.drv")).unwrap()
+    }
+
+    fn build(n: u32, attrs: &[&str]) -> RunningBuild {
+        RunningBuild {
+            drv_path: drv(n),
+            started_at: Some(Timestamp(1_000)),
+            attempts: 1,
+            jobs: attrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| RunningJob {
+                    id: JobId(i64::from(n) * 10 + i64::try_from(i).unwrap()),
+                    evaluation_id: EvaluationId(1),
+                    attr: AttrPath::new(*a).unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    fn views() -> Vec<BuilderView> {
         let row = AgentRow {
             name: "arm1".to_owned(),
             key_fingerprint: "SHA256:abc".to_owned(),
@@ -152,15 +224,70 @@ mod tests {
         let mut revoked = row.clone();
         revoked.name = "old".to_owned();
         revoked.revoked_at = Some(Timestamp(1));
-        let out = table(&[row, revoked], Timestamp(12_000));
+        let long = format!("checks.x86_64-linux.{}", "x".repeat(80));
+        let running = BTreeMap::from([
+            (
+                "arm1".to_owned(),
+                vec![build(1, &["packages.aarch64-linux.hello"])],
+            ),
+            (
+                "local".to_owned(),
+                vec![
+                    build(2, &[&long, "packages.x86_64-linux.a"]),
+                    build(3, &["packages.x86_64-linux.b"]),
+                    build(4, &[]),
+                ],
+            ),
+        ]);
+        builder_views(
+            &Builders::default(),
+            vec![row, revoked],
+            running,
+            Timestamp(12_000),
+        )
+    }
+
+    #[test]
+    fn the_table_should_show_state_load_running_jobs_and_heartbeat_age() {
+        let out = table(&views(), Timestamp(12_000));
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with("NAME"), "{out}");
         assert!(
-            lines[1].contains("connected")
-                && lines[1].contains("1/2")
-                && lines[1].contains("7s ago"),
+            lines[0].starts_with("NAME") && lines[0].contains("RUNNING"),
             "{out}"
         );
-        assert!(lines[2].contains("revoked"), "{out}");
+        // Local: over its 2 slots, long attributes cut, the rest counted.
+        assert!(
+            lines[1].starts_with("local")
+                && lines[1].contains("ready")
+                && lines[1].contains("3/2")
+                && lines[1].contains("checks.x86_64-linux.xxx")
+                && lines[1].contains("…,packages.x86_64-linux.a +2 more")
+                && !lines[1].contains(&"x".repeat(60)),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("arm1")
+                && lines[2].contains("ready")
+                && lines[2].contains("1/2")
+                && lines[2].contains("packages.aarch64-linux.hello")
+                && lines[2].contains("7s ago")
+                && lines[2].contains("SHA256:abc"),
+            "{out}"
+        );
+        assert!(
+            lines[3].starts_with("old") && lines[3].contains("revoked"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_build_no_job_waits_on_should_be_named_by_its_drv() {
+        let out = table(&views(), Timestamp(12_000));
+        let local: Vec<BuilderView> = views().into_iter().take(1).collect();
+        let mut only_orphan = local[0].clone();
+        only_orphan.running_builds.retain(|b| b.jobs.is_empty());
+        assert_eq!(running_cell(&only_orphan), "job-4.drv", "{out}");
+        only_orphan.running_builds.clear();
+        assert_eq!(running_cell(&only_orphan), "-");
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use reconix_reconcilers::builders::BuildersLoop;
 use reconix_reconcilers::builds::Builds;
 use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::forge_health::ForgeHealthLoop;
@@ -54,6 +55,7 @@ pub(crate) fn run(args: &SpecArgs, output: Output, nix_store: Option<&str>) -> R
             plans(&Webhooks::new(), &spec, &ctx, now).await,
             plans(&Statuses::new(), &spec, &ctx, now).await,
             plans(&ForgeHealthLoop::new(), &spec, &ctx, now).await,
+            plans(&BuildersLoop::new(), &spec, &ctx, now).await,
         ])
     })?;
     match output {

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use reconix_nixcli::{Nix, NixCli};
+use reconix_reconcilers::builders::BuildersLoop;
 use reconix_reconcilers::builds::Builds;
 use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::forge_health::ForgeHealthLoop;
@@ -201,6 +202,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let webhooks = controller(Webhooks::new(), &ctx, &spec_rx, &status);
     let statuses = controller(Statuses::new(), &ctx, &spec_rx, &status);
     let forges = controller(ForgeHealthLoop::new(), &ctx, &spec_rx, &status);
+    let builders = controller(BuildersLoop::new(), &ctx, &spec_rx, &status);
     ctx.wakers.set_all(WakerSet {
         builds: builds.handle(),
         gcroots: gcroots.handle(),
@@ -208,6 +210,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         heads: Some(heads.handle()),
         statuses: Some(statuses.handle()),
         webhooks: Some(webhooks.handle()),
+        builders: Some(builders.handle()),
     });
 
     if let Some(enrollment) = &spec.builders.enrollment {
@@ -260,7 +263,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         async move { shutdown.cancelled().await }
     });
     let running = ctx.running.clone();
-    let (http, (), (), (), (), (), (), (), ()) = tokio::join!(
+    let (http, (), (), (), (), (), (), (), (), ()) = tokio::join!(
         http,
         evaluations.run(shutdown.clone()),
         builds.run(shutdown.clone()),
@@ -269,6 +272,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         webhooks.run(shutdown.clone()),
         statuses.run(shutdown.clone()),
         forges.run(shutdown.clone()),
+        builders.run(shutdown.clone()),
         reloader.run(shutdown.clone()),
     );
     if !running.is_empty() {

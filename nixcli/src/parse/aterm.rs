@@ -1,8 +1,9 @@
 //! Parser for `.drv` files, Nix's ATerm derivation format:
 //! `Derive([outputs],[inputDrvs],[inputSrcs],system,builder,[args],[env])`.
 //!
-//! Only what reconix needs is kept (outputs, input derivations with their output names, system);
-//! the rest is checked for well-formedness and skipped. Strings escape `"` and `\` with a
+//! Only what reconix needs is kept (outputs, input derivations with their output names, system,
+//! and the `requiredSystemFeatures` environment entry); the rest is checked for well-formedness
+//! and skipped. Strings escape `"` and `\` with a
 //! backslash and write newline, carriage return and tab as `\n`, `\r`, `\t` (Nix's
 //! `printString`); any other escaped character stands for itself.
 
@@ -20,6 +21,10 @@ pub struct Derivation {
     pub input_drvs: BTreeMap<StorePath, Vec<String>>,
     /// The system the derivation builds on, as written (not validated: it may be anything).
     pub system: String,
+    /// The system features a builder must have (`kvm`, `big-parallel`, …), from the
+    /// whitespace-separated environment entry `requiredSystemFeatures`: sorted, without
+    /// duplicates, empty when the entry is absent.
+    pub required_features: Vec<String>,
 }
 
 /// Why a `.drv` file could not be parsed.
@@ -89,11 +94,15 @@ pub fn parse_derivation(text: &[u8]) -> Result<Derivation, DrvParseError> {
     p.expect(b",")?;
     p.list(|p| p.string().map(drop))?; // args
     p.expect(b",")?;
+    let mut required_features = Vec::new();
     p.list(|p| {
         p.expect(b"(")?;
-        p.string()?;
+        let key = p.string()?;
         p.expect(b",")?;
-        p.string()?;
+        let value = p.string()?;
+        if key == REQUIRED_FEATURES {
+            required_features = features(&value);
+        }
         p.expect(b")")
     })?; // env
     p.expect(b")")?;
@@ -104,7 +113,20 @@ pub fn parse_derivation(text: &[u8]) -> Result<Derivation, DrvParseError> {
         outputs,
         input_drvs,
         system,
+        required_features,
     })
+}
+
+/// The environment entry Nix reads a derivation's required system features from (a
+/// `requiredSystemFeatures` attribute becomes it, its list joined with spaces).
+const REQUIRED_FEATURES: &str = "requiredSystemFeatures";
+
+/// Returns the features of a whitespace-separated list, sorted and without duplicates.
+fn features(value: &str) -> Vec<String> {
+    let mut features: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+    features.sort_unstable();
+    features.dedup();
+    features
 }
 
 struct Parser<'a> {
@@ -277,6 +299,31 @@ mod tests {
     fn parse_derivation_should_keep_an_empty_output_path_as_unknown() {
         let text = br#"Derive([("out","","r:sha256","")],[],[],"x86_64-linux","/bin/sh",[],[])"#;
         assert_eq!(parse_derivation(text).unwrap().outputs["out"], None);
+    }
+
+    #[test]
+    fn parse_derivation_should_read_required_features_sorted_and_deduplicated() {
+        let text = br#"Derive([("out","/nix/store/00000000000000000000000000000000-x","","")],[],[],"x86_64-linux","/bin/sh",[],[("name","x"),("requiredSystemFeatures","kvm big-parallel\tkvm\n nixos-test ")])"#;
+        assert_eq!(
+            parse_derivation(text).unwrap().required_features,
+            ["big-parallel", "kvm", "nixos-test"]
+        );
+        let blank =
+            br#"Derive([],[],[],"x86_64-linux","/bin/sh",[],[("requiredSystemFeatures","  ")])"#;
+        assert!(
+            parse_derivation(blank)
+                .unwrap()
+                .required_features
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn parse_derivation_should_leave_required_features_empty_when_absent() {
+        for name in ["a.drv", "multi.drv", "nixos.drv"] {
+            let (drv, _) = fixture(name);
+            assert!(drv.required_features.is_empty(), "{name}");
+        }
     }
 
     #[test]

@@ -1,20 +1,34 @@
 //! [`build_remote`]: what Nix's `build-remote` hook does, over a [`ServeClient`] to a store
 //! that does not share the local one (another machine, or in tests a chroot store).
 //!
-//! 1. **Inputs** (local): read the derivation (`nix show-derivation`), take its input sources
-//!    and the outputs it uses of its input derivations, which must be valid locally, and their
-//!    closure (`nix-store -qR`, which prints references before referrers).
-//! 2. **Copy to the builder**: ask which of the closure it lacks (`cmdQueryValidPaths` with
-//!    `lock`, so that it keeps them while the connection lasts) and send those
+//! 1. **Inputs** (local): read the derivation (`nix show-derivation`) and take its input
+//!    sources and the outputs it uses of its input derivations. Then one of two modes:
+//!    - *Derivation mode*, when every input is valid locally (the usual case: the inputs are
+//!      jobs built before): the input closure (`nix-store -qR`, which prints references before
+//!      referrers) is what the builder needs.
+//!    - *Closure mode*, when some input derivation was never built locally (an intermediate
+//!      derivation that is not a job): the builder needs the closure of the `.drv` file itself
+//!      (the `.drv` files and sources below it) and of every output of those derivations that
+//!      *is* valid locally, so that it does not rebuild what was built already
+//!      (`nix-store -qR --include-outputs <drv>`).
+//! 2. **Copy to the builder**: ask which of those paths it lacks (`cmdQueryValidPaths` with
+//!    `lock`, so that it keeps them while the connection lasts) and send them
 //!    (`nix-store --export` piped into `cmdImportPaths`, in chunks that keep the `-qR` order, so
 //!    that references always arrive first). The serve protocol does not check signatures.
-//! 3. **Build** with `cmdBuildDerivation`: the `.drv` files are not copied; like `build-remote`,
-//!    the whole input closure goes in `inputSrcs`.
-//! 4. **Copy back**: the outputs not valid locally are exported by the builder
-//!    (`cmdExportPaths`, references first) and piped into a local `nix-store --import` (which,
-//!    in Nix 2.8, does not check signatures either). Their references are outputs or inputs,
-//!    already local. The export stream is walked as it goes: only the paths asked for can reach
-//!    the local store.
+//! 3. **Build**. Derivation mode: `cmdBuildDerivation`; the `.drv` files are not copied and,
+//!    like `build-remote`, the whole input closure goes in `inputSrcs`. Closure mode:
+//!    `cmdBuildPaths` of `<drv>!<out1>,<out2>…`, which builds the missing intermediate
+//!    derivations too; its reply is only `0` or Nix's exit status and message, from which the
+//!    status is derived (see [`crate::parse::exit`]).
+//! 4. **Copy back**: the missing paths are exported by the builder (`cmdExportPaths`,
+//!    references first) and piped into a local `nix-store --import` (which, in Nix 2.8, does
+//!    not check signatures either). The export stream is walked as it goes: only the paths
+//!    asked for can reach the local store. Derivation mode asks for the outputs only: what
+//!    they reference is an output or an input, already local. Closure mode asks the builder
+//!    for the outputs' runtime closure (`cmdQueryClosure`) and copies what is missing locally,
+//!    such as the outputs of intermediate derivations; every such path must be an output of a
+//!    derivation in the `.drv` closure (`nix show-derivation --recursive`), so a dishonest
+//!    builder cannot slip in an unrelated path.
 //!
 //! The build log is the server's stderr, which belongs to the transport (the child's stderr
 //! pipe, or an SSH channel's extended data), so the caller reads it there.
@@ -31,9 +45,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::process::Child;
 use tracing::debug;
 
-use super::ServeError;
-use super::client::ServeClient;
+use super::client::{BuildPathsReply, ServeClient};
 use super::wire::{BasicDerivation, BuildResultStatus, BuildSettings, DerivationOutput};
+use super::{NarError, ServeError};
 use crate::cli::{command_line, os_args, spawn_error, status_text};
 use crate::pool::stderr_message;
 use crate::{Error, Nix, NixCli, Result};
@@ -50,23 +64,37 @@ pub enum RemoteBuildStatus {
     Built,
     /// The build failed; nothing was copied back.
     Failed {
-        /// Nix's status for it.
+        /// Nix's status for it. In closure mode (see the module documentation) it is derived
+        /// from Nix's exit status: [`BuildResultStatus::DependencyFailed`] when an intermediate
+        /// derivation failed, [`BuildResultStatus::OutputRejected`] for a hash mismatch,
+        /// [`BuildResultStatus::MiscFailure`] when Nix failed for another reason than a build
+        /// (store trouble, a missing system feature…), else
+        /// [`BuildResultStatus::PermanentFailure`].
         status: BuildResultStatus,
-        /// Nix's message without colour codes, e.g. `builder for '/nix/store/…-x.drv' failed
-        /// with exit code 7`.
+        /// Nix's message without colour codes (nor, in closure mode, its `error: ` prefix),
+        /// e.g. `builder for '/nix/store/…-x.drv' failed with exit code 7`.
         message: String,
     },
-    /// The build exceeded `buildTimeout` or `maxSilentTime`; nothing was copied back.
+    /// The build (or, in closure mode, an intermediate one) exceeded `buildTimeout` or
+    /// `maxSilentTime`; nothing was copied back.
     TimedOut {
         /// Nix's message, e.g. `… timed out after 2 seconds`.
         message: String,
     },
 }
 
+impl RemoteBuildStatus {
+    /// Returns true when the build failed in a way that may go away if it is retried, here or
+    /// on another builder (see [`BuildResultStatus::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Failed { status, .. } if status.is_transient())
+    }
+}
+
 /// How long each phase of a remote build took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemoteBuildTimings {
-    /// Reading the derivation and computing its input closure locally.
+    /// Reading the derivation and computing what the builder needs locally.
     pub inputs: Duration,
     /// Asking the builder what it lacks and sending it.
     pub copy_to_remote: Duration,
@@ -86,29 +114,35 @@ pub struct RemoteBuildOutcome {
     pub outputs: BTreeMap<String, StorePath>,
     /// The paths sent to the builder, in the order sent (references first).
     pub copied_to_remote: Vec<StorePath>,
-    /// The outputs copied back from the builder, in the order received.
+    /// The paths copied back from the builder, in the order received: the outputs, and in
+    /// closure mode the outputs of intermediate derivations they reference.
     pub copied_back: Vec<StorePath>,
     /// How many times the builder built the derivation (0 when its outputs were valid there).
+    /// In closure mode Nix does not say: it is 1 when the outputs were not all on the builder
+    /// (or sent to it) beforehand, else 0, and intermediate derivations are not counted.
     pub times_built: u64,
     /// Time per phase.
     pub timings: RemoteBuildTimings,
 }
 
-/// Builds `drv_path`, a derivation valid in `local`'s store whose input derivations are built
-/// there, on the store behind `client`, and copies its outputs back into `local`'s store, where
-/// their closure is then complete (see the module documentation for the steps). Build failures
-/// and timeouts are outcomes, after which the connection can be reused.
+/// Builds `drv_path`, a derivation valid in `local`'s store, on the store behind `client`, and
+/// copies its outputs back into `local`'s store, where their closure is then complete (see the
+/// module documentation for the steps). Input derivations need not be built locally: those
+/// that are not are built on the builder too. Build failures and timeouts are outcomes, after
+/// which the connection can be reused.
 ///
-/// The imported outputs get no GC root: the caller should add one before a collection could
-/// run. `client`'s reader should be buffered (the outputs arrive through it).
+/// The imported paths get no GC root: the caller should add one before a collection could
+/// run. `client`'s reader should be buffered (the outputs arrive through it). The future is
+/// `Send` when `R` and `W` are (they need not be `Sync`).
 ///
 /// # Errors
-/// [`Error::InvalidPath`] when an input is not valid locally; [`Error::Command`] or
-/// [`Error::Output`] when a local Nix command fails or prints something unexpected (such as a
-/// derivation with floating content-addressed outputs, which is not supported);
-/// [`Error::Serve`] when the connection fails, the builder refuses an import (it then exits:
-/// its stderr says why) or sends something malformed or not asked for. After an error the
-/// connection may be out of step and must be dropped.
+/// [`Error::Command`] or [`Error::Output`] when a local Nix command fails or prints something
+/// unexpected (such as a derivation with floating content-addressed outputs, which is not
+/// supported); [`Error::Serve`] when the connection fails, the builder refuses an import (it
+/// then exits: its stderr says why) or sends something malformed or not asked for (such as a
+/// path in the outputs' closure that no derivation of the closure produces);
+/// [`Error::InvalidPath`] when the builder does not send an output it built. After an error
+/// the connection may be out of step and must be dropped.
 pub async fn build_remote<R, W>(
     client: &mut ServeClient<R, W>,
     local: &NixCli,
@@ -122,71 +156,147 @@ where
     let mut timings = RemoteBuildTimings::default();
 
     let started = Instant::now();
-    let (drv, outputs, closure) = inputs(local, drv_path).await?;
+    let Prepared { outputs, mode } = prepare(local, drv_path).await?;
     timings.inputs = started.elapsed();
+    let output_paths: Vec<String> = outputs.values().map(ToString::to_string).collect();
 
     let started = Instant::now();
-    let valid: HashSet<String> = client
-        .query_valid_paths(&closure, true, false)
-        .await
-        .map_err(serve_error("cannot ask the builder which inputs it has"))?
-        .into_iter()
-        .collect();
-    let missing: Vec<&str> = closure
+    let (to_send, also_ask) = match &mode {
+        Mode::Derivation { closure, .. } => (closure, &[][..]),
+        // Asking for the outputs too tells whether the builder has them already.
+        Mode::Closure { send, .. } => (send, output_paths.as_slice()),
+    };
+    let (copied_to_remote, valid) = send_missing(client, local, to_send, also_ask).await?;
+    let had_outputs = output_paths
         .iter()
-        .map(String::as_str)
-        .filter(|p| !valid.contains(*p))
-        .collect();
-    let mut copied_to_remote = Vec::new();
-    for chunk in missing.chunks(EXPORT_CHUNK) {
-        copied_to_remote.extend(export_to(client, local, chunk).await?);
-    }
+        .all(|p| valid.contains(p) || to_send.contains(p));
     timings.copy_to_remote = started.elapsed();
 
     let started = Instant::now();
-    let result = client
-        .build_derivation(drv_path.as_str(), &drv, settings)
-        .await
-        .map_err(serve_error("the builder failed while building"))?;
+    let (status, times_built) = match &mode {
+        Mode::Derivation { drv, .. } => {
+            let result = client
+                .build_derivation(drv_path.as_str(), drv, settings)
+                .await
+                .map_err(serve_error("the builder failed while building"))?;
+            let status = match result.status {
+                status if status.is_success() => RemoteBuildStatus::Built,
+                BuildResultStatus::TimedOut => RemoteBuildStatus::TimedOut {
+                    message: result.error_msg,
+                },
+                status => RemoteBuildStatus::Failed {
+                    status,
+                    message: result.error_msg,
+                },
+            };
+            (status, result.times_built)
+        }
+        Mode::Closure { target, .. } => {
+            let reply = client
+                .build_paths(std::slice::from_ref(target), settings)
+                .await
+                .map_err(serve_error("the builder failed while building"))?;
+            let status = match reply {
+                BuildPathsReply::Built => RemoteBuildStatus::Built,
+                BuildPathsReply::Failed { status, message } => {
+                    build_paths_failure(status, &message)
+                }
+            };
+            (status, u64::from(!had_outputs))
+        }
+    };
     timings.build = started.elapsed();
     debug!(
         drv = %drv_path,
-        status = ?result.status,
+        mode = mode.name(),
+        status = ?status,
         sent = copied_to_remote.len(),
         build_ms = millis(timings.build),
         "remote build finished"
     );
 
     let mut outcome = RemoteBuildOutcome {
-        status: RemoteBuildStatus::Built,
+        status,
         outputs,
         copied_to_remote,
         copied_back: Vec::new(),
-        times_built: result.times_built,
+        times_built,
         timings,
     };
-    match result.status {
-        status if status.is_success() => {}
-        BuildResultStatus::TimedOut => {
-            outcome.status = RemoteBuildStatus::TimedOut {
-                message: result.error_msg,
-            };
-            return Ok(outcome);
-        }
-        status => {
-            outcome.status = RemoteBuildStatus::Failed {
-                status,
-                message: result.error_msg,
-            };
-            return Ok(outcome);
-        }
+    if outcome.status != RemoteBuildStatus::Built {
+        return Ok(outcome);
     }
 
     let started = Instant::now();
-    let output_paths: Vec<StorePath> = outcome.outputs.values().cloned().collect();
-    outcome.copied_back = copy_back(client, local, &output_paths).await?;
+    outcome.copied_back = match mode {
+        Mode::Derivation { .. } => copy_back_outputs(client, local, &outcome.outputs).await?,
+        Mode::Closure { .. } => {
+            copy_back_closure(client, local, drv_path, &outcome.outputs).await?
+        }
+    };
     outcome.timings.copy_back = started.elapsed();
     Ok(outcome)
+}
+
+/// Returns the status of a failed `cmdBuildPaths`, whose reply is Nix's exit status
+/// (`Worker::exitStatus`, see [`crate::parse::exit`]) and the message of the error it threw.
+fn build_paths_failure(status: u64, message: &str) -> RemoteBuildStatus {
+    let message = message.trim();
+    let message = message.strip_prefix("error:").unwrap_or(message).trim();
+    let message = message.to_owned();
+    if !(0x64..=0x6f).contains(&status) {
+        // Not a build failure: Nix itself failed (store trouble, a system or feature the
+        // builder lacks, a path it cannot find…).
+        return RemoteBuildStatus::Failed {
+            status: BuildResultStatus::MiscFailure,
+            message,
+        };
+    }
+    if status & 0x01 != 0 {
+        return RemoteBuildStatus::TimedOut { message };
+    }
+    let status = if status & 0x02 != 0 {
+        BuildResultStatus::OutputRejected
+    } else if status & 0x08 != 0 {
+        BuildResultStatus::NotDeterministic
+    } else if message.contains("dependencies of derivation") {
+        // Nix 2.8's message when an input derivation failed: "1 dependencies of derivation
+        // '…' failed to build" (the input's own error went to the log).
+        BuildResultStatus::DependencyFailed
+    } else {
+        BuildResultStatus::PermanentFailure
+    };
+    RemoteBuildStatus::Failed { status, message }
+}
+
+/// What the local store says about a derivation to build remotely.
+struct Prepared {
+    /// Its outputs, name → path.
+    outputs: BTreeMap<String, StorePath>,
+    mode: Mode,
+}
+
+/// How to build it (see the module documentation).
+enum Mode {
+    /// Every input is valid locally: `cmdBuildDerivation` of `drv`, whose `input_srcs` is
+    /// `closure`, the input closure (references first).
+    Derivation {
+        drv: BasicDerivation,
+        closure: Vec<String>,
+    },
+    /// Some input is not: `cmdBuildPaths` of `target` (`<drv>!<outputs>`) after sending what
+    /// the builder lacks of `send`, the closure of the `.drv` file and of the locally valid
+    /// outputs of the derivations in it (references first).
+    Closure { send: Vec<String>, target: String },
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Derivation { .. } => "derivation",
+            Self::Closure { .. } => "closure",
+        }
+    }
 }
 
 /// A derivation as `nix show-derivation` prints it.
@@ -210,51 +320,12 @@ struct ShownOutput {
     hash: Option<String>,
 }
 
-/// Returns the derivation to send, its outputs and its input closure (references first).
-async fn inputs(
-    local: &NixCli,
-    drv_path: &StorePath,
-) -> Result<(BasicDerivation, BTreeMap<String, StorePath>, Vec<String>)> {
-    let mut shown = show_derivations(local, &[drv_path.as_str()]).await?;
+/// Reads the derivation and decides how to build it.
+async fn prepare(local: &NixCli, drv_path: &StorePath) -> Result<Prepared> {
+    let mut shown = show_derivations(local, &[drv_path.as_str()], false).await?;
     let top = shown
         .remove(drv_path.as_str())
         .ok_or_else(|| output_error(local, drv_path.as_str(), "the derivation is missing"))?;
-
-    let mut inputs: Vec<String> = top.input_srcs.clone();
-    if !top.input_drvs.is_empty() {
-        let names: Vec<&str> = top.input_drvs.keys().map(String::as_str).collect();
-        let input_drvs = show_derivations(local, &names).await?;
-        for (input, wanted) in &top.input_drvs {
-            let shown = input_drvs
-                .get(input)
-                .ok_or_else(|| output_error(local, input, "an input derivation is missing"))?;
-            for name in wanted {
-                let path = shown
-                    .outputs
-                    .get(name)
-                    .and_then(|o| o.path.clone())
-                    .ok_or_else(|| {
-                        output_error(local, input, "an input has no output path (floating CA)")
-                    })?;
-                inputs.push(path);
-            }
-        }
-    }
-    let inputs = store_paths(local, inputs)?;
-    let valid = local.is_valid(&inputs).await?;
-    if let Some((path, _)) = inputs.iter().zip(valid).find(|(_, v)| !v) {
-        return Err(Error::InvalidPath {
-            path: path.to_string(),
-        });
-    }
-    let closure = if inputs.is_empty() {
-        Vec::new()
-    } else {
-        let mut args = os_args(["--query", "--requisites"]);
-        args.extend(inputs.iter().map(|p| OsString::from(p.as_str())));
-        let stdout = local.run_ok(&local.config.nix_store, &args).await?;
-        stdout.lines().map(str::to_owned).collect()
-    };
 
     let mut outputs = BTreeMap::new();
     let mut drv_outputs = Vec::new();
@@ -276,32 +347,92 @@ async fn inputs(
             hash: output.hash.unwrap_or_default(),
         });
     }
-    let drv = BasicDerivation {
-        outputs: drv_outputs,
-        input_srcs: closure.clone(),
-        platform: top.system,
-        builder: top.builder,
-        args: top.args,
-        env: top.env.into_iter().collect(),
-    };
-    Ok((drv, outputs, closure))
+
+    let mut inputs: Vec<String> = top.input_srcs;
+    if !top.input_drvs.is_empty() {
+        let names: Vec<&str> = top.input_drvs.keys().map(String::as_str).collect();
+        let input_drvs = show_derivations(local, &names, false).await?;
+        for (input, wanted) in &top.input_drvs {
+            let shown = input_drvs
+                .get(input)
+                .ok_or_else(|| output_error(local, input, "an input derivation is missing"))?;
+            for name in wanted {
+                let path = shown
+                    .outputs
+                    .get(name)
+                    .and_then(|o| o.path.clone())
+                    .ok_or_else(|| {
+                        output_error(local, input, "an input has no output path (floating CA)")
+                    })?;
+                inputs.push(path);
+            }
+        }
+    }
+    let inputs = store_paths(local, inputs)?;
+    let valid = local.is_valid(&inputs).await?;
+
+    if valid.iter().all(|v| *v) {
+        let closure = if inputs.is_empty() {
+            Vec::new()
+        } else {
+            let paths: Vec<&str> = inputs.iter().map(StorePath::as_str).collect();
+            requisites(local, &paths, false).await?
+        };
+        let drv = BasicDerivation {
+            outputs: drv_outputs,
+            input_srcs: closure.clone(),
+            platform: top.system,
+            builder: top.builder,
+            args: top.args,
+            env: top.env.into_iter().collect(),
+        };
+        return Ok(Prepared {
+            outputs,
+            mode: Mode::Derivation { drv, closure },
+        });
+    }
+
+    let send = requisites(local, &[drv_path.as_str()], true).await?;
+    let names: Vec<&str> = outputs.keys().map(String::as_str).collect();
+    let target = format!("{drv_path}!{}", names.join(","));
+    Ok(Prepared {
+        outputs,
+        mode: Mode::Closure { send, target },
+    })
 }
 
-fn show_args(paths: &[&str]) -> Vec<OsString> {
+/// Returns the closure of `paths` in the local store, references first; with
+/// `include_outputs`, also the valid outputs of the derivations in it, and their closure.
+async fn requisites(local: &NixCli, paths: &[&str], include_outputs: bool) -> Result<Vec<String>> {
+    let mut args = os_args(["--query", "--requisites"]);
+    if include_outputs {
+        args.push("--include-outputs".into());
+    }
+    args.extend(paths.iter().map(OsString::from));
+    let stdout = local.run_ok(&local.config.nix_store, &args).await?;
+    Ok(stdout.lines().map(str::to_owned).collect())
+}
+
+fn show_args(paths: &[&str], recursive: bool) -> Vec<OsString> {
     let mut args = os_args([
         "--extra-experimental-features",
         "nix-command",
         "show-derivation",
     ]);
+    if recursive {
+        args.push("--recursive".into());
+    }
     args.extend(paths.iter().map(OsString::from));
     args
 }
 
+/// Returns the derivations `paths`, or with `recursive` also every derivation below them.
 async fn show_derivations(
     local: &NixCli,
     paths: &[&str],
+    recursive: bool,
 ) -> Result<BTreeMap<String, ShownDerivation>> {
-    let args = show_args(paths);
+    let args = show_args(paths, recursive);
     let stdout = local.run_ok(&local.config.nix, &args).await?;
     serde_json::from_str(&stdout).map_err(|e| Error::Output {
         command: command_line(&local.config.nix, &args),
@@ -311,7 +442,7 @@ async fn show_derivations(
 
 fn output_error(local: &NixCli, path: &str, reason: &str) -> Error {
     Error::Output {
-        command: command_line(&local.config.nix, &show_args(&[path])),
+        command: command_line(&local.config.nix, &show_args(&[path], false)),
         reason: format!("{path}: {reason}"),
     }
 }
@@ -321,6 +452,43 @@ fn store_paths(local: &NixCli, paths: Vec<String>) -> Result<Vec<StorePath>> {
         .into_iter()
         .map(|p| StorePath::new(&p).map_err(|e| output_error(local, &p, &e.to_string())))
         .collect()
+}
+
+/// Sends the paths of `closure` (valid locally, references first) that the builder lacks;
+/// returns the paths sent and the set of paths of `closure` and `also_ask` that the builder
+/// had (it keeps a temporary root on all of them while the connection lasts).
+async fn send_missing<R, W>(
+    client: &mut ServeClient<R, W>,
+    local: &NixCli,
+    closure: &[String],
+    also_ask: &[String],
+) -> Result<(Vec<StorePath>, HashSet<String>)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut asked: Vec<&str> = closure.iter().map(String::as_str).collect();
+    asked.extend(also_ask.iter().map(String::as_str));
+    let valid: HashSet<String> = if asked.is_empty() {
+        HashSet::new()
+    } else {
+        client
+            .query_valid_paths(&asked, true, false)
+            .await
+            .map_err(serve_error("cannot ask the builder which inputs it has"))?
+            .into_iter()
+            .collect()
+    };
+    let missing: Vec<&str> = closure
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !valid.contains(*p))
+        .collect();
+    let mut copied = Vec::new();
+    for chunk in missing.chunks(EXPORT_CHUNK) {
+        copied.extend(export_to(client, local, chunk).await?);
+    }
+    Ok((copied, valid))
 }
 
 /// Sends `paths` (valid locally, references first or already on the builder) to the builder:
@@ -374,22 +542,106 @@ where
 /// one of them or in the input closure, which came from the local store. Asking the builder for
 /// the closure instead would let a dishonest one add any path it likes to the local store (the
 /// import checks no signatures), such as the future output of another derivation.
-async fn copy_back<R, W>(
+async fn copy_back_outputs<R, W>(
     client: &mut ServeClient<R, W>,
     local: &NixCli,
-    outputs: &[StorePath],
+    outputs: &BTreeMap<String, StorePath>,
 ) -> Result<Vec<StorePath>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let valid = local.is_valid(outputs).await?;
+    let outputs: Vec<StorePath> = outputs.values().cloned().collect();
+    let valid = local.is_valid(&outputs).await?;
     let missing: Vec<&str> = outputs
         .iter()
         .zip(valid)
         .filter(|(_, v)| !v)
         .map(|(p, _)| p.as_str())
         .collect();
+    import_from(client, local, &missing).await
+}
+
+/// Copies the runtime closure of `outputs` (the outputs of `drv_path`, just built in closure
+/// mode) from the builder into the local store, as far as it is missing there; returns the
+/// paths copied.
+///
+/// The builder names the closure (`cmdQueryClosure`), but the import checks no signatures, so
+/// its answer is not trusted: a missing path must be an output of a derivation in `drv_path`'s
+/// closure, which only the builder can have built during this build (sources and the rest
+/// came from the local store).
+async fn copy_back_closure<R, W>(
+    client: &mut ServeClient<R, W>,
+    local: &NixCli,
+    drv_path: &StorePath,
+    outputs: &BTreeMap<String, StorePath>,
+) -> Result<Vec<StorePath>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let output_paths: Vec<&str> = outputs.values().map(StorePath::as_str).collect();
+    let closure = client
+        .query_closure(&output_paths, false)
+        .await
+        .map_err(serve_error(
+            "cannot ask the builder for the outputs' closure",
+        ))?;
+    // The outputs themselves are always wanted, whatever the builder says.
+    let mut wanted: Vec<StorePath> = outputs.values().cloned().collect();
+    for path in closure {
+        let path = StorePath::new(&path).map_err(|_| Error::Serve {
+            message: "the builder sent an invalid path in the outputs' closure".to_owned(),
+            source: ServeError::Archive(NarError::BadPath { path: path.clone() }),
+        })?;
+        if !wanted.contains(&path) {
+            wanted.push(path);
+        }
+    }
+    let valid = local.is_valid(&wanted).await?;
+    let missing: Vec<StorePath> = wanted
+        .into_iter()
+        .zip(valid)
+        .filter(|(_, v)| !v)
+        .map(|(p, _)| p)
+        .collect();
+    let is_output = |p: &StorePath| outputs.values().any(|o| o == p);
+    if missing.iter().any(|p| !is_output(p)) {
+        // Only read when needed: the recursive listing of a large closure is large.
+        let produced: HashSet<String> = show_derivations(local, &[drv_path.as_str()], true)
+            .await?
+            .into_values()
+            .flat_map(|d| d.outputs.into_values().filter_map(|o| o.path))
+            .collect();
+        if let Some(stray) = missing.iter().find(|p| !produced.contains(p.as_str())) {
+            return Err(Error::Serve {
+                message: format!(
+                    "the builder says the outputs reference {stray}, which no derivation of \
+                     the closure produces"
+                ),
+                source: ServeError::Archive(NarError::UnexpectedPath {
+                    path: stray.clone(),
+                }),
+            });
+        }
+    }
+    let missing: Vec<&str> = missing.iter().map(StorePath::as_str).collect();
+    import_from(client, local, &missing).await
+}
+
+/// Copies `missing` (paths not valid locally, whose references are valid locally or among
+/// them) from the builder into the local store: its `cmdExportPaths` stream, checked to hold
+/// only those paths, piped into a local `nix-store --import`. Returns the paths copied, in the
+/// order received.
+async fn import_from<R, W>(
+    client: &mut ServeClient<R, W>,
+    local: &NixCli,
+    missing: &[&str],
+) -> Result<Vec<StorePath>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     if missing.is_empty() {
         return Ok(Vec::new());
     }
@@ -411,7 +663,7 @@ where
     // Drained so that the import never blocks on a full pipe (it prints each path).
     let stdout = tokio::spawn(read_capped(stdout));
     let stderr = tokio::spawn(read_capped(stderr));
-    let exported = client.export_paths(&missing, &mut stdin).await;
+    let exported = client.export_paths(missing, &mut stdin).await;
     // End of input: the import finishes, or drops a path whose record was cut short.
     drop(stdin);
     let finished = wait(&mut child, program, &args, stderr).await?;
@@ -425,8 +677,8 @@ where
         }),
         Ok(_) if finished.code != Some(0) => Err(finished.into_error()),
         Ok(paths) => {
-            // The import succeeded, so what it read is valid; an output the builder left out
-            // (it does not have it) is not.
+            // The import succeeded, so what it read is valid; a path the builder left out (it
+            // does not have it) is not.
             match missing
                 .iter()
                 .find(|m| !paths.iter().any(|p| p.as_str() == **m))
@@ -509,4 +761,77 @@ fn serve_error(message: &'static str) -> impl FnOnce(ServeError) -> Error {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(status: BuildResultStatus, message: &str) -> RemoteBuildStatus {
+        RemoteBuildStatus::Failed {
+            status,
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn build_paths_failure_should_map_nix_exit_statuses_and_strip_the_error_prefix() {
+        let builder = "builder for '/nix/store/x.drv' failed with exit code 3";
+        let cases = [
+            (
+                100,
+                format!("error: {builder}\n"),
+                failed(BuildResultStatus::PermanentFailure, builder),
+            ),
+            (
+                100,
+                "error: 1 dependencies of derivation '/nix/store/d.drv' failed to build".to_owned(),
+                failed(
+                    BuildResultStatus::DependencyFailed,
+                    "1 dependencies of derivation '/nix/store/d.drv' failed to build",
+                ),
+            ),
+            (
+                101,
+                "error: builder for '/nix/store/x.drv' timed out after 2 seconds".to_owned(),
+                RemoteBuildStatus::TimedOut {
+                    message: "builder for '/nix/store/x.drv' timed out after 2 seconds".to_owned(),
+                },
+            ),
+            (
+                102,
+                "error: hash mismatch".to_owned(),
+                failed(BuildResultStatus::OutputRejected, "hash mismatch"),
+            ),
+            (
+                104,
+                "differs".to_owned(),
+                failed(BuildResultStatus::NotDeterministic, "differs"),
+            ),
+            (
+                1,
+                "error: a 'aarch64-linux' with features {} is required".to_owned(),
+                failed(
+                    BuildResultStatus::MiscFailure,
+                    "a 'aarch64-linux' with features {} is required",
+                ),
+            ),
+        ];
+        for (status, message, expected) in cases {
+            assert_eq!(build_paths_failure(status, &message), expected, "{status}");
+        }
+    }
+
+    #[test]
+    fn remote_build_status_should_be_transient_only_for_transient_failures() {
+        assert!(failed(BuildResultStatus::MiscFailure, "store").is_transient());
+        assert!(failed(BuildResultStatus::TransientFailure, "x").is_transient());
+        assert!(!failed(BuildResultStatus::PermanentFailure, "x").is_transient());
+        assert!(!failed(BuildResultStatus::DependencyFailed, "x").is_transient());
+        assert!(!RemoteBuildStatus::Built.is_transient());
+        let timed_out = RemoteBuildStatus::TimedOut {
+            message: String::new(),
+        };
+        assert!(!timed_out.is_transient());
+    }
 }

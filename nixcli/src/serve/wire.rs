@@ -276,6 +276,16 @@ impl BuildResultStatus {
     pub fn is_success(self) -> bool {
         matches!(self, Self::Built | Self::Substituted | Self::AlreadyValid)
     }
+
+    /// Returns true when a retry (here or on another builder) may succeed: Nix marks
+    /// [`TransientFailure`](Self::TransientFailure) as such itself, and
+    /// [`MiscFailure`](Self::MiscFailure) is its catch-all for failures that are not the
+    /// builder program's (store or disk trouble, a lost substituter, a system feature or
+    /// platform the builder lacks), which say nothing about the derivation. Every other
+    /// failure is the derivation's own (it fails the same way again), a success, or unknown.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::TransientFailure | Self::MiscFailure)
+    }
 }
 
 /// The reply to `cmdBuildDerivation`.
@@ -558,6 +568,14 @@ mod tests {
             BuildResultStatus::from_code(42),
             BuildResultStatus::Unknown(42)
         );
+    }
+
+    #[test]
+    fn is_transient_should_hold_for_transient_and_misc_failures_only() {
+        let transient: Vec<u64> = (0..=13)
+            .filter(|&c| BuildResultStatus::from_code(c).is_transient())
+            .collect();
+        assert_eq!(transient, [6, 9]);
     }
 
     #[tokio::test]

@@ -1,34 +1,100 @@
-//! Starting a build: record it, then run it as a task that records its result before it
-//! leaves the running set (see the module docs of `builds`).
+//! Starting a build: record it, then run it (locally, or on an agent over its serve channel) as
+//! a task that records its result before it leaves the running set (see the module docs of
+//! `builds`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use reconix_agent::coordinator::AgentConn;
+use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
 use reconix_nixcli::{BuildRequest, BuildStatus, Nix};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
-use reconix_status::{BuildState, JobId, JobState};
+use reconix_status::{BuildState, JobId, JobState, Status};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::Result;
 use crate::context::{Ctx, Ports};
 
-pub(super) async fn dispatch<P: Ports>(
-    key: &BuilderName,
-    cx: &Ctx<P>,
-    drv_path: StorePath,
-    jobs: Vec<JobId>,
-    gc_root: PathBuf,
-    timeout: Duration,
-    max_silent: Duration,
-) -> Result<()> {
-    let Some(cancel) = cx.running.start(&drv_path) else {
+/// One attempt at building a drv on a builder (a `Dispatch` step).
+#[derive(Debug, Clone)]
+pub(super) struct Attempt {
+    pub drv_path: StorePath,
+    pub builder: BuilderName,
+    pub jobs: Vec<JobId>,
+    pub gc_root: PathBuf,
+    pub timeout: Duration,
+    pub max_silent: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// The build reached a result of its own: succeeded, failed, timed out or was cancelled.
+    Result {
+        state: BuildState,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    },
+    /// The builder, not the build, failed (connection lost, agent gone, store trouble).
+    Transient(String),
+}
+
+/// What to record for `ended` after attempt number `attempts` (1-based), with `retries` more
+/// attempts allowed after transient failures. `None`: requeue.
+pub(super) fn verdict(
+    ended: Ended,
+    attempts: u32,
+    retries: u32,
+) -> Option<(BuildState, Option<i32>, Option<String>)> {
+    match ended {
+        Ended::Result {
+            state,
+            exit_code,
+            error,
+        } => Some((state, exit_code, error)),
+        Ended::Transient(_) if attempts <= retries => None,
+        Ended::Transient(reason) => Some((
+            BuildState::Failed,
+            None,
+            Some(format!(
+                "gave up after {attempts} attempt{}: {reason}",
+                if attempts == 1 { "" } else { "s" }
+            )),
+        )),
+    }
+}
+
+pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<()> {
+    let drv_path = attempt.drv_path.clone();
+    let Some(cancel) = cx.running.start(&drv_path, &attempt.builder) else {
         return Ok(());
+    };
+    // An agent that left since the plan: nothing is recorded, the next plan places it again.
+    let conn = if attempt.builder.is_local() {
+        None
+    } else {
+        match cx.agents.get(attempt.builder.as_str()) {
+            Some(conn) if !conn.is_closed() => Some(conn),
+            _ => {
+                cx.running.finish(&drv_path);
+                cx.wakers.builds();
+                return Ok(());
+            }
+        }
     };
     let log_file = cx
         .state_dir()
         .join("logs")
         .join(format!("{}.log", drv_path.name()));
-    let (drv, builder, log) = (drv_path.clone(), key.clone(), log_file.clone());
+    let (drv, builder, log, jobs) = (
+        drv_path.clone(),
+        attempt.builder.clone(),
+        log_file.clone(),
+        attempt.jobs.clone(),
+    );
     let recorded = cx
         .status
         .call(move |db| {
@@ -36,7 +102,7 @@ pub(super) async fn dispatch<P: Ports>(
             // A drv whose build already succeeded or failed is never built again (applying a
             // step twice must end in the same state); the next plan moves its jobs on.
             if db.build_by_drv(&drv)?.is_some_and(|b| b.state.is_final()) {
-                return Ok(false);
+                return Ok(None);
             }
             db.upsert_build(&drv, Some(&builder), BuildState::Running, now)?;
             // Known from the start, so the log can be read while the build runs.
@@ -44,12 +110,12 @@ pub(super) async fn dispatch<P: Ports>(
             for job in &jobs {
                 db.set_job_state(*job, JobState::Building, None, now)?;
             }
-            Ok(true)
+            Ok(db.build_by_drv(&drv)?.map(|b| b.attempts))
         })
         .await;
-    match recorded {
-        Ok(true) => cx.wakers.all_statuses(),
-        Ok(false) => {
+    let attempts = match recorded {
+        Ok(Some(attempts)) => attempts,
+        Ok(None) => {
             cx.running.finish(&drv_path);
             cx.wakers.builds();
             return Ok(());
@@ -58,15 +124,10 @@ pub(super) async fn dispatch<P: Ports>(
             cx.running.finish(&drv_path);
             return Err(err.into());
         }
-    }
-    info!(drv = %drv_path, "build started");
-    let request = BuildRequest {
-        drv_path: drv_path.clone(),
-        gc_root: Some(gc_root),
-        timeout: Some(timeout),
-        max_silent: Some(max_silent),
-        log_file,
     };
+    cx.wakers.all_statuses();
+    info!(drv = %drv_path, builder = %attempt.builder, attempt = attempts, "build started");
+    let retries = cx.spec().builders.transient_retries;
     let (nix, status, running, wakers) = (
         cx.ports.nix().clone(),
         cx.status.clone(),
@@ -74,43 +135,208 @@ pub(super) async fn dispatch<P: Ports>(
         cx.wakers.clone(),
     );
     tokio::spawn(async move {
-        let outcome = nix.realise(request, cancel).await;
-        let (state, exit_code, error) = match outcome {
-            Ok(o) => {
-                let state = match o.status {
-                    BuildStatus::Succeeded => BuildState::Succeeded,
-                    BuildStatus::Failed | BuildStatus::Error => BuildState::Failed,
-                    BuildStatus::TimedOut => BuildState::TimedOut,
-                    BuildStatus::Cancelled => BuildState::Cancelled,
-                };
-                (state, o.exit_code, o.message)
-            }
-            Err(err) => (BuildState::Failed, None, Some(err.to_string())),
+        let ended = match conn {
+            None => build_locally(&nix, &attempt, log_file, cancel).await,
+            Some(conn) => build_on_agent(&nix, &conn, &attempt, &log_file, cancel).await,
         };
-        info!(drv = %drv_path, state = state.as_str(), "build ended");
-        let drv = drv_path.clone();
+        let (drv, builder) = (attempt.drv_path.clone(), attempt.builder.clone());
+        let outcome = verdict(ended.clone(), attempts, retries);
+        match (&outcome, &ended) {
+            (Some((state, _, error)), _) => {
+                info!(drv = %drv, builder = %builder, state = state.as_str(), error = error.as_deref().unwrap_or(""), "build ended");
+            }
+            (None, Ended::Transient(reason)) => {
+                warn!(drv = %drv, builder = %builder, attempt = attempts, %reason, "build interrupted: requeued");
+            }
+            (None, Ended::Result { .. }) => {}
+        }
+        record(&status, drv.clone(), builder, outcome, ended).await;
         // Record first, then leave the running set (see the module docs).
-        let recorded = status
-            .call(move |db| {
-                db.finish_build(
-                    &drv,
+        running.finish(&drv);
+        wakers.builds();
+        wakers.all_statuses();
+        wakers.gcroots();
+    });
+    Ok(())
+}
+
+/// Records an attempt's end: its result, or the requeue.
+async fn record(
+    status: &Status,
+    drv: StorePath,
+    builder: BuilderName,
+    outcome: Option<(BuildState, Option<i32>, Option<String>)>,
+    ended: Ended,
+) {
+    let d = drv.clone();
+    let recorded = status
+        .call(move |db| match outcome {
+            Some((state, exit_code, error)) => db
+                .finish_build(
+                    &d,
                     state,
                     exit_code,
                     error.as_deref(),
                     None,
                     Timestamp::now(),
                 )
-            })
-            .await;
-        if let Err(err) = recorded {
-            warn!(drv = %drv_path, error = %err, "could not record build result; it will run again");
+                .map(drop),
+            None => {
+                let reason = match &ended {
+                    Ended::Transient(reason) => reason.as_str(),
+                    Ended::Result { .. } => "interrupted",
+                };
+                db.requeue_build(&d, &builder, reason, Timestamp::now())
+                    .map(drop)
+            }
+        })
+        .await;
+    if let Err(err) = recorded {
+        warn!(drv = %drv, error = %err, "could not record build result; it will run again");
+    }
+}
+
+async fn build_locally<N: Nix>(
+    nix: &N,
+    attempt: &Attempt,
+    log_file: PathBuf,
+    cancel: CancellationToken,
+) -> Ended {
+    let request = BuildRequest {
+        drv_path: attempt.drv_path.clone(),
+        gc_root: Some(attempt.gc_root.clone()),
+        timeout: Some(attempt.timeout),
+        max_silent: Some(attempt.max_silent),
+        log_file,
+    };
+    match nix.realise(request, cancel).await {
+        Ok(o) => {
+            let state = match o.status {
+                BuildStatus::Succeeded => BuildState::Succeeded,
+                BuildStatus::Failed => BuildState::Failed,
+                BuildStatus::TimedOut => BuildState::TimedOut,
+                BuildStatus::Cancelled => BuildState::Cancelled,
+                // Nix itself failed (store trouble, a missing drv, killed): worth another try.
+                BuildStatus::Error => {
+                    return Ended::Transient(o.message.unwrap_or_else(|| "nix failed".to_owned()));
+                }
+            };
+            Ended::Result {
+                state,
+                exit_code: o.exit_code,
+                error: o.message,
+            }
         }
-        running.finish(&drv_path);
-        wakers.builds();
-        wakers.all_statuses();
-        if state == BuildState::Succeeded {
-            wakers.gcroots();
+        Err(err) => Ended::Transient(err.to_string()),
+    }
+}
+
+/// Builds on an agent: a serve channel on its connection, the input closure sent, the build
+/// run there, the outputs copied back and rooted here; the channel's stderr is the log.
+async fn build_on_agent<N: Nix>(
+    nix: &N,
+    conn: &Arc<AgentConn>,
+    attempt: &Attempt,
+    log_file: &Path,
+    cancel: CancellationToken,
+) -> Ended {
+    let agent = conn.name().to_string();
+    let channel = match conn.open_serve().await {
+        Ok(c) => c,
+        Err(err) => return Ended::Transient(format!("agent {agent}: {err}")),
+    };
+    if let Some(dir) = log_file.parent()
+        && let Err(err) = tokio::fs::create_dir_all(dir).await
+    {
+        return Ended::Transient(format!("cannot create {}: {err}", dir.display()));
+    }
+    let mut log = match tokio::fs::File::create(log_file).await {
+        Ok(f) => f,
+        Err(err) => {
+            return Ended::Transient(format!("cannot write {}: {err}", log_file.display()));
         }
+    };
+    let header = format!("reconix: building on agent {agent}\n");
+    if let Err(err) = log.write_all(header.as_bytes()).await {
+        return Ended::Transient(format!("cannot write {}: {err}", log_file.display()));
+    }
+    // The log must be read while the build runs (the connection multiplexes every channel).
+    let mut stderr = channel.log;
+    let mut copier = tokio::spawn(async move {
+        let copied = tokio::io::copy(&mut stderr, &mut log).await;
+        let _ = log.flush().await;
+        copied
     });
-    Ok(())
+    let handshake =
+        ServeClient::handshake(tokio::io::BufReader::new(channel.reader), channel.writer).await;
+    let mut client = match handshake {
+        Ok(c) => c,
+        Err(e) => {
+            // Dropping the log too closes the channel.
+            copier.abort();
+            return Ended::Transient(format!("agent {agent}: serve handshake: {e}"));
+        }
+    };
+    let settings = BuildSettings {
+        max_silent_time: attempt.max_silent.as_secs(),
+        build_timeout: attempt.timeout.as_secs(),
+        max_log_size: 0,
+    };
+    let outcome = tokio::select! {
+        o = nix.build_remote(&mut client, &attempt.drv_path, &settings) => o,
+        () = cancel.cancelled() => {
+            copier.abort();
+            return Ended::Result { state: BuildState::Cancelled, exit_code: None, error: Some("cancelled".to_owned()) };
+        }
+    };
+    // EOF on its stdin ends `nix-store --serve` on the agent, which ends the log; the channel
+    // closes once every part of it is dropped (the slot on the agent is then free again).
+    let (_, mut writer) = client.into_inner();
+    let _ = writer.shutdown().await;
+    drop(writer);
+    if tokio::time::timeout(Duration::from_secs(10), &mut copier)
+        .await
+        .is_err()
+    {
+        copier.abort();
+        warn!(drv = %attempt.drv_path, "the build log did not end after the build");
+    }
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return Ended::Transient(format!("agent {agent}: {e}")),
+    };
+    match outcome.status {
+        RemoteBuildStatus::Built => {
+            for (name, path) in &outcome.outputs {
+                let link = if name == "out" {
+                    attempt.gc_root.clone()
+                } else {
+                    let mut link = attempt.gc_root.clone().into_os_string();
+                    link.push(format!("-{name}"));
+                    PathBuf::from(link)
+                };
+                if let Err(err) = nix.add_root(&link, path).await {
+                    return Ended::Transient(format!("cannot root {path}: {err}"));
+                }
+            }
+            Ended::Result {
+                state: BuildState::Succeeded,
+                exit_code: None,
+                error: None,
+            }
+        }
+        RemoteBuildStatus::Failed { status, message } if status.is_transient() => {
+            Ended::Transient(format!("agent {agent}: {message}"))
+        }
+        RemoteBuildStatus::Failed { message, .. } => Ended::Result {
+            state: BuildState::Failed,
+            exit_code: None,
+            error: Some(message),
+        },
+        RemoteBuildStatus::TimedOut { message } => Ended::Result {
+            state: BuildState::TimedOut,
+            exit_code: None,
+            error: Some(message),
+        },
+    }
 }

@@ -1,9 +1,24 @@
-//! The `builds` loop: every job of a live evaluation is built once, DAG-gated, within capacity.
+//! The `builds` loop: every job of a live evaluation is built once, DAG-gated, on a builder
+//! that can build it, within capacity.
 //!
-//! Key: a builder (`local` for now). Observed: the unfinished jobs of live evaluations with their
-//! dependencies' states and the build of their drv, plus the builds this process is running.
-//! Steps: dispatch a drv, cancel a running build nobody needs any more, move a job to the state
-//! its build (or a failed dependency) implies, and close evaluations whose jobs are all done.
+//! Key: one (`local`, for historical reasons); placement is global, across the local builder
+//! and the connected agents. Observed: the unfinished jobs of live evaluations with their
+//! dependencies' states and the build of their drv, the builds this process is running (and
+//! where), and the enrolled agents with their offer and liveness. Steps: dispatch a drv to a
+//! builder, cancel a running build nobody needs any more, move a job to the state its build (or a
+//! failed dependency) implies, and close evaluations whose jobs are all done.
+//!
+//! **Placement.** A drv goes to a builder offering its system and every feature it requires
+//! (`requiredSystemFeatures`), with a free slot, least loaded first (running / max-jobs; the
+//! local builder wins ties). An agent is usable while it is connected and its last heartbeat
+//! is younger than `builders.heartbeat-timeout`; a `builders.remote` entry caps what it offers.
+//! A drv no known builder can build fails at once when no agent can enrol (no
+//! `builders.enrollment`); otherwise it waits for one.
+//!
+//! **Transient failures.** A build that could not run for reasons of its builder (connection
+//! lost, agent gone, store trouble) is requeued, up to `builders.transient-retries` more times,
+//! preferably on another builder; then it fails with the last reason. A build that failed by
+//! itself is never retried.
 //!
 //! Builds are keyed by drv path, so a drv shared by several jobs (or by several evaluations) is
 //! built once. A running build is a task owned by [`RunningBuilds`]; it writes its result to the
@@ -17,11 +32,11 @@ mod running;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reconix_spec::{BuilderName, RepoKey, Spec, StorePath, System, Timestamp};
+use reconix_spec::{BuilderName, Offer, RepoKey, Spec, StorePath, System, Timestamp};
 use reconix_status::{BuildState, EvaluationId, JobId, JobState};
 use serde::Serialize;
 use tracing::info;
@@ -64,12 +79,40 @@ pub struct SchedJob {
     pub drv_path: StorePath,
     /// The drv's system.
     pub system: Option<System>,
+    /// The system features the drv requires.
+    pub required_features: Vec<String>,
     /// `queued` or `building`.
     pub state: JobState,
     /// The jobs it depends on: id, attribute path and state.
     pub deps: Vec<(JobId, String, JobState)>,
-    /// The recorded build of its drv, if any: state and error message.
-    pub build: Option<(BuildState, Option<String>)>,
+    /// The recorded build of its drv, if any.
+    pub build: Option<BuildView>,
+}
+
+/// The recorded build of a drv, as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildView {
+    /// Its state.
+    pub state: BuildState,
+    /// Why it failed, or why its last attempt was requeued.
+    pub error: Option<String>,
+    /// The builder of its last attempt.
+    pub builder: Option<BuilderName>,
+    /// How many attempts it had.
+    pub attempts: u32,
+}
+
+/// An enrolled, unrevoked agent as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSlot {
+    /// Its name.
+    pub name: BuilderName,
+    /// What it offers (before the spec's caps).
+    pub offer: Offer,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Its last sign of life: the last heartbeat, or the connection when none came yet.
+    pub last_seen: Option<Timestamp>,
 }
 
 /// What `observe` saw.
@@ -77,8 +120,10 @@ pub struct SchedJob {
 pub struct Observed {
     /// Unfinished jobs of live evaluations, oldest evaluation first.
     pub jobs: Vec<SchedJob>,
-    /// Drvs this process is building right now.
-    pub running: BTreeSet<StorePath>,
+    /// Drvs this process is building right now, with their builder.
+    pub running: BTreeMap<StorePath, BuilderName>,
+    /// The enrolled, unrevoked agents.
+    pub agents: Vec<AgentSlot>,
     /// Evaluations in state `building` whose jobs are all in a terminal state.
     pub finishable: Vec<EvaluationId>,
 }
@@ -87,10 +132,12 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
-    /// Starts building `drv_path` for `jobs`.
+    /// Starts building `drv_path` for `jobs` on `builder`.
     Dispatch {
         /// The drv to realise.
         drv_path: StorePath,
+        /// Where: `local` or an agent's name.
+        builder: BuilderName,
         /// The jobs waiting for it.
         jobs: Vec<JobId>,
         /// The indirect GC root `nix-store --add-root` creates for the first job.
@@ -140,9 +187,15 @@ impl<P: Ports> Reconciler for Builds<P> {
         // rows read next. The other order could see a `running` row for a build that has just
         // ended and dispatch it again.
         let running = cx.running.drvs();
-        let (jobs, finishable) = cx
+        let (jobs, finishable, agents) = cx
             .status
-            .call(|db| Ok((db.schedulable_jobs()?, db.finishable_evaluations()?)))
+            .call(|db| {
+                Ok((
+                    db.schedulable_jobs()?,
+                    db.finishable_evaluations()?,
+                    db.agents()?,
+                ))
+            })
             .await?;
         let jobs = jobs
             .into_iter()
@@ -153,18 +206,47 @@ impl<P: Ports> Reconciler for Builds<P> {
                 attr: j.attr.into_string(),
                 drv_path: j.drv_path,
                 system: Some(j.system),
+                required_features: j.required_features,
                 state: j.state,
                 deps: j
                     .deps
                     .into_iter()
                     .map(|d| (d.id, d.attr.into_string(), d.state))
                     .collect(),
-                build: j.build.map(|b| (b.state, b.error)),
+                build: j.build.map(|b| BuildView {
+                    state: b.state,
+                    error: b.error,
+                    builder: b.builder,
+                    attempts: b.attempts,
+                }),
+            })
+            .collect();
+        let agents = agents
+            .into_iter()
+            .filter(|a| a.revoked_at.is_none())
+            .filter_map(|a| {
+                let name = BuilderName::new(&a.name).ok()?;
+                let connected = cx.agents.get(name.as_str()).is_some_and(|c| !c.is_closed());
+                Some(AgentSlot {
+                    offer: Offer {
+                        systems: a
+                            .systems
+                            .iter()
+                            .filter_map(|s| System::new(s).ok())
+                            .collect(),
+                        features: a.features,
+                        max_jobs: a.max_jobs,
+                    },
+                    connected: connected && a.connected_at.is_some(),
+                    last_seen: a.last_heartbeat_at.max(a.connected_at),
+                    name,
+                })
             })
             .collect();
         Ok(Observed {
             jobs,
             running,
+            agents,
             finishable,
         })
     }
@@ -206,11 +288,23 @@ impl<P: Ports> Reconciler for Builds<P> {
             }
             Step::Dispatch {
                 drv_path,
+                builder,
                 jobs,
                 gc_root,
                 timeout,
                 max_silent,
-            } => apply::dispatch(key, cx, drv_path, jobs, gc_root, timeout, max_silent).await,
+            } => {
+                let _ = key;
+                let attempt = apply::Attempt {
+                    drv_path,
+                    builder,
+                    jobs,
+                    gc_root,
+                    timeout,
+                    max_silent,
+                };
+                apply::dispatch(cx, attempt).await
+            }
         }
     }
 }

@@ -1,9 +1,11 @@
-//! The pure plan of the `builds` loop: DAG gating, dedup by drv, capacity, cancellation.
+//! The pure plan of the `builds` loop: DAG gating, dedup by drv, placement on builders within
+//! capacity, cancellation.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use reconix_spec::{BuilderName, Spec, StorePath, Timestamp};
+use reconix_spec::{BuilderName, Offer, Spec, StorePath, System, Timestamp};
 use reconix_status::{BuildState, JobState};
 
 use crate::gcroots::root_link;
@@ -18,21 +20,87 @@ fn is_bad(state: JobState) -> bool {
     )
 }
 
+/// A builder as placement sees it.
+#[derive(Debug)]
+struct Slot {
+    name: BuilderName,
+    offer: Offer,
+    /// Whether it may take new builds now.
+    ready: bool,
+    running: u32,
+}
+
+impl Slot {
+    fn free(&self) -> bool {
+        self.ready && self.running < self.offer.max_jobs
+    }
+
+    /// Orders by load (running / max-jobs), then by running builds; the local builder, listed
+    /// first, wins remaining ties.
+    fn load_cmp(&self, other: &Self) -> Ordering {
+        let mine = u64::from(self.running) * u64::from(other.offer.max_jobs.max(1));
+        let theirs = u64::from(other.running) * u64::from(self.offer.max_jobs.max(1));
+        mine.cmp(&theirs).then(self.running.cmp(&other.running))
+    }
+}
+
+/// The builders of the spec and the observation: local first, then agents by name.
+fn slots(desired: &Spec, observed: &Observed, now: Timestamp) -> Vec<Slot> {
+    let builders = &desired.builders;
+    let timeout = builders.heartbeat_timeout.to_std();
+    let mut running: HashMap<&BuilderName, u32> = HashMap::new();
+    for builder in observed.running.values() {
+        *running.entry(builder).or_default() += 1;
+    }
+    let local = BuilderName::local();
+    let mut slots = vec![Slot {
+        running: running.get(&local).copied().unwrap_or(0),
+        name: local,
+        offer: builders.local_offer(),
+        ready: true,
+    }];
+    let mut agents: Vec<_> = observed.agents.iter().collect();
+    agents.sort_by(|a, b| a.name.cmp(&b.name));
+    slots.extend(agents.into_iter().map(|a| Slot {
+        name: a.name.clone(),
+        offer: builders.agent_offer(&a.name, a.offer.clone()),
+        ready: a.connected && a.last_seen.is_some_and(|seen| now.since(seen) <= timeout),
+        running: running.get(&a.name).copied().unwrap_or(0),
+    }));
+    slots
+}
+
+/// Describes a drv's needs for messages: `x86_64-linux` or `x86_64-linux with kvm, …`.
+fn needs(system: &System, features: &[String]) -> String {
+    if features.is_empty() {
+        format!("`{system}`")
+    } else {
+        format!("`{system}` with {}", features.join(", "))
+    }
+}
+
 /// Plans the `builds` loop (pure).
 pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
-    let _ = (key, now);
-    let local = &desired.builders.local;
+    let _ = key;
+    let mut slots = slots(desired, observed, now);
+    let enrollment_open = desired.builders.enrollment.is_some();
     let mut steps = Vec::new();
 
     let needed: BTreeSet<&StorePath> = observed.jobs.iter().map(|j| &j.drv_path).collect();
-    let cancels: Vec<&StorePath> = observed
+    let cancels: Vec<(&StorePath, &BuilderName)> = observed
         .running
         .iter()
-        .filter(|d| !needed.contains(d))
+        .filter(|(d, _)| !needed.contains(d))
         .collect();
-    steps.extend(cancels.iter().map(|d| Step::Cancel {
-        drv_path: (*d).clone(),
-    }));
+    for (drv, builder) in &cancels {
+        steps.push(Step::Cancel {
+            drv_path: (*drv).clone(),
+        });
+        // A cancelled build frees its slot now.
+        if let Some(slot) = slots.iter_mut().find(|s| &s.name == *builder) {
+            slot.running = slot.running.saturating_sub(1);
+        }
+    }
 
     // drv → its waiting jobs, in first-seen (oldest evaluation first) order.
     let mut dispatch: Vec<(&StorePath, Vec<&SchedJob>)> = Vec::new();
@@ -51,24 +119,36 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
             continue;
         }
         if let Some(system) = &job.system
-            && !local.systems.contains(system)
+            && !enrollment_open
+            && !slots
+                .iter()
+                .any(|s| s.offer.max_jobs > 0 && s.offer.can_build(system, &job.required_features))
         {
             steps.push(set(
                 JobState::Failed,
-                Some(format!("no builder for system `{system}`")),
+                Some(format!(
+                    "no builder for {}",
+                    needs(system, &job.required_features)
+                )),
             ));
             continue;
         }
-        let running_here = observed.running.contains(&job.drv_path);
+        let running_here = observed.running.contains_key(&job.drv_path);
         match &job.build {
-            Some((BuildState::Succeeded, _)) => steps.push(set(JobState::Succeeded, None)),
-            Some((BuildState::Failed | BuildState::TimedOut, error)) => {
-                steps.push(set(JobState::Failed, error.clone()));
+            Some(b) if b.state == BuildState::Succeeded => {
+                steps.push(set(JobState::Succeeded, None));
+            }
+            Some(b) if matches!(b.state, BuildState::Failed | BuildState::TimedOut) => {
+                steps.push(set(JobState::Failed, b.error.clone()));
             }
             _ if running_here && job.state == JobState::Queued => {
                 steps.push(set(JobState::Building, None));
             }
             _ if running_here => {}
+            // Requeued after a transient failure: the job waits again.
+            Some(b) if b.state == BuildState::Queued && job.state == JobState::Building => {
+                steps.push(set(JobState::Queued, b.error.clone()));
+            }
             // Never built, queued, cancelled earlier, or `running` in a previous process.
             _ if job.deps.iter().all(|(_, _, s)| *s == JobState::Succeeded) => {
                 let i = *index.entry(&job.drv_path).or_insert_with(|| {
@@ -81,18 +161,40 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
         }
     }
 
-    let busy = observed.running.len() - cancels.len();
-    let free = usize::try_from(local.max_jobs)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(busy);
-    for (drv, jobs) in dispatch.into_iter().take(free) {
+    for (drv, jobs) in dispatch {
+        if !slots.iter().any(Slot::free) {
+            break;
+        }
         let first = jobs[0];
+        let Some(system) = &first.system else {
+            continue;
+        };
+        let capable = |s: &&Slot| {
+            s.ready && s.offer.max_jobs > 0 && s.offer.can_build(system, &first.required_features)
+        };
+        // After a transient failure, another builder is preferred when there is one.
+        let avoid = first
+            .build
+            .as_ref()
+            .filter(|b| b.state == BuildState::Queued && b.attempts > 0)
+            .and_then(|b| b.builder.as_ref())
+            .filter(|prev| slots.iter().filter(capable).any(|s| &s.name != *prev));
+        let Some(slot) = slots
+            .iter_mut()
+            .filter(|s| s.free() && s.offer.can_build(system, &first.required_features))
+            .filter(|s| avoid != Some(&s.name))
+            .min_by(|a, b| a.load_cmp(b))
+        else {
+            continue;
+        };
+        slot.running += 1;
         let (timeout, max_silent) = desired.repo(&first.repo).map_or(
             (Duration::from_secs(3 * 3600), Duration::from_secs(3600)),
             |(_, r)| (r.timeout.to_std(), r.max_silent.to_std()),
         );
         steps.push(Step::Dispatch {
             drv_path: drv.clone(),
+            builder: slot.name.clone(),
             jobs: jobs.iter().map(|j| j.id).collect(),
             gc_root: root_link(
                 &desired.state_dir,
@@ -114,11 +216,28 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
     );
 
     // A job that changed state can unblock its dependents or finish its evaluation: look again
-    // right away. Otherwise wait for a build to end or an evaluation to arrive.
+    // right away. Otherwise wait for a build to end, an evaluation to arrive or an agent to
+    // come or go; an agent whose heartbeat is late stops being used at its deadline.
     let then = if steps.iter().any(|s| matches!(s, Step::SetJobState { .. })) {
         Action::requeue(Duration::ZERO)
     } else {
-        Action::requeue(Duration::from_secs(60))
+        Action::requeue(next_liveness_change(desired, observed, now))
     };
     Plan { steps, then }
+}
+
+/// How long until a connected agent's heartbeat deadline passes (at most a minute).
+fn next_liveness_change(desired: &Spec, observed: &Observed, now: Timestamp) -> Duration {
+    let timeout = desired.builders.heartbeat_timeout.to_std();
+    observed
+        .agents
+        .iter()
+        .filter(|a| a.connected)
+        .filter_map(|a| a.last_seen)
+        .map(|seen| timeout.saturating_sub(now.since(seen)))
+        .filter(|left| !left.is_zero())
+        .min()
+        .map_or(Duration::from_secs(60), |left| {
+            left.min(Duration::from_secs(60)) + Duration::from_millis(1)
+        })
 }

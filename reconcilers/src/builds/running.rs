@@ -1,37 +1,57 @@
-//! The builds this process runs: drv path → cancellation token.
+//! The builds this process runs: drv path → the builder it runs on and its cancellation token.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use reconix_spec::StorePath;
+use reconix_spec::{BuilderName, StorePath};
 use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+struct Entry {
+    builder: BuilderName,
+    cancel: CancellationToken,
+}
 
 /// The builds this process is running, by drv path.
 #[derive(Debug, Default, Clone)]
 pub struct RunningBuilds {
-    inner: Arc<Mutex<BTreeMap<StorePath, CancellationToken>>>,
+    inner: Arc<Mutex<BTreeMap<StorePath, Entry>>>,
 }
 
 impl RunningBuilds {
-    /// Returns the drvs being built.
-    pub fn drvs(&self) -> BTreeSet<StorePath> {
-        self.lock().keys().cloned().collect()
+    /// Returns the drvs being built, with the builder each one runs on.
+    pub fn drvs(&self) -> BTreeMap<StorePath, BuilderName> {
+        self.lock()
+            .iter()
+            .map(|(drv, e)| (drv.clone(), e.builder.clone()))
+            .collect()
     }
 
-    /// Registers a build; returns its cancellation token, or `None` when it already runs.
-    pub(super) fn start(&self, drv: &StorePath) -> Option<CancellationToken> {
+    /// Registers a build on `builder`; returns its cancellation token, or `None` when the drv
+    /// already runs.
+    pub(super) fn start(
+        &self,
+        drv: &StorePath,
+        builder: &BuilderName,
+    ) -> Option<CancellationToken> {
         let mut map = self.lock();
         if map.contains_key(drv) {
             return None;
         }
-        let token = CancellationToken::new();
-        map.insert(drv.clone(), token.clone());
-        Some(token)
+        let cancel = CancellationToken::new();
+        map.insert(
+            drv.clone(),
+            Entry {
+                builder: builder.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        Some(cancel)
     }
 
     pub(super) fn cancel(&self, drv: &StorePath) {
-        if let Some(token) = self.lock().get(drv) {
-            token.cancel();
+        if let Some(e) = self.lock().get(drv) {
+            e.cancel.cancel();
         }
     }
 
@@ -41,8 +61,8 @@ impl RunningBuilds {
 
     /// Cancels every running build (daemon shutdown).
     pub fn cancel_all(&self) {
-        for token in self.lock().values() {
-            token.cancel();
+        for e in self.lock().values() {
+            e.cancel.cancel();
         }
     }
 
@@ -56,7 +76,7 @@ impl RunningBuilds {
         self.lock().is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<StorePath, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<StorePath, Entry>> {
         // A poisoned lock only means a panic elsewhere while holding it; the map stays usable.
         self.inner
             .lock()

@@ -28,6 +28,7 @@ impl J {
             attr: format!("packages.x86_64-linux.p{id}"),
             drv_path: drv(drv_n),
             system: Some(System::new("x86_64-linux").unwrap()),
+            required_features: Vec::new(),
             state: JobState::Queued,
             deps: Vec::new(),
             build: None,
@@ -40,10 +41,27 @@ impl J {
         self
     }
     fn build(mut self, state: BuildState) -> Self {
-        self.0.build = Some((
+        self.0.build = Some(BuildView {
             state,
-            (state == BuildState::Failed).then(|| "boom".to_owned()),
-        ));
+            error: (state == BuildState::Failed).then(|| "boom".to_owned()),
+            builder: None,
+            attempts: u32::from(state != BuildState::Queued),
+        });
+        self
+    }
+    /// Requeued after a transient failure on `builder`.
+    fn requeued_from(mut self, builder: &str) -> Self {
+        self.0.state = JobState::Building;
+        self.0.build = Some(BuildView {
+            state: BuildState::Queued,
+            error: Some(format!("agent {builder}: connection lost")),
+            builder: Some(BuilderName::new(builder).unwrap()),
+            attempts: 1,
+        });
+        self
+    }
+    fn features(mut self, f: &[&str]) -> Self {
+        self.0.required_features = f.iter().map(|s| (*s).to_owned()).collect();
         self
     }
     fn state(mut self, state: JobState) -> Self {
@@ -59,9 +77,37 @@ impl J {
 fn observed(jobs: Vec<J>, running: &[u32]) -> Observed {
     Observed {
         jobs: jobs.into_iter().map(|j| j.0).collect(),
-        running: running.iter().map(|n| drv(*n)).collect(),
+        running: running.iter().map(|n| (drv(*n), local_builder())).collect(),
+        agents: Vec::new(),
         finishable: Vec::new(),
     }
+}
+
+/// A connected agent seen at time 0 (the plans below run at time 0 unless they say otherwise).
+fn agent(name: &str, systems: &[&str], features: &[&str], max_jobs: u32) -> AgentSlot {
+    AgentSlot {
+        name: BuilderName::new(name).unwrap(),
+        offer: Offer {
+            systems: systems.iter().map(|s| System::new(*s).unwrap()).collect(),
+            features: features.iter().map(|s| (*s).to_owned()).collect(),
+            max_jobs,
+        },
+        connected: true,
+        last_seen: Some(Timestamp(0)),
+    }
+}
+
+/// Where each drv was dispatched: (drv number by path, builder).
+fn placed(p: &Plan<Step>) -> Vec<(StorePath, String)> {
+    p.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Dispatch {
+                drv_path, builder, ..
+            } => Some((drv_path.clone(), builder.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn run(o: &Observed, max_jobs: u32) -> Plan<Step> {
@@ -90,6 +136,7 @@ fn ready_job_should_be_dispatched_with_its_root_and_timeouts() {
         p.steps,
         vec![Step::Dispatch {
             drv_path: drv(1),
+            builder: local_builder(),
             jobs: vec![JobId(7)],
             gc_root: "/state/gcroots/here/demo/1/packages.x86_64-linux.p7".into(),
             timeout: Duration::from_secs(3600),
@@ -252,5 +299,161 @@ fn evaluation_with_all_jobs_done_should_be_finished() {
         vec![Step::FinishEvaluation {
             evaluation: EvaluationId(4)
         }]
+    );
+}
+
+#[test]
+fn drvs_should_go_to_the_least_loaded_capable_builder() {
+    let mut o = observed((1..=6).map(|n| J::new(i64::from(n), n)).collect(), &[]);
+    o.agents = vec![
+        agent("a1", &["x86_64-linux"], &[], 2),
+        agent("a2", &["x86_64-linux"], &[], 4),
+    ];
+    let p = run(&o, 1);
+    let b = |n: u32, builder: &str| (drv(n), builder.to_owned());
+    // local 0/1, a1 0/2, a2 0/4: ties go to the first listed (local, then by name), then
+    // the lowest running / max-jobs.
+    assert_eq!(
+        placed(&p),
+        vec![
+            b(1, "local"),
+            b(2, "a1"),
+            b(3, "a2"),
+            b(4, "a2"),
+            b(5, "a1"),
+            b(6, "a2"),
+        ]
+    );
+}
+
+#[test]
+fn required_features_and_systems_should_pick_the_builder() {
+    let mut o = observed(
+        vec![
+            J::new(1, 1).features(&["kvm"]),
+            J::new(2, 2).system("aarch64-linux"),
+            J::new(3, 3).features(&["kvm", "big-parallel"]),
+        ],
+        &[],
+    );
+    o.agents = vec![
+        agent("arm", &["aarch64-linux"], &[], 2),
+        agent("vm", &["x86_64-linux"], &["kvm", "big-parallel"], 2),
+    ];
+    let p = run(&o, 2);
+    assert_eq!(
+        placed(&p),
+        vec![
+            (drv(1), "vm".to_owned()),
+            (drv(2), "arm".to_owned()),
+            (drv(3), "vm".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn a_job_no_known_builder_can_build_should_wait_when_agents_can_enrol() {
+    let mut spec = spec(2);
+    spec.builders.enrollment = Some(reconix_spec::Enrollment {
+        listen: "127.0.0.1:7000".parse().unwrap(),
+        token_file: reconix_spec::SecretFile::new("/run/token"),
+    });
+    let o = observed(vec![J::new(1, 1).features(&["kvm"])], &[]);
+    let p = plan(&local_builder(), &spec, &o, Timestamp(0));
+    assert!(p.steps.is_empty(), "{p:?}");
+    // Without enrollment nothing could ever build it.
+    let p = run(&o, 2);
+    assert!(matches!(
+        &p.steps[..],
+        [Step::SetJobState { state: JobState::Failed, error: Some(e), .. }] if e == "no builder for `x86_64-linux` with kvm"
+    ));
+}
+
+#[test]
+fn an_agent_with_a_late_heartbeat_or_disconnected_should_get_nothing() {
+    let mut o = observed(vec![J::new(1, 1), J::new(2, 2)], &[]);
+    let mut late = agent("late", &["x86_64-linux"], &[], 4);
+    late.last_seen = Some(Timestamp(0));
+    let mut gone = agent("gone", &["x86_64-linux"], &[], 4);
+    gone.connected = false;
+    o.agents = vec![late, gone];
+    // 31 s later: past the default 30 s heartbeat timeout.
+    let p = plan(&local_builder(), &spec(0), &o, Timestamp(31_000));
+    assert!(placed(&p).is_empty(), "{p:?}");
+    // 10 s later `late` is fine, and the plan looks again when its deadline passes.
+    let p = plan(&local_builder(), &spec(0), &o, Timestamp(10_000));
+    assert_eq!(placed(&p).len(), 2);
+    assert_eq!(p.then, Action::requeue(Duration::from_millis(20_001)));
+}
+
+#[test]
+fn a_requeued_build_should_prefer_another_builder_and_its_jobs_wait_again() {
+    let mut o = observed(vec![J::new(1, 1).requeued_from("a1")], &[]);
+    o.agents = vec![
+        agent("a1", &["x86_64-linux"], &[], 4),
+        agent("a2", &["x86_64-linux"], &[], 1),
+    ];
+    let p = run(&o, 0);
+    assert!(
+        matches!(&p.steps[..], [Step::SetJobState { job: JobId(1), state: JobState::Queued, error: Some(e) }] if e.contains("connection lost")),
+        "{p:?}"
+    );
+    o.jobs[0].state = JobState::Queued;
+    let p = run(&o, 0);
+    assert_eq!(placed(&p), vec![(drv(1), "a2".to_owned())]);
+    // a2 busy: wait for it rather than go back to a1.
+    o.running.insert(drv(9), BuilderName::new("a2").unwrap());
+    o.jobs.push(J::new(9, 9).state(JobState::Building).0);
+    let p = run(&o, 0);
+    assert!(placed(&p).is_empty(), "{p:?}");
+    // a1 is the only one left: it gets the retry.
+    o.agents.pop();
+    let p = run(&o, 0);
+    assert_eq!(placed(&p), vec![(drv(1), "a1".to_owned())], "{p:?}");
+}
+
+#[test]
+fn a_spec_entry_should_cap_an_agent() {
+    let mut spec = spec(0);
+    spec.builders.remote.insert(
+        BuilderName::new("a1").unwrap(),
+        reconix_spec::RemoteBuilder {
+            systems: vec![System::x86_64_linux()],
+            features: Vec::new(),
+            max_jobs: 1,
+        },
+    );
+    let mut o = observed(vec![J::new(1, 1), J::new(2, 2)], &[]);
+    o.agents = vec![agent("a1", &["x86_64-linux"], &[], 8)];
+    let p = plan(&local_builder(), &spec, &o, Timestamp(0));
+    assert_eq!(placed(&p), vec![(drv(1), "a1".to_owned())]);
+}
+
+#[test]
+fn transient_failures_should_be_retried_up_to_the_limit_and_real_ones_never() {
+    use super::apply::{Ended, verdict};
+    let lost = || Ended::Transient("agent a1: connection lost".to_owned());
+    assert_eq!(verdict(lost(), 1, 2), None);
+    assert_eq!(verdict(lost(), 2, 2), None);
+    assert_eq!(
+        verdict(lost(), 3, 2),
+        Some((
+            BuildState::Failed,
+            None,
+            Some("gave up after 3 attempts: agent a1: connection lost".to_owned())
+        ))
+    );
+    let failed = Ended::Result {
+        state: BuildState::Failed,
+        exit_code: Some(1),
+        error: Some("builder failed".to_owned()),
+    };
+    assert_eq!(
+        verdict(failed, 1, 2),
+        Some((
+            BuildState::Failed,
+            Some(1),
+            Some("builder failed".to_owned())
+        ))
     );
 }
