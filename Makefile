@@ -32,5 +32,5 @@ unit:
 test: nix fmt lint unit
 
 bench: nix
-	$(CARGO) build --release -p reconix -p reconix-e2e --bins
+	$(CARGO) build --release -p reconix -p reconix-e2e -p reconix-agent --bins
 	$(CARGO) run --release -q -p reconix-e2e --bin reconix-bench -- $(BENCH_ARGS)

@@ -10,14 +10,24 @@
 //!   attributes. Both with two builds at a time.
 //! - **intake**: signed GitHub push deliveries to the real webhook route, against a trivial axum
 //!   handler as the baseline (module [`intake`]); needs neither Nix nor the daemon binary.
+//! - **remote**: remote building through reconix's agent transport (module [`remote`]): the
+//!   setup overhead per build on a reused and on a fresh agent connection against raw Nix's
+//!   `--builders ssh://localhost`, and closure transfer throughput against `nix copy`; needs Nix
+//!   and the `reconix-agent` binary, not the daemon.
 //!
 //! Both sides use a chroot store of their own (`--nix-store DIR` / `--store DIR`), each warmed up
 //! with a small flake first, and each run alternates which side goes first. Run
 //! `reconix-bench --help` for the flags.
 
+/// Prints a progress line on stderr.
+macro_rules! progress {
+    ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
+}
+
 mod cpu;
 mod flakes;
 mod intake;
+mod remote;
 mod report;
 
 use std::ffi::OsString;
@@ -48,9 +58,11 @@ const IDLE_CORES: f64 = 0.15;
 const DEADLINE: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "\
-usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3] [--only eval|build|intake]
-                     [--json PATH] [--idle-wait 120] [--deliveries 20000] [--concurrency 16]
+usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3]
+                     [--only eval|build|intake|remote] [--json PATH] [--idle-wait 120]
+                     [--deliveries 20000] [--concurrency 16] [--remote-builds 50] [--closure-mib 256]
        reconix-bench intake [--deliveries 20000] [--concurrency 16] [--runs 3] [--json PATH]
+       reconix-bench remote [--remote-builds 50] [--closure-mib 256] [--runs 3] [--json PATH]
 
 Compares reconix with raw Nix on generated flakes (p_i depends on p_(i/10)), fresh salts each time:
   eval N    daemon: commit seen -> jobs recorded     raw: one bulk `nix eval --json` (appendix B)
@@ -61,7 +73,16 @@ machine uses < 0.15 cores, and it warns when other processes used more during a 
   intake    --deliveries signed GitHub pushes to POST /webhooks/{forge} over --concurrency
             connections (file-backed database): deliveries/s, p50/p99/max latency, against an
             axum handler that only reads the body (baseline); needs no Nix (`intake` = `--only intake`)
-The reconix binary is target/<profile>/reconix next to this one, or $RECONIX_BIN.";
+  remote    the bench as coordinator, the real reconix-agent serving a chroot store over SSH:
+            --remote-builds trivial builds each on one reused connection (setup = open_serve +
+            handshake) and on a fresh agent process per build, against raw Nix's
+            `--builders ssh://localhost?remote-store=…` (median and p95); then a --closure-mib MiB
+            closure (8 paths) sent to an empty store by build_remote (over the agent, and over a
+            local nix-store --serve's pipes), against `nix copy` (store to store, and to
+            ssh://localhost), --runs times (MiB/s); needs Nix and reconix-agent, not the daemon
+            (`remote` = `--only remote`)
+The reconix binary is target/<profile>/reconix next to this one, or $RECONIX_BIN; reconix-agent
+likewise, or $RECONIX_AGENT_BIN (without it the default run skips the remote benchmark).";
 
 /// Which benchmarks to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +90,7 @@ enum Only {
     Eval,
     Build,
     Intake,
+    Remote,
 }
 
 /// Command-line options.
@@ -82,6 +104,8 @@ struct Opts {
     idle_wait: Duration,
     deliveries: usize,
     concurrency: usize,
+    remote_builds: usize,
+    closure_mib: usize,
 }
 
 fn parse_list(flag: &str, value: Option<String>) -> Result<Vec<usize>> {
@@ -111,11 +135,17 @@ impl Opts {
             idle_wait: Duration::from_secs(120),
             deliveries: 20_000,
             concurrency: 16,
+            remote_builds: 50,
+            closure_mib: 256,
         };
         let mut args = args.into_iter().peekable();
-        if args.peek().is_some_and(|a| a == "intake") {
+        match args.peek().map(String::as_str) {
+            Some("intake") => opts.only = Some(Only::Intake),
+            Some("remote") => opts.only = Some(Only::Remote),
+            _ => {}
+        }
+        if opts.only.is_some() {
             args.next();
-            opts.only = Some(Only::Intake);
         }
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -138,7 +168,10 @@ impl Opts {
                         Some("eval") => Some(Only::Eval),
                         Some("build") => Some(Only::Build),
                         Some("intake") => Some(Only::Intake),
-                        other => bail!("--only takes `eval`, `build` or `intake`, not {other:?}"),
+                        Some("remote") => Some(Only::Remote),
+                        other => bail!(
+                            "--only takes `eval`, `build`, `intake` or `remote`, not {other:?}"
+                        ),
                     }
                 }
                 "--idle-wait" => {
@@ -148,15 +181,16 @@ impl Opts {
                     })?;
                     opts.idle_wait = Duration::from_secs(secs);
                 }
-                "--deliveries" | "--concurrency" => {
+                "--deliveries" | "--concurrency" | "--remote-builds" | "--closure-mib" => {
                     let n = match parse_list(&flag, value())?.as_slice() {
                         [n] => *n,
                         _ => bail!("{flag} takes one positive number"),
                     };
-                    if flag == "--deliveries" {
-                        opts.deliveries = n;
-                    } else {
-                        opts.concurrency = n;
+                    match flag.as_str() {
+                        "--deliveries" => opts.deliveries = n,
+                        "--concurrency" => opts.concurrency = n,
+                        "--remote-builds" => opts.remote_builds = n,
+                        _ => opts.closure_mib = n,
                     }
                 }
                 "--json" => opts.json = Some(value().context("--json needs a path")?.into()),
@@ -177,22 +211,41 @@ impl Opts {
             runs: self.runs,
         }
     }
+
+    fn remote_settings(&self) -> remote::Settings {
+        remote::Settings {
+            builds: self.remote_builds,
+            closure_mib: self.closure_mib,
+            runs: self.runs,
+            idle_wait: self.idle_wait,
+        }
+    }
 }
 
-/// `reconix-bench intake`: the intake benchmark alone, which needs neither Nix nor the daemon.
-fn run_intake(opts: &Opts) -> Result<ExitCode> {
+/// `reconix-bench intake` or `reconix-bench remote`: one benchmark alone, without the daemon.
+fn run_alone(opts: &Opts, only: Only) -> Result<ExitCode> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("e2e crate has no parent")?;
     let machine = Machine::read(workspace);
-    eprint!("{}", machine.text());
-    let report = intake::run(opts.intake_settings())?;
+    let (text, key, json) = if only == Only::Remote {
+        reconix_e2e::require_nix()?;
+        let agent = remote::agent_bin()?;
+        progress!("reconix-agent binary: {}", agent.display());
+        eprint!("{}", machine.text());
+        let report = remote::run(opts.remote_settings(), &agent)?;
+        (report.text(), "remote", report.to_json())
+    } else {
+        eprint!("{}", machine.text());
+        let report = intake::run(opts.intake_settings())?;
+        (report.text(), "intake", report.to_json())
+    };
     println!("# reconix-bench results\n");
     print!("{}", machine.text());
     println!();
-    print!("{}", report.text());
+    print!("{text}");
     if let Some(path) = &opts.json {
-        let doc = json!({ "machine": machine.to_json(), "intake": report.to_json() });
+        let doc = json!({ "machine": machine.to_json(), key: json });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("[bench] wrote {}", path.display());
@@ -210,18 +263,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints a progress line on stderr.
-macro_rules! progress {
-    ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
-}
-
 fn run() -> Result<ExitCode> {
     let Some(opts) = Opts::parse(std::env::args().skip(1))? else {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     };
-    if opts.only == Some(Only::Intake) {
-        return run_intake(&opts);
+    if let Some(only @ (Only::Intake | Only::Remote)) = opts.only {
+        return run_alone(&opts, only);
     }
     // The e2e harness finds the daemon through RECONIX_BIN. Setting our own environment needs
     // `unsafe` in edition 2024, so when it is unset we run ourselves again with it set.
@@ -288,6 +336,18 @@ fn run() -> Result<ExitCode> {
     } else {
         None
     };
+    // `make bench` builds the daemon and this crate; the agent may not be there.
+    let remote = match remote::agent_bin() {
+        _ if !opts.wants(Only::Remote) => None,
+        Ok(agent) => {
+            progress!("reconix-agent binary: {}", agent.display());
+            Some(Ok(remote::run(opts.remote_settings(), &agent)?))
+        }
+        Err(e) => {
+            progress!("WARNING: skipping the remote benchmark: {e:#}");
+            Some(Err(e))
+        }
+    };
 
     let table = report::table(&rows);
     println!("# reconix-bench results\n");
@@ -313,6 +373,14 @@ fn run() -> Result<ExitCode> {
         println!();
         print!("{}", intake.text());
     }
+    match &remote {
+        Some(Ok(remote)) => {
+            println!();
+            print!("{}", remote.text());
+        }
+        Some(Err(e)) => println!("\n## Remote building\n\nSkipped: {e:#}"),
+        None => {}
+    }
 
     if let Some(path) = &opts.json {
         let settings = json!({
@@ -333,6 +401,11 @@ fn run() -> Result<ExitCode> {
         );
         if let Some(intake) = &intake {
             doc["intake"] = intake.to_json();
+        }
+        match &remote {
+            Some(Ok(remote)) => doc["remote"] = remote.to_json(),
+            Some(Err(e)) => doc["remote"] = json!({ "skipped": format!("{e:#}") }),
+            None => {}
         }
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -919,6 +992,18 @@ mod tests {
             (vec![1000, 5000], vec![200], 3, None)
         );
         assert!(Opts::parse(args("--help")).unwrap().is_none());
+        let r = Opts::parse(args("remote --remote-builds 5 --closure-mib=16 --runs 2"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.only, r.remote_builds, r.closure_mib, r.runs),
+            (Some(Only::Remote), 5, 16, 2)
+        );
+        let r = Opts::parse(args("--only remote")).unwrap().unwrap();
+        assert_eq!(
+            (r.only, r.remote_builds, r.closure_mib),
+            (Some(Only::Remote), 50, 256)
+        );
         assert!(Opts::parse(args("--only nothing")).is_err());
         assert!(Opts::parse(args("--runs 0")).is_err());
         assert!(Opts::parse(args("--bogus")).is_err());
