@@ -244,14 +244,14 @@ async fn dispatch_of_a_drv_whose_build_already_ended_should_do_nothing() {
         })
         .await
         .unwrap();
-    let step = BuildStep::Dispatch {
+    let step = BuildStep::Dispatch(reconix_reconcilers::builds::Dispatch {
         drv_path: drv,
         builder: BuilderName::local(),
         jobs: Vec::new(),
         gc_root: w.ctx.state_dir().join("r"),
         timeout: Duration::from_secs(60),
         max_silent: Duration::from_secs(60),
-    };
+    });
     Builds::new()
         .apply(&BuilderName::local(), step.clone(), &w.ctx)
         .await

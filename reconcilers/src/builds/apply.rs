@@ -10,7 +10,7 @@ use reconix_agent::coordinator::AgentConn;
 use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
 use reconix_nixcli::{BuildRequest, BuildStatus, Nix};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
-use reconix_status::{BuildState, JobId, JobState, Status};
+use reconix_status::{BuildState, JobState, Status};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -18,16 +18,7 @@ use tracing::{info, warn};
 use crate::Result;
 use crate::context::{Ctx, Ports};
 
-/// One attempt at building a drv on a builder (a `Dispatch` step).
-#[derive(Debug, Clone)]
-pub(super) struct Attempt {
-    pub drv_path: StorePath,
-    pub builder: BuilderName,
-    pub jobs: Vec<JobId>,
-    pub gc_root: PathBuf,
-    pub timeout: Duration,
-    pub max_silent: Duration,
-}
+use super::Dispatch as Attempt;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

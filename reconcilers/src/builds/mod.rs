@@ -128,25 +128,31 @@ pub struct Observed {
     pub finishable: Vec<EvaluationId>,
 }
 
+/// Starts building `drv_path` for `jobs` on `builder` (one attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Dispatch {
+    /// The drv to realise.
+    pub drv_path: StorePath,
+    /// Where: `local` or an agent's name.
+    pub builder: BuilderName,
+    /// The jobs waiting for it.
+    pub jobs: Vec<JobId>,
+    /// The indirect GC root of the first job's outputs (`<root>` for `out`, `<root>-<name>`
+    /// for the others).
+    pub gc_root: PathBuf,
+    /// Build timeout.
+    pub timeout: Duration,
+    /// Maximum time without log output.
+    pub max_silent: Duration,
+}
+
 /// One step of the `builds` loop.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
-    /// Starts building `drv_path` for `jobs` on `builder`.
-    Dispatch {
-        /// The drv to realise.
-        drv_path: StorePath,
-        /// Where: `local` or an agent's name.
-        builder: BuilderName,
-        /// The jobs waiting for it.
-        jobs: Vec<JobId>,
-        /// The indirect GC root `nix-store --add-root` creates for the first job.
-        gc_root: PathBuf,
-        /// Build timeout.
-        timeout: Duration,
-        /// Maximum time without log output.
-        max_silent: Duration,
-    },
+    /// Starts building a drv on a builder.
+    Dispatch(Dispatch),
     /// Stops a running build that no live job needs any more.
     Cancel {
         /// The drv being built.
@@ -286,23 +292,8 @@ impl<P: Ports> Reconciler for Builds<P> {
                 cx.running.cancel(&drv_path);
                 Ok(())
             }
-            Step::Dispatch {
-                drv_path,
-                builder,
-                jobs,
-                gc_root,
-                timeout,
-                max_silent,
-            } => {
+            Step::Dispatch(attempt) => {
                 let _ = key;
-                let attempt = apply::Attempt {
-                    drv_path,
-                    builder,
-                    jobs,
-                    gc_root,
-                    timeout,
-                    max_silent,
-                };
                 apply::dispatch(cx, attempt).await
             }
         }

@@ -11,7 +11,7 @@ use reconix_status::{BuildState, JobState};
 use crate::gcroots::root_link;
 use crate::runtime::{Action, Plan};
 
-use super::{Observed, SchedJob, Step};
+use super::{Dispatch, Observed, SchedJob, Step};
 
 fn is_bad(state: JobState) -> bool {
     matches!(
@@ -192,7 +192,7 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
             (Duration::from_secs(3 * 3600), Duration::from_secs(3600)),
             |(_, r)| (r.timeout.to_std(), r.max_silent.to_std()),
         );
-        steps.push(Step::Dispatch {
+        steps.push(Step::Dispatch(Dispatch {
             drv_path: drv.clone(),
             builder: slot.name.clone(),
             jobs: jobs.iter().map(|j| j.id).collect(),
@@ -205,7 +205,7 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
             ),
             timeout,
             max_silent,
-        });
+        }));
     }
 
     steps.extend(

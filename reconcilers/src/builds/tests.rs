@@ -102,9 +102,7 @@ fn placed(p: &Plan<Step>) -> Vec<(StorePath, String)> {
     p.steps
         .iter()
         .filter_map(|s| match s {
-            Step::Dispatch {
-                drv_path, builder, ..
-            } => Some((drv_path.clone(), builder.to_string())),
+            Step::Dispatch(d) => Some((d.drv_path.clone(), d.builder.to_string())),
             _ => None,
         })
         .collect()
@@ -118,7 +116,7 @@ fn dispatched(p: &Plan<Step>) -> Vec<StorePath> {
     p.steps
         .iter()
         .filter_map(|s| match s {
-            Step::Dispatch { drv_path, .. } => Some(drv_path.clone()),
+            Step::Dispatch(d) => Some(d.drv_path.clone()),
             _ => None,
         })
         .collect()
@@ -134,14 +132,14 @@ fn ready_job_should_be_dispatched_with_its_root_and_timeouts() {
     let p = run(&observed(vec![J::new(7, 1)], &[]), 2);
     assert_eq!(
         p.steps,
-        vec![Step::Dispatch {
+        vec![Step::Dispatch(Dispatch {
             drv_path: drv(1),
             builder: local_builder(),
             jobs: vec![JobId(7)],
             gc_root: "/state/gcroots/here/demo/1/packages.x86_64-linux.p7".into(),
             timeout: Duration::from_secs(3600),
             max_silent: Duration::from_secs(300),
-        }]
+        })]
     );
 }
 
@@ -181,7 +179,7 @@ fn job_with_failed_dependency_should_become_dependency_failed() {
 fn identical_drvs_should_be_built_once() {
     let p = run(&observed(vec![J::new(1, 5), J::new(2, 5)], &[]), 2);
     assert_eq!(dispatched(&p), vec![drv(5)]);
-    assert!(matches!(&p.steps[0], Step::Dispatch { jobs, .. } if jobs == &[JobId(1), JobId(2)]));
+    assert!(matches!(&p.steps[0], Step::Dispatch(d) if d.jobs == [JobId(1), JobId(2)]));
 }
 
 #[test]
