@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Builders, Cache, Forge, ForgeName, Repo, RepoKey, Retention, Statuses};
+use crate::{Builders, Cache, Forge, ForgeName, Repo, RepoKey, Retention, SecretFile, Statuses};
 
 /// The desired state of one reconix daemon: what to build, where, and what to keep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -21,6 +21,11 @@ pub struct Spec {
     /// link in commit statuses. Required when any forge is not `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_url: Option<String>,
+    /// File holding the bearer token that mutations (rebuild a job, cancel or re-run an
+    /// evaluation) must present. Without it every mutation is refused; pages and the read API
+    /// never need it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<SecretFile>,
     /// Forges by name; each lists the repositories to build.
     pub forges: BTreeMap<ForgeName, Forge>,
     /// Machines that run builds.
@@ -39,6 +44,7 @@ impl Default for Spec {
             state_dir: PathBuf::from("/var/lib/reconix"),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             external_url: None,
+            api_token_file: None,
             forges: BTreeMap::new(),
             builders: Builders::default(),
             caches: Vec::new(),

@@ -110,6 +110,7 @@ impl Spec {
         let root = At::default();
         c.absolute(&root.k("state-dir"), "state-dir", &self.state_dir);
         self.check_external_url(&mut c, &root);
+        c.secret(&root, "api-token-file", self.api_token_file.as_ref());
         self.check_forges(&mut c, &root);
         self.check_duplicate_repos(&mut c);
         self.check_builders(&mut c, &root.k("builders"));
