@@ -38,6 +38,8 @@ pub struct AppState {
     pub status: Status,
     /// The webhook intake; without it `POST /webhooks/{forge}` answers 404.
     intake: Option<Arc<webhooks::Intake>>,
+    /// The current spec, when the daemon gave one.
+    spec: Option<watch::Receiver<Arc<Spec>>>,
 }
 
 impl AppState {
@@ -46,7 +48,15 @@ impl AppState {
         Self {
             status,
             intake: None,
+            spec: None,
         }
+    }
+
+    /// Gives the handlers the current spec (forges, builders, the API token file).
+    #[must_use]
+    pub fn with_spec(mut self, spec: watch::Receiver<Arc<Spec>>) -> Self {
+        self.spec = Some(spec);
+        self
     }
 
     /// Enables the webhook intake: deliveries are checked against the current `spec` (its
@@ -58,14 +68,15 @@ impl AppState {
         spec: watch::Receiver<Arc<Spec>>,
         wake: Arc<dyn Fn(Wake) + Send + Sync>,
     ) -> Self {
-        let intake = webhooks::Intake::new(self.status.clone(), spec, wake);
+        let intake = webhooks::Intake::new(self.status.clone(), spec.clone(), wake);
         self.intake = Some(Arc::new(intake));
+        self.spec = Some(spec);
         self
     }
 
-    /// Returns the current spec, when the intake is enabled.
+    /// Returns the current spec, when the daemon gave one.
     fn spec(&self) -> Option<Arc<Spec>> {
-        self.intake.as_ref().map(|intake| intake.spec())
+        self.spec.as_ref().map(|rx| Arc::clone(&rx.borrow()))
     }
 }
 
