@@ -202,6 +202,17 @@ impl NixCli {
         }
     }
 
+    /// Returns true when [`physical`](Self::physical) is where store paths really are: the
+    /// store is a directory given with [`with_store`](Self::with_store), or the default one
+    /// (`auto`, `daemon`, `local`, or none named here or in `NIX_REMOTE`).
+    pub(crate) fn physical_is_exact(&self) -> bool {
+        let default = |s: &OsString| matches!(s.to_str(), Some("auto" | "daemon" | "local"));
+        match &self.config.store {
+            Some(store) => Path::new(store).is_absolute() || default(store),
+            None => self.effective_store().is_none_or(|s| default(&s)),
+        }
+    }
+
     /// Builds a command for `program` with the configured environment and no stdin.
     pub(crate) fn command(&self, program: &Path, args: &[OsString]) -> Command {
         let mut cmd = Command::new(program);

@@ -67,6 +67,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A store path's files could not be read to be sent to a builder (or changed meanwhile).
+    #[error("cannot read store path {path}")]
+    StoreRead {
+        /// The store path.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A `.drv` file could not be parsed.
     #[error("cannot parse derivation {path}")]
     DrvParse {

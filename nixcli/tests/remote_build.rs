@@ -52,7 +52,9 @@ fn run(program: &str, args: &[&str]) -> String {
 /// (reads `a`, no reference), `fail` (reads `a`, exits 7), `sleeper` (sleeps 30 s); and for
 /// intermediate derivations (never built locally): `i` (reads `a`, no reference), `d` (links
 /// to `i`: its output references `i`'s), `dfail` (uses `ifail`, which reads `a` and exits 5),
-/// `dsleep` (uses `sleeper`).
+/// `dsleep` (uses `sleeper`); and for large inputs: `big` (a tree with a 9 MiB file, an
+/// executable and symlinks, referencing `a`), `big2` (a 9 MiB file and a link to `big`) and
+/// `usesbig` (reads both).
 struct Lab {
     dir: TempDir,
     nix: NixCli,
@@ -81,7 +83,10 @@ impl Lab {
   ifail = mk "ifail" "read x < ${{a}}; echo intermediate-fails; exit 5";
   dfail = mk "dfail" "echo building-dfail; echo ${{ifail}} > $out";
   dsleep = mk "dsleep" "echo building-dsleep; echo ${{sleeper}} > $out";
-in {{ inherit a b c fail sleeper i d ifail dfail dsleep; }}
+  big = mk "big" "mkdir -p $out/sub; head -c 9437184 /dev/urandom > $out/sub/data; echo hi > $out/run; chmod +x $out/run; ln -s sub/data $out/link; echo ${{a}} > $out/a";
+  big2 = mk "big2" "mkdir $out; head -c 9437190 /dev/urandom > $out/data; ln -s ${{big}} $out/big";
+  usesbig = mk "usesbig" "echo building-usesbig; test -f ${{big2}}/big/sub/data; wc -c < ${{big2}}/data > $out";
+in {{ inherit a b c fail sleeper i d ifail dfail dsleep big big2 usesbig; }}
 "#
         );
         std::fs::write(dir.path().join("default.nix"), expr).unwrap();
@@ -334,6 +339,116 @@ async fn build_remote_should_report_a_build_timeout() {
     assert!(!lab.valid("local", &outcome.outputs["out"]));
     let log = remote.finish().await;
     assert!(log.contains("sleeping"), "{log}");
+}
+
+#[tokio::test]
+async fn build_remote_should_stream_large_inputs_with_add_to_store_nar_references_first() {
+    let lab = Lab::new();
+    let a_out = lab.build_locally(&lab.drv("a"));
+    let big_out = lab.build_locally(&lab.drv("big"));
+    let big2_out = lab.build_locally(&lab.drv("big2"));
+    let mut remote = lab.serve().await;
+    assert!(remote.client.supports_add_to_store_nar());
+
+    let outcome = remote
+        .build(&lab, &lab.drv("usesbig"), &BuildSettings::default())
+        .await;
+
+    assert_eq!(outcome.status, RemoteBuildStatus::Built, "{outcome:?}");
+    // `a` in an export batch, flushed before `big` (which references it), then the two
+    // large paths one by one.
+    assert_eq!(outcome.copied_to_remote, [a_out, big_out, big2_out.clone()]);
+    for sent in &outcome.copied_to_remote {
+        assert!(lab.valid("remote", sent), "{sent}");
+        lab.verify("remote", sent);
+    }
+    assert_eq!(
+        lab.closure("remote", &big2_out),
+        lab.closure("local", &big2_out)
+    );
+    let file = lab
+        .dir
+        .path()
+        .join("local")
+        .join(&outcome.outputs["out"].as_str()[1..]);
+    assert_eq!(std::fs::read_to_string(file).unwrap().trim(), "9437190");
+    let log = remote.finish().await;
+    assert!(log.contains("building-usesbig"), "{log}");
+}
+
+#[tokio::test]
+async fn build_remote_should_stream_large_inputs_through_nix_when_the_store_is_a_url() {
+    let lab = Lab::new();
+    lab.build_locally(&lab.drv("a"));
+    let big_out = lab.build_locally(&lab.drv("big"));
+    let big2_out = lab.build_locally(&lab.drv("big2"));
+    // The store's files are not read directly: each large path comes from `nix store dump-path`.
+    let nix = NixCli::new().with_store(format!("local?root={}", lab.store("local")));
+    let mut remote = lab.serve().await;
+
+    let outcome = within(build_remote(
+        &mut remote.client,
+        &nix,
+        &lab.drv("usesbig"),
+        &BuildSettings::default(),
+    ))
+    .await
+    .unwrap();
+
+    assert_eq!(outcome.status, RemoteBuildStatus::Built, "{outcome:?}");
+    assert_eq!(outcome.copied_to_remote.len(), 3, "{outcome:?}");
+    for sent in [&big_out, &big2_out] {
+        assert!(lab.valid("remote", sent), "{sent}");
+        lab.verify("remote", sent);
+    }
+    assert!(lab.valid("local", &outcome.outputs["out"]));
+    remote.finish().await;
+}
+
+#[tokio::test]
+async fn build_remote_should_fail_when_a_large_input_no_longer_matches_its_hash() {
+    let lab = Lab::new();
+    lab.build_locally(&lab.drv("a"));
+    let big_out = lab.build_locally(&lab.drv("big"));
+    let big2_out = lab.build_locally(&lab.drv("big2"));
+    // Corrupt one byte of big2's file in LOCAL: same size, another hash.
+    let data = lab
+        .dir
+        .path()
+        .join("local")
+        .join(&big2_out.as_str()[1..])
+        .join("data");
+    let dir = data.parent().unwrap();
+    let mut perms = std::fs::metadata(dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(dir, perms.clone()).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&data, perms).unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let mut remote = lab.serve().await;
+
+    let result = within(build_remote(
+        &mut remote.client,
+        &lab.nix,
+        &lab.drv("usesbig"),
+        &BuildSettings::default(),
+    ))
+    .await;
+
+    assert!(
+        matches!(result, Err(reconix_nixcli::Error::Serve { .. })),
+        "{result:?}"
+    );
+    // The builder refused it (and exited); what came before is there.
+    assert!(lab.valid("remote", &big_out));
+    assert!(!lab.valid("remote", &big2_out));
+    let Remote { client, child, log } = remote;
+    drop(client);
+    drop(child);
+    let log = within(log).await.unwrap();
+    assert!(log.contains("hash mismatch"), "{result:?} {log}");
 }
 
 #[tokio::test]

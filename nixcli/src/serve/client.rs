@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use reconix_spec::names::StorePath;
 
 use super::ServeError;
-use super::nar::{NarError, NarLimits, copy_export};
+use super::nar::{NarError, NarLimits, copy_export, copy_nar};
 use super::wire::{
-    BasicDerivation, BuildResult, BuildSettings, CMD_IMPORT_PATHS, SERVE_MAGIC_1, SERVE_MAGIC_2,
-    SERVE_PROTOCOL_VERSION, encode_build_derivation, encode_build_paths, encode_export_paths,
-    encode_query_closure, encode_query_valid_paths, major, put_u64, read_build_result, read_bytes,
-    read_strings, read_u64,
+    ADD_TO_STORE_NAR_MINOR, BasicDerivation, BuildResult, BuildSettings, CMD_IMPORT_PATHS, NarInfo,
+    SERVE_MAGIC_1, SERVE_MAGIC_2, SERVE_PROTOCOL_VERSION, encode_add_to_store_nar,
+    encode_build_derivation, encode_build_paths, encode_export_paths, encode_query_closure,
+    encode_query_valid_paths, major, minor, put_u64, read_build_result, read_bytes, read_strings,
+    read_u64,
 };
 use crate::parse::stderr::strip_ansi;
 
@@ -218,6 +219,67 @@ where
         }
     }
 
+    /// Returns true when the server reads `cmdAddToStoreNar` (serve protocol 2.5 and later, Nix
+    /// 2.4 and later), see [`add_to_store_nar`](Self::add_to_store_nar).
+    pub fn supports_add_to_store_nar(&self) -> bool {
+        minor(self.server_version) >= ADD_TO_STORE_NAR_MINOR
+    }
+
+    /// Sends one path with `cmdAddToStoreNar`: `info`, then its NAR read from `nar` (e.g. the
+    /// stdout of `nix store dump-path`), checked as it is copied. The server streams the NAR
+    /// into its store, checks its size and hash against `info` and registers the path, whose
+    /// references must be valid there already. It does not check signatures.
+    ///
+    /// Exactly `info.nar_size` bytes are sent: a NAR that would be longer is stopped before
+    /// its excess is read, and one that is shorter is an error.
+    ///
+    /// # Errors
+    /// When the server does not read the command ([`ServeError::UnsupportedVersion`], nothing
+    /// sent), `info.nar_size` is 0 or `nar` is not a well-formed NAR of exactly that size
+    /// ([`ServeError::Archive`]; the server then waits for the rest and the connection is
+    /// unusable), when the server fails to add it (it closes the connection: its stderr says
+    /// why), or when it does not acknowledge.
+    pub async fn add_to_store_nar<N: AsyncRead + Unpin>(
+        &mut self,
+        info: &NarInfo,
+        nar: &mut N,
+    ) -> Result<(), ServeError> {
+        if !self.supports_add_to_store_nar() {
+            return Err(ServeError::UnsupportedVersion {
+                version: self.server_version,
+            });
+        }
+        if info.nar_size == 0 {
+            // No NAR is empty, and Nix refuses a size of 0 (and then exits).
+            return Err(ServeError::Archive(NarError::TooLarge { max: 0 }));
+        }
+        let command = encode_add_to_store_nar(info);
+        self.writer.write_all(&command).await.map_err(write_error)?;
+        let limits = NarLimits {
+            max_nar_size: self.nar_limits.max_nar_size.min(info.nar_size),
+            ..self.nar_limits
+        };
+        let size = copy_nar(nar, &mut self.writer, &limits)
+            .await
+            .map_err(|e| match e {
+                NarError::Write(source) => write_error(source),
+                other => ServeError::Archive(other),
+            })?;
+        if size != info.nar_size {
+            return Err(ServeError::Archive(NarError::WrongSize {
+                expected: info.nar_size,
+                actual: size,
+            }));
+        }
+        match read_u64(&mut self.reader).await? {
+            1 => Ok(()),
+            got => Err(ServeError::UnexpectedReply {
+                command: "cmdAddToStoreNar",
+                got,
+            }),
+        }
+    }
+
     /// Sends `cmdExportPaths` for `paths` and copies the export stream the server answers with
     /// (references first) into `sink`, e.g. the stdin of a local `nix-store --import`; returns
     /// the paths it held. `sink` is flushed, not closed.
@@ -295,7 +357,7 @@ mod tests {
 
     use tokio::io::AsyncReadExt;
 
-    use super::super::nar::testing::export_record;
+    use super::super::nar::testing::{export_record, file};
     use super::super::wire::{put_bytes, put_strings, read_string};
     use super::*;
 
@@ -624,6 +686,100 @@ mod tests {
         assert!(
             matches!(&refused, ServeError::Archive(NarError::UnexpectedPath { path }) if path.as_str() == B),
             "{refused:?}"
+        );
+    }
+
+    fn nar_info(nar: &[u8]) -> NarInfo {
+        NarInfo {
+            path: A.into(),
+            nar_hash: "sha256-x".into(),
+            nar_size: nar.len() as u64,
+            ..NarInfo::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn add_to_store_nar_should_send_the_info_then_exactly_the_nar() {
+        let nar = file(b"contents");
+        let info = nar_info(&nar);
+        let (header, expected) = (encode_add_to_store_nar(&info), nar.clone());
+        with_server(
+            0x207,
+            move |mut s| async move {
+                let mut got = vec![0u8; header.len() + expected.len()];
+                s.reader.read_exact(&mut got).await.unwrap();
+                assert_eq!(got[..header.len()], header);
+                assert_eq!(got[header.len()..], expected);
+                s.send(|b| put_u64(b, 1)).await;
+            },
+            async |c| {
+                let mut input = nar.clone();
+                input.extend_from_slice(b"not sent");
+                let mut reader = input.as_slice();
+                c.add_to_store_nar(&info, &mut reader).await.unwrap();
+                assert_eq!(reader, b"not sent");
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn add_to_store_nar_should_never_send_more_than_the_announced_size() {
+        let nar = file(b"contents");
+        for announced in [nar.len() as u64 - 8, nar.len() as u64 + 8] {
+            let info = NarInfo {
+                nar_size: announced,
+                ..nar_info(&nar)
+            };
+            let header = encode_add_to_store_nar(&info).len();
+            let err = with_server(
+                0x207,
+                move |mut s| async move {
+                    let mut got = Vec::new();
+                    s.reader.read_to_end(&mut got).await.unwrap();
+                    assert!(got.len() as u64 <= header as u64 + announced);
+                },
+                async |c| {
+                    let err = c.add_to_store_nar(&info, &mut nar.as_slice()).await;
+                    // The connection is unusable: close it, as a caller drops it.
+                    c.writer.shutdown().await.unwrap();
+                    err.unwrap_err()
+                },
+            )
+            .await;
+            let expected = if announced < nar.len() as u64 {
+                matches!(err, ServeError::Archive(NarError::TooLarge { .. }))
+            } else {
+                matches!(err, ServeError::Archive(NarError::WrongSize { .. }))
+            };
+            assert!(expected, "{announced}: {err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn add_to_store_nar_should_refuse_a_server_older_than_2_5_without_sending() {
+        let nar = file(b"contents");
+        let err = with_server(
+            0x204,
+            |mut s| async move {
+                let mut got = Vec::new();
+                s.reader.read_to_end(&mut got).await.unwrap();
+                assert!(got.is_empty(), "{got:?}");
+            },
+            async |c| {
+                assert!(!c.supports_add_to_store_nar());
+                let err = c
+                    .add_to_store_nar(&nar_info(&nar), &mut nar.as_slice())
+                    .await
+                    .unwrap_err();
+                c.writer.shutdown().await.unwrap();
+                err
+            },
+        )
+        .await;
+        assert!(
+            matches!(err, ServeError::UnsupportedVersion { version: 0x204 }),
+            "{err:?}"
         );
     }
 

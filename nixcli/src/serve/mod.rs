@@ -4,8 +4,8 @@
 //! builder.
 //!
 //! Only what reconix uses is implemented: the handshake, `cmdQueryValidPaths`,
-//! `cmdImportPaths`, `cmdExportPaths`, `cmdBuildPaths`, `cmdQueryClosure` and
-//! `cmdBuildDerivation` (`nix-lab.md` §5 lists the others). The server writes build logs as
+//! `cmdImportPaths`, `cmdExportPaths`, `cmdBuildPaths`, `cmdQueryClosure`,
+//! `cmdBuildDerivation` and `cmdAddToStoreNar` (`nix-lab.md` §5 lists the others). The server writes build logs as
 //! plain text to its *stderr*, which is not part of the protocol: the caller reads it (see
 //! `crate::pool` for how a local channel attributes it to the right build).
 //!
@@ -14,6 +14,7 @@
 //! a server that does not share the local store, copying closures both ways.
 
 mod client;
+mod dump;
 pub mod nar;
 mod remote;
 pub mod wire;
@@ -21,7 +22,9 @@ pub mod wire;
 pub use client::{BuildPathsReply, ServeClient};
 pub use nar::{NarError, NarLimits};
 pub use remote::{RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings, build_remote};
-pub use wire::{BasicDerivation, BuildResult, BuildResultStatus, BuildSettings, DerivationOutput};
+pub use wire::{
+    BasicDerivation, BuildResult, BuildResultStatus, BuildSettings, DerivationOutput, NarInfo,
+};
 
 /// Errors of the serve protocol.
 #[derive(Debug, thiserror::Error)]

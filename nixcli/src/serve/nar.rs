@@ -30,6 +30,8 @@ const NAR_MAGIC: &[u8] = b"nix-archive-1";
 const MAX_KEYWORD_LEN: u64 = 16;
 /// Copied bytes are written out once this many are buffered.
 const CHUNK: usize = 64 << 10;
+/// The most bytes of file contents read (and then written) at once.
+const CONTENTS_CHUNK: usize = 256 << 10;
 /// The longest store path or deriver accepted in an export stream (Nix's own limit is 211
 /// bytes of name plus the store directory and hash).
 const MAX_PATH_LEN: u64 = 512;
@@ -100,6 +102,14 @@ pub enum NarError {
         /// The limit.
         max: usize,
     },
+    /// The archive is shorter than announced (`cmdAddToStoreNar` sends its size first).
+    #[error("the archive has {actual} bytes, not the {expected} announced")]
+    WrongSize {
+        /// The announced size.
+        expected: u64,
+        /// The archive's size.
+        actual: u64,
+    },
     /// A token other than the one the grammar requires.
     #[error("expected {expected}, found {found:?}")]
     Unexpected {
@@ -141,8 +151,9 @@ pub enum NarError {
 /// Copies one NAR from `reader` to `writer`, checking its structure against `limits`, and
 /// returns its size. Reads exactly the archive: what follows it stays in `reader`.
 ///
-/// `reader` is read in small pieces, so it should be buffered; `writer` is written in chunks of
-/// 64 KiB and flushed at the end.
+/// `reader` is read in small pieces, so it should be buffered; `writer` gets the framing in
+/// chunks of up to 64 KiB and file contents as they are read (at most 256 KiB at a time), and
+/// is flushed at the end.
 ///
 /// # Errors
 /// When the input is not a well-formed NAR within `limits`, or either stream fails. Whatever
@@ -274,6 +285,8 @@ struct Tee<'a, R, W> {
     nar_size: u64,
     /// The size limit of the current NAR (`u64::MAX` outside one).
     nar_max: u64,
+    /// File contents pass through here (allocated at the first non-empty file).
+    chunk: Vec<u8>,
 }
 
 impl<'a, R, W> Tee<'a, R, W>
@@ -289,6 +302,7 @@ where
             hold: false,
             nar_size: 0,
             nar_max: u64::MAX,
+            chunk: Vec::new(),
         }
     }
 
@@ -380,7 +394,9 @@ where
         }
     }
 
-    /// Copies `len` bytes of file contents and their padding, in chunks.
+    /// Copies `len` bytes of file contents and their padding, in chunks of at most
+    /// [`CONTENTS_CHUNK`] that go straight from `reader` to `writer` (nothing is buffered or
+    /// zeroed per byte, unless the output is held).
     async fn contents(&mut self) -> Result<(), NarError> {
         let len = self.u64().await?;
         let pad = padding(len) as u64;
@@ -391,12 +407,37 @@ where
         if self.nar_size.saturating_add(total) > self.nar_max {
             return Err(NarError::TooLarge { max: self.nar_max });
         }
+        if self.chunk.is_empty() && len > 0 {
+            self.chunk = vec![0; CONTENTS_CHUNK];
+        }
         let mut left = len;
         while left > 0 {
-            // At most CHUNK, so it fits in usize.
-            let n = left.min(CHUNK as u64) as usize;
-            self.fill(n).await?;
-            self.written_if_large().await?;
+            // At most CONTENTS_CHUNK, so it fits in usize.
+            let want = left.min(self.chunk.len() as u64) as usize;
+            let n = self
+                .reader
+                .read(&mut self.chunk[..want])
+                .await
+                .map_err(NarError::Read)?;
+            if n == 0 {
+                return Err(NarError::Truncated);
+            }
+            self.account(n as u64)?;
+            if self.hold {
+                self.out.extend_from_slice(&self.chunk[..n]);
+            } else {
+                if !self.out.is_empty() {
+                    self.writer
+                        .write_all(&self.out)
+                        .await
+                        .map_err(NarError::Write)?;
+                    self.out.clear();
+                }
+                self.writer
+                    .write_all(&self.chunk[..n])
+                    .await
+                    .map_err(NarError::Write)?;
+            }
             left -= n as u64;
         }
         let at = self.fill(pad as usize).await?;

@@ -4,23 +4,32 @@
 //! 1. **Inputs** (local): read the derivation (`nix show-derivation`) and take its input
 //!    sources and the outputs it uses of its input derivations. Then one of two modes:
 //!    - *Derivation mode*, when every input is valid locally (the usual case: the inputs are
-//!      jobs built before): the input closure (`nix-store -qR`, which prints references before
-//!      referrers) is what the builder needs.
+//!      jobs built before): the input closure is what the builder needs
+//!      (`nix path-info --json --recursive`, which also gives each path's NAR size, hash and
+//!      references; sorted here with references first).
 //!    - *Closure mode*, when some input derivation was never built locally (an intermediate
 //!      derivation that is not a job): the builder needs the closure of the `.drv` file itself
 //!      (the `.drv` files and sources below it) and of every output of those derivations that
 //!      *is* valid locally, so that it does not rebuild what was built already
 //!      (`nix-store -qR --include-outputs <drv>`).
 //! 2. **Copy to the builder**: ask which of those paths it lacks (`cmdQueryValidPaths` with
-//!    `lock`, so that it keeps them while the connection lasts) and send them
-//!    (`nix-store --export` piped into `cmdImportPaths`, in chunks that keep the `-qR` order, so
-//!    that references always arrive first). The serve protocol does not check signatures.
+//!    `lock`, so that it keeps them while the connection lasts) and send them, references
+//!    always first. Large paths (a NAR of 8 MiB or more) go one by one with
+//!    `cmdAddToStoreNar` (servers from 2.5): their metadata, then the NAR, written from the
+//!    path's files in the local store (or, for a store named by a URL, streamed from a local
+//!    `nix store dump-path`), which the builder writes to its store as it arrives and checks
+//!    against the size and hash sent. The others go in batches, a local `nix-store --export`
+//!    piped into `cmdImportPaths` (whose server holds each NAR in memory and hashes it twice:
+//!    fine for small paths, 3–4× slower for large ones). Both streams are walked as they go
+//!    through. The serve protocol does not check signatures.
 //! 3. **Build**. Derivation mode: `cmdBuildDerivation`; the `.drv` files are not copied and,
 //!    like `build-remote`, the whole input closure goes in `inputSrcs`. Closure mode:
 //!    `cmdBuildPaths` of `<drv>!<out1>,<out2>…`, which builds the missing intermediate
 //!    derivations too; its reply is only `0` or Nix's exit status and message, from which the
 //!    status is derived (see [`crate::parse::exit`]).
-//! 4. **Copy back**: the missing paths are exported by the builder (`cmdExportPaths`,
+//! 4. **Copy back**: the paths missing locally (in derivation mode, the outputs that were not
+//!    valid locally while the builder built, which is asked meanwhile) are exported by the
+//!    builder (`cmdExportPaths`,
 //!    references first) and piped into a local `nix-store --import` (which, in Nix 2.8, does
 //!    not check signatures either). The export stream is walked as it goes: only the paths
 //!    asked for can reach the local store. Derivation mode asks for the outputs only: what
@@ -33,27 +42,37 @@
 //! The build log is the server's stderr, which belongs to the transport (the child's stderr
 //! pipe, or an SSH channel's extended data), so the caller reads it there.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reconix_spec::names::StorePath;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
-use tokio::process::Child;
+use tokio::process::{Child, ChildStdout};
 use tracing::debug;
 
 use super::client::{BuildPathsReply, ServeClient};
-use super::wire::{BasicDerivation, BuildResultStatus, BuildSettings, DerivationOutput};
+use super::dump::dump_nar;
+use super::wire::{BasicDerivation, BuildResultStatus, BuildSettings, DerivationOutput, NarInfo};
 use super::{NarError, ServeError};
 use crate::cli::{command_line, os_args, spawn_error, status_text};
 use crate::pool::stderr_message;
 use crate::{Error, Nix, NixCli, Result};
 
-/// How many paths one local `nix-store --export` gets (keeps argv small).
+/// How many paths one local `nix-store --export` or `nix path-info` gets (keeps argv small).
 const EXPORT_CHUNK: usize = 1000;
+/// Paths whose NAR is at least this large are sent alone with `cmdAddToStoreNar`; smaller
+/// ones go together, a `nix-store --export` piped into `cmdImportPaths`. Nix 2.8's
+/// `cmdImportPaths` holds each NAR in memory and parses and hashes it twice (about 3.5 ms per
+/// MiB more than `cmdAddToStoreNar` on the benchmark machine), which outweighs a round trip
+/// per path (or, for a store named by a URL, starting a `nix store dump-path`, some 20 ms)
+/// only for large paths.
+const NAR_MIN_SIZE: u64 = 8 << 20;
+/// The read buffer on a local `nix-store --export` or `nix store dump-path`.
+const NAR_READ_BUFFER: usize = 256 << 10;
 /// How much of a helper process's stdout or stderr is kept.
 const OUTPUT_CAP: usize = 1 << 20;
 
@@ -161,24 +180,33 @@ where
     let output_paths: Vec<String> = outputs.values().map(ToString::to_string).collect();
 
     let started = Instant::now();
-    let (to_send, also_ask) = match &mode {
-        Mode::Derivation { closure, .. } => (closure, &[][..]),
+    let (to_send, also_ask, infos) = match &mode {
+        Mode::Derivation { closure, infos, .. } => (closure, &[][..], Some(infos)),
         // Asking for the outputs too tells whether the builder has them already.
-        Mode::Closure { send, .. } => (send, output_paths.as_slice()),
+        Mode::Closure { send, .. } => (send, output_paths.as_slice(), None),
     };
-    let (copied_to_remote, valid) = send_missing(client, local, to_send, also_ask).await?;
+    let (copied_to_remote, valid) = send_missing(client, local, to_send, also_ask, infos).await?;
     let had_outputs = output_paths
         .iter()
         .all(|p| valid.contains(p) || to_send.contains(p));
     timings.copy_to_remote = started.elapsed();
 
     let started = Instant::now();
+    // Derivation mode: the outputs already valid locally, asked while the builder builds.
+    let mut local_outputs = HashSet::new();
     let (status, times_built) = match &mode {
         Mode::Derivation { drv, .. } => {
-            let result = client
-                .build_derivation(drv_path.as_str(), drv, settings)
-                .await
-                .map_err(serve_error("the builder failed while building"))?;
+            let paths: Vec<StorePath> = outputs.values().cloned().collect();
+            let (result, valid) = tokio::join!(
+                client.build_derivation(drv_path.as_str(), drv, settings),
+                local.is_valid(&paths),
+            );
+            let result = result.map_err(serve_error("the builder failed while building"))?;
+            local_outputs = paths
+                .into_iter()
+                .zip(valid?)
+                .filter_map(|(p, v)| v.then_some(p))
+                .collect();
             let status = match result.status {
                 status if status.is_success() => RemoteBuildStatus::Built,
                 BuildResultStatus::TimedOut => RemoteBuildStatus::TimedOut {
@@ -229,7 +257,9 @@ where
 
     let started = Instant::now();
     outcome.copied_back = match mode {
-        Mode::Derivation { .. } => copy_back_outputs(client, local, &outcome.outputs).await?,
+        Mode::Derivation { .. } => {
+            copy_back_outputs(client, local, &outcome.outputs, &local_outputs).await?
+        }
         Mode::Closure { .. } => {
             copy_back_closure(client, local, drv_path, &outcome.outputs).await?
         }
@@ -280,9 +310,11 @@ struct Prepared {
 enum Mode {
     /// Every input is valid locally: `cmdBuildDerivation` of `drv`, whose `input_srcs` is
     /// `closure`, the input closure (references first).
+    /// `infos` describes the paths of `closure`.
     Derivation {
-        drv: BasicDerivation,
+        drv: Box<BasicDerivation>,
         closure: Vec<String>,
+        infos: HashMap<String, NarInfo>,
     },
     /// Some input is not: `cmdBuildPaths` of `target` (`<drv>!<outputs>`) after sending what
     /// the builder lacks of `send`, the closure of the `.drv` file and of the locally valid
@@ -372,11 +404,15 @@ async fn prepare(local: &NixCli, drv_path: &StorePath) -> Result<Prepared> {
     let valid = local.is_valid(&inputs).await?;
 
     if valid.iter().all(|v| *v) {
-        let closure = if inputs.is_empty() {
-            Vec::new()
+        let paths: Vec<&str> = inputs.iter().map(StorePath::as_str).collect();
+        let (closure, infos) = if inputs.is_empty() {
+            (Vec::new(), HashMap::new())
+        } else if paths.iter().any(|p| is_drv(p)) {
+            // `nix path-info` would take a `.drv` argument for its outputs.
+            (requisites(local, &paths, false).await?, HashMap::new())
         } else {
-            let paths: Vec<&str> = inputs.iter().map(StorePath::as_str).collect();
-            requisites(local, &paths, false).await?
+            let infos = path_infos(local, &paths, true).await?;
+            (references_first(&infos), infos)
         };
         let drv = BasicDerivation {
             outputs: drv_outputs,
@@ -388,7 +424,11 @@ async fn prepare(local: &NixCli, drv_path: &StorePath) -> Result<Prepared> {
         };
         return Ok(Prepared {
             outputs,
-            mode: Mode::Derivation { drv, closure },
+            mode: Mode::Derivation {
+                drv: Box::new(drv),
+                closure,
+                infos,
+            },
         });
     }
 
@@ -411,6 +451,116 @@ async fn requisites(local: &NixCli, paths: &[&str], include_outputs: bool) -> Re
     args.extend(paths.iter().map(OsString::from));
     let stdout = local.run_ok(&local.config.nix_store, &args).await?;
     Ok(stdout.lines().map(str::to_owned).collect())
+}
+
+/// A path as `nix path-info --json` prints it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ShownPathInfo {
+    path: String,
+    /// Only printed (false) for an invalid path.
+    valid: Option<bool>,
+    nar_hash: Option<String>,
+    nar_size: Option<u64>,
+    #[serde(default)]
+    references: Vec<String>,
+    deriver: Option<String>,
+    #[serde(default)]
+    registration_time: u64,
+    #[serde(default)]
+    ultimate: bool,
+    #[serde(default)]
+    signatures: Vec<String>,
+    ca: Option<String>,
+}
+
+fn is_drv(path: &str) -> bool {
+    path.ends_with(".drv")
+}
+
+/// Returns what the local store says about `paths`, which must be valid and not `.drv` files
+/// (`nix path-info` takes those for their outputs), or with `recursive` about their closure;
+/// by path.
+async fn path_infos(
+    local: &NixCli,
+    paths: &[&str],
+    recursive: bool,
+) -> Result<HashMap<String, NarInfo>> {
+    let mut args = os_args([
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+    ]);
+    if recursive {
+        args.push("--recursive".into());
+    }
+    args.extend(paths.iter().map(OsString::from));
+    let stdout = local.run_ok(&local.config.nix, &args).await?;
+    let bad = |reason: String| Error::Output {
+        command: command_line(&local.config.nix, &args),
+        reason,
+    };
+    let shown: Vec<ShownPathInfo> =
+        serde_json::from_str(&stdout).map_err(|e| bad(e.to_string()))?;
+    let mut infos = HashMap::with_capacity(shown.len());
+    for p in shown {
+        let (Some(nar_hash), Some(nar_size), None | Some(true)) = (p.nar_hash, p.nar_size, p.valid)
+        else {
+            return Err(bad(format!("{}: not valid", p.path)));
+        };
+        let info = NarInfo {
+            path: p.path.clone(),
+            deriver: p.deriver.unwrap_or_default(),
+            nar_hash,
+            references: p.references,
+            registration_time: p.registration_time,
+            nar_size,
+            ultimate: p.ultimate,
+            sigs: p.signatures,
+            ca: p.ca.unwrap_or_default(),
+        };
+        infos.insert(p.path, info);
+    }
+    Ok(infos)
+}
+
+/// Returns the paths of `infos` with every path after its references (those in `infos`), in
+/// an order that depends only on `infos`.
+fn references_first(infos: &HashMap<String, NarInfo>) -> Vec<String> {
+    let mut paths: Vec<&str> = infos.keys().map(String::as_str).collect();
+    paths.sort_unstable();
+    let mut order = Vec::with_capacity(paths.len());
+    // Paths entered (on the stack or done); a reference back to one is skipped, which only
+    // happens for self-references (Nix refuses other cycles).
+    let mut entered: HashSet<&str> = HashSet::with_capacity(paths.len());
+    let mut stack: Vec<(&str, usize)> = Vec::new();
+    for root in paths {
+        if !entered.insert(root) {
+            continue;
+        }
+        stack.push((root, 0));
+        while let Some(top) = stack.last_mut() {
+            let (path, next) = *top;
+            top.1 += 1;
+            let reference = infos
+                .get(path)
+                .and_then(|info| info.references.get(next))
+                .map(String::as_str);
+            match reference {
+                Some(r) => {
+                    if infos.contains_key(r) && entered.insert(r) {
+                        stack.push((r, 0));
+                    }
+                }
+                None => {
+                    order.push(path.to_owned());
+                    stack.pop();
+                }
+            }
+        }
+    }
+    order
 }
 
 fn show_args(paths: &[&str], recursive: bool) -> Vec<OsString> {
@@ -456,12 +606,14 @@ fn store_paths(local: &NixCli, paths: Vec<String>) -> Result<Vec<StorePath>> {
 
 /// Sends the paths of `closure` (valid locally, references first) that the builder lacks;
 /// returns the paths sent and the set of paths of `closure` and `also_ask` that the builder
-/// had (it keeps a temporary root on all of them while the connection lasts).
+/// had (it keeps a temporary root on all of them while the connection lasts). `infos`, when
+/// given, describes the paths of `closure`; else they are looked up when needed.
 async fn send_missing<R, W>(
     client: &mut ServeClient<R, W>,
     local: &NixCli,
     closure: &[String],
     also_ask: &[String],
+    infos: Option<&HashMap<String, NarInfo>>,
 ) -> Result<(Vec<StorePath>, HashSet<String>)>
 where
     R: AsyncRead + Unpin,
@@ -484,11 +636,231 @@ where
         .map(String::as_str)
         .filter(|p| !valid.contains(*p))
         .collect();
+    if missing.is_empty() {
+        return Ok((Vec::new(), valid));
+    }
+    let looked_up;
+    let infos = match infos {
+        Some(infos) => infos,
+        None if client.supports_add_to_store_nar() => {
+            // `.drv` files are small, and `nix path-info` would take them for their outputs.
+            let files: Vec<&str> = missing.iter().copied().filter(|p| !is_drv(p)).collect();
+            let mut found = HashMap::new();
+            for chunk in files.chunks(EXPORT_CHUNK) {
+                found.extend(path_infos(local, chunk, false).await?);
+            }
+            looked_up = found;
+            &looked_up
+        }
+        None => {
+            looked_up = HashMap::new();
+            &looked_up
+        }
+    };
+    let steps = plan_sends(&missing, infos, client.supports_add_to_store_nar());
     let mut copied = Vec::new();
-    for chunk in missing.chunks(EXPORT_CHUNK) {
-        copied.extend(export_to(client, local, chunk).await?);
+    // The next dump is started while the current one is copied, to hide its start-up.
+    let mut next_dump: Option<Dump> = None;
+    for (i, step) in steps.iter().enumerate() {
+        match step {
+            SendStep::Export(paths) => copied.extend(export_to(client, local, paths).await?),
+            SendStep::Nar(info) if local.physical_is_exact() => {
+                copied.push(add_nar_from_files(client, local, info).await?);
+            }
+            SendStep::Nar(info) => {
+                let dump = match next_dump.take() {
+                    Some(dump) => dump,
+                    None => Dump::spawn(local, &info.path)?,
+                };
+                if let Some(SendStep::Nar(next)) = steps.get(i + 1) {
+                    // Only reached when the store's files cannot be read directly.
+                    next_dump = Some(Dump::spawn(local, &next.path)?);
+                }
+                copied.push(add_nar(client, info, dump).await?);
+            }
+        }
     }
     Ok((copied, valid))
+}
+
+/// One way to send some of the missing paths.
+#[derive(Debug, PartialEq, Eq)]
+enum SendStep<'a> {
+    /// A `nix-store --export` of these paths into `cmdImportPaths`.
+    Export(Vec<&'a str>),
+    /// A `nix store dump-path` of this path into `cmdAddToStoreNar`.
+    Nar(&'a NarInfo),
+}
+
+/// Splits `missing` (references first) into steps that keep every path after its
+/// references: large paths (see [`NAR_MIN_SIZE`]) alone when `add_nar` is allowed and their
+/// metadata is known, the others in export batches.
+fn plan_sends<'a>(
+    missing: &[&'a str],
+    infos: &'a HashMap<String, NarInfo>,
+    add_nar: bool,
+) -> Vec<SendStep<'a>> {
+    let mut steps = Vec::new();
+    let mut batch: Vec<&'a str> = Vec::new();
+    let mut batched: HashSet<&str> = HashSet::new();
+    for &path in missing {
+        match infos.get(path) {
+            Some(info) if add_nar && info.nar_size >= NAR_MIN_SIZE => {
+                // Its references that wait in the batch must arrive first; other paths of
+                // the batch can come after it.
+                if info
+                    .references
+                    .iter()
+                    .any(|r| r != path && batched.contains(r.as_str()))
+                {
+                    steps.push(SendStep::Export(std::mem::take(&mut batch)));
+                    batched.clear();
+                }
+                steps.push(SendStep::Nar(info));
+            }
+            _ => {
+                batch.push(path);
+                batched.insert(path);
+                if batch.len() >= EXPORT_CHUNK {
+                    steps.push(SendStep::Export(std::mem::take(&mut batch)));
+                    batched.clear();
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        steps.push(SendStep::Export(batch));
+    }
+    steps
+}
+
+/// Sends one path described by `info` with `cmdAddToStoreNar`, its NAR written from its files
+/// in the local store (as `nix-store --dump` would) by a task, through a bounded pipe, and
+/// walked like any other. Saves starting a Nix process per path; the builder checks the NAR
+/// against the size and hash the local store registered.
+async fn add_nar_from_files<R, W>(
+    client: &mut ServeClient<R, W>,
+    local: &NixCli,
+    info: &NarInfo,
+) -> Result<StorePath>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let path = StorePath::new(&info.path).map_err(|_| Error::Serve {
+        message: "cannot copy the inputs to the builder".to_owned(),
+        source: ServeError::Archive(NarError::BadPath {
+            path: info.path.clone(),
+        }),
+    })?;
+    let root = local.physical(&path);
+    let (mut nar, mut pipe) = tokio::io::duplex(NAR_READ_BUFFER);
+    let max = info.nar_size;
+    let dumping = tokio::spawn(async move { dump_nar(&root, &mut pipe, max).await });
+    let added = client.add_to_store_nar(info, &mut nar).await;
+    // Stops a dump the builder no longer reads.
+    drop(nar);
+    let dumped = dumping.await.map_err(Error::Task)?;
+    match (added, dumped) {
+        (Ok(()), Ok(_)) => Ok(path),
+        (_, Err(source)) if source.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::StoreRead {
+                path: info.path.clone(),
+                source,
+            })
+        }
+        (Err(source), _) => Err(Error::Serve {
+            message: format!("cannot copy {} to the builder", info.path),
+            source,
+        }),
+        // The dump stopped on a closed pipe, which only the walker closes after an error.
+        (Ok(()), Err(source)) => Err(Error::StoreRead {
+            path: info.path.clone(),
+            source,
+        }),
+    }
+}
+
+/// A running `nix store dump-path`, whose stdout is one NAR.
+struct Dump {
+    program: PathBuf,
+    child: Child,
+    stdout: ChildStdout,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+    args: Vec<OsString>,
+}
+
+impl Dump {
+    fn spawn(local: &NixCli, path: &str) -> Result<Self> {
+        let program = &local.config.nix;
+        let args = os_args([
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "dump-path",
+            path,
+        ]);
+        let mut child = local
+            .command(program, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| spawn_error(program, source))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(no_pipes(program));
+        };
+        Ok(Self {
+            program: program.clone(),
+            child,
+            stdout,
+            stderr: tokio::spawn(read_capped(stderr)),
+            args,
+        })
+    }
+}
+
+/// Sends one path described by `info` with `cmdAddToStoreNar`, its NAR read from `dump`.
+async fn add_nar<R, W>(
+    client: &mut ServeClient<R, W>,
+    info: &NarInfo,
+    dump: Dump,
+) -> Result<StorePath>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Dump {
+        program,
+        mut child,
+        stdout,
+        stderr,
+        args,
+    } = dump;
+    let mut nar = BufReader::with_capacity(NAR_READ_BUFFER, stdout);
+    let added = client.add_to_store_nar(info, &mut nar).await;
+    // Dropping the pipe stops a dump the builder no longer reads.
+    drop(nar);
+    if added.is_err() {
+        let _ = child.start_kill();
+    }
+    let finished = wait(&mut child, &program, &args, stderr).await?;
+    match added {
+        Ok(()) if finished.code == Some(0) => {
+            StorePath::new(&info.path).map_err(|_| Error::Serve {
+                message: "cannot copy the inputs to the builder".to_owned(),
+                source: ServeError::Archive(NarError::BadPath {
+                    path: info.path.clone(),
+                }),
+            })
+        }
+        // The dump failed on its own (it was not killed): its message says why.
+        _ if finished.code.is_some_and(|c| c != 0) => Err(finished.into_error()),
+        Ok(()) => Err(finished.into_error()),
+        Err(source) => Err(Error::Serve {
+            message: format!("cannot copy {} to the builder", info.path),
+            source,
+        }),
+    }
 }
 
 /// Sends `paths` (valid locally, references first or already on the builder) to the builder:
@@ -515,7 +887,7 @@ where
         return Err(no_pipes(program));
     };
     let stderr = tokio::spawn(read_capped(stderr));
-    let mut export = BufReader::new(stdout);
+    let mut export = BufReader::with_capacity(NAR_READ_BUFFER, stdout);
     let imported = client.import_paths(&mut export).await;
     // Dropping the pipe stops an export the builder no longer reads.
     drop(export);
@@ -535,8 +907,8 @@ where
     }
 }
 
-/// Copies the `outputs` that are not valid locally from the builder into the local store;
-/// returns the paths copied.
+/// Copies the `outputs` that were not valid locally during the build (`local_outputs` are
+/// those that were) from the builder into the local store; returns the paths copied.
 ///
 /// Only the outputs are asked for, as Nix's `build-remote` does: what they reference is either
 /// one of them or in the input closure, which came from the local store. Asking the builder for
@@ -546,18 +918,16 @@ async fn copy_back_outputs<R, W>(
     client: &mut ServeClient<R, W>,
     local: &NixCli,
     outputs: &BTreeMap<String, StorePath>,
+    local_outputs: &HashSet<StorePath>,
 ) -> Result<Vec<StorePath>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let outputs: Vec<StorePath> = outputs.values().cloned().collect();
-    let valid = local.is_valid(&outputs).await?;
     let missing: Vec<&str> = outputs
-        .iter()
-        .zip(valid)
-        .filter(|(_, v)| !v)
-        .map(|(p, _)| p.as_str())
+        .values()
+        .filter(|p| !local_outputs.contains(*p))
+        .map(StorePath::as_str)
         .collect();
     import_from(client, local, &missing).await
 }
@@ -704,7 +1074,7 @@ impl Finished {
     fn into_error(self) -> Error {
         Error::Command {
             message: stderr_message(&self.stderr)
-                .unwrap_or_else(|| format!("nix-store exited with {}", self.status)),
+                .unwrap_or_else(|| format!("{} exited with {}", self.command, self.status)),
             command: self.command,
             status: self.status,
         }
@@ -820,6 +1190,80 @@ mod tests {
         for (status, message, expected) in cases {
             assert_eq!(build_paths_failure(status, &message), expected, "{status}");
         }
+    }
+
+    /// Path infos named `/nix/store/<name>`, with `(name, NAR size, references)`.
+    fn infos(paths: &[(&str, u64, &[&str])]) -> HashMap<String, NarInfo> {
+        let store = |n: &str| format!("/nix/store/{n}");
+        paths
+            .iter()
+            .map(|(name, size, refs)| {
+                let info = NarInfo {
+                    path: store(name),
+                    nar_size: *size,
+                    references: refs.iter().map(|r| store(r)).collect(),
+                    ..NarInfo::default()
+                };
+                (store(name), info)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn references_first_should_put_every_path_after_its_references() {
+        let infos = infos(&[
+            ("a", 1, &["a"]),
+            ("b", 1, &["a", "d"]),
+            ("c", 1, &["b", "a", "outside"]),
+            ("d", 1, &[]),
+        ]);
+        let order = references_first(&infos);
+        let names: Vec<&str> = order.iter().map(|p| &p["/nix/store/".len()..]).collect();
+        assert_eq!(names, ["a", "d", "b", "c"]);
+    }
+
+    #[test]
+    fn plan_sends_should_send_large_paths_alone_after_their_batched_references() {
+        const BIG: u64 = NAR_MIN_SIZE;
+        let infos = infos(&[
+            ("s1", 10, &[]),
+            ("s2", 10, &[]),
+            ("l1", BIG, &["l1", "s1"]),
+            ("s3", 10, &["l1"]),
+            ("l2", BIG, &["l1"]),
+            ("l3", BIG, &["s3"]),
+        ]);
+        let missing: Vec<String> = ["s1", "s2", "l1", "s3", "l2", "l3", "unknown"]
+            .iter()
+            .map(|n| format!("/nix/store/{n}"))
+            .collect();
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        let show = |steps: Vec<SendStep<'_>>| -> Vec<String> {
+            steps
+                .iter()
+                .map(|s| match s {
+                    SendStep::Export(paths) => format!("export {}", paths.join(" ")),
+                    SendStep::Nar(info) => format!("nar {}", info.path),
+                })
+                .map(|s| s.replace("/nix/store/", ""))
+                .collect()
+        };
+        assert_eq!(
+            show(plan_sends(&missing, &infos, true)),
+            [
+                "export s1 s2",
+                "nar l1",
+                "nar l2",
+                "export s3",
+                "nar l3",
+                "export unknown"
+            ]
+        );
+        // An old server gets everything in one export.
+        assert_eq!(
+            show(plan_sends(&missing, &infos, false)),
+            ["export s1 s2 l1 s3 l2 l3 unknown"]
+        );
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub const CMD_QUERY_CLOSURE: u64 = 7;
 /// `cmdBuildDerivation`: a derivation path, a [`BasicDerivation`] and build settings → a
 /// [`BuildResult`].
 pub const CMD_BUILD_DERIVATION: u64 = 8;
+/// `cmdAddToStoreNar` (from 2.5): a [`NarInfo`], then exactly `narSize` bytes of NAR → `1`.
+pub const CMD_ADD_TO_STORE_NAR: u64 = 9;
+/// The first minor version whose server reads `cmdAddToStoreNar`.
+pub const ADD_TO_STORE_NAR_MINOR: u64 = 5;
 /// The longest string accepted from a server (a build failure message can quote a log tail).
 pub const MAX_STRING_LEN: u64 = 16 << 20;
 /// The longest list accepted from a server.
@@ -153,6 +157,48 @@ pub fn encode_export_paths<S: AsRef<str>>(paths: &[S]) -> Vec<u8> {
     put_u64(&mut buf, CMD_EXPORT_PATHS);
     put_u64(&mut buf, 0);
     put_strings(&mut buf, paths);
+    buf
+}
+
+/// What `cmdAddToStoreNar` says about the path whose NAR follows it (`ValidPathInfo` in Nix,
+/// as `nix path-info --json` prints it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct NarInfo {
+    /// The store path.
+    pub path: String,
+    /// The derivation that produced it, or empty.
+    pub deriver: String,
+    /// The SHA-256 of its NAR, in any form Nix parses (`sha256-<base64>`,
+    /// `sha256:<base32>`…); the server checks it.
+    pub nar_hash: String,
+    /// Its references (store paths, possibly itself).
+    pub references: Vec<String>,
+    /// When it was registered (seconds since the epoch).
+    pub registration_time: u64,
+    /// The size of its NAR in bytes, exactly what follows the command; never 0.
+    pub nar_size: u64,
+    /// Whether it was built locally (`ultimate`).
+    pub ultimate: bool,
+    /// Its signatures.
+    pub sigs: Vec<String>,
+    /// Its content address, or empty.
+    pub ca: String,
+}
+
+/// Encodes `cmdAddToStoreNar` up to the NAR, which the caller sends next: path, deriver,
+/// narHash, references, registrationTime, narSize, ultimate, signatures, content address.
+pub fn encode_add_to_store_nar(info: &NarInfo) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put_u64(&mut buf, CMD_ADD_TO_STORE_NAR);
+    put_bytes(&mut buf, info.path.as_bytes());
+    put_bytes(&mut buf, info.deriver.as_bytes());
+    put_bytes(&mut buf, info.nar_hash.as_bytes());
+    put_strings(&mut buf, &info.references);
+    put_u64(&mut buf, info.registration_time);
+    put_u64(&mut buf, info.nar_size);
+    put_u64(&mut buf, u64::from(info.ultimate));
+    put_strings(&mut buf, &info.sigs);
+    put_bytes(&mut buf, info.ca.as_bytes());
     buf
 }
 
@@ -433,6 +479,32 @@ mod tests {
         let mut buf = Vec::new();
         put_bytes(&mut buf, b"");
         assert_eq!(buf, [0; 8]);
+    }
+
+    #[test]
+    fn encode_add_to_store_nar_should_send_the_path_info_in_nix_order() {
+        let info = NarInfo {
+            path: "/nix/store/p".into(),
+            deriver: "/nix/store/d.drv".into(),
+            nar_hash: "sha256-x".into(),
+            references: vec!["/nix/store/r".into()],
+            registration_time: 7,
+            nar_size: 1024,
+            ultimate: true,
+            sigs: vec![],
+            ca: String::new(),
+        };
+        let mut expected = Vec::new();
+        put_u64(&mut expected, 9);
+        put_bytes(&mut expected, b"/nix/store/p");
+        put_bytes(&mut expected, b"/nix/store/d.drv");
+        put_bytes(&mut expected, b"sha256-x");
+        put_strings(&mut expected, &["/nix/store/r"]);
+        for n in [7, 1024, 1, 0] {
+            put_u64(&mut expected, n);
+        }
+        put_bytes(&mut expected, b"");
+        assert_eq!(encode_add_to_store_nar(&info), expected);
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! - **Closure transfer**: a chain of 8 paths of incompressible data (`head -c` of
 //!   `/dev/urandom`, each path links to the previous one), built in LOCAL; per run it goes to
 //!   an empty store, through reconix (the `copy_to_remote` phase of `build_remote` for a
-//!   derivation that takes the chain as input: `cmdQueryValidPaths`, then
-//!   `nix-store --export` piped into `cmdImportPaths` over the agent's SSH channel) and through
+//!   derivation that takes the chain as input: `cmdQueryValidPaths`, then each large path's
+//!   NAR, written from its files in LOCAL, streamed into `cmdAddToStoreNar` over the agent's
+//!   SSH channel) and through
 //!   `nix copy --no-check-sigs --from LOCAL --to EMPTY` (one process, no transport at all), and
 //!   through Nix's own serve protocol over pipes, `nix copy --to ssh://localhost?remote-store=…`.
 //!   The same `build_remote` over the pipes of a local `nix-store --serve` (no agent, no SSH)
@@ -872,7 +873,7 @@ impl Report {
         );
         for (name, v) in [
             (
-                "reconix (`build_remote` copy to builder: export → `cmdImportPaths` over the agent's SSH)",
+                "reconix (`build_remote` copy to builder: NAR from the store's files → `cmdAddToStoreNar` over the agent's SSH)",
                 &self.reconix_transfer,
             ),
             (
