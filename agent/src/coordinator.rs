@@ -226,6 +226,17 @@ fn client_config() -> client::Config {
         keepalive_max: 3,
         inactivity_timeout: None,
         nodelay: true,
+        // Closures cross this connection: AES-GCM (hardware-accelerated through aws-lc) moves
+        // them about twice as fast as russh's default ChaCha20-Poly1305 on x86_64. The client's
+        // order wins the negotiation; the others stay for agents that lack AES-GCM.
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+            ]),
+            ..russh::Preferred::default()
+        },
         ..client::Config::default()
     }
 }
