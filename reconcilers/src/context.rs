@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use reconix_nixcli::Nix;
 use reconix_spec::{BuilderName, RepoKey, Spec};
-use reconix_status::Status;
+use reconix_status::{Metrics, Status};
 use tokio::sync::watch;
 
 use crate::agents::Agents;
@@ -59,6 +59,9 @@ pub struct Ctx<P> {
     pub forges: ForgeClients,
     /// The connected remote builders.
     pub agents: Agents,
+    /// Where builds record their durations (forge clients get a clone, see
+    /// [`Ctx::with_metrics`]).
+    pub metrics: Metrics,
 }
 
 impl<P> Ctx<P> {
@@ -72,13 +75,23 @@ impl<P> Ctx<P> {
             wakers: Wakers::default(),
             forges: ForgeClients::default(),
             agents: Agents::default(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records into `metrics` (the registry `/metrics` serves) instead of an unscraped one:
+    /// build durations, and the forge clients' calls and rate limits.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.forges = self.forges.with_metrics(metrics.clone());
+        self.metrics = metrics;
+        self
     }
 
     /// Replaces the forge client registry (tests use short retry delays).
     #[must_use]
     pub fn with_forge_clients(mut self, forges: ForgeClients) -> Self {
-        self.forges = forges;
+        self.forges = forges.with_metrics(self.metrics.clone());
         self
     }
 

@@ -1,13 +1,18 @@
 //! What the hosted-forge loops share: a client per forge built from the spec (token read from
-//! its file), a guard that turns 401 and rate limits into forge health, and naming helpers.
+//! its file) that counts its calls in the metrics, a guard that turns 401 and rate limits into
+//! forge health, and naming helpers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use reconix_forge::{ApiError, ForgeClient, RetryPolicy};
-use reconix_spec::{Forge, ForgeName, Secret, Spec, Timestamp};
-use reconix_status::{ForgeHealthState, Status};
+use reconix_forge::api::{
+    ApiResult, Branch, CheckRun, CheckRunSpec, CommitStatus, Hook, HookSpec, Permission,
+    PullRequest, RepoInfo,
+};
+use reconix_forge::{ApiError, Forge as ForgeApi, ForgeClient, RetryPolicy};
+use reconix_spec::{Forge, ForgeKind, ForgeName, RepoName, Secret, Spec, Timestamp};
+use reconix_status::{ForgeCallOutcome, ForgeHealthState, Metrics, Status};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
@@ -18,13 +23,14 @@ use crate::{Error, Result};
 pub struct ForgeClients {
     policy: Option<RetryPolicy>,
     cache: Arc<Mutex<HashMap<ForgeName, Cached>>>,
+    metrics: Metrics,
 }
 
 #[derive(Debug)]
 struct Cached {
     api_url: String,
     token_fingerprint: String,
-    client: ForgeClient,
+    client: MeteredClient,
 }
 
 impl ForgeClients {
@@ -33,7 +39,15 @@ impl ForgeClients {
         Self {
             policy,
             cache: Arc::default(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Makes the clients count their calls and the rate limits they meet in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Returns the client of forge `name`, reading its token file.
@@ -41,7 +55,7 @@ impl ForgeClients {
     /// # Errors
     /// Returns [`Error::Config`] when the forge has no API URL or token file, [`Error::Io`] when
     /// the token file cannot be read, and [`Error::Forge`] when the client cannot be built.
-    pub fn client(&self, name: &ForgeName, forge: &Forge) -> Result<ForgeClient> {
+    pub fn client(&self, name: &ForgeName, forge: &Forge) -> Result<MeteredClient> {
         let config = |message: &str| Error::Config {
             key: name.to_string(),
             message: message.to_owned(),
@@ -67,6 +81,12 @@ impl ForgeClients {
                 forge: name.to_string(),
                 source,
             })?;
+        let client = MeteredClient {
+            inner: client,
+            forge: name.clone(),
+            kind: forge.kind,
+            metrics: self.metrics.clone(),
+        };
         cache.insert(
             name.clone(),
             Cached {
@@ -108,12 +128,100 @@ impl ForgeClients {
     ///
     /// # Errors
     /// As [`ForgeClients::client`]; [`Error::Config`] when the forge left the spec.
-    pub fn for_repo(&self, spec: &Spec, repo: &reconix_spec::RepoKey) -> Result<ForgeClient> {
+    pub fn for_repo(&self, spec: &Spec, repo: &reconix_spec::RepoKey) -> Result<MeteredClient> {
         let forge = spec
             .forges
             .get(&repo.forge)
             .ok_or_else(|| Error::config(repo, "forge left the spec"))?;
         self.client(&repo.forge, forge)
+    }
+}
+
+/// A forge's REST client that counts every call by outcome, and every rate limit with the wait
+/// it imposes, in the daemon's metrics (`reconix_forge_api_calls_total`,
+/// `reconix_forge_rate_limit_waits_total`, `reconix_forge_rate_limit_wait_seconds_total`).
+#[derive(Debug, Clone)]
+pub struct MeteredClient {
+    inner: ForgeClient,
+    forge: ForgeName,
+    kind: ForgeKind,
+    metrics: Metrics,
+}
+
+impl MeteredClient {
+    /// Counts the call that returned `result`, then returns it unchanged.
+    fn counted<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
+        let outcome = match &result {
+            Ok(_) => ForgeCallOutcome::Ok,
+            Err(ApiError::Unauthorized { .. }) => ForgeCallOutcome::Unauthorized,
+            Err(ApiError::RateLimited { retry_after }) => {
+                self.metrics
+                    .record_rate_limit(self.forge.as_str(), *retry_after);
+                ForgeCallOutcome::RateLimited
+            }
+            // Refused before any request was sent (check runs off GitHub): not an API call.
+            Err(ApiError::Unsupported { .. }) => return result,
+            Err(_) => ForgeCallOutcome::Error,
+        };
+        self.metrics
+            .record_forge_call(self.forge.as_str(), self.kind, outcome);
+        result
+    }
+}
+
+impl ForgeApi for MeteredClient {
+    async fn list_hooks(&self, repo: &RepoName) -> ApiResult<Vec<Hook>> {
+        self.counted(self.inner.list_hooks(repo).await)
+    }
+
+    async fn create_hook(&self, repo: &RepoName, spec: &HookSpec) -> ApiResult<Hook> {
+        self.counted(self.inner.create_hook(repo, spec).await)
+    }
+
+    async fn patch_hook(&self, repo: &RepoName, id: u64, spec: &HookSpec) -> ApiResult<Hook> {
+        self.counted(self.inner.patch_hook(repo, id, spec).await)
+    }
+
+    async fn delete_hook(&self, repo: &RepoName, id: u64) -> ApiResult<()> {
+        self.counted(self.inner.delete_hook(repo, id).await)
+    }
+
+    async fn repository(&self, repo: &RepoName) -> ApiResult<RepoInfo> {
+        self.counted(self.inner.repository(repo).await)
+    }
+
+    async fn branches(&self, repo: &RepoName) -> ApiResult<Vec<Branch>> {
+        self.counted(self.inner.branches(repo).await)
+    }
+
+    async fn open_pull_requests(&self, repo: &RepoName) -> ApiResult<Vec<PullRequest>> {
+        self.counted(self.inner.open_pull_requests(repo).await)
+    }
+
+    async fn permission(&self, repo: &RepoName, user: &str) -> ApiResult<Permission> {
+        self.counted(self.inner.permission(repo, user).await)
+    }
+
+    async fn create_status(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        status: &CommitStatus,
+    ) -> ApiResult<()> {
+        self.counted(self.inner.create_status(repo, sha, status).await)
+    }
+
+    async fn create_check_run(&self, repo: &RepoName, spec: &CheckRunSpec) -> ApiResult<CheckRun> {
+        self.counted(self.inner.create_check_run(repo, spec).await)
+    }
+
+    async fn update_check_run(
+        &self,
+        repo: &RepoName,
+        id: u64,
+        spec: &CheckRunSpec,
+    ) -> ApiResult<CheckRun> {
+        self.counted(self.inner.update_check_run(repo, id, spec).await)
     }
 }
 
@@ -213,6 +321,68 @@ mod tests {
         assert_eq!(a, fingerprint("hook", &Secret::new("s3cret")));
         assert_ne!(a, fingerprint("token", &Secret::new("s3cret")));
         assert_ne!(a, fingerprint("hook", &Secret::new("other")));
+    }
+
+    #[tokio::test]
+    async fn clients_should_count_calls_by_outcome_and_rate_limit_waits() {
+        use reconix_fakeforge::{FakeForge, Fault, FaultKind};
+
+        let fake = FakeForge::start(ForgeKind::Github).await.unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        fake.add_repo("acme/widgets", tmp.path(), "main");
+        std::fs::write(tmp.path().join("token"), fake.token()).unwrap();
+        let yaml = format!(
+            "external-url: https://ci.example\nforges:\n  hub:\n    kind: github\n\
+             \x20   api-url: {api}\n    token-file: {dir}/token\n\
+             \x20   webhook-secret-file: {dir}/token\n    repos:\n      acme/widgets: {{}}\n",
+            api = fake.api_url(),
+            dir = tmp.path().display(),
+        );
+        let spec = reconix_spec::parse(&yaml, std::path::Path::new("/t/spec.yaml")).unwrap();
+        let hub = ForgeName::new("hub").unwrap();
+        let metrics = Metrics::new();
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let clients = ForgeClients::new(Some(policy)).with_metrics(metrics.clone());
+        let client = clients.client(&hub, &spec.forges[&hub]).unwrap();
+        let repo = RepoName::new("acme/widgets").unwrap();
+
+        client.list_hooks(&repo).await.unwrap();
+        fake.inject(Fault::new(FaultKind::Status(401), 1));
+        assert!(client.list_hooks(&repo).await.is_err());
+        fake.inject(Fault::new(
+            FaultKind::RateLimited {
+                retry_after_secs: 7,
+            },
+            1,
+        ));
+        assert!(client.list_hooks(&repo).await.is_err());
+        fake.inject(Fault::new(FaultKind::Status(422), 1));
+        assert!(client.list_hooks(&repo).await.is_err());
+
+        let text = metrics
+            .encode(&reconix_status::StateCounts::default())
+            .unwrap();
+        for outcome in ["ok", "unauthorized", "rate-limited", "error"] {
+            let expected = format!(
+                r#"reconix_forge_api_calls_total{{forge="hub",kind="github",outcome="{outcome}"}} 1"#
+            );
+            assert!(
+                text.lines().any(|l| l == expected),
+                "{expected} missing:\n{text}"
+            );
+        }
+        for expected in [
+            r#"reconix_forge_rate_limit_waits_total{forge="hub"} 1"#,
+            r#"reconix_forge_rate_limit_wait_seconds_total{forge="hub"} 7.0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "{expected} missing:\n{text}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -15,6 +15,9 @@ mod forges;
 mod gc_roots;
 mod jobs;
 mod loops;
+mod metrics;
+mod mutations;
+pub mod pages;
 mod repos;
 mod row;
 mod types;
@@ -31,6 +34,8 @@ pub use forges::{
     DeliveryEffect, DeliveryOutcome, DriftId, DriftRow, ForgeHealth, ForgeHealthState, HookRow,
     NewDelivery, NewDrift, PostedStatus, PullRequestRow, PullRequestUpdate,
 };
+pub use metrics::{ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, StateCounts};
+pub use mutations::{CANCELLED_ERROR, Cancelled, Rebuilt, Rerun};
 pub use types::{
     Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, GcRoot, Job, JobId,
     JobState, LoopHealth, NewJob, ParseStateError, RefHead, Repo, RepoId, SchedDep, SchedJob,

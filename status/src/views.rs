@@ -351,6 +351,158 @@ impl StatusDb {
     }
 }
 
+/// One job with the evaluation it belongs to: `GET /api/v1/jobs/{id}` and the items of
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// The job's fields, inlined into the same JSON object.
+    #[serde(flatten)]
+    pub job: JobView,
+    /// The evaluation the job belongs to.
+    pub evaluation_id: EvaluationId,
+}
+
+/// Which jobs [`StatusDb::job_list`] returns: all filters are optional and combine with AND.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JobFilter {
+    /// Only the jobs of this evaluation.
+    pub evaluation: Option<EvaluationId>,
+    /// Only the jobs in this state.
+    pub state: Option<JobState>,
+    /// How many jobs at most.
+    pub limit: u32,
+    /// How many matching jobs to skip first (in id order).
+    pub offset: u64,
+}
+
+/// Where the log of a job's build is and whether it can still grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLog {
+    /// The log file recorded for the build of the job's drv, if any. The file may since have
+    /// been removed by log retention.
+    pub path: Option<PathBuf>,
+    /// True once the job is in a terminal state: its log will not grow any more.
+    pub complete: bool,
+}
+
+impl StatusDb {
+    /// Returns job `id` with its build and evaluation, if it exists.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed row.
+    pub fn job_view(&self, id: JobId) -> Result<Option<JobDetail>> {
+        Ok(self.job_details("job_view", "j.id = ?1", [id.0])?.pop())
+    }
+
+    /// Returns the jobs matching `filter`, in id order, at most `filter.limit` after skipping
+    /// `filter.offset`.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed row.
+    pub fn job_list(&self, filter: JobFilter) -> Result<Vec<JobDetail>> {
+        // The page is chosen in a subquery because `query_jobs` appends its own ORDER BY.
+        let offset = i64::try_from(filter.offset).unwrap_or(i64::MAX);
+        self.job_details(
+            "job_list",
+            "j.id IN (SELECT id FROM jobs WHERE (?1 IS NULL OR evaluation_id = ?1) \
+             AND (?2 IS NULL OR state = ?2) ORDER BY id LIMIT ?3 OFFSET ?4)",
+            (
+                filter.evaluation.map(|e| e.0),
+                filter.state.map(JobState::as_str),
+                i64::from(filter.limit),
+                offset,
+            ),
+        )
+    }
+
+    /// Returns the log file of job `id` and whether the job is terminal, if the job exists.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed state.
+    pub fn job_log(&self, id: JobId) -> Result<Option<JobLog>> {
+        const OP: &str = "job_log";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT j.state, b.log_path FROM jobs j \
+                 LEFT JOIN builds b ON b.drv_path = j.drv_path WHERE j.id = ?1",
+            )
+            .op(OP)?;
+        let mut rows = stmt.query([id.0]).op(OP)?;
+        let Some(row) = rows.next().op(OP)? else {
+            return Ok(None);
+        };
+        let state: JobState = parse("jobs", "state", get(row, 0, OP)?)?;
+        Ok(Some(JobLog {
+            path: get::<Option<String>>(row, 1, OP)?.map(PathBuf::from),
+            complete: state.is_terminal(),
+        }))
+    }
+
+    /// Selects jobs (alias `j`) matching `filter` as [`JobDetail`]s, in one read transaction.
+    fn job_details<P: rusqlite::Params + Copy>(
+        &self,
+        op: &'static str,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<JobDetail>> {
+        let _snapshot = self.read(op)?;
+        let jobs = self.query_jobs(op, filter, params)?;
+        let mut builds: HashMap<i64, (BuildView, bool)> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT j.id, b.id, b.state, b.log_path IS NOT NULL, b.attempts, \
+                     b.exit_code, b.started_at, b.finished_at, b.builder FROM jobs j \
+                     JOIN builds b ON b.drv_path = j.drv_path WHERE {filter}"
+                ))
+                .op(op)?;
+            let mut rows = stmt.query(params).op(op)?;
+            while let Some(row) = rows.next().op(op)? {
+                let attempts: i64 = get(row, 4, op)?;
+                let view = BuildView {
+                    id: BuildId(get(row, 1, op)?),
+                    state: parse("builds", "state", get(row, 2, op)?)?,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    builder: parse_opt("builds", "builder", get(row, 8, op)?)?,
+                    exit_code: get(row, 5, op)?,
+                    started_at: get::<Option<i64>>(row, 6, op)?.map(Timestamp),
+                    finished_at: get::<Option<i64>>(row, 7, op)?.map(Timestamp),
+                };
+                builds.insert(get(row, 0, op)?, (view, get(row, 3, op)?));
+            }
+        }
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                let build = builds.remove(&job.id.0);
+                JobDetail {
+                    evaluation_id: job.evaluation_id,
+                    job: JobView {
+                        id: job.id,
+                        attr: job.attr,
+                        name: job.name,
+                        drv_path: job.drv_path,
+                        system: job.system,
+                        state: job.state,
+                        error: job.error,
+                        outputs: job.outputs,
+                        deps: job.deps,
+                        log_available: build.as_ref().is_some_and(|b| b.1),
+                        build: build.map(|b| b.0),
+                        started_at: job.started_at,
+                        finished_at: job.finished_at,
+                    },
+                }
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -496,5 +648,105 @@ mod tests {
         let value = serde_json::to_value(&list[1]).unwrap();
         assert_eq!(value["last_error"], json!("disk full"));
         assert_eq!(value["consecutive_failures"], json!(1));
+    }
+
+    #[test]
+    fn job_view_should_carry_the_build_log_flag_and_evaluation() {
+        let (db, old, _) = fixture();
+        let jobs = db.jobs_of_evaluation(old).unwrap();
+        let lib = db.job_view(jobs[0].id).unwrap().unwrap();
+        assert_eq!(lib.evaluation_id, old);
+        assert_eq!(lib.job.state, JobState::Succeeded);
+        assert_eq!(
+            lib.job.build.as_ref().map(|b| b.state),
+            Some(BuildState::Succeeded)
+        );
+        assert!(lib.job.log_available);
+        let app = db.job_view(jobs[1].id).unwrap().unwrap();
+        assert_eq!(app.job.deps, [jobs[0].id]);
+        assert!(!app.job.log_available);
+        assert_eq!(db.job_view(JobId(99)).unwrap(), None);
+
+        // The JSON is a job of the evaluation detail plus its evaluation id.
+        let value = serde_json::to_value(&lib).unwrap();
+        let detail = db.evaluation_detail(old).unwrap().unwrap();
+        let mut expected = serde_json::to_value(&detail.jobs[0]).unwrap();
+        expected["evaluation_id"] = json!(old.0);
+        assert_eq!(value, expected);
+        let back: super::JobDetail = serde_json::from_value(value).unwrap();
+        assert_eq!(back, lib);
+    }
+
+    #[test]
+    fn job_list_should_filter_by_evaluation_and_state_and_page_in_id_order() {
+        let (mut db, old, _) = fixture();
+        let other = crate::testing::building_eval(&mut db, "ccc", &[job(7, "x"), job(8, "y")]);
+        let ids = |filter| {
+            db.job_list(filter)
+                .unwrap()
+                .iter()
+                .map(|j| (j.evaluation_id, j.job.state))
+                .collect::<Vec<_>>()
+        };
+        let all = super::JobFilter {
+            limit: 100,
+            ..super::JobFilter::default()
+        };
+        assert_eq!(ids(all).len(), 5);
+        assert_eq!(
+            ids(super::JobFilter {
+                evaluation: Some(old),
+                ..all
+            }),
+            [
+                (old, JobState::Succeeded),
+                (old, JobState::Queued),
+                (old, JobState::EvalFailed)
+            ]
+        );
+        assert_eq!(
+            ids(super::JobFilter {
+                state: Some(JobState::Queued),
+                ..all
+            }),
+            [
+                (old, JobState::Queued),
+                (other, JobState::Queued),
+                (other, JobState::Queued)
+            ]
+        );
+        assert_eq!(
+            ids(super::JobFilter {
+                state: Some(JobState::Queued),
+                evaluation: Some(other),
+                limit: 1,
+                offset: 1,
+            }),
+            [(other, JobState::Queued)]
+        );
+        assert!(ids(super::JobFilter { offset: 5, ..all }).is_empty());
+        let listed = db.job_list(all).unwrap();
+        assert!(listed.windows(2).all(|w| w[0].job.id < w[1].job.id));
+        assert_eq!(listed[0].job.build.as_ref().map(|b| b.attempts), Some(0));
+    }
+
+    #[test]
+    fn job_log_should_say_where_the_log_is_and_whether_the_job_ended() {
+        let (mut db, old, _) = fixture();
+        let jobs = db.jobs_of_evaluation(old).unwrap();
+        let log = |db: &StatusDb, id| db.job_log(id).unwrap().map(|l| (l.path, l.complete));
+        assert_eq!(
+            log(&db, jobs[0].id),
+            Some((Some(Path::new("/logs/1").to_owned()), true))
+        );
+        assert_eq!(log(&db, jobs[1].id), Some((None, false)));
+        db.record_build_log(&drv(2), Path::new("/logs/2"), 10, at(4))
+            .unwrap();
+        assert_eq!(
+            log(&db, jobs[1].id),
+            Some((Some(Path::new("/logs/2").to_owned()), false))
+        );
+        assert_eq!(log(&db, jobs[2].id), Some((None, true)));
+        assert_eq!(log(&db, JobId(99)), None);
     }
 }

@@ -1,29 +1,29 @@
 //! HTTP surface of the daemon: the JSON API (`/api/v1/…`), a plain status page at `/` and the
 //! webhook intake (`POST /webhooks/{forge}`).
 //!
-//! The API and the page only read the status database through its views. The intake verifies,
+//! The API and the page read the status database through its views; the API's few mutations
+//! (rebuild, cancel, re-run) need the bearer token of `api-token-file`. The intake verifies,
 //! parses and records deliveries, then calls the daemon's wake callback ([`Wake`]); it decides
 //! nothing else. Entry point: [`router`], which takes its state as an argument (axum's testing
 //! pattern).
 
+mod api;
+mod auth;
 mod error;
-mod page;
+mod metrics;
+mod pages;
 mod webhooks;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use reconix_spec::{Builders, ForgeKind, Spec, Timestamp};
 use reconix_status::views::{EvaluationDetail, EvaluationSummary, LoopSummary, StatusOverview};
 use reconix_status::{
-    BuilderView, DriftRow, EvaluationId, ForgeHealth, ForgeHealthState, JobId, Status,
-    builder_views,
+    BuilderView, DriftRow, EvaluationId, ForgeHealth, ForgeHealthState, Status, builder_views,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -40,6 +40,10 @@ pub struct AppState {
     intake: Option<Arc<webhooks::Intake>>,
     /// The current spec, when the daemon gave one.
     spec: Option<watch::Receiver<Arc<Spec>>>,
+    /// The registry `/metrics` serves and `/readyz` asks which loops have run.
+    metrics: reconix_status::Metrics,
+    /// Told which loops have work after an API mutation.
+    wake: api::Waker,
 }
 
 impl AppState {
@@ -49,7 +53,25 @@ impl AppState {
             status,
             intake: None,
             spec: None,
+            metrics: reconix_status::Metrics::default(),
+            wake: api::Waker::default(),
         }
+    }
+
+    /// Sets the callback that API mutations (rebuild, cancel, re-run) call with the loops they
+    /// gave work to; [`with_intake`](Self::with_intake) sets the same one. It must return quickly.
+    #[must_use]
+    pub fn with_wake(mut self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> Self {
+        self.wake = api::Waker::new(wake);
+        self
+    }
+
+    /// Serves `metrics` at `/metrics` (with the database's state counts) and counts webhook
+    /// deliveries in it; `/readyz` waits for the loops registered in it.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: reconix_status::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Gives the handlers the current spec (forges, builders, the API token file).
@@ -61,13 +83,15 @@ impl AppState {
 
     /// Enables the webhook intake: deliveries are checked against the current `spec` (its
     /// forges, their secrets and repositories), recorded, and `wake` is called with what a
-    /// recorded delivery changed. `wake` runs on the request's task and must return quickly.
+    /// recorded delivery changed. `wake` runs on the request's task and must return quickly; API
+    /// mutations call it too.
     #[must_use]
     pub fn with_intake(
         mut self,
         spec: watch::Receiver<Arc<Spec>>,
         wake: Arc<dyn Fn(Wake) + Send + Sync>,
     ) -> Self {
+        self.wake = api::Waker::new(Arc::clone(&wake));
         let intake = webhooks::Intake::new(self.status.clone(), spec.clone(), wake);
         self.intake = Some(Arc::new(intake));
         self.spec = Some(spec);
@@ -83,12 +107,10 @@ impl AppState {
 /// Returns the daemon's HTTP router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/status", get(overview))
         .route("/api/v1/evaluations", get(evaluations))
         .route("/api/v1/evaluations/{id}", get(evaluation))
-        .route("/api/v1/jobs/{id}/log", get(job_log))
         .route("/api/v1/loops", get(loops))
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/forges", get(forges))
@@ -97,6 +119,9 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/{forge}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT)),
         )
+        .merge(api::routes())
+        .merge(metrics::routes())
+        .merge(pages::routes())
         .with_state(state)
 }
 
@@ -240,35 +265,6 @@ async fn builders(State(st): State<AppState>) -> Result<Json<Vec<BuilderView>>, 
 
 async fn overview(State(st): State<AppState>) -> Result<Json<StatusOverview>, ApiError> {
     Ok(Json(st.status.call(|db| db.overview(10)).await?))
-}
-
-async fn job_log(State(st): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
-    let path: Option<PathBuf> = st.status.call(move |db| db.job_log_path(JobId(id))).await?;
-    let path = path.ok_or(ApiError::NotFound("log"))?;
-    let body = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound("log"));
-        }
-        Err(e) => return Err(ApiError::Internal(e.to_string())),
-    };
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
-}
-
-async fn index(State(st): State<AppState>) -> Result<Html<String>, ApiError> {
-    let (list, latest, loops, healths) = st
-        .status
-        .call(|db| {
-            let list = db.evaluation_list(20)?;
-            let latest = match list.first() {
-                Some(e) => db.evaluation_detail(e.id)?,
-                None => None,
-            };
-            Ok((list, latest, db.loop_list()?, db.forge_healths()?))
-        })
-        .await?;
-    let forges = forge_views(st.spec().as_deref(), healths);
-    Ok(Html(page::render(&list, latest.as_ref(), &loops, &forges)))
 }
 
 #[cfg(test)]

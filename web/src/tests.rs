@@ -173,7 +173,7 @@ async fn page_should_list_evaluations_and_escape_errors() {
     assert!(body.contains("here/demo"), "{body}");
     assert!(body.contains("packages.x86_64-linux.hello"), "{body}");
     assert!(
-        body.contains("intentional &lt;b&gt;error&lt;/b&gt;"),
+        body.contains("intentional &#60;b&#62;error&#60;/b&#62;"),
         "{body}"
     );
     assert!(!body.contains("<b>error</b>"));

@@ -684,7 +684,7 @@ async fn drift_and_forges_should_answer_json_and_the_page_should_show_a_paused_f
         .await
         .unwrap();
     let page = String::from_utf8(page.to_vec()).unwrap();
-    let banner = "forge gh is PAUSED: the forge rejected the token &lt;b&gt;401&lt;/b&gt;</p>";
+    let banner = "forge gh is PAUSED: the forge rejected the token &#60;b&#62;401&#60;/b&#62;</p>";
     let at = page.find(banner).unwrap_or_else(|| panic!("{page}"));
     assert!(at < page.find("<h2>Evaluations</h2>").unwrap());
     assert!(!page.contains("<b>401</b>"));

@@ -49,6 +49,13 @@ pub enum Wake {
     /// A delivery naming this repository failed signature verification: its hook's secret may
     /// have drifted, which the `webhooks` loop repairs. At most once per repository per 10 s.
     SignatureFailure(RepoKey),
+    /// An API mutation requeued jobs or cancelled an evaluation: the `builds` loop has work
+    /// (dispatch them, or stop builds no live job needs).
+    Builds,
+    /// An API mutation queued an evaluation of this repository.
+    Evaluations(RepoKey),
+    /// An API mutation changed what this repository's commit statuses should say.
+    Statuses(RepoKey),
 }
 
 /// The callback that receives [`Wake`]s; it must return quickly (poke a `Notify`, send on a
@@ -376,14 +383,32 @@ fn forge_headers(headers: &HeaderMap) -> Headers {
         .collect()
 }
 
-/// `POST /webhooks/{forge}`.
+/// `POST /webhooks/{forge}`: answers what recording the delivery did (202, 200 for a duplicate)
+/// and counts the answer in the metrics.
 pub(crate) async fn receive(
     State(st): State<AppState>,
     Path(forge_name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let no_forge = || ApiError::NoForge(forge_name.clone());
+    let delivered = deliver(&st, &forge_name, &headers, &body).await;
+    crate::metrics::count_delivery(&st.metrics, &forge_name, &delivered);
+    let outcome = delivered?;
+    let code = match outcome {
+        DeliveryOutcome::Duplicate => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
+    };
+    Ok((code, Json(json!({ "result": outcome }))).into_response())
+}
+
+/// Verifies, parses and records one delivery, then wakes the loops it gave work to.
+async fn deliver(
+    st: &AppState,
+    forge_name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<DeliveryOutcome, ApiError> {
+    let no_forge = || ApiError::NoForge(forge_name.to_owned());
     let intake = st.intake.as_ref().ok_or_else(no_forge)?;
     let spec = intake.spec();
     let (name, forge) = spec
@@ -392,26 +417,26 @@ pub(crate) async fn receive(
         .find(|(name, forge)| name.as_str() == forge_name && !forge.kind.is_local())
         .ok_or_else(no_forge)?;
     let kind = forge.kind;
-    let headers = forge_headers(&headers);
+    let headers = forge_headers(headers);
 
     let secret = intake.secret(&spec, name, forge).await?;
-    if let Err(err) = reconix_forge::verify(kind, &headers, &body, &secret) {
+    if let Err(err) = reconix_forge::verify(kind, &headers, body, &secret) {
         // The secret file may have been rotated since it was read: read it once more.
         let retried = match err {
             reconix_forge::Error::SignatureMismatch { .. } => {
                 let fresh = intake.reload_secret(&spec, name, forge).await?;
-                *fresh != *secret && reconix_forge::verify(kind, &headers, &body, &fresh).is_ok()
+                *fresh != *secret && reconix_forge::verify(kind, &headers, body, &fresh).is_ok()
             }
             _ => false,
         };
         if !retried {
             warn!(forge = %name, error = %err, "webhook delivery rejected");
-            signature_failure(&st.status, intake, name, forge, &headers, &body).await;
+            signature_failure(&st.status, intake, name, forge, &headers, body).await;
             return Err(ApiError::Signature(err));
         }
     }
 
-    let event = reconix_forge::parse(kind, &headers, &body).map_err(ApiError::Payload)?;
+    let event = reconix_forge::parse(kind, &headers, body).map_err(ApiError::Payload)?;
     let Classified { delivery, effect } = classify(name, forge, &event);
     let wake = wake_for_new_head(&effect);
     let outcome = intake.record(delivery, effect).await?;
@@ -419,11 +444,7 @@ pub(crate) async fn receive(
     if let (DeliveryOutcome::NewHead, Some(wake)) = (outcome, wake) {
         (intake.wake)(wake);
     }
-    let code = match outcome {
-        DeliveryOutcome::Duplicate => StatusCode::OK,
-        _ => StatusCode::ACCEPTED,
-    };
-    Ok((code, Json(json!({ "result": outcome }))).into_response())
+    Ok(outcome)
 }
 
 /// Best effort after a failed verification: when the unverified body names a spec repository,

@@ -18,7 +18,7 @@ use reconix_reconcilers::statuses::Statuses;
 use reconix_reconcilers::webhooks::Webhooks;
 use reconix_reconcilers::{Ctx, LivePorts, WakerSet};
 use reconix_spec::{Spec, SpecErrors, Timestamp};
-use reconix_status::{Checkpointer, OpenMode, Status, StatusDb};
+use reconix_status::{Checkpointer, Metrics, OpenMode, Status, StatusDb};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -190,19 +190,21 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let reloader = reloader.reload_on(sighup);
     let listen = spec.listen;
 
-    let ctx = Arc::new(Ctx::new(
-        LivePorts::new(nix),
-        status.clone(),
-        spec_rx.clone(),
-    ));
-    let evaluations = controller(Evaluations::new(), &ctx, &spec_rx, &status);
-    let builds = controller(Builds::new(), &ctx, &spec_rx, &status);
-    let gcroots = controller(GcRoots::new(), &ctx, &spec_rx, &status);
-    let heads = controller(Heads::new(), &ctx, &spec_rx, &status);
-    let webhooks = controller(Webhooks::new(), &ctx, &spec_rx, &status);
-    let statuses = controller(Statuses::new(), &ctx, &spec_rx, &status);
-    let forges = controller(ForgeHealthLoop::new(), &ctx, &spec_rx, &status);
-    let builders = controller(BuildersLoop::new(), &ctx, &spec_rx, &status);
+    // One registry for everything `/metrics` serves: the loops' runs, builds, forge calls and
+    // webhook deliveries.
+    let metrics = Metrics::new();
+    let ctx = Arc::new(
+        Ctx::new(LivePorts::new(nix), status.clone(), spec_rx.clone())
+            .with_metrics(metrics.clone()),
+    );
+    let evaluations = controller(Evaluations::new(), &ctx, &spec_rx, &status, &metrics);
+    let builds = controller(Builds::new(), &ctx, &spec_rx, &status, &metrics);
+    let gcroots = controller(GcRoots::new(), &ctx, &spec_rx, &status, &metrics);
+    let heads = controller(Heads::new(), &ctx, &spec_rx, &status, &metrics);
+    let webhooks = controller(Webhooks::new(), &ctx, &spec_rx, &status, &metrics);
+    let statuses = controller(Statuses::new(), &ctx, &spec_rx, &status, &metrics);
+    let forges = controller(ForgeHealthLoop::new(), &ctx, &spec_rx, &status, &metrics);
+    let builders = controller(BuildersLoop::new(), &ctx, &spec_rx, &status, &metrics);
     ctx.wakers.set_all(WakerSet {
         builds: builds.handle(),
         gcroots: gcroots.handle(),
@@ -247,7 +249,8 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         on_ready(addr, status.clone());
     }
 
-    // Deliveries wake the loops that act on them; the wakers only poke the controllers' queues.
+    // Deliveries and API mutations wake the loops that act on them; the wakers only poke the
+    // controllers' queues.
     let wakers = ctx.wakers.clone();
     let wake = Arc::new(move |w: reconix_web::Wake| match w {
         reconix_web::Wake::Head(repo) => {
@@ -256,8 +259,13 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         }
         reconix_web::Wake::PullRequest(repo) => wakers.heads(repo),
         reconix_web::Wake::SignatureFailure(repo) => wakers.webhooks(repo),
+        reconix_web::Wake::Builds => wakers.builds(),
+        reconix_web::Wake::Evaluations(repo) => wakers.evaluations(repo),
+        reconix_web::Wake::Statuses(repo) => wakers.statuses(repo),
     });
-    let app = reconix_web::AppState::new(status.clone()).with_intake(spec_rx.clone(), wake);
+    let app = reconix_web::AppState::new(status.clone())
+        .with_intake(spec_rx.clone(), wake)
+        .with_metrics(metrics.clone());
     let http = reconix_web::serve(listener, app, {
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled().await }
@@ -287,19 +295,30 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds a controller whose every run is recorded as loop health in the status database.
+/// Builds a controller whose every run is recorded as loop health in the status database and
+/// counted in `metrics`, which also learns what each listing found (for `/readyz`).
 fn controller<R>(
     reconciler: R,
     ctx: &Arc<R::Context>,
     spec: &watch::Receiver<Arc<Spec>>,
     status: &Status,
+    metrics: &Metrics,
 ) -> Controller<R>
 where
     R: Reconciler<Spec = Spec>,
 {
     let status = status.clone();
-    Controller::new(Arc::new(reconciler), Arc::clone(ctx), spec.clone()).on_report(
-        move |report: &RunReport| {
+    metrics.register_loop(R::NAME);
+    let listed = metrics.clone();
+    let reported = metrics.clone();
+    Controller::new(Arc::new(reconciler), Arc::clone(ctx), spec.clone())
+        .on_listed(move |keys| listed.record_listing(R::NAME, keys))
+        .on_report(move |report: &RunReport| {
+            reported.record_reconcile(
+                report.loop_name,
+                report.duration,
+                report.outcome.as_ref().map(|_| ()).map_err(String::as_str),
+            );
             let status = status.clone();
             let name = report.loop_name;
             let outcome = report.outcome.clone();
@@ -319,8 +338,7 @@ where
                     warn!(loop = name, error = %err, "could not record loop health");
                 }
             });
-        },
-    )
+        })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use reconix_agent::coordinator::AgentConn;
 use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
 use reconix_nixcli::{BuildRequest, BuildStatus, Nix};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
-use reconix_status::{BuildState, JobState, Status};
+use reconix_status::{BuildState, BuilderKind, JobState, Status};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -119,19 +119,28 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
     cx.wakers.all_statuses();
     info!(drv = %drv_path, builder = %attempt.builder, attempt = attempts, "build started");
     let retries = cx.spec().builders.transient_retries;
-    let (nix, status, running, wakers) = (
+    let (nix, status, running, wakers, metrics) = (
         cx.ports.nix().clone(),
         cx.status.clone(),
         cx.running.clone(),
         cx.wakers.clone(),
+        cx.metrics.clone(),
     );
     tokio::spawn(async move {
-        let ended = match conn {
-            None => build_locally(&nix, &attempt, log_file, cancel).await,
-            Some(conn) => build_on_agent(&nix, &conn, &attempt, &log_file, cancel).await,
+        let since = tokio::time::Instant::now();
+        let (ended, kind) = match conn {
+            None => (
+                build_locally(&nix, &attempt, log_file, cancel).await,
+                BuilderKind::Local,
+            ),
+            Some(conn) => (
+                build_on_agent(&nix, &conn, &attempt, &log_file, cancel).await,
+                BuilderKind::Agent,
+            ),
         };
         let (drv, builder) = (attempt.drv_path.clone(), attempt.builder.clone());
         let outcome = verdict(ended.clone(), attempts, retries);
+        metrics.record_build(kind, outcome.as_ref().map(|o| o.0), since.elapsed());
         match (&outcome, &ended) {
             (Some((state, _, error)), _) => {
                 info!(drv = %drv, builder = %builder, state = state.as_str(), error = error.as_deref().unwrap_or(""), "build ended");

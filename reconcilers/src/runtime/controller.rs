@@ -29,7 +29,8 @@ const DEFAULT_RESYNC: Duration = Duration::from_secs(5 * 60);
 /// How many different keys may be reconciled at once by default.
 const DEFAULT_CONCURRENCY: usize = 8;
 
-/// Describes one finished reconcile; the daemon persists it as loop health.
+/// Describes one finished reconcile; the daemon persists it as loop health and counts it in its
+/// metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunReport {
@@ -52,6 +53,7 @@ pub struct RunReport {
 }
 
 type ReportFn = Arc<dyn Fn(&RunReport) + Send + Sync>;
+type ListedFn = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// Runs a [`Reconciler`]: schedules its keys and reconciles them until shutdown.
 ///
@@ -67,6 +69,7 @@ pub struct Controller<R: Reconciler> {
     resync: Duration,
     concurrency: usize,
     on_report: Option<ReportFn>,
+    on_listed: Option<ListedFn>,
     clock: Clock,
     requests: Arc<Requests<R::Key>>,
 }
@@ -96,6 +99,7 @@ impl<R: Reconciler> Controller<R> {
             resync: DEFAULT_RESYNC,
             concurrency: DEFAULT_CONCURRENCY,
             on_report: None,
+            on_listed: None,
             clock: Clock::system(),
             requests: Arc::new(Requests {
                 pending: Mutex::new(Pending {
@@ -129,6 +133,15 @@ impl<R: Reconciler> Controller<R> {
         self
     }
 
+    /// Sets a callback run after every successful listing of the keys, with how many were
+    /// listed, on the controller's task: it must not block. A loop that lists no key never
+    /// reconciles, so this is how it shows that it is alive (the daemon's `/readyz`).
+    #[must_use]
+    pub fn on_listed(mut self, listed: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_listed = Some(Arc::new(listed));
+        self
+    }
+
     /// Sets the clock that gives `plan` its `now` (default [`Clock::system`]).
     #[must_use]
     pub fn clock(mut self, clock: Clock) -> Self {
@@ -156,6 +169,7 @@ impl<R: Reconciler> Controller<R> {
             resync,
             concurrency,
             on_report,
+            on_listed,
             clock,
             requests,
         } = self;
@@ -170,6 +184,7 @@ impl<R: Reconciler> Controller<R> {
             spec,
             concurrency,
             on_report,
+            on_listed,
             clock,
             shutdown: shutdown.clone(),
             scheduler: Scheduler::new(),
@@ -288,6 +303,7 @@ struct Runner<R: Reconciler> {
     spec: watch::Receiver<Arc<R::Spec>>,
     concurrency: usize,
     on_report: Option<ReportFn>,
+    on_listed: Option<ListedFn>,
     clock: Clock,
     shutdown: CancellationToken,
     scheduler: Scheduler<R::Key>,
@@ -320,6 +336,9 @@ impl<R: Reconciler> Runner<R> {
         match listed {
             Ok(Ok(keys)) => {
                 debug!(loop = R::NAME, keys = keys.len(), "listed keys");
+                if let Some(listed) = &self.on_listed {
+                    listed(keys.len());
+                }
                 let now = Instant::now();
                 for key in keys {
                     self.scheduler.schedule(key, now);

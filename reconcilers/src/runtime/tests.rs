@@ -588,6 +588,30 @@ async fn keys_error_should_not_stop_the_controller() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn on_listed_should_tell_how_many_keys_each_successful_listing_found() {
+    let listed = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&listed);
+    let toy = Toy::new();
+    toy.keys_failures.store(1, Ordering::SeqCst);
+    let h = Harness::start_with(toy, ToySpec::keys(&[]), move |c| {
+        c.on_listed(move |n| sink.lock().unwrap().push(n))
+    });
+    settle().await;
+    assert!(
+        listed.lock().unwrap().is_empty(),
+        "a failed listing is not told"
+    );
+    h.handle.trigger_all();
+    settle().await;
+    assert_eq!(*listed.lock().unwrap(), [0]);
+    h.toy.extra_keys.lock().unwrap().push("x".to_owned());
+    h.handle.trigger_all();
+    settle().await;
+    assert_eq!(*listed.lock().unwrap(), [0, 1]);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_should_let_the_in_flight_step_finish_then_return() {
     let gate = Arc::new(Semaphore::new(0));
     let h = Harness::start(Toy::new().gated(&gate), ToySpec::keys(&["a"]).steps(2));
