@@ -70,6 +70,59 @@ fn status_and_plan_should_describe_a_running_daemon() -> Result<()> {
         "{table}"
     );
 
+    // kubectl-like verbs over the API.
+    let cli = |args: &[&str]| -> Result<String> {
+        run(Command::new(reconix_bin()?)
+            .args(args)
+            .args(["--server", d.url()]))
+    };
+    let evals: Value = serde_json::from_str(&cli(&["get", "evaluations", "-o", "json"])?)?;
+    let id = evals[0]["id"].as_i64().context("evaluation id")?;
+    let table = cli(&["get", "evaluations"])?;
+    assert!(
+        table.starts_with("ID") && table.contains(&rev[..12]),
+        "{table}"
+    );
+    let jobs: Value = serde_json::from_str(&cli(&[
+        "get",
+        "jobs",
+        "--evaluation",
+        &id.to_string(),
+        "-o",
+        "json",
+    ])?)?;
+    let job = &jobs[0];
+    assert_eq!(job["attr"], "packages.x86_64-linux.hello", "{jobs}");
+    let table = cli(&["get", "jobs", "-e", &id.to_string(), "--state", "succeeded"])?;
+    assert!(table.contains("packages.x86_64-linux.hello"), "{table}");
+    let table = cli(&["get", "jobs", "-e", &id.to_string(), "--state", "failed"])?;
+    assert!(!table.contains("hello"), "{table}");
+    let described = cli(&["describe", "evaluation", &id.to_string()])?;
+    assert!(
+        described.contains(&rev) && described.contains("1 succeeded"),
+        "{described}"
+    );
+    let job_id = job["id"].to_string();
+    let log = cli(&["logs", &job_id])?;
+    let followed = cli(&["logs", "--follow", &job_id])?;
+    assert_eq!(
+        log, followed,
+        "a finished job's log, followed, ends at once"
+    );
+    let builders = cli(&["get", "builders"])?;
+    assert!(builders.contains("local"), "{builders}");
+    let err = Command::new(reconix_bin()?)
+        .args(["describe", "evaluation", "999999", "--server", d.url()])
+        .output()?;
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+    let bash = run(Command::new(reconix_bin()?).args(["completions", "bash"]))?;
+    assert!(bash.contains("describe") && bash.contains("logs"), "{bash}");
+
     // Converged: `plan` has nothing to do for evaluations and GC roots.
     let plan = plan_json(&d)?;
     assert!(steps_of(&plan, "evaluations").is_empty(), "{plan:#}");

@@ -161,21 +161,7 @@ fn table(views: &[BuilderView], now: Timestamp) -> String {
             v.key_fingerprint.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
-    let columns = rows[0].len();
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::table::render(&rows)
 }
 
 #[cfg(test)]

@@ -3,12 +3,15 @@
 
 pub(crate) mod builders;
 pub(crate) mod check;
+pub(crate) mod client;
 pub(crate) mod demo;
+pub(crate) mod get;
 pub(crate) mod logging;
 pub(crate) mod plan;
 pub(crate) mod schema;
 pub(crate) mod serve;
 pub(crate) mod status;
+pub(crate) mod table;
 pub(crate) mod webhook;
 
 use std::net::SocketAddr;
@@ -92,14 +95,43 @@ pub(crate) enum Command {
         #[arg(long, env = "RECONIX_NIX_STORE")]
         nix_store: Option<String>,
     },
-    /// Shows loop health, the latest evaluations and job counts of a running daemon.
+    /// Shows loop health, forges, builders, the latest evaluations and job counts of a running
+    /// daemon.
     Status {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        /// Redraws the view in place until interrupted.
+        #[arg(long, short)]
+        watch: bool,
+        /// How often `--watch` redraws (`2s`, `500ms`).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
+    /// Lists evaluations, the jobs of an evaluation, or builders of a running daemon.
+    Get {
+        #[command(subcommand)]
+        what: get::GetCommand,
+    },
+    /// Shows one object of a running daemon in detail.
+    Describe {
+        #[command(subcommand)]
+        what: get::DescribeCommand,
+    },
+    /// Prints a job's build log; `--follow` keeps printing until the job is over.
+    Logs {
+        /// The job's id.
+        job: i64,
+        /// Keeps printing what is appended until the job is over.
+        #[arg(long, short)]
+        follow: bool,
         /// The daemon's base URL.
         #[arg(long, env = "RECONIX_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
-        /// Output format.
-        #[arg(long, short, value_enum, default_value_t = Output::Table)]
-        output: Output,
+    },
+    /// Prints a shell completion script (`reconix completions bash > /etc/bash_completion.d/reconix`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Creates a sample flake repository and a spec for it, then serves it.
     Demo {
@@ -137,7 +169,23 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             nix_store,
         } => plan::run(&spec, output, nix_store.as_deref()),
-        Command::Status { server, output } => status::run(&server, output),
+        Command::Status {
+            server,
+            watch,
+            interval,
+        } => status::run(&server, watch.then_some(interval)),
+        Command::Get { what } => get::get(what),
+        Command::Describe { what } => get::describe(what),
+        Command::Logs {
+            job,
+            follow,
+            server,
+        } => get::logs(&server, job, follow),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "reconix", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { dir, listen } => demo::run(&dir, listen),
         Command::Webhook { command } => webhook::run(command),
         Command::Builders { command } => builders::run(command),

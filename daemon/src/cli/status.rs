@@ -1,73 +1,58 @@
-//! `reconix status`: loop health, the latest evaluations and job counts of a running daemon.
+//! `reconix status [--watch]`: loop health, forges, builders, the latest evaluations and job
+//! counts of a running daemon.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use anyhow::Result;
+use serde_json::{Value, json};
 
 use super::Output;
+use super::client::{Api, ServerArgs};
+use super::get::{builders_table, evaluations_table};
 use super::serve::runtime;
+use super::table::{render, rows};
 
-/// Runs `reconix status` against the daemon at `server`.
-pub(crate) fn run(server: &str, output: Output) -> Result<ExitCode> {
-    let url = format!("{}/api/v1/status", server.trim_end_matches('/'));
-    let body: Value = runtime()?.block_on(async {
-        let resp = reqwest::get(&url).await.with_context(|| {
-            format!("cannot reach the daemon at {server} (is `reconix serve` running?)")
-        })?;
-        if !resp.status().is_success() {
-            bail!("{url}: HTTP {}", resp.status());
+/// Runs `reconix status`; with `watch`, redraws it in place every `interval` until interrupted.
+pub(crate) fn run(server: &ServerArgs, watch: Option<Duration>) -> Result<ExitCode> {
+    let api = Api::new(&server.server);
+    runtime()?.block_on(async {
+        loop {
+            let body = fetch(&api).await?;
+            let text = match server.output {
+                Output::Json => format!("{}\n", serde_json::to_string_pretty(&body)?),
+                Output::Table => table(&body),
+            };
+            let Some(every) = watch else {
+                print!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            };
+            // Home, clear the screen, draw: the view is redrawn in place.
+            let mut out = std::io::stdout();
+            write!(out, "\x1b[H\x1b[2J{text}")?;
+            out.flush()?;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
         }
-        resp.json()
-            .await
-            .with_context(|| format!("{url}: not JSON"))
-    })?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
-        Output::Table => print!("{}", table(&body)),
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        v => v.to_string(),
-    }
+/// The overview, with the forges and builders next to it.
+async fn fetch(api: &Api) -> Result<Value> {
+    let (mut body, forges, builders) =
+        tokio::try_join!(api.json("status"), api.json("forges"), api.json("builders"))?;
+    body["forges"] = forges;
+    body["builders"] = builders;
+    Ok(body)
 }
 
 /// Renders the overview as aligned text tables.
 pub(crate) fn table(body: &Value) -> String {
-    let mut out = String::new();
-    let rows = |items: &Value, cols: &[(&str, &str)]| -> Vec<Vec<String>> {
-        let mut rows = vec![
-            cols.iter()
-                .map(|(h, _)| (*h).to_owned())
-                .collect::<Vec<_>>(),
-        ];
-        for item in items.as_array().map(Vec::as_slice).unwrap_or_default() {
-            rows.push(cols.iter().map(|(_, f)| s(&item[*f])).collect());
-        }
-        rows
-    };
-    let render = |rows: Vec<Vec<String>>| -> String {
-        let widths: Vec<usize> = (0..rows[0].len())
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-            .collect();
-        rows.iter()
-            .map(|r| {
-                let cells: Vec<String> = r
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                format!("{}\n", cells.join("  ").trim_end())
-            })
-            .collect()
-    };
-    out.push_str("LOOPS\n");
-    out.push_str(&render(rows(
+    let mut out = String::from("LOOPS\n");
+    out.push_str(&render(&rows(
         &body["loops"],
         &[
             ("LOOP", "name"),
@@ -76,42 +61,35 @@ pub(crate) fn table(body: &Value) -> String {
             ("LAST ERROR", "last_error"),
         ],
     )));
+    if body["forges"].as_array().is_some_and(|f| !f.is_empty()) {
+        out.push_str("\nFORGES\n");
+        out.push_str(&render(&rows(
+            &body["forges"],
+            &[
+                ("FORGE", "forge"),
+                ("KIND", "kind"),
+                ("STATE", "state"),
+                ("REASON", "reason"),
+            ],
+        )));
+    }
+    if body["builders"].is_array() {
+        out.push_str("\nBUILDERS\n");
+        out.push_str(&builders_table(&body["builders"]));
+    }
     out.push_str("\nEVALUATIONS\n");
-    let mut evals = body["evaluations"].clone();
-    if let Some(list) = evals.as_array_mut() {
-        for e in list {
-            let counts = e["job_counts"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{v} {k}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
-            e["jobs"] = Value::String(counts);
-            if let Some(rev) = e["rev"].as_str() {
-                e["rev"] = Value::String(rev.chars().take(12).collect());
-            }
-        }
-    }
-    out.push_str(&render(rows(
-        &evals,
-        &[
-            ("ID", "id"),
-            ("REPO", "repo"),
-            ("REF", "ref"),
-            ("REV", "rev"),
-            ("STATE", "state"),
-            ("JOBS", "jobs"),
-        ],
-    )));
+    out.push_str(&evaluations_table(&body["evaluations"]));
     out.push_str("\nJOBS BY STATE\n");
-    if let Some(counts) = body["job_counts"].as_object() {
-        for (state, n) in counts {
-            out.push_str(&format!("{state:<18} {n}\n"));
-        }
-    }
+    let counts: Vec<Value> = body["job_counts"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(state, n)| json!({"state": state, "n": n}))
+        .collect();
+    out.push_str(&render(&rows(
+        &Value::Array(counts),
+        &[("STATE", "state"), ("JOBS", "n")],
+    )));
     out
 }
 
@@ -120,20 +98,25 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn table_should_show_loops_evaluations_and_counts() {
+    fn table_should_show_loops_forges_builders_evaluations_and_counts() {
         let body = json!({
             "loops": [{"name": "builds", "runs": 3, "consecutive_failures": 0, "last_error": null}],
+            "forges": [{"forge": "gh", "kind": "github", "state": "paused", "reason": "401"}],
+            "builders": [{"name": "a1", "state": "unresponsive", "systems": ["x86_64-linux"],
+                "running": 1, "max_jobs": 4, "last_heartbeat_at": 5}],
             "evaluations": [{"id": 1, "repo": "here/demo", "ref": "refs/heads/main",
                 "rev": "0123456789abcdef0123", "state": "building", "job_counts": {"queued": 2}}],
             "job_counts": {"queued": 2, "succeeded": 5}
         });
         let t = super::table(&body);
         assert!(t.contains("builds"), "{t}");
+        assert!(t.contains("gh") && t.contains("paused"), "{t}");
+        assert!(t.contains("unresponsive") && t.contains("1/4"), "{t}");
         assert!(
-            t.contains("0123456789ab ") || t.contains("0123456789ab"),
+            t.contains("0123456789ab ") && !t.contains("0123456789abc"),
             "{t}"
         );
         assert!(t.contains("2 queued"), "{t}");
-        assert!(t.contains("succeeded"), "{t}");
+        assert!(t.contains("succeeded  5"), "{t}");
     }
 }
