@@ -631,30 +631,3 @@ async fn log_stream_should_resume_at_the_last_event_id() {
         "event: end\ndata: end\n\n"
     );
 }
-
-/// Times `/evaluations/{id}` for an evaluation of 10,000 jobs (target: under 100 ms). Run with
-/// `cargo test --release -p reconix-web -- --ignored --nocapture evaluation_page_timing`.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "a timing measurement; run it in release mode"]
-async fn evaluation_page_timing_with_10000_jobs() {
-    let (st, id) = big_evaluation(10_000);
-    for page in [1, 26, 50] {
-        let uri = format!("/evaluations/{id}?page={page}");
-        let mut times = Vec::new();
-        for _ in 0..20 {
-            let start = std::time::Instant::now();
-            let (code, body) = get(&st, &uri).await;
-            times.push(start.elapsed());
-            assert_eq!(code, StatusCode::OK);
-            assert_eq!(body.matches("<input class=\"copy\"").count(), 200);
-        }
-        times.sort();
-        eprintln!(
-            "page {page} of an evaluation with 10,000 jobs: min {:?}, median {:?}, max {:?}",
-            times[0],
-            times[times.len() / 2],
-            times[times.len() - 1]
-        );
-        assert!(times[times.len() / 2] < Duration::from_millis(100));
-    }
-}

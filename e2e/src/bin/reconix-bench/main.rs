@@ -27,6 +27,7 @@ macro_rules! progress {
 mod cpu;
 mod flakes;
 mod intake;
+mod pages;
 mod remote;
 mod report;
 
@@ -59,10 +60,12 @@ const DEADLINE: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "\
 usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3]
-                     [--only eval|build|intake|remote] [--json PATH] [--idle-wait 120]
+                     [--only eval|build|intake|remote|pages] [--json PATH] [--idle-wait 120]
                      [--deliveries 20000] [--concurrency 16] [--remote-builds 50] [--closure-mib 256]
+                     [--page-jobs 10000] [--page-requests 30]
        reconix-bench intake [--deliveries 20000] [--concurrency 16] [--runs 3] [--json PATH]
        reconix-bench remote [--remote-builds 50] [--closure-mib 256] [--runs 3] [--json PATH]
+       reconix-bench pages [--page-jobs 10000] [--page-requests 30] [--json PATH]
 
 Compares reconix with raw Nix on generated flakes (p_i depends on p_(i/10)), fresh salts each time:
   eval N    daemon: commit seen -> jobs recorded     raw: one bulk `nix eval --json` (appendix B)
@@ -81,6 +84,9 @@ machine uses < 0.15 cores, and it warns when other processes used more during a 
             local nix-store --serve's pipes), against `nix copy` (store to store, and to
             ssh://localhost), --runs times (MiB/s); needs Nix and reconix-agent, not the daemon
             (`remote` = `--only remote`)
+  pages     the status pages of one evaluation of --page-jobs jobs (file-backed database, the
+            real router on loopback): first, middle and last page, `/` and the evaluation's JSON,
+            --page-requests GETs each (min, median, p95); needs no Nix (`pages` = `--only pages`)
 The reconix binary is target/<profile>/reconix next to this one, or $RECONIX_BIN; reconix-agent
 likewise, or $RECONIX_AGENT_BIN (without it the default run skips the remote benchmark).";
 
@@ -91,6 +97,7 @@ enum Only {
     Build,
     Intake,
     Remote,
+    Pages,
 }
 
 /// Command-line options.
@@ -106,6 +113,8 @@ struct Opts {
     concurrency: usize,
     remote_builds: usize,
     closure_mib: usize,
+    page_jobs: usize,
+    page_requests: usize,
 }
 
 fn parse_list(flag: &str, value: Option<String>) -> Result<Vec<usize>> {
@@ -137,11 +146,14 @@ impl Opts {
             concurrency: 16,
             remote_builds: 50,
             closure_mib: 256,
+            page_jobs: 10_000,
+            page_requests: 30,
         };
         let mut args = args.into_iter().peekable();
         match args.peek().map(String::as_str) {
             Some("intake") => opts.only = Some(Only::Intake),
             Some("remote") => opts.only = Some(Only::Remote),
+            Some("pages") => opts.only = Some(Only::Pages),
             _ => {}
         }
         if opts.only.is_some() {
@@ -169,8 +181,9 @@ impl Opts {
                         Some("build") => Some(Only::Build),
                         Some("intake") => Some(Only::Intake),
                         Some("remote") => Some(Only::Remote),
+                        Some("pages") => Some(Only::Pages),
                         other => bail!(
-                            "--only takes `eval`, `build`, `intake` or `remote`, not {other:?}"
+                            "--only takes `eval`, `build`, `intake`, `remote` or `pages`, not {other:?}"
                         ),
                     }
                 }
@@ -181,7 +194,8 @@ impl Opts {
                     })?;
                     opts.idle_wait = Duration::from_secs(secs);
                 }
-                "--deliveries" | "--concurrency" | "--remote-builds" | "--closure-mib" => {
+                "--deliveries" | "--concurrency" | "--remote-builds" | "--closure-mib"
+                | "--page-jobs" | "--page-requests" => {
                     let n = match parse_list(&flag, value())?.as_slice() {
                         [n] => *n,
                         _ => bail!("{flag} takes one positive number"),
@@ -190,6 +204,8 @@ impl Opts {
                         "--deliveries" => opts.deliveries = n,
                         "--concurrency" => opts.concurrency = n,
                         "--remote-builds" => opts.remote_builds = n,
+                        "--page-jobs" => opts.page_jobs = n,
+                        "--page-requests" => opts.page_requests = n,
                         _ => opts.closure_mib = n,
                     }
                 }
@@ -212,6 +228,13 @@ impl Opts {
         }
     }
 
+    fn pages_settings(&self) -> pages::Settings {
+        pages::Settings {
+            jobs: self.page_jobs,
+            requests: self.page_requests,
+        }
+    }
+
     fn remote_settings(&self) -> remote::Settings {
         remote::Settings {
             builds: self.remote_builds,
@@ -228,7 +251,11 @@ fn run_alone(opts: &Opts, only: Only) -> Result<ExitCode> {
         .parent()
         .context("e2e crate has no parent")?;
     let machine = Machine::read(workspace);
-    let (text, key, json) = if only == Only::Remote {
+    let (text, key, json) = if only == Only::Pages {
+        eprint!("{}", machine.text());
+        let report = pages::run(opts.pages_settings())?;
+        (report.text(), "pages", report.to_json())
+    } else if only == Only::Remote {
         reconix_e2e::require_nix()?;
         let agent = remote::agent_bin()?;
         progress!("reconix-agent binary: {}", agent.display());
@@ -268,7 +295,7 @@ fn run() -> Result<ExitCode> {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     };
-    if let Some(only @ (Only::Intake | Only::Remote)) = opts.only {
+    if let Some(only @ (Only::Intake | Only::Remote | Only::Pages)) = opts.only {
         return run_alone(&opts, only);
     }
     // The e2e harness finds the daemon through RECONIX_BIN. Setting our own environment needs
@@ -336,6 +363,11 @@ fn run() -> Result<ExitCode> {
     } else {
         None
     };
+    let pages = if opts.wants(Only::Pages) {
+        Some(pages::run(opts.pages_settings())?)
+    } else {
+        None
+    };
     // `make bench` builds the daemon and this crate; the agent may not be there.
     let remote = match remote::agent_bin() {
         _ if !opts.wants(Only::Remote) => None,
@@ -373,6 +405,10 @@ fn run() -> Result<ExitCode> {
         println!();
         print!("{}", intake.text());
     }
+    if let Some(pages) = &pages {
+        println!();
+        print!("{}", pages.text());
+    }
     match &remote {
         Some(Ok(remote)) => {
             println!();
@@ -401,6 +437,9 @@ fn run() -> Result<ExitCode> {
         );
         if let Some(intake) = &intake {
             doc["intake"] = intake.to_json();
+        }
+        if let Some(pages) = &pages {
+            doc["pages"] = pages.to_json();
         }
         match &remote {
             Some(Ok(remote)) => doc["remote"] = remote.to_json(),
