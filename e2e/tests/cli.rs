@@ -120,6 +120,35 @@ fn status_and_plan_should_describe_a_running_daemon() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&err.stderr)
     );
+    // `status --watch` redraws in place: home + clear, then the view, again and again.
+    let mut watch = Command::new(reconix_bin()?)
+        .args(["status", "--watch", "--interval", "100ms", "--server", d.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = watch.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if text.matches("\x1b[H\x1b[2JLOOPS").count() >= 2 {
+                let _ = tx.send(text.into_owned());
+                break;
+            }
+        }
+    });
+    let redrawn = rx.recv_timeout(Duration::from_secs(60));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let redrawn = redrawn.context("status --watch did not redraw twice within 60 s")?;
+    assert!(redrawn.contains("here/demo"), "{redrawn}");
+
     let bash = run(Command::new(reconix_bin()?).args(["completions", "bash"]))?;
     assert!(bash.contains("describe") && bash.contains("logs"), "{bash}");
 
