@@ -122,7 +122,14 @@ fn status_and_plan_should_describe_a_running_daemon() -> Result<()> {
     );
     // `status --watch` redraws in place: home + clear, then the view, again and again.
     let mut watch = Command::new(reconix_bin()?)
-        .args(["status", "--watch", "--interval", "100ms", "--server", d.url()])
+        .args([
+            "status",
+            "--watch",
+            "--interval",
+            "100ms",
+            "--server",
+            d.url(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;

@@ -421,28 +421,41 @@ impl StatusDb {
     /// # Errors
     /// Returns [`crate::Error::Query`] when SQLite fails.
     pub fn open_pull_requests(&self, repo: RepoId) -> Result<Vec<PullRequestRow>> {
-        const OP: &str = "open_pull_requests";
+        self.query_pull_requests(
+            "open_pull_requests",
+            "WHERE repo_id = ?1 AND open = 1 ORDER BY number",
+            [repo.0],
+        )
+    }
+
+    /// Selects the pull requests that `selection` (the `WHERE`/`ORDER BY` of a `SELECT … FROM
+    /// pull_requests`, with `params` bound to it) picks.
+    pub(crate) fn query_pull_requests<P: rusqlite::Params>(
+        &self,
+        op: &'static str,
+        selection: &str,
+        params: P,
+    ) -> Result<Vec<PullRequestRow>> {
         let mut stmt = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT number, head_sha, head_ref, base_ref, author, from_fork, open, \
-                 author_can_write, observed_at FROM pull_requests \
-                 WHERE repo_id = ?1 AND open = 1 ORDER BY number",
-            )
-            .op(OP)?;
-        let mut rows = stmt.query([repo.0]).op(OP)?;
+                 author_can_write, observed_at FROM pull_requests {selection}"
+            ))
+            .op(op)?;
+        let mut rows = stmt.query(params).op(op)?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().op(OP)? {
+        while let Some(row) = rows.next().op(op)? {
             out.push(PullRequestRow {
-                number: non_negative("pull_requests", "number", get(row, 0, OP)?)?,
-                head_sha: get(row, 1, OP)?,
-                head_ref: get(row, 2, OP)?,
-                base_ref: get(row, 3, OP)?,
-                author: get(row, 4, OP)?,
-                from_fork: get::<i64>(row, 5, OP)? != 0,
-                open: get::<i64>(row, 6, OP)? != 0,
-                author_can_write: get::<Option<i64>>(row, 7, OP)?.map(|v| v != 0),
-                observed_at: Timestamp(get(row, 8, OP)?),
+                number: non_negative("pull_requests", "number", get(row, 0, op)?)?,
+                head_sha: get(row, 1, op)?,
+                head_ref: get(row, 2, op)?,
+                base_ref: get(row, 3, op)?,
+                author: get(row, 4, op)?,
+                from_fork: get::<i64>(row, 5, op)? != 0,
+                open: get::<i64>(row, 6, op)? != 0,
+                author_can_write: get::<Option<i64>>(row, 7, op)?.map(|v| v != 0),
+                observed_at: Timestamp(get(row, 8, op)?),
             });
         }
         Ok(out)

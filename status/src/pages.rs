@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
 use crate::forges::PullRequestRow;
-use crate::row::{get, non_negative, parse, parse_opt, parse_repo_key};
+use crate::row::{get, non_negative, parse, parse_opt};
 use crate::types::{
     Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, Job, JobId, JobState,
     RepoId,
@@ -175,15 +175,7 @@ pub struct JobPage {
 }
 
 /// The state of one attribute in an evaluation, as compared by [`compare_evaluations`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobOutcome {
-    /// The job.
-    pub id: JobId,
-    /// Its attribute path.
-    pub attr: AttrPath,
-    /// Where it stands.
-    pub state: JobState,
-}
+pub type JobOutcome = JobRef;
 
 /// One attribute present in both evaluations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -341,11 +333,7 @@ impl StatusDb {
                 None => None,
             };
             let failed_dependency = match get::<Option<i64>>(row, 17, OP)? {
-                Some(dep) => Some(JobRef {
-                    id: JobId(dep),
-                    attr: parse("jobs", "attr", get(row, 18, OP)?)?,
-                    state: parse("jobs", "state", get(row, 19, OP)?)?,
-                }),
+                Some(_) => Some(job_ref(row, 17, OP)?),
                 None => None,
             };
             jobs.push(PageJob {
@@ -389,22 +377,12 @@ impl StatusDb {
             Some(drv) => self.build_by_drv(drv)?,
             None => None,
         };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT d.id, d.attr, d.state FROM job_deps jd JOIN jobs d ON d.id = jd.dep_job_id \
-                 WHERE jd.job_id = ?1 ORDER BY d.id",
-            )
-            .op(OP)?;
-        let mut rows = stmt.query([id.0]).op(OP)?;
-        let mut dependencies = Vec::new();
-        while let Some(row) = rows.next().op(OP)? {
-            dependencies.push(JobRef {
-                id: JobId(get(row, 0, OP)?),
-                attr: parse("jobs", "attr", get(row, 1, OP)?)?,
-                state: parse("jobs", "state", get(row, 2, OP)?)?,
-            });
-        }
+        let dependencies = self.query_job_refs(
+            OP,
+            "SELECT d.id, d.attr, d.state FROM job_deps jd JOIN jobs d ON d.id = jd.dep_job_id \
+             WHERE jd.job_id = ?1 ORDER BY d.id",
+            id.0,
+        )?;
         Ok(Some(JobPage {
             job,
             evaluation,
@@ -419,52 +397,11 @@ impl StatusDb {
     /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
     /// malformed row.
     pub fn repo_evaluations(&self, repo: RepoId, limit: u32) -> Result<Vec<EvaluationSummary>> {
-        const OP: &str = "repo_evaluations";
-        let _snapshot = self.read(OP)?;
-        let mut counts: HashMap<i64, BTreeMap<JobState, u64>> = HashMap::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "SELECT j.evaluation_id, j.state, count(*) FROM jobs j \
-                     WHERE j.evaluation_id IN (SELECT id FROM evaluations WHERE repo_id = ?1 \
-                     ORDER BY id DESC LIMIT ?2) GROUP BY j.evaluation_id, j.state",
-                )
-                .op(OP)?;
-            let mut rows = stmt.query([repo.0, i64::from(limit)]).op(OP)?;
-            while let Some(row) = rows.next().op(OP)? {
-                let state: JobState = parse("jobs", "state", get(row, 1, OP)?)?;
-                counts
-                    .entry(get(row, 0, OP)?)
-                    .or_default()
-                    .insert(state, non_negative("jobs", "count", get(row, 2, OP)?)?);
-            }
-        }
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT e.id, r.forge, r.name, e.ref, e.rev, e.state, e.created_at, \
-                 e.started_at, e.finished_at FROM evaluations e JOIN repos r ON r.id = e.repo_id \
-                 WHERE e.repo_id = ?1 ORDER BY e.id DESC LIMIT ?2",
-            )
-            .op(OP)?;
-        let mut rows = stmt.query([repo.0, i64::from(limit)]).op(OP)?;
-        let mut list = Vec::new();
-        while let Some(row) = rows.next().op(OP)? {
-            let id: i64 = get(row, 0, OP)?;
-            list.push(EvaluationSummary {
-                id: EvaluationId(id),
-                repo: parse_repo_key(get(row, 1, OP)?, get(row, 2, OP)?)?,
-                ref_name: get(row, 3, OP)?,
-                rev: get(row, 4, OP)?,
-                state: parse("evaluations", "state", get(row, 5, OP)?)?,
-                created_at: Timestamp(get(row, 6, OP)?),
-                started_at: get::<Option<i64>>(row, 7, OP)?.map(Timestamp),
-                finished_at: get::<Option<i64>>(row, 8, OP)?.map(Timestamp),
-                job_counts: counts.remove(&id).unwrap_or_default(),
-            });
-        }
-        Ok(list)
+        self.evaluation_summaries(
+            "repo_evaluations",
+            "WHERE e.repo_id = ?1 ORDER BY e.id DESC LIMIT ?2",
+            [repo.0, i64::from(limit)],
+        )
     }
 
     /// Returns the id and state of the evaluation of `rev` on `ref_name` of `repo`, if any.
@@ -502,33 +439,16 @@ impl StatusDb {
     /// # Errors
     /// Returns [`crate::Error::Query`] when SQLite fails.
     pub fn pull_request(&self, repo: RepoId, number: u64) -> Result<Option<PullRequestRow>> {
-        const OP: &str = "pull_request";
         let Ok(number) = i64::try_from(number) else {
             return Ok(None);
         };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT number, head_sha, head_ref, base_ref, author, from_fork, open, \
-                 author_can_write, observed_at FROM pull_requests \
-                 WHERE repo_id = ?1 AND number = ?2",
-            )
-            .op(OP)?;
-        let mut rows = stmt.query([repo.0, number]).op(OP)?;
-        let Some(row) = rows.next().op(OP)? else {
-            return Ok(None);
-        };
-        Ok(Some(PullRequestRow {
-            number: non_negative("pull_requests", "number", get(row, 0, OP)?)?,
-            head_sha: get(row, 1, OP)?,
-            head_ref: get(row, 2, OP)?,
-            base_ref: get(row, 3, OP)?,
-            author: get(row, 4, OP)?,
-            from_fork: get::<i64>(row, 5, OP)? != 0,
-            open: get::<i64>(row, 6, OP)? != 0,
-            author_can_write: get::<Option<i64>>(row, 7, OP)?.map(|v| v != 0),
-            observed_at: Timestamp(get(row, 8, OP)?),
-        }))
+        Ok(self
+            .query_pull_requests(
+                "pull_request",
+                "WHERE repo_id = ?1 AND number = ?2",
+                [repo.0, number],
+            )?
+            .pop())
     }
 
     /// Returns the newest evaluation of pull request `number` of `repo`, preferring one of
@@ -543,26 +463,13 @@ impl StatusDb {
         number: u64,
         head_sha: &str,
     ) -> Result<Option<Evaluation>> {
-        const OP: &str = "pull_request_evaluation";
         let [gitlab, other] = pull_request_refs(number);
-        let id: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT id FROM evaluations WHERE repo_id = ?1 AND ref IN (?2, ?3) \
-                 ORDER BY rev = ?4 DESC, id DESC LIMIT 1",
-            )
-            .and_then(|mut s| {
-                rusqlite::OptionalExtension::optional(
-                    s.query_row(rusqlite::params![repo.0, gitlab, other, head_sha], |r| {
-                        r.get(0)
-                    }),
-                )
-            })
-            .op(OP)?;
-        match id {
-            Some(id) => self.evaluation(EvaluationId(id)),
-            None => Ok(None),
-        }
+        self.evaluation_selected(
+            "pull_request_evaluation",
+            "SELECT id FROM evaluations WHERE repo_id = ?1 AND ref IN (?2, ?3) \
+             ORDER BY rev = ?4 DESC, id DESC LIMIT 1",
+            rusqlite::params![repo.0, gitlab, other, head_sha],
+        )
     }
 
     /// Returns the newest `finished` evaluation of branch `branch` (a name such as `main`, or a
@@ -576,24 +483,33 @@ impl StatusDb {
         repo: RepoId,
         branch: &str,
     ) -> Result<Option<Evaluation>> {
-        const OP: &str = "latest_finished_evaluation";
         let full = if branch.starts_with("refs/") {
             branch.to_owned()
         } else {
             format!("refs/heads/{branch}")
         };
+        self.evaluation_selected(
+            "latest_finished_evaluation",
+            "SELECT id FROM evaluations WHERE repo_id = ?1 AND ref = ?2 \
+             AND state = 'finished' ORDER BY id DESC LIMIT 1",
+            rusqlite::params![repo.0, full],
+        )
+    }
+
+    /// Returns the evaluation whose id `sql`, with `params` bound to it, selects, if any.
+    fn evaluation_selected<P: rusqlite::Params>(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: P,
+    ) -> Result<Option<Evaluation>> {
         let id: Option<i64> = self
             .conn
-            .prepare_cached(
-                "SELECT id FROM evaluations WHERE repo_id = ?1 AND ref = ?2 \
-                 AND state = 'finished' ORDER BY id DESC LIMIT 1",
-            )
+            .prepare_cached(sql)
             .and_then(|mut s| {
-                rusqlite::OptionalExtension::optional(
-                    s.query_row(rusqlite::params![repo.0, full], |r| r.get(0)),
-                )
+                rusqlite::OptionalExtension::optional(s.query_row(params, |r| r.get(0)))
             })
-            .op(OP)?;
+            .op(op)?;
         match id {
             Some(id) => self.evaluation(EvaluationId(id)),
             None => Ok(None),
@@ -606,22 +522,32 @@ impl StatusDb {
     /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
     /// malformed row.
     pub fn job_outcomes(&self, id: EvaluationId) -> Result<Vec<JobOutcome>> {
-        const OP: &str = "job_outcomes";
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, attr, state FROM jobs WHERE evaluation_id = ?1 ORDER BY id")
-            .op(OP)?;
-        let mut rows = stmt.query([id.0]).op(OP)?;
+        self.query_job_refs(
+            "job_outcomes",
+            "SELECT id, attr, state FROM jobs WHERE evaluation_id = ?1 ORDER BY id",
+            id.0,
+        )
+    }
+
+    /// Runs `sql`, which selects a job's id, attribute and state, with `?1` bound to `param`.
+    fn query_job_refs(&self, op: &'static str, sql: &str, param: i64) -> Result<Vec<JobRef>> {
+        let mut stmt = self.conn.prepare_cached(sql).op(op)?;
+        let mut rows = stmt.query([param]).op(op)?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().op(OP)? {
-            out.push(JobOutcome {
-                id: JobId(get(row, 0, OP)?),
-                attr: parse("jobs", "attr", get(row, 1, OP)?)?,
-                state: parse("jobs", "state", get(row, 2, OP)?)?,
-            });
+        while let Some(row) = rows.next().op(op)? {
+            out.push(job_ref(row, 0, op)?);
         }
         Ok(out)
     }
+}
+
+/// Reads a [`JobRef`] from the job id, attribute and state at columns `at`, `at + 1`, `at + 2`.
+fn job_ref(row: &rusqlite::Row<'_>, at: usize, op: &'static str) -> Result<JobRef> {
+    Ok(JobRef {
+        id: JobId(get(row, at, op)?),
+        attr: parse("jobs", "attr", get(row, at + 1, op)?)?,
+        state: parse("jobs", "state", get(row, at + 2, op)?)?,
+    })
 }
 
 #[cfg(test)]

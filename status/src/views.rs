@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
-use crate::row::{get, parse, parse_opt, parse_repo_key};
+use crate::row::{get, non_negative, parse, parse_opt, parse_repo_key};
 use crate::types::{BuildId, BuildState, EvaluationId, EvaluationState, JobId, JobState};
 
 /// One evaluation in a list: what ran, where it stands, and how many jobs are in each state.
@@ -141,49 +141,59 @@ impl StatusDb {
     /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
     /// malformed row.
     pub fn evaluation_list(&self, limit: u32) -> Result<Vec<EvaluationSummary>> {
-        const OP: &str = "evaluation_list";
-        let _snapshot = self.read(OP)?;
+        self.evaluation_summaries("evaluation_list", "ORDER BY e.id DESC LIMIT ?1", [limit])
+    }
+
+    /// Summarizes the evaluations (alias `e`) that `selection` picks, in its order, with their
+    /// job counts, in one read transaction. `selection` is the rest of a `SELECT … FROM
+    /// evaluations e` (`WHERE`, `ORDER BY`, `LIMIT`), with `params` bound to it.
+    pub(crate) fn evaluation_summaries<P: rusqlite::Params + Copy>(
+        &self,
+        op: &'static str,
+        selection: &str,
+        params: P,
+    ) -> Result<Vec<EvaluationSummary>> {
+        let _snapshot = self.read(op)?;
         let mut counts: HashMap<i64, BTreeMap<JobState, u64>> = HashMap::new();
         {
             let mut stmt = self
                 .conn
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT j.evaluation_id, j.state, count(*) FROM jobs j \
-                     WHERE j.evaluation_id IN (SELECT id FROM evaluations ORDER BY id DESC LIMIT ?1) \
-                     GROUP BY j.evaluation_id, j.state",
-                )
-                .op(OP)?;
-            let mut rows = stmt.query([limit]).op(OP)?;
-            while let Some(row) = rows.next().op(OP)? {
-                let state: JobState = parse("jobs", "state", get(row, 1, OP)?)?;
-                let n: i64 = get(row, 2, OP)?;
+                     WHERE j.evaluation_id IN (SELECT e.id FROM evaluations e {selection}) \
+                     GROUP BY j.evaluation_id, j.state"
+                ))
+                .op(op)?;
+            let mut rows = stmt.query(params).op(op)?;
+            while let Some(row) = rows.next().op(op)? {
+                let state: JobState = parse("jobs", "state", get(row, 1, op)?)?;
                 counts
-                    .entry(get(row, 0, OP)?)
+                    .entry(get(row, 0, op)?)
                     .or_default()
-                    .insert(state, u64::try_from(n).unwrap_or(0));
+                    .insert(state, non_negative("jobs", "count", get(row, 2, op)?)?);
             }
         }
         let mut stmt = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT e.id, r.forge, r.name, e.ref, e.rev, e.state, e.created_at, \
                  e.started_at, e.finished_at FROM evaluations e JOIN repos r ON r.id = e.repo_id \
-                 ORDER BY e.id DESC LIMIT ?1",
-            )
-            .op(OP)?;
-        let mut rows = stmt.query([limit]).op(OP)?;
+                 {selection}"
+            ))
+            .op(op)?;
+        let mut rows = stmt.query(params).op(op)?;
         let mut list = Vec::new();
-        while let Some(row) = rows.next().op(OP)? {
-            let id: i64 = get(row, 0, OP)?;
+        while let Some(row) = rows.next().op(op)? {
+            let id: i64 = get(row, 0, op)?;
             list.push(EvaluationSummary {
                 id: EvaluationId(id),
-                repo: parse_repo_key(get(row, 1, OP)?, get(row, 2, OP)?)?,
-                ref_name: get(row, 3, OP)?,
-                rev: get(row, 4, OP)?,
-                state: parse("evaluations", "state", get(row, 5, OP)?)?,
-                created_at: Timestamp(get(row, 6, OP)?),
-                started_at: get::<Option<i64>>(row, 7, OP)?.map(Timestamp),
-                finished_at: get::<Option<i64>>(row, 8, OP)?.map(Timestamp),
+                repo: parse_repo_key(get(row, 1, op)?, get(row, 2, op)?)?,
+                ref_name: get(row, 3, op)?,
+                rev: get(row, 4, op)?,
+                state: parse("evaluations", "state", get(row, 5, op)?)?,
+                created_at: Timestamp(get(row, 6, op)?),
+                started_at: get::<Option<i64>>(row, 7, op)?.map(Timestamp),
+                finished_at: get::<Option<i64>>(row, 8, op)?.map(Timestamp),
                 job_counts: counts.remove(&id).unwrap_or_default(),
             });
         }
@@ -201,54 +211,13 @@ impl StatusDb {
         let Some(eval) = self.evaluation(id)? else {
             return Ok(None);
         };
-        let jobs = self.query_jobs(OP, "j.evaluation_id = ?1", [id.0])?;
-        let mut builds: HashMap<i64, (BuildView, bool)> = HashMap::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "SELECT j.id, b.id, b.state, b.log_path IS NOT NULL, b.attempts, b.exit_code, \
-                     b.started_at, b.finished_at, b.builder FROM jobs j \
-                     JOIN builds b ON b.drv_path = j.drv_path WHERE j.evaluation_id = ?1",
-                )
-                .op(OP)?;
-            let mut rows = stmt.query([id.0]).op(OP)?;
-            while let Some(row) = rows.next().op(OP)? {
-                let attempts: i64 = get(row, 4, OP)?;
-                let view = BuildView {
-                    id: BuildId(get(row, 1, OP)?),
-                    state: parse("builds", "state", get(row, 2, OP)?)?,
-                    attempts: u32::try_from(attempts).unwrap_or(0),
-                    builder: parse_opt("builds", "builder", get(row, 8, OP)?)?,
-                    exit_code: get(row, 5, OP)?,
-                    started_at: get::<Option<i64>>(row, 6, OP)?.map(Timestamp),
-                    finished_at: get::<Option<i64>>(row, 7, OP)?.map(Timestamp),
-                };
-                builds.insert(get(row, 0, OP)?, (view, get(row, 3, OP)?));
-            }
-        }
         let mut job_counts = BTreeMap::new();
-        let jobs = jobs
+        let jobs = self
+            .query_job_details(OP, "j.evaluation_id = ?1", [id.0])?
             .into_iter()
-            .map(|job| {
-                *job_counts.entry(job.state).or_insert(0) += 1;
-                let build = builds.remove(&job.id.0);
-                let log_available = build.as_ref().is_some_and(|b| b.1);
-                JobView {
-                    id: job.id,
-                    attr: job.attr,
-                    name: job.name,
-                    drv_path: job.drv_path,
-                    system: job.system,
-                    state: job.state,
-                    error: job.error,
-                    outputs: job.outputs,
-                    deps: job.deps,
-                    build: build.map(|b| b.0),
-                    log_available,
-                    started_at: job.started_at,
-                    finished_at: job.finished_at,
-                }
+            .map(|detail| {
+                *job_counts.entry(detail.job.state).or_insert(0) += 1;
+                detail.job
             })
             .collect();
         Ok(Some(EvaluationDetail {
@@ -274,21 +243,10 @@ impl StatusDb {
     /// recorded. The file may since have been removed by log retention.
     ///
     /// # Errors
-    /// Returns [`crate::Error::Query`] when SQLite fails.
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed job state.
     pub fn job_log_path(&self, id: JobId) -> Result<Option<PathBuf>> {
-        const OP: &str = "job_log_path";
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT b.log_path FROM jobs j JOIN builds b ON b.drv_path = j.drv_path \
-                 WHERE j.id = ?1",
-            )
-            .op(OP)?;
-        let mut rows = stmt.query([id.0]).op(OP)?;
-        match rows.next().op(OP)? {
-            Some(row) => Ok(get::<Option<String>>(row, 0, OP)?.map(PathBuf::from)),
-            None => Ok(None),
-        }
+        Ok(self.job_log(id)?.and_then(|log| log.path))
     }
 
     /// Returns the health of every loop that has run, ordered by name.
@@ -450,6 +408,17 @@ impl StatusDb {
         params: P,
     ) -> Result<Vec<JobDetail>> {
         let _snapshot = self.read(op)?;
+        self.query_job_details(op, filter, params)
+    }
+
+    /// Selects jobs (alias `j`) matching `filter` as [`JobDetail`]s, in id order, with the
+    /// builds of their drvs; the caller holds the read transaction.
+    fn query_job_details<P: rusqlite::Params + Copy>(
+        &self,
+        op: &'static str,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<JobDetail>> {
         let jobs = self.query_jobs(op, filter, params)?;
         let mut builds: HashMap<i64, (BuildView, bool)> = HashMap::new();
         {

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use reconix_spec::Timestamp;
 use reconix_status::views::{JobDetail, JobFilter, JobLog};
-use reconix_status::{EvaluationId, JobId, JobState};
+use reconix_status::{EvaluationId, JobId, JobState, StatusDb};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -208,23 +208,21 @@ async fn rebuild(
     State(st): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response, MutationError> {
-    let done = st
-        .status
-        .call(move |db| db.rebuild_job(JobId(id), Timestamp::now()))
-        .await?;
-    tracing::info!(job = %done.job, evaluation = %done.evaluation, requeued = done.requeued.len(), "job rebuild requested");
-    st.wake
-        .wake([Wake::Builds, Wake::Statuses(done.repo.clone())]);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "job": done.job,
-            "evaluation": done.evaluation,
-            "requeued": done.requeued,
-            "builds_reset": done.builds_reset,
-        })),
+    mutate(
+        &st,
+        move |db| db.rebuild_job(JobId(id), Timestamp::now()),
+        |done| {
+            tracing::info!(job = %done.job, evaluation = %done.evaluation, requeued = done.requeued.len(), "job rebuild requested");
+            let body = json!({
+                "job": done.job,
+                "evaluation": done.evaluation,
+                "requeued": done.requeued,
+                "builds_reset": done.builds_reset,
+            });
+            ([Wake::Builds, Wake::Statuses(done.repo)], body)
+        },
     )
-        .into_response())
+    .await
 }
 
 /// `POST /api/v1/evaluations/{id}/cancel`.
@@ -233,23 +231,21 @@ async fn cancel(
     State(st): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response, MutationError> {
-    let done = st
-        .status
-        .call(move |db| db.cancel_evaluation(EvaluationId(id), Timestamp::now()))
-        .await?;
-    tracing::info!(evaluation = %done.evaluation, cancelled_jobs = done.cancelled_jobs, "evaluation cancelled");
-    // The builds loop stops the running builds no live job needs any more.
-    st.wake
-        .wake([Wake::Builds, Wake::Statuses(done.repo.clone())]);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "evaluation": done.evaluation,
-            "state": done.state,
-            "cancelled_jobs": done.cancelled_jobs,
-        })),
+    mutate(
+        &st,
+        move |db| db.cancel_evaluation(EvaluationId(id), Timestamp::now()),
+        |done| {
+            tracing::info!(evaluation = %done.evaluation, cancelled_jobs = done.cancelled_jobs, "evaluation cancelled");
+            let body = json!({
+                "evaluation": done.evaluation,
+                "state": done.state,
+                "cancelled_jobs": done.cancelled_jobs,
+            });
+            // The builds loop stops the running builds no live job needs any more.
+            ([Wake::Builds, Wake::Statuses(done.repo)], body)
+        },
     )
-        .into_response())
+    .await
 }
 
 /// `POST /api/v1/evaluations/{id}/rerun`.
@@ -258,23 +254,39 @@ async fn rerun(
     State(st): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response, MutationError> {
-    let done = st
-        .status
-        .call(move |db| db.rerun_evaluation(EvaluationId(id), Timestamp::now()))
-        .await?;
-    tracing::info!(evaluation = %done.evaluation, replaces = %done.replaces, "evaluation re-run requested");
-    st.wake.wake([
-        Wake::Evaluations(done.repo.clone()),
-        Wake::Statuses(done.repo.clone()),
-    ]);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "evaluation": done.evaluation,
-            "replaces": done.replaces,
-        })),
+    mutate(
+        &st,
+        move |db| db.rerun_evaluation(EvaluationId(id), Timestamp::now()),
+        |done| {
+            tracing::info!(evaluation = %done.evaluation, replaces = %done.replaces, "evaluation re-run requested");
+            let body = json!({
+                "evaluation": done.evaluation,
+                "replaces": done.replaces,
+            });
+            (
+                [Wake::Evaluations(done.repo.clone()), Wake::Statuses(done.repo)],
+                body,
+            )
+        },
     )
-        .into_response())
+    .await
+}
+
+/// Runs the mutation `apply` (one status transaction), then `outcome` on what it did: the
+/// outcome logs it and names the loops to wake and the JSON body, answered with 202.
+async fn mutate<T, W>(
+    st: &AppState,
+    apply: impl FnOnce(&mut StatusDb) -> reconix_status::Result<T> + Send + 'static,
+    outcome: impl FnOnce(T) -> (W, serde_json::Value),
+) -> Result<Response, MutationError>
+where
+    T: Send + 'static,
+    W: IntoIterator<Item = Wake>,
+{
+    let done = st.status.call(apply).await?;
+    let (wakes, body) = outcome(done);
+    st.wake.wake(wakes);
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 #[cfg(test)]

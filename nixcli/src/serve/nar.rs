@@ -307,6 +307,12 @@ where
     }
 
     async fn flush(&mut self) -> Result<(), NarError> {
+        self.write_out().await?;
+        self.writer.flush().await.map_err(NarError::Write)
+    }
+
+    /// Writes the buffered output, if any, and empties the buffer.
+    async fn write_out(&mut self) -> Result<(), NarError> {
         if !self.out.is_empty() {
             self.writer
                 .write_all(&self.out)
@@ -314,7 +320,7 @@ where
                 .map_err(NarError::Write)?;
             self.out.clear();
         }
-        self.writer.flush().await.map_err(NarError::Write)
+        Ok(())
     }
 
     /// Counts `n` more bytes against the NAR's size limit.
@@ -426,13 +432,7 @@ where
             if self.hold {
                 self.out.extend_from_slice(&self.chunk[..n]);
             } else {
-                if !self.out.is_empty() {
-                    self.writer
-                        .write_all(&self.out)
-                        .await
-                        .map_err(NarError::Write)?;
-                    self.out.clear();
-                }
+                self.write_out().await?;
                 self.writer
                     .write_all(&self.chunk[..n])
                     .await

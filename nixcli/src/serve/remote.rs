@@ -486,23 +486,12 @@ async fn path_infos(
     paths: &[&str],
     recursive: bool,
 ) -> Result<HashMap<String, NarInfo>> {
-    let mut args = os_args([
-        "--extra-experimental-features",
-        "nix-command",
-        "path-info",
-        "--json",
-    ]);
-    if recursive {
-        args.push("--recursive".into());
-    }
-    args.extend(paths.iter().map(OsString::from));
-    let stdout = local.run_ok(&local.config.nix, &args).await?;
+    let args = nix_args(&["path-info", "--json"], paths, recursive);
+    let shown: Vec<ShownPathInfo> = nix_json(local, &args).await?;
     let bad = |reason: String| Error::Output {
         command: command_line(&local.config.nix, &args),
         reason,
     };
-    let shown: Vec<ShownPathInfo> =
-        serde_json::from_str(&stdout).map_err(|e| bad(e.to_string()))?;
     let mut infos = HashMap::with_capacity(shown.len());
     for p in shown {
         let (Some(nar_hash), Some(nar_size), None | Some(true)) = (p.nar_hash, p.nar_size, p.valid)
@@ -563,17 +552,29 @@ fn references_first(infos: &HashMap<String, NarInfo>) -> Vec<String> {
     order
 }
 
-fn show_args(paths: &[&str], recursive: bool) -> Vec<OsString> {
-    let mut args = os_args([
-        "--extra-experimental-features",
-        "nix-command",
-        "show-derivation",
-    ]);
+/// Returns the arguments of `nix <command…> [--recursive] <paths…>`, with the experimental
+/// `nix-command` feature enabled.
+fn nix_args(command: &[&str], paths: &[&str], recursive: bool) -> Vec<OsString> {
+    let mut args = os_args(["--extra-experimental-features", "nix-command"]);
+    args.extend(command.iter().map(OsString::from));
     if recursive {
         args.push("--recursive".into());
     }
     args.extend(paths.iter().map(OsString::from));
     args
+}
+
+/// Runs `nix` with `args` and parses what it prints as JSON.
+async fn nix_json<T: serde::de::DeserializeOwned>(local: &NixCli, args: &[OsString]) -> Result<T> {
+    let stdout = local.run_ok(&local.config.nix, args).await?;
+    serde_json::from_str(&stdout).map_err(|e| Error::Output {
+        command: command_line(&local.config.nix, args),
+        reason: e.to_string(),
+    })
+}
+
+fn show_args(paths: &[&str], recursive: bool) -> Vec<OsString> {
+    nix_args(&["show-derivation"], paths, recursive)
 }
 
 /// Returns the derivations `paths`, or with `recursive` also every derivation below them.
@@ -582,12 +583,7 @@ async fn show_derivations(
     paths: &[&str],
     recursive: bool,
 ) -> Result<BTreeMap<String, ShownDerivation>> {
-    let args = show_args(paths, recursive);
-    let stdout = local.run_ok(&local.config.nix, &args).await?;
-    serde_json::from_str(&stdout).map_err(|e| Error::Output {
-        command: command_line(&local.config.nix, &args),
-        reason: e.to_string(),
-    })
+    nix_json(local, &show_args(paths, recursive)).await
 }
 
 fn output_error(local: &NixCli, path: &str, reason: &str) -> Error {
@@ -781,7 +777,8 @@ where
     }
 }
 
-/// A running `nix store dump-path`, whose stdout is one NAR.
+/// A running local `nix store dump-path` (whose stdout is one NAR) or `nix-store --export`,
+/// whose stdout goes to the builder.
 struct Dump {
     program: PathBuf,
     child: Child,
@@ -791,15 +788,14 @@ struct Dump {
 }
 
 impl Dump {
+    /// Starts `nix store dump-path path`.
     fn spawn(local: &NixCli, path: &str) -> Result<Self> {
-        let program = &local.config.nix;
-        let args = os_args([
-            "--extra-experimental-features",
-            "nix-command",
-            "store",
-            "dump-path",
-            path,
-        ]);
+        let args = nix_args(&["store", "dump-path"], &[path], false);
+        Self::start(local, &local.config.nix, args)
+    }
+
+    /// Starts `program` with `args`, its stdout piped and its stderr read on the side.
+    fn start(local: &NixCli, program: &Path, args: Vec<OsString>) -> Result<Self> {
         let mut child = local
             .command(program, &args)
             .stdout(Stdio::piped())
@@ -810,12 +806,36 @@ impl Dump {
             return Err(no_pipes(program));
         };
         Ok(Self {
-            program: program.clone(),
+            program: program.to_owned(),
             child,
             stdout,
             stderr: tokio::spawn(read_capped(stderr)),
             args,
         })
+    }
+
+    /// Lets `send` read the output, then waits for the process, killing it first when `send`
+    /// failed; returns what `send` returned and how the process ended.
+    async fn send<T>(
+        self,
+        send: impl AsyncFnOnce(&mut BufReader<ChildStdout>) -> Result<T, ServeError>,
+    ) -> Result<(Result<T, ServeError>, Finished)> {
+        let Self {
+            program,
+            mut child,
+            stdout,
+            stderr,
+            args,
+        } = self;
+        let mut output = BufReader::with_capacity(NAR_READ_BUFFER, stdout);
+        let sent = send(&mut output).await;
+        // Dropping the pipe stops a process the builder no longer reads.
+        drop(output);
+        if sent.is_err() {
+            let _ = child.start_kill();
+        }
+        let finished = wait(&mut child, &program, &args, stderr).await?;
+        Ok((sent, finished))
     }
 }
 
@@ -829,21 +849,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Dump {
-        program,
-        mut child,
-        stdout,
-        stderr,
-        args,
-    } = dump;
-    let mut nar = BufReader::with_capacity(NAR_READ_BUFFER, stdout);
-    let added = client.add_to_store_nar(info, &mut nar).await;
-    // Dropping the pipe stops a dump the builder no longer reads.
-    drop(nar);
-    if added.is_err() {
-        let _ = child.start_kill();
-    }
-    let finished = wait(&mut child, &program, &args, stderr).await?;
+    let (added, finished) = dump
+        .send(async |nar| client.add_to_store_nar(info, nar).await)
+        .await?;
     match added {
         Ok(()) if finished.code == Some(0) => {
             StorePath::new(&info.path).map_err(|_| Error::Serve {
@@ -874,27 +882,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let program = &local.config.nix_store;
     let mut args = os_args(["--export"]);
     args.extend(paths.iter().map(OsString::from));
-    let mut child = local
-        .command(program, &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| spawn_error(program, source))?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(no_pipes(program));
-    };
-    let stderr = tokio::spawn(read_capped(stderr));
-    let mut export = BufReader::with_capacity(NAR_READ_BUFFER, stdout);
-    let imported = client.import_paths(&mut export).await;
-    // Dropping the pipe stops an export the builder no longer reads.
-    drop(export);
-    if imported.is_err() {
-        let _ = child.start_kill();
-    }
-    let finished = wait(&mut child, program, &args, stderr).await?;
+    let (imported, finished) = Dump::start(local, &local.config.nix_store, args)?
+        .send(async |export| client.import_paths(export).await)
+        .await?;
     match imported {
         Ok(paths) if finished.code == Some(0) => Ok(paths),
         // The export failed on its own (it was not killed): its message says why.
