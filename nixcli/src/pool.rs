@@ -209,6 +209,11 @@ impl BuildChannel {
         }
     }
 
+    /// Returns how many builds this channel has served (or started).
+    pub(crate) fn uses(&self) -> u32 {
+        self.uses
+    }
+
     /// Returns whether the process is still running (it may have died while idle).
     fn is_alive(&mut self) -> bool {
         !self.stderr.closed && matches!(self.child.try_wait(), Ok(None))

@@ -78,6 +78,9 @@ pub(super) async fn realise(
                 }
             };
 
+            // A channel that served builds before may have died while idle in a way not yet
+            // visible when it was handed out (its pipes still open for a moment).
+            let reused = channel.uses() > 0;
             let ended = channel
                 .build(&target, &settings, &mut log, &cancel, cli.config.kill_grace)
                 .await?;
@@ -129,6 +132,12 @@ pub(super) async fn realise(
                     sent: false, error, ..
                 } if !retried => {
                     debug!(error = %error, "build channel was dead before the command, retrying");
+                    retried = true;
+                }
+                // A reused channel that closed without saying anything never started the
+                // build: it had died while idle. Building again is safe (Nix reuses outputs).
+                Ended::Broken { error, stderr, .. } if !retried && reused && stderr.is_empty() => {
+                    debug!(error = %error, "reused build channel closed silently, retrying");
                     retried = true;
                 }
                 Ended::Broken {
