@@ -64,6 +64,14 @@ fn status_and_plan_should_describe_a_running_daemon() -> Result<()> {
     for name in ["builds", "evaluations", "gcroots"] {
         assert!(loops.contains(&name), "{name} missing from {loops:?}");
     }
+    // A healthy local setup: no loop fails (the forge loops have nothing to do for a local forge).
+    let failing: Vec<&Value> = json["loops"]
+        .as_array()
+        .context("loops")?
+        .iter()
+        .filter(|l| !l["last_error"].is_null())
+        .collect();
+    assert!(failing.is_empty(), "failing loops: {failing:?}");
     let table = run(Command::new(reconix_bin()?).args(["status", "--server", d.url()]))?;
     assert!(
         table.contains("LOOPS") && table.contains("here/demo"),

@@ -238,6 +238,17 @@ impl<P: Ports> Reconciler for Statuses<P> {
 
     async fn observe(&self, key: &RepoKey, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
         let gate = gate(&cx.status, &key.forge, Timestamp::now()).await?;
+        // Other loops wake this one for every repository; a local forge has no statuses.
+        let hosted = spec
+            .forges
+            .get(&key.forge)
+            .is_some_and(|f| f.kind != ForgeKind::Local);
+        if !hosted {
+            return Ok(Observed {
+                gate,
+                inputs: plan::Observed::default(),
+            });
+        }
         let allowlist: Vec<String> = spec
             .repo(key)
             .map(|(_, r)| r.allowlist.clone())
