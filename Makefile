@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo test nix fmt lint unit bench build
+.PHONY: demo test nix chromium fmt lint unit bench build
 
 # Installs and configures Nix (Debian's nix-bin 2.8 + static busybox) when run as root; the script
 # is idempotent and fast on re-runs. As a non-root user we only check that Nix is there.
@@ -11,6 +11,14 @@ nix:
 	elif ! command -v nix >/dev/null 2>&1; then \
 	  echo "nix not found: run 'sudo bash scripts/install-nix.sh' first" >&2; exit 1; \
 	else nix --version; fi
+
+# Installs Debian's chromium for the browser test (e2e/tests/browser.rs) when run as root; the
+# script is idempotent. As a non-root user we only check that chromium is there.
+chromium:
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/install-chromium.sh; \
+	elif ! command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium not found: run 'sudo bash scripts/install-chromium.sh' first" >&2; exit 1; \
+	else chromium --version 2>/dev/null; fi
 
 build:
 	$(CARGO) build -p reconix
@@ -29,7 +37,7 @@ unit:
 	  $(CARGO) nextest run --workspace --all-features --no-fail-fast; \
 	else $(CARGO) test --workspace --all-features --no-fail-fast; fi
 
-test: nix fmt lint unit
+test: nix chromium fmt lint unit
 
 bench: nix
 	$(CARGO) build --release -p reconix -p reconix-e2e -p reconix-agent --bins

@@ -65,6 +65,22 @@ pub fn require_nix() -> Result<()> {
     Ok(())
 }
 
+/// Fails with install instructions when Debian's `chromium` is not on PATH (the browser test
+/// needs it; it never skips).
+pub fn require_chromium() -> Result<()> {
+    let ok = Command::new("chromium")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ensure!(
+        ok,
+        "chromium not found: run `make test` (it installs Chromium through \
+         scripts/install-chromium.sh) or `sudo bash scripts/install-chromium.sh`"
+    );
+    Ok(())
+}
+
 /// Runs a command and returns its stdout, failing with its stderr on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
@@ -519,6 +535,45 @@ pub fn tail(s: &str, n: usize) -> String {
 /// GETs `url` (plain HTTP on loopback) and returns the body of a 200 answer.
 pub fn http_get(url: &str) -> Result<String> {
     blocking_get(url)
+}
+
+/// Sends `METHOD url` with an empty body (and `Authorization: Bearer TOKEN` when `bearer` is
+/// given) and returns the status code and body, whatever the status.
+pub fn http_request(method: &str, url: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{method} {url}: no status in {head}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
 }
 
 fn blocking_get(url: &str) -> Result<String> {
