@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use reconix_spec::Builders;
-use reconix_spec::names::{AttrPath, BuilderName, StorePath, Timestamp};
+use reconix_spec::names::{AttrPath, BuilderName, StorePath, System, Timestamp};
+use reconix_spec::{Builders, Offer};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -408,19 +408,22 @@ pub fn builder_views(
             .ok()
             .and_then(|name| spec_builders.remote.get(&name));
         let (systems, features, max_jobs) = match entry {
-            Some(entry) => (
-                agent
-                    .systems
-                    .into_iter()
-                    .filter(|s| entry.systems.iter().any(|e| e.as_str() == s))
-                    .collect(),
-                agent
-                    .features
-                    .into_iter()
-                    .filter(|f| entry.features.contains(f))
-                    .collect(),
-                agent.max_jobs.min(entry.max_jobs),
-            ),
+            Some(entry) => {
+                let capped = entry.cap(&Offer {
+                    systems: agent
+                        .systems
+                        .iter()
+                        .filter_map(|s| System::new(s.as_str()).ok())
+                        .collect(),
+                    features: agent.features,
+                    max_jobs: agent.max_jobs,
+                });
+                (
+                    capped.systems.iter().map(ToString::to_string).collect(),
+                    capped.features,
+                    capped.max_jobs,
+                )
+            }
             None => (agent.systems, agent.features, agent.max_jobs),
         };
         let builds = running.remove(&agent.name).unwrap_or_default();
