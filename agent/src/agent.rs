@@ -10,8 +10,9 @@
 //! - subsystem [`CONTROL_SUBSYSTEM`](crate::CONTROL_SUBSYSTEM): it writes the `hello` line and
 //!   then a heartbeat every interval (see [`protocol`](crate::protocol));
 //! - exec [`SERVE_COMMAND`](crate::SERVE_COMMAND), byte for byte: it runs
-//!   `nix-store --serve --write [--store URI]` with stdin from channel data, stdout to channel
-//!   data and stderr to extended data 1, up to `max_jobs` at once.
+//!   `nix-store --log-format internal-json --serve --write [--store URI]` with stdin from
+//!   channel data, stdout to channel data and stderr, rendered to plain text with the builder's
+//!   colours kept, to extended data 1, up to `max_jobs` at once.
 //!
 //! Everything else (shell, pty, env, other commands and subsystems, forwarding) is refused.
 
@@ -24,11 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use reconix_nixcli::parse::log::render_lines;
 use reconix_spec::{BuilderName, Secret, System};
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, Disconnect, MethodKind, MethodSet};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -644,7 +646,9 @@ impl server::Handler for ConnHandler {
 
 fn serve_command(store: Option<&str>) -> Command {
     let mut cmd = Command::new("nix-store");
-    cmd.args(["--serve", "--write"]);
+    // The JSON log keeps the builder's colour codes (the plain one strips them on a pipe); it is
+    // rendered back to text before it leaves (`forward_log`).
+    cmd.args(["--log-format", "internal-json", "--serve", "--write"]);
     if let Some(store) = store {
         cmd.args(["--store", store]);
     }
@@ -654,6 +658,30 @@ fn serve_command(store: Option<&str>) -> Command {
         // A closed channel or a dropped connection must not leave the process behind.
         .kill_on_drop(true);
     cmd
+}
+
+/// Copies the serve process's `internal-json` stderr to `out` as the text Nix would print, line
+/// by line, until either side ends.
+async fn forward_log(stderr: impl AsyncRead + Unpin, out: &mut (impl AsyncWrite + Unpin)) {
+    let mut lines = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
+                }
+                let text = render_lines(&line);
+                if !text.is_empty()
+                    && (out.write_all(&text).await.is_err() || out.flush().await.is_err())
+                {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Runs the control channel: the hello, then heartbeats until the channel or the connection
@@ -712,8 +740,8 @@ async fn serve(channel: Channel<Msg>, mut child: Child, _slot: Slot) {
                 }
             };
             let copy_err = async {
-                if let Some(mut stderr) = stderr {
-                    let _ = tokio::io::copy(&mut stderr, &mut err).await;
+                if let Some(stderr) = stderr {
+                    forward_log(stderr, &mut err).await;
                 }
             };
             tokio::join!(copy_out, copy_err);

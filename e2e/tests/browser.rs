@@ -525,7 +525,8 @@ fn status_pages_should_show_failures_and_a_live_log_in_a_real_browser() -> Resul
     ensure!(!page["body"].as_str().unwrap_or_default().contains('\u{1b}'));
     let shot_eval = browser.screenshot(&tab, "evaluation.png")?;
 
-    // 3. The failing job's log, reached through that link: the builder's words, no escape codes.
+    // 3. The failing job's log, reached through that link: the builder's words in its colours,
+    // no escape codes.
     browser.open(&tab, &format!("{base}/jobs/{broken_id}#log"))?;
     let job = browser.eval(
         &tab,
@@ -533,6 +534,7 @@ fn status_pages_should_show_failures_and_a_live_log_in_a_real_browser() -> Resul
           h1: document.querySelector('h1').innerText,
           log: document.getElementById('log').innerText,
           coloured: [...document.querySelectorAll('#log span[class^=ansi-]')].map(s => [s.className, s.innerText]),
+          red: (s => s && getComputedStyle(s).color)(document.querySelector('#log span.ansi-fg1')),
           error: (document.querySelector('pre.failed') || {}).innerText || null,
         }))()",
     )?;
@@ -548,16 +550,15 @@ fn status_pages_should_show_failures_and_a_live_log_in_a_real_browser() -> Resul
             "raw escape code {junk:?} in the log: {log:?}"
         );
     }
-    // Nix 2.8's `nix-store --serve` (the default build mode) strips the builder's colour codes
-    // before the daemon sees them, so this log has no coloured span; any there must be valid.
-    for span in job["coloured"].as_array().into_iter().flatten() {
-        ensure!(
-            span[0]
-                .as_str()
-                .is_some_and(|c| c.starts_with("ansi-fg") || c == "ansi-bold"),
-            "{job:#}"
-        );
-    }
+    // The builder's red reached the page as a coloured span, painted red.
+    ensure!(
+        job["coloured"] == json!([["ansi-fg1", "red error"]]),
+        "the builder's colour is not shown: {job:#}"
+    );
+    ensure!(
+        job["red"] == "rgb(224, 108, 117)",
+        "the coloured span is not painted red: {job:#}"
+    );
     ensure!(
         job["error"]
             .as_str()

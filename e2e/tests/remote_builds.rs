@@ -20,7 +20,7 @@ const P: &str = "packages.x86_64-linux.";
 
 /// The flake: `a`; `b` reads `a` (a job dependency, so `a`'s output is sent to whichever agent
 /// builds `b`); `c` uses `inter`, a derivation that is not a job and is never built by the
-/// daemon, and links to it; `fail` exits 3; `extra` lists more packages (`slow` ones sleep).
+/// daemon, and links to it; `a` prints in green; `fail` exits 3; `extra` lists more packages (`slow` ones sleep).
 fn flake(salt: &str, extra: &str) -> String {
     r#"{
   outputs = { self }:
@@ -33,7 +33,7 @@ fn flake(salt: &str, extra: &str) -> String {
         args = [ "-c" script ];
       };
       slow = name: mk name "echo slow-start; sleep 12; echo ${name} > $out";
-      a = mk "a" "echo building-a; echo a-content > $out";
+      a = mk "a" "printf '\\033[32mbuilding-a\\033[0m\\n'; echo a-content > $out";
       b = mk "b" "echo building-b; read x < ${a}; echo \"b-uses-$x\" > $out";
       inter = mk "inter" "echo building-inter; echo inter-content > $out";
       c = mk "c" "echo building-c; mkdir $out; read x < ${inter}; echo \"c-uses-$x\" > $out/c; ln -s ${inter} $out/inter";
@@ -203,6 +203,11 @@ fn agents_should_build_everything_and_take_over_when_one_dies() -> Result<()> {
             log.contains(&format!("reconix: building on agent {builder}"))
                 && log.contains(&format!("building-{name}")),
             "{name}'s log: {log}"
+        );
+        // The builder's colours survive the agent's serve process and the SSH link.
+        ensure!(
+            name != "a" || log.contains("\u{1b}[32mbuilding-a\u{1b}[0m\n"),
+            "a's log lost its colour: {log:?}"
         );
     }
     // c links to `inter`, which only an agent built: its output came back with c's closure.

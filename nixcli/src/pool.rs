@@ -4,9 +4,11 @@
 //! `NixCli::command`, so `--store` applies) in its own process group, after the serve-protocol
 //! handshake. It runs one build at a time.
 //!
-//! **Logs.** The serve process prints build output as plain text on its *stderr*, outside the
-//! protocol. While a build's reply is awaited on stdout, stderr is copied into that build's log
-//! file as it arrives. Nix writes every log byte of a build to stderr (with `write(2)`, unbuffered)
+//! **Logs.** The serve process prints build output on its *stderr*, outside the protocol, in
+//! Nix's `internal-json` format, which (unlike the plain format on a pipe) keeps the builder's
+//! colour codes; [`render_lines`] turns each line back into the text Nix would print. While a
+//! build's reply is awaited on stdout, stderr is copied into that build's log file as it
+//! arrives. Nix writes every log byte of a build to stderr (with `write(2)`, unbuffered)
 //! before it writes the reply to stdout, so once the reply has been read, whatever that build
 //! printed is already in the stderr pipe: reading stderr until a zero-timeout `poll(2)` finds
 //! nothing readable captures all of it, and none of it can spill into the next build's log. Any
@@ -47,6 +49,7 @@ use tracing::{debug, warn};
 
 use crate::build::{Log, group_of, signal_group, terminate};
 use crate::cli::{NixCli, os_args, spawn_error};
+use crate::parse::log::render_lines;
 use crate::parse::stderr::{first_error_line, last_line};
 use crate::serve::{BuildPathsReply, BuildSettings, ServeClient, ServeError};
 use crate::{Error, Result};
@@ -146,7 +149,9 @@ impl BuildChannel {
     /// Starts `nix-store --serve --write` and performs the handshake.
     pub(crate) async fn open(cli: &NixCli) -> Result<Self, OpenError> {
         let program = &cli.config.nix_store;
-        let mut args = os_args(["--serve", "--write"]);
+        // Nix strips colour codes from builder output on a plain stderr that is not a terminal;
+        // its JSON log keeps them (see the module docs).
+        let mut args = os_args(["--log-format", "internal-json", "--serve", "--write"]);
         if let Some(n) = cli.config.max_jobs {
             args.extend(os_args(["--option", "max-jobs", &n.to_string()]));
         }
@@ -472,7 +477,10 @@ impl Stderr {
             self.closed = true;
             return Ok(None);
         }
-        Ok(Some(complete_lines(&mut self.partial, &self.chunk[..n])))
+        Ok(Some(render_lines(&complete_lines(
+            &mut self.partial,
+            &self.chunk[..n],
+        ))))
     }
 
     /// Returns whether a read would not block: there is data, or the writer is gone.
@@ -525,7 +533,7 @@ impl Stderr {
         if !rest.is_empty() {
             rest.push(b'\n');
         }
-        rest
+        render_lines(&rest)
     }
 }
 

@@ -429,7 +429,24 @@ in_both_modes!(
     realise_should_root_other_outputs_with_a_dash_suffix,
     realise_should_report_a_missing_derivation_as_an_error,
     private_store_should_evaluate_build_root_and_collect_garbage_apart_from_the_main_one,
+    realise_should_keep_the_builders_colour_codes_in_the_log,
 );
+
+async fn realise_should_keep_the_builders_colour_codes_in_the_log(mode: BuildMode) {
+    let flake = TestFlake::new(
+        r#"{ packages.${system}.red = mk "red" "printf '\\033[31mred\\033[0m plain\\n'; echo > $out"; }"#,
+    );
+    let drv = flake.drv("red").await;
+    let req = flake.build(&drv, "red");
+    let nix = NixCli::new().with_build_mode(mode);
+    let outcome = within(nix.realise(req.clone(), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
+    let log = std::fs::read_to_string(&req.log_file).unwrap();
+    assert!(log.contains("\u{1b}[31mred\u{1b}[0m plain\n"), "{log:?}");
+    assert!(!log.contains("@nix "), "{log}");
+}
 
 async fn realise_should_build_root_and_log_a_derivation(mode: BuildMode) {
     let flake = TestFlake::new("{ packages.${system} = { inherit a b; }; }");
@@ -462,10 +479,8 @@ async fn realise_should_build_root_and_log_a_derivation(mode: BuildMode) {
         log.contains("building-a\n") && log.contains("building-b\n"),
         "{log}"
     );
-    if mode == BuildMode::Process {
-        // Nix's own progress lines come only with the JSON log of `nix-store --realise`.
-        assert!(log.contains("-b.drv'..."), "{log}");
-    }
+    // Nix's own progress lines, rendered from its JSON log.
+    assert!(log.contains("-b.drv'..."), "{log}");
 }
 
 async fn realise_should_report_a_failing_builder_with_exit_code_100_and_its_log(mode: BuildMode) {
@@ -728,6 +743,7 @@ async fn channel_should_give_each_build_exactly_its_own_log_on_a_reused_channel(
         lines.sort_unstable();
         let mut expected: Vec<String> = (0..6000)
             .flat_map(|i| [format!("{name}-out-{i}"), format!("{name}-err-{i}")])
+            .chain([format!("building '{drv}'...")])
             .collect();
         expected.sort_unstable();
         assert!(
@@ -736,7 +752,7 @@ async fn channel_should_give_each_build_exactly_its_own_log_on_a_reused_channel(
             lines.len(),
             lines
                 .iter()
-                .filter(|l| !l.starts_with(name))
+                .filter(|l| !l.starts_with(name) && !l.starts_with("building '"))
                 .take(5)
                 .collect::<Vec<_>>()
         );
@@ -819,6 +835,7 @@ async fn channels_should_serve_concurrent_callers_with_one_process_each() {
             loop {
                 let next = queue.lock().unwrap().pop();
                 let Some((drv, name)) = next else { break };
+                let header = format!("building '{drv}'...\n");
                 let req = BuildRequest {
                     drv_path: drv,
                     gc_root: None,
@@ -832,7 +849,7 @@ async fn channels_should_serve_concurrent_callers_with_one_process_each() {
                     .unwrap();
                 assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
                 let log = std::fs::read_to_string(&req.log_file).unwrap();
-                assert_eq!(log, format!("log-of-{name}\n"));
+                assert_eq!(log, format!("{header}log-of-{name}\n"));
                 built += 1;
             }
             built

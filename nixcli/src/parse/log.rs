@@ -86,6 +86,25 @@ pub fn parse_log_line(line: &str) -> LogLine {
     }
 }
 
+/// Translates complete `internal-json` stderr lines (each ending with a newline) into the
+/// plain log text they stand for: builder output as it was printed (colour codes included, which
+/// Nix's plain format strips when stderr is not a terminal), Nix's own lines as it would print
+/// them, bookkeeping events dropped.
+pub fn render_lines(lines: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len());
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        match parse_log_line(&String::from_utf8_lossy(line)) {
+            LogLine::Text(text) | LogLine::Error { text, .. } => {
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'\n');
+            }
+            LogLine::Nothing => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +180,22 @@ mod tests {
                 .unwrap()
                 .ends_with("timed out after 1 seconds of silence")
         );
+    }
+
+    #[test]
+    fn render_lines_should_keep_builder_colours_and_drop_bookkeeping() {
+        let raw = concat!(
+            "@nix {\"action\":\"start\",\"id\":1,\"level\":3,\"text\":\"building 'x.drv'\",\"type\":105}\n",
+            "@nix {\"action\":\"result\",\"fields\":[0,1,0,0],\"id\":2,\"type\":105}\n",
+            "@nix {\"action\":\"result\",\"fields\":[\"\\u001b[31mred\\u001b[0m plain\"],\"id\":1,\"type\":101}\n",
+            "@nix {\"action\":\"msg\",\"level\":0,\"msg\":\"\\u001b[31;1merror:\\u001b[0m boom\"}\n",
+            "stray\n",
+        );
+        assert_eq!(
+            String::from_utf8(render_lines(raw.as_bytes())).unwrap(),
+            "building 'x.drv'...\n\u{1b}[31mred\u{1b}[0m plain\nerror: boom\nstray\n"
+        );
+        assert!(render_lines(b"").is_empty());
     }
 
     #[test]
