@@ -1,5 +1,6 @@
 //! `NixCli`: the real [`Nix`], running the `nix` and `nix-store` programs.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,7 +16,7 @@ use tracing::debug;
 use crate::build::BuildMode;
 use crate::parse::stderr::{first_error_line, last_line};
 use crate::pool::BuildPool;
-use crate::port::{BuildOutcome, BuildRequest, EvalOutcome, EvalRequest, Nix};
+use crate::port::{BuildOutcome, BuildRequest, EvalOutcome, EvalRequest, Nix, PathSize};
 use crate::roots;
 use crate::serve::{BuildSettings, RemoteBuildOutcome, ServeClient};
 use crate::{Error, Result};
@@ -427,6 +428,14 @@ impl Nix for NixCli {
         W: AsyncWrite + Unpin + Send,
     {
         crate::serve::build_remote(client, self, drv_path, settings).await
+    }
+
+    async fn closure(&self, paths: &[StorePath]) -> Result<BTreeMap<StorePath, PathSize>> {
+        crate::paths::closure(self, paths).await
+    }
+
+    async fn copy_to(&self, to: &str, paths: &[StorePath]) -> Result<()> {
+        crate::paths::copy_to(self, to, paths).await
     }
 
     async fn collect_garbage(&self) -> Result<()> {

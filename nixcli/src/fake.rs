@@ -4,7 +4,7 @@
 //! recorded. A build can be *held*: its `realise` then waits (still honouring cancellation)
 //! until the test releases it, so the "building" state can be observed deterministically.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::create_parent;
 use crate::port::{
-    BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, Nix,
+    BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, Nix, PathSize,
 };
 use crate::serve::{BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient};
 use crate::{Error, Result};
@@ -39,6 +39,15 @@ pub enum Call {
     IsValid(Vec<StorePath>),
     /// [`Nix::build_remote`] (the derivation).
     BuildRemote(StorePath),
+    /// [`Nix::closure`].
+    Closure(Vec<StorePath>),
+    /// [`Nix::copy_to`].
+    CopyTo {
+        /// The cache URL.
+        to: String,
+        /// The paths asked for.
+        paths: Vec<StorePath>,
+    },
     /// [`Nix::collect_garbage`].
     CollectGarbage,
     /// [`Nix::version`].
@@ -75,6 +84,33 @@ struct State {
     valid: HashSet<StorePath>,
     calls: Vec<Call>,
     version: Option<String>,
+    sizes: HashMap<StorePath, PathSize>,
+    /// URL prefix → the error copies to it fail with.
+    copy_failures: HashMap<String, String>,
+    /// URL → paths copied there (closures included).
+    copied: HashMap<String, BTreeSet<StorePath>>,
+}
+
+impl State {
+    /// The closure of `paths` as scripted by [`FakeNix::set_path_size`].
+    fn closure(&self, paths: &[StorePath]) -> Result<BTreeMap<StorePath, PathSize>> {
+        let mut closure = BTreeMap::new();
+        let mut stack = paths.to_vec();
+        while let Some(path) = stack.pop() {
+            if closure.contains_key(&path) {
+                continue;
+            }
+            if !self.valid.contains(&path) && !self.sizes.contains_key(&path) {
+                return Err(Error::InvalidPath {
+                    path: path.to_string(),
+                });
+            }
+            let size = self.sizes.get(&path).cloned().unwrap_or_default();
+            stack.extend(size.references.iter().cloned());
+            closure.insert(path, size);
+        }
+        Ok(closure)
+    }
 }
 
 impl FakeNix {
@@ -115,6 +151,27 @@ impl FakeNix {
     /// Scripts the text written to the log file when `drv` is built.
     pub fn set_log(&self, drv: StorePath, text: impl Into<String>) {
         self.state().logs.insert(drv, text.into());
+    }
+
+    /// Scripts what [`Nix::closure`] says about `path` (unscripted valid paths have size 0
+    /// and no references).
+    pub fn set_path_size(&self, path: StorePath, size: PathSize) {
+        self.state().sizes.insert(path, size);
+    }
+
+    /// Makes [`Nix::copy_to`] fail with `message` for URLs starting with `prefix` (`None`
+    /// lets them succeed again).
+    pub fn set_copy_failure(&self, prefix: impl Into<String>, message: Option<String>) {
+        let mut state = self.state();
+        match message {
+            Some(m) => state.copy_failures.insert(prefix.into(), m),
+            None => state.copy_failures.remove(&prefix.into()),
+        };
+    }
+
+    /// Returns the paths copied to `to` so far (closures included).
+    pub fn copied(&self, to: &str) -> BTreeSet<StorePath> {
+        self.state().copied.get(to).cloned().unwrap_or_default()
     }
 
     /// Makes builds of `drv` wait in `realise` until [`release`](Self::release) is called.
@@ -302,6 +359,37 @@ impl Nix for FakeNix {
             state.valid.extend(outcome.outputs.values().cloned());
         }
         Ok(outcome)
+    }
+
+    async fn closure(&self, paths: &[StorePath]) -> Result<BTreeMap<StorePath, PathSize>> {
+        self.record(Call::Closure(paths.to_vec()));
+        self.state().closure(paths)
+    }
+
+    async fn copy_to(&self, to: &str, paths: &[StorePath]) -> Result<()> {
+        self.record(Call::CopyTo {
+            to: to.to_owned(),
+            paths: paths.to_vec(),
+        });
+        let mut state = self.state();
+        let closure = state.closure(paths)?;
+        if let Some((_, message)) = state
+            .copy_failures
+            .iter()
+            .find(|(p, _)| to.starts_with(p.as_str()))
+        {
+            return Err(Error::Command {
+                command: format!("FakeNix::copy_to {to}"),
+                status: "exit code 1".to_owned(),
+                message: message.clone(),
+            });
+        }
+        state
+            .copied
+            .entry(to.to_owned())
+            .or_default()
+            .extend(closure.into_keys());
+        Ok(())
     }
 
     async fn collect_garbage(&self) -> Result<()> {

@@ -22,6 +22,7 @@ mod eval;
 #[cfg(feature = "testing")]
 mod fake;
 pub mod parse;
+mod paths;
 mod pool;
 mod port;
 mod roots;
@@ -34,6 +35,7 @@ pub use error::{Error, Result};
 pub use fake::{Call, FakeEvaluation, FakeNix};
 pub use port::{
     BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, JobDrv, Nix,
+    PathSize, closure_size,
 };
 pub use serve::{
     BuildResultStatus, BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient,

@@ -73,6 +73,26 @@ pub trait Nix: Send + Sync + 'static {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send;
 
+    /// Returns every path of the closure of `paths` (which must be valid and not `.drv` files)
+    /// with its NAR size and references: enough for [`closure_size`] of any subset.
+    ///
+    /// # Errors
+    /// When Nix cannot be run, a path is not valid, or the output cannot be understood.
+    fn closure(
+        &self,
+        paths: &[StorePath],
+    ) -> impl Future<Output = Result<BTreeMap<StorePath, PathSize>>> + Send;
+
+    /// Copies `paths` and their closures to the binary cache `to`, a Nix store URL such as
+    /// `file:///srv/cache?secret-key=/run/keys/cache` or `http://host/cache?secret-key=…`
+    /// (Nix signs with the `secret-key` parameter). Nix asks the cache first and uploads only
+    /// what it lacks; its local narinfo cache is bypassed, so a cache that lost paths is filled
+    /// again.
+    ///
+    /// # Errors
+    /// When Nix cannot be run or the copy fails (the cache is unreachable, refuses an upload…).
+    fn copy_to(&self, to: &str, paths: &[StorePath]) -> impl Future<Output = Result<()>> + Send;
+
     /// Returns Nix's version number, e.g. `2.8.0`; the daemon calls it at start to fail early
     /// when Nix is missing.
     ///
@@ -80,6 +100,34 @@ pub trait Nix: Send + Sync + 'static {
     /// [`Error::NixNotFound`](crate::Error::NixNotFound) (whose message says how to install Nix)
     /// when `nix` cannot be started.
     fn version(&self) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// What the store knows about one valid path: its size and what it refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PathSize {
+    /// The size of its NAR serialisation in bytes (what `nix path-info -s` prints).
+    pub nar_size: u64,
+    /// The store paths it refers to (possibly itself).
+    pub references: Vec<StorePath>,
+}
+
+/// Returns the total NAR size of the union of the closures of `roots` within `closure` (as
+/// [`Nix::closure`] returns it): each path counted once, however many roots reach it. Paths
+/// missing from `closure` count as 0 and are not followed.
+pub fn closure_size(closure: &BTreeMap<StorePath, PathSize>, roots: &[StorePath]) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<&StorePath> = roots.iter().collect();
+    let mut total = 0u64;
+    while let Some(path) = stack.pop() {
+        if !seen.insert(path) {
+            continue;
+        }
+        if let Some(info) = closure.get(path) {
+            total = total.saturating_add(info.nar_size);
+            stack.extend(info.references.iter().filter(|r| !seen.contains(r)));
+        }
+    }
+    total
 }
 
 /// What to evaluate.
@@ -183,4 +231,41 @@ pub struct BuildOutcome {
     pub message: Option<String>,
     /// Output name → path, filled when the build succeeded.
     pub outputs: BTreeMap<String, StorePath>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(name: &str) -> StorePath {
+        StorePath::new(format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap()
+    }
+
+    #[test]
+    fn closure_size_should_count_shared_and_self_references_once() {
+        let closure: BTreeMap<StorePath, PathSize> = [
+            ("lib", 100, vec!["lib"]),
+            ("a", 10, vec!["lib", "a"]),
+            ("b", 20, vec!["lib"]),
+            ("c", 5, vec!["b", "gone"]),
+        ]
+        .into_iter()
+        .map(|(name, nar_size, refs)| {
+            let references = refs.into_iter().map(path).collect();
+            (
+                path(name),
+                PathSize {
+                    nar_size,
+                    references,
+                },
+            )
+        })
+        .collect();
+        assert_eq!(closure_size(&closure, &[path("a")]), 110);
+        assert_eq!(closure_size(&closure, &[path("a"), path("b")]), 130);
+        assert_eq!(closure_size(&closure, &[path("c")]), 125);
+        assert_eq!(closure_size(&closure, &[path("c"), path("c")]), 125);
+        assert_eq!(closure_size(&closure, &[]), 0);
+        assert_eq!(closure_size(&closure, &[path("unknown")]), 0);
+    }
 }

@@ -15,7 +15,7 @@ mod common;
 
 use common::{STEP, require_nix, salt, within};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -946,5 +946,121 @@ async fn build_mode_should_fall_back_to_processes_when_a_binary_cache_is_configu
     assert_eq!(
         within(with_cache.suitable_build_mode()).await.unwrap(),
         reconix_nixcli::BuildMode::Process
+    );
+}
+
+#[tokio::test]
+async fn closure_and_copy_to_should_size_and_sign_what_a_fresh_store_then_accepts() {
+    let flake = TestFlake::new("{ packages.${system} = { inherit a b c; }; }");
+    let jobs = flake.evaluate(&["packages"]).await;
+    let result = |name: &str| {
+        jobs[&format!("packages.x86_64-linux.{name}")]
+            .result
+            .clone()
+            .unwrap()
+    };
+    let nix = NixCli::new();
+    let c = result("c");
+    let outcome = within(nix.realise(flake.build(&c.drv_path, "c"), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
+    let (c_out, b_out) = (c.outputs["out"].clone(), result("b").outputs["out"].clone());
+
+    // c links to b (b only read a while building): the closure is b and c, c refers to b.
+    let closure = within(nix.closure(std::slice::from_ref(&c_out)))
+        .await
+        .unwrap();
+    assert_eq!(
+        closure.keys().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from([b_out.clone(), c_out.clone()])
+    );
+    assert!(closure[&c_out].references.contains(&b_out));
+    assert!(closure.values().all(|p| p.nar_size > 0));
+    let total: u64 = closure.values().map(|p| p.nar_size).sum();
+    assert_eq!(
+        reconix_nixcli::closure_size(&closure, std::slice::from_ref(&c_out)),
+        total
+    );
+    assert!(reconix_nixcli::closure_size(&closure, std::slice::from_ref(&b_out)) < total);
+    let missing = StorePath::new("/nix/store/00000000000000000000000000000000-missing").unwrap();
+    assert!(within(nix.closure(&[missing])).await.is_err());
+
+    // A signed file:// cache: a fresh store takes c from it with the right key only.
+    let key = flake.path("cache.sk");
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "key",
+            "generate-secret",
+            "--key-name",
+            "test-cache-1",
+        ])
+        .output()
+        .unwrap();
+    std::fs::write(&key, &out.stdout).unwrap();
+    let public = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "key",
+            "convert-secret-to-public",
+        ])
+        .stdin(std::fs::File::open(&key).unwrap())
+        .output()
+        .unwrap();
+    let public = String::from_utf8(public.stdout).unwrap();
+    let cache = flake.path("cache");
+    let url = format!("file://{}?secret-key={}", cache.display(), key.display());
+    within(nix.copy_to(&url, std::slice::from_ref(&c_out)))
+        .await
+        .unwrap();
+    within(nix.copy_to(&url, std::slice::from_ref(&c_out)))
+        .await
+        .unwrap(); // nothing left to do
+    let narinfos = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".narinfo")
+        })
+        .count();
+    assert_eq!(narinfos, 2);
+
+    let substitute = |store: &str, key: &str| {
+        Command::new("nix-store")
+            .args([
+                "--store",
+                store,
+                "--realise",
+                c_out.as_str(),
+                "--option",
+                "substituters",
+            ])
+            .arg(format!("file://{}", cache.display()))
+            .args(["--option", "trusted-public-keys", key])
+            .output()
+            .unwrap()
+    };
+    let fresh = flake.path("fresh-right");
+    let ok = substitute(fresh.to_str().unwrap(), public.trim());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let wrong = substitute(
+        flake.path("fresh-wrong").to_str().unwrap(),
+        "test-cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    );
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("is not signed by any of the keys"),
+        "{stderr}"
     );
 }

@@ -59,6 +59,7 @@ use super::dump::dump_nar;
 use super::wire::{BasicDerivation, BuildResultStatus, BuildSettings, DerivationOutput, NarInfo};
 use super::{NarError, ServeError};
 use crate::cli::{command_line, os_args, spawn_error, status_text};
+use crate::paths::{ShownPathInfo, nix_args, nix_json};
 use crate::pool::stderr_message;
 use crate::{Error, Nix, NixCli, Result};
 
@@ -453,27 +454,6 @@ async fn requisites(local: &NixCli, paths: &[&str], include_outputs: bool) -> Re
     Ok(stdout.lines().map(str::to_owned).collect())
 }
 
-/// A path as `nix path-info --json` prints it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ShownPathInfo {
-    path: String,
-    /// Only printed (false) for an invalid path.
-    valid: Option<bool>,
-    nar_hash: Option<String>,
-    nar_size: Option<u64>,
-    #[serde(default)]
-    references: Vec<String>,
-    deriver: Option<String>,
-    #[serde(default)]
-    registration_time: u64,
-    #[serde(default)]
-    ultimate: bool,
-    #[serde(default)]
-    signatures: Vec<String>,
-    ca: Option<String>,
-}
-
 fn is_drv(path: &str) -> bool {
     path.ends_with(".drv")
 }
@@ -550,27 +530,6 @@ fn references_first(infos: &HashMap<String, NarInfo>) -> Vec<String> {
         }
     }
     order
-}
-
-/// Returns the arguments of `nix <command…> [--recursive] <paths…>`, with the experimental
-/// `nix-command` feature enabled.
-fn nix_args(command: &[&str], paths: &[&str], recursive: bool) -> Vec<OsString> {
-    let mut args = os_args(["--extra-experimental-features", "nix-command"]);
-    args.extend(command.iter().map(OsString::from));
-    if recursive {
-        args.push("--recursive".into());
-    }
-    args.extend(paths.iter().map(OsString::from));
-    args
-}
-
-/// Runs `nix` with `args` and parses what it prints as JSON.
-async fn nix_json<T: serde::de::DeserializeOwned>(local: &NixCli, args: &[OsString]) -> Result<T> {
-    let stdout = local.run_ok(&local.config.nix, args).await?;
-    serde_json::from_str(&stdout).map_err(|e| Error::Output {
-        command: command_line(&local.config.nix, args),
-        reason: e.to_string(),
-    })
 }
 
 fn show_args(paths: &[&str], recursive: bool) -> Vec<OsString> {

@@ -1,0 +1,119 @@
+//! Questions about valid store paths (`nix path-info`) and copies to binary caches (`nix copy`).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use reconix_spec::names::StorePath;
+use serde::Deserialize;
+
+use crate::cli::{NixCli, command_line, os_args};
+use crate::port::PathSize;
+use crate::{Error, Result};
+
+/// How many paths one `nix path-info` or `nix copy` gets (keeps argv small).
+const CHUNK: usize = 1000;
+
+/// A path as `nix path-info --json` prints it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ShownPathInfo {
+    pub(crate) path: String,
+    /// Only printed (false) for an invalid path.
+    pub(crate) valid: Option<bool>,
+    pub(crate) nar_hash: Option<String>,
+    pub(crate) nar_size: Option<u64>,
+    #[serde(default)]
+    pub(crate) references: Vec<String>,
+    pub(crate) deriver: Option<String>,
+    #[serde(default)]
+    pub(crate) registration_time: u64,
+    #[serde(default)]
+    pub(crate) ultimate: bool,
+    #[serde(default)]
+    pub(crate) signatures: Vec<String>,
+    pub(crate) ca: Option<String>,
+}
+
+/// Returns the arguments of `nix <command…> [--recursive] <paths…>`, with the experimental
+/// `nix-command` feature enabled.
+pub(crate) fn nix_args(command: &[&str], paths: &[&str], recursive: bool) -> Vec<OsString> {
+    let mut args = os_args(["--extra-experimental-features", "nix-command"]);
+    args.extend(command.iter().map(OsString::from));
+    if recursive {
+        args.push("--recursive".into());
+    }
+    args.extend(paths.iter().map(OsString::from));
+    args
+}
+
+/// Runs `nix` with `args` and parses what it prints as JSON.
+pub(crate) async fn nix_json<T: serde::de::DeserializeOwned>(
+    local: &NixCli,
+    args: &[OsString],
+) -> Result<T> {
+    let stdout = local.run_ok(&local.config.nix, args).await?;
+    serde_json::from_str(&stdout).map_err(|e| Error::Output {
+        command: command_line(&local.config.nix, args),
+        reason: e.to_string(),
+    })
+}
+
+/// [`Nix::closure`](crate::Nix::closure) for [`NixCli`].
+pub(crate) async fn closure(
+    cli: &NixCli,
+    paths: &[StorePath],
+) -> Result<BTreeMap<StorePath, PathSize>> {
+    let mut closure = BTreeMap::new();
+    for chunk in paths.chunks(CHUNK) {
+        let names: Vec<&str> = chunk.iter().map(StorePath::as_str).collect();
+        let args = nix_args(&["path-info", "--json"], &names, true);
+        let shown: Vec<ShownPathInfo> = nix_json(cli, &args).await?;
+        let bad = |reason: String| Error::Output {
+            command: command_line(&cli.config.nix, &args),
+            reason,
+        };
+        for p in shown {
+            let (Some(nar_size), None | Some(true)) = (p.nar_size, p.valid) else {
+                return Err(Error::InvalidPath { path: p.path });
+            };
+            let path =
+                StorePath::new(p.path.as_str()).map_err(|e| bad(format!("{}: {e}", p.path)))?;
+            let references = p
+                .references
+                .iter()
+                .map(|r| StorePath::new(r.as_str()).map_err(|e| bad(format!("{r}: {e}"))))
+                .collect::<Result<Vec<_>>>()?;
+            closure.insert(
+                path,
+                PathSize {
+                    nar_size,
+                    references,
+                },
+            );
+        }
+    }
+    Ok(closure)
+}
+
+/// [`Nix::copy_to`](crate::Nix::copy_to) for [`NixCli`].
+pub(crate) async fn copy_to(cli: &NixCli, to: &str, paths: &[StorePath]) -> Result<()> {
+    for chunk in paths.chunks(CHUNK) {
+        let mut args = os_args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+            to,
+            // The cache may have lost what Nix remembers it had: always ask it.
+            "--option",
+            "narinfo-cache-positive-ttl",
+            "0",
+            "--option",
+            "narinfo-cache-negative-ttl",
+            "0",
+        ]);
+        args.extend(chunk.iter().map(|p| OsString::from(p.as_str())));
+        cli.run_ok(&cli.config.nix, &args).await?;
+    }
+    Ok(())
+}
