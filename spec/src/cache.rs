@@ -23,6 +23,10 @@ pub struct Cache {
     pub public_key: Option<String>,
     /// File holding the secret signing key (`nix key generate-secret`).
     pub signing_key_file: SecretFile,
+    /// For `s3://` caches only: a file with the bucket's credentials as `KEY=value` lines,
+    /// `AWS_ACCESS_KEY_ID=…` and `AWS_SECRET_ACCESS_KEY=…` (a systemd `EnvironmentFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_credentials_file: Option<SecretFile>,
     /// Only these repos (`<forge>/<repo>`) push here; omitted means every repo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repos: Option<Vec<RepoKey>>,

@@ -19,6 +19,8 @@ pub struct Retention {
     pub keep_last: u32,
     /// How long build logs are kept.
     pub logs: Duration,
+    /// Run `nix-store --gc` after a purge released GC roots, so the store shrinks at once.
+    pub collect_garbage: bool,
 }
 
 impl Default for Retention {
@@ -28,6 +30,7 @@ impl Default for Retention {
             max_size: None,
             keep_last: 3,
             logs: Duration::from_days(90),
+            collect_garbage: false,
         }
     }
 }

@@ -114,6 +114,7 @@ caches:
     public-url: https://cache.example.org
     public-key: cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
     signing-key-file: /run/secrets/cache-key
+    s3-credentials-file: /run/secrets/s3
     repos: [gh/acme/widgets]
 retention:
   max-age: 30 days
@@ -555,5 +556,46 @@ fn load_should_read_a_file_and_resolve_paths_against_its_directory() {
         err.to_string()
             .starts_with("/nonexistent/reconix/spec.yaml: cannot read the spec file"),
         "{err}"
+    );
+}
+
+#[test]
+fn s3_cache_without_credentials_should_be_an_error() {
+    let text = format!(
+        "{MINIMAL}caches:
+  - push-url: s3://bucket?region=eu-west-1
+    public-key: k-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
+    signing-key-file: /run/key
+"
+    );
+    assert_error(
+        &text,
+        "12:5",
+        "cache `s3://bucket?region=eu-west-1` is an S3 bucket but has no s3-credentials-file",
+    );
+    let with = format!("{text}    s3-credentials-file: /run/s3\n");
+    assert_eq!(
+        spec(&with).caches[0]
+            .s3_credentials_file
+            .as_ref()
+            .map(SecretFile::path),
+        Some(Path::new("/run/s3"))
+    );
+}
+
+#[test]
+fn s3_credentials_on_another_cache_should_be_an_error() {
+    let text = format!(
+        "{MINIMAL}caches:
+  - push-url: file:///srv/cache
+    public-key: k-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
+    signing-key-file: /run/key
+    s3-credentials-file: /run/s3
+"
+    );
+    assert_error(
+        &text,
+        "15:5",
+        "cache `file:///srv/cache` is not an S3 bucket: s3-credentials-file is only for s3://",
     );
 }

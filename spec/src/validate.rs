@@ -359,6 +359,27 @@ impl Spec {
                 }
             }
             c.secret(&at, "signing-key-file", Some(&cache.signing_key_file));
+            c.secret(
+                &at,
+                "s3-credentials-file",
+                cache.s3_credentials_file.as_ref(),
+            );
+            match (cache.kind(), &cache.s3_credentials_file) {
+                (Some(CacheKind::S3), None) => c.report(
+                    &at.k("s3-credentials-file"),
+                    format!(
+                        "cache `{url}` is an S3 bucket but has no s3-credentials-file: name a file \
+                         with AWS_ACCESS_KEY_ID=… and AWS_SECRET_ACCESS_KEY=… lines"
+                    ),
+                ),
+                (Some(CacheKind::File | CacheKind::Http), Some(_)) => c.report(
+                    &at.k("s3-credentials-file"),
+                    format!(
+                        "cache `{url}` is not an S3 bucket: s3-credentials-file is only for s3://"
+                    ),
+                ),
+                _ => {}
+            }
             let Some(repos) = &cache.repos else { continue };
             if repos.is_empty() {
                 c.report(
@@ -415,6 +436,9 @@ impl Spec {
         }
         for cache in &mut self.caches {
             resolve(cache.signing_key_file.path_mut());
+            if let Some(file) = &mut cache.s3_credentials_file {
+                resolve(file.path_mut());
+            }
         }
     }
 }
