@@ -363,6 +363,16 @@ impl TestDaemon {
             .arg(&self.store)
             .args(args))
     }
+
+    /// Runs `nix --store <the daemon's store> --extra-experimental-features nix-command ARGS`
+    /// and returns its stdout.
+    pub fn nix(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("nix")
+            .arg("--store")
+            .arg(&self.store)
+            .args(["--extra-experimental-features", "nix-command"])
+            .args(args))
+    }
 }
 
 /// A running `reconix-agent`, killed when dropped.

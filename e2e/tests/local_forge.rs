@@ -155,6 +155,20 @@ fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> R
         "b started before a finished: a={a} b={b}"
     );
 
+    // A succeeded build records its outputs' closure size, as `nix path-info -S` reports it.
+    let c_out = jobs[&format!("{P}c")]["outputs"]["out"]
+        .as_str()
+        .context("c has no output")?
+        .to_owned();
+    let c_id = jobs[&format!("{P}c")]["id"].clone();
+    let recorded = d.wait_for("c's closure size", DEADLINE, |_| {
+        let job = d.get_json(&format!("/api/v1/jobs/{c_id}"))?;
+        Ok(job["build"]["closure_size_bytes"].as_u64())
+    })?;
+    let info: Value = serde_json::from_str(&d.nix(&["path-info", "--json", "-S", &c_out])?)?;
+    assert_eq!(Some(recorded), info[0]["closureSize"].as_u64(), "{info}");
+    assert!(recorded > 0);
+
     // The failing check's log is retrievable through the API.
     let fails = &jobs["checks.x86_64-linux.fails"];
     let log = d.get_text(&format!("/api/v1/jobs/{}/log", fails["id"]))?;

@@ -434,8 +434,8 @@ impl Nix for NixCli {
         crate::paths::closure(self, paths).await
     }
 
-    async fn copy_to(&self, to: &str, paths: &[StorePath]) -> Result<()> {
-        crate::paths::copy_to(self, to, paths).await
+    async fn copy_to(&self, to: &str, paths: &[StorePath], closure: bool) -> Result<()> {
+        crate::paths::copy_to(self, to, paths, closure).await
     }
 
     async fn collect_garbage(&self) -> Result<()> {

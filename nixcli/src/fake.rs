@@ -366,13 +366,17 @@ impl Nix for FakeNix {
         self.state().closure(paths)
     }
 
-    async fn copy_to(&self, to: &str, paths: &[StorePath]) -> Result<()> {
+    async fn copy_to(&self, to: &str, paths: &[StorePath], closure: bool) -> Result<()> {
         self.record(Call::CopyTo {
             to: to.to_owned(),
             paths: paths.to_vec(),
         });
         let mut state = self.state();
-        let closure = state.closure(paths)?;
+        let copied: Vec<StorePath> = if closure {
+            state.closure(paths)?.into_keys().collect()
+        } else {
+            paths.to_vec()
+        };
         if let Some((_, message)) = state
             .copy_failures
             .iter()
@@ -388,7 +392,7 @@ impl Nix for FakeNix {
             .copied
             .entry(to.to_owned())
             .or_default()
-            .extend(closure.into_keys());
+            .extend(copied);
         Ok(())
     }
 

@@ -96,7 +96,12 @@ pub(crate) async fn closure(
 }
 
 /// [`Nix::copy_to`](crate::Nix::copy_to) for [`NixCli`].
-pub(crate) async fn copy_to(cli: &NixCli, to: &str, paths: &[StorePath]) -> Result<()> {
+pub(crate) async fn copy_to(
+    cli: &NixCli,
+    to: &str,
+    paths: &[StorePath],
+    closure: bool,
+) -> Result<()> {
     for chunk in paths.chunks(CHUNK) {
         let mut args = os_args([
             "--extra-experimental-features",
@@ -112,6 +117,9 @@ pub(crate) async fn copy_to(cli: &NixCli, to: &str, paths: &[StorePath]) -> Resu
             "narinfo-cache-negative-ttl",
             "0",
         ]);
+        if !closure {
+            args.push("--no-recursive".into());
+        }
         args.extend(chunk.iter().map(|p| OsString::from(p.as_str())));
         cli.run_ok(&cli.config.nix, &args).await?;
     }

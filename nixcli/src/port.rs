@@ -83,7 +83,8 @@ pub trait Nix: Send + Sync + 'static {
         paths: &[StorePath],
     ) -> impl Future<Output = Result<BTreeMap<StorePath, PathSize>>> + Send;
 
-    /// Copies `paths` and their closures to the binary cache `to`, a Nix store URL such as
+    /// Copies `paths` (with `closure`, and their closures) to the binary cache `to`, a Nix
+    /// store URL such as
     /// `file:///srv/cache?secret-key=/run/keys/cache` or `http://host/cache?secret-key=…`
     /// (Nix signs with the `secret-key` parameter). Nix asks the cache first and uploads only
     /// what it lacks; its local narinfo cache is bypassed, so a cache that lost paths is filled
@@ -91,7 +92,12 @@ pub trait Nix: Send + Sync + 'static {
     ///
     /// # Errors
     /// When Nix cannot be run or the copy fails (the cache is unreachable, refuses an upload…).
-    fn copy_to(&self, to: &str, paths: &[StorePath]) -> impl Future<Output = Result<()>> + Send;
+    fn copy_to(
+        &self,
+        to: &str,
+        paths: &[StorePath],
+        closure: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Returns Nix's version number, e.g. `2.8.0`; the daemon calls it at start to fail early
     /// when Nix is missing.

@@ -1013,10 +1013,10 @@ async fn closure_and_copy_to_should_size_and_sign_what_a_fresh_store_then_accept
     let public = String::from_utf8(public.stdout).unwrap();
     let cache = flake.path("cache");
     let url = format!("file://{}?secret-key={}", cache.display(), key.display());
-    within(nix.copy_to(&url, std::slice::from_ref(&c_out)))
+    within(nix.copy_to(&url, std::slice::from_ref(&c_out), true))
         .await
         .unwrap();
-    within(nix.copy_to(&url, std::slice::from_ref(&c_out)))
+    within(nix.copy_to(&url, std::slice::from_ref(&c_out), true))
         .await
         .unwrap(); // nothing left to do
     let narinfos = std::fs::read_dir(&cache)

@@ -131,6 +131,8 @@ pub struct WakerSet {
     pub webhooks: Option<Handle<RepoKey>>,
     /// The `builders` loop (remote builders only).
     pub builders: Option<Handle<BuilderName>>,
+    /// The `caches` loop (keyed by push-url).
+    pub caches: Option<Handle<String>>,
 }
 
 impl Wakers {
@@ -149,6 +151,7 @@ impl Wakers {
             statuses: None,
             webhooks: None,
             builders: None,
+            caches: None,
         });
     }
 
@@ -191,6 +194,13 @@ impl Wakers {
             for h in [&w.heads, &w.statuses, &w.webhooks].into_iter().flatten() {
                 h.trigger_all();
             }
+        }
+    }
+
+    /// Wakes the `caches` loop for every cache.
+    pub fn caches(&self) {
+        if let Some(h) = self.inner.get().and_then(|w| w.caches.as_ref()) {
+            h.trigger_all();
         }
     }
 

@@ -37,6 +37,14 @@ pub enum Error {
         #[source]
         source: reconix_forge::ApiError,
     },
+    /// A push to a binary cache failed (recorded per path, retried with backoff).
+    #[error("pushing to cache {cache}: {message}")]
+    CachePush {
+        /// The cache's push-url.
+        cache: String,
+        /// What failed.
+        message: String,
+    },
     /// The spec does not allow what the loop was asked to do.
     #[error("{key}: {message}")]
     Config {

@@ -9,6 +9,7 @@ pub mod runtime;
 pub mod agents;
 pub mod builders;
 pub mod builds;
+pub mod caches;
 mod context;
 mod error;
 pub mod evaluations;

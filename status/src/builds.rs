@@ -182,6 +182,32 @@ impl StatusDb {
             .map(BuildId)
     }
 
+    /// Records the closure size of the outputs of the (succeeded) build of `drv`.
+    ///
+    /// # Errors
+    /// Returns [`Error::NotFound`] when `drv` has no build and [`Error::Query`] when SQLite
+    /// fails.
+    pub fn record_closure_size(&mut self, drv: &StorePath, bytes: u64) -> Result<()> {
+        const OP: &str = "record_closure_size";
+        let n = self
+            .conn
+            .prepare_cached("UPDATE builds SET closure_size_bytes = ?2 WHERE drv_path = ?1")
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    drv.as_str(),
+                    i64::try_from(bytes).unwrap_or(i64::MAX)
+                ])
+            })
+            .op(OP)?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "build",
+                key: drv.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Records the log file of the build of `drv` and its current size (while it grows, or
     /// after it was compressed or truncated by log retention).
     ///

@@ -354,6 +354,27 @@ impl StatusDb {
         }
         Ok(drvs)
     }
+
+    /// Returns the output paths the jobs of `drv` recorded, sorted, without duplicates.
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails and [`Error::Corrupt`] for a malformed path.
+    pub fn outputs_of_drv(&self, drv: &StorePath) -> Result<Vec<StorePath>> {
+        const OP: &str = "outputs_of_drv";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT o.value FROM jobs j, json_each(j.outputs) o \
+                 WHERE j.drv_path = ?1 ORDER BY o.value",
+            )
+            .op(OP)?;
+        let mut rows = stmt.query([drv.as_str()]).op(OP)?;
+        let mut paths = Vec::new();
+        while let Some(row) = rows.next().op(OP)? {
+            paths.push(parse("jobs", "outputs", get(row, 0, OP)?)?);
+        }
+        Ok(paths)
+    }
 }
 
 #[cfg(test)]

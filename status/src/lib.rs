@@ -8,6 +8,7 @@
 
 mod agents;
 mod builds;
+mod caches;
 mod db;
 mod error;
 mod evaluations;
@@ -28,6 +29,7 @@ mod testing;
 
 pub use agents::{AgentAdmission, AgentHello, AgentRow};
 pub use agents::{BuilderKind, BuilderState, BuilderView, RunningBuild, RunningJob, builder_views};
+pub use caches::{CacheBacklog, CachePushSummary};
 pub use db::{Checkpointer, OpenMode, SCHEMA_VERSION, Status, StatusDb};
 pub use error::{Error, Result};
 pub use forges::{

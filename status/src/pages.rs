@@ -303,7 +303,8 @@ impl StatusDb {
                    WHERE j.evaluation_id = ?1 ORDER BY rank, j.id LIMIT ?2 OFFSET ?3) \
                  SELECT j.id, j.attr, j.name, j.system, j.state, j.error, j.started_at, \
                    j.finished_at, page.rank, b.id, b.state, b.attempts, b.builder, b.exit_code, \
-                   b.started_at, b.finished_at, b.log_path IS NOT NULL, d.id, d.attr, d.state \
+                   b.started_at, b.finished_at, b.log_path IS NOT NULL, d.id, d.attr, d.state, \
+                   b.closure_size_bytes \
                  FROM page JOIN jobs j ON j.id = page.id \
                  LEFT JOIN builds b ON b.drv_path = j.drv_path \
                  LEFT JOIN jobs d ON j.state = 'dependency-failed' AND d.id = ( \
@@ -329,6 +330,9 @@ impl StatusDb {
                     exit_code: get(row, 13, OP)?,
                     started_at: get::<Option<i64>>(row, 14, OP)?.map(Timestamp),
                     finished_at: get::<Option<i64>>(row, 15, OP)?.map(Timestamp),
+                    closure_size_bytes: get::<Option<i64>>(row, 20, OP)?
+                        .map(|n| non_negative("builds", "closure_size_bytes", n))
+                        .transpose()?,
                 }),
                 None => None,
             };

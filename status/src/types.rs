@@ -313,6 +313,8 @@ pub struct Build {
     pub started_at: Option<Timestamp>,
     /// When it reached a terminal state.
     pub finished_at: Option<Timestamp>,
+    /// The total NAR size of its outputs' closure, once it succeeded and was measured.
+    pub closure_size_bytes: Option<u64>,
 }
 
 /// The state of one dependency of a [`SchedJob`].

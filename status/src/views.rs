@@ -100,6 +100,9 @@ pub struct BuildView {
     pub started_at: Option<Timestamp>,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
+    /// The total NAR size of its outputs' closure in bytes, once it succeeded and was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closure_size_bytes: Option<u64>,
 }
 
 /// Everything `reconix status` shows: loop health, the newest evaluations, job counts.
@@ -426,7 +429,7 @@ impl StatusDb {
                 .conn
                 .prepare_cached(&format!(
                     "SELECT j.id, b.id, b.state, b.log_path IS NOT NULL, b.attempts, \
-                     b.exit_code, b.started_at, b.finished_at, b.builder FROM jobs j \
+                     b.exit_code, b.started_at, b.finished_at, b.builder, b.closure_size_bytes FROM jobs j \
                      JOIN builds b ON b.drv_path = j.drv_path WHERE {filter}"
                 ))
                 .op(op)?;
@@ -441,6 +444,9 @@ impl StatusDb {
                     exit_code: get(row, 5, op)?,
                     started_at: get::<Option<i64>>(row, 6, op)?.map(Timestamp),
                     finished_at: get::<Option<i64>>(row, 7, op)?.map(Timestamp),
+                    closure_size_bytes: get::<Option<i64>>(row, 9, op)?
+                        .map(|n| non_negative("builds", "closure_size_bytes", n))
+                        .transpose()?,
                 };
                 builds.insert(get(row, 0, op)?, (view, get(row, 3, op)?));
             }
@@ -621,9 +627,18 @@ mod tests {
 
     #[test]
     fn job_view_should_carry_the_build_log_flag_and_evaluation() {
-        let (db, old, _) = fixture();
+        let (mut db, old, _) = fixture();
         let jobs = db.jobs_of_evaluation(old).unwrap();
         let lib = db.job_view(jobs[0].id).unwrap().unwrap();
+        assert_eq!(lib.job.build.as_ref().unwrap().closure_size_bytes, None);
+        let drv = jobs[0].drv_path.clone().unwrap();
+        db.record_closure_size(&drv, 123_456).unwrap();
+        assert!(db.record_closure_size(&crate::testing::drv(99), 1).is_err());
+        let lib = db.job_view(jobs[0].id).unwrap().unwrap();
+        assert_eq!(
+            lib.job.build.as_ref().unwrap().closure_size_bytes,
+            Some(123_456)
+        );
         assert_eq!(lib.evaluation_id, old);
         assert_eq!(lib.job.state, JobState::Succeeded);
         assert_eq!(

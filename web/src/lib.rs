@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use pages::cache::CacheView;
 pub use webhooks::Wake;
 
 /// Shared state of every handler.
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/forges", get(forges))
         .route("/api/v1/builders", get(builders))
+        .route("/api/v1/caches", get(pages::cache::api))
         .route(
             "/webhooks/{forge}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT)),

@@ -302,3 +302,84 @@ fn tempfile_path(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
+
+/// Two caches in the spec; the first has one pushed path and one failing.
+fn caches_state() -> AppState {
+    let text = "state-dir: /var/lib/reconix
+forges:
+  here:
+    kind: local
+    repos:
+      demo: {path: /src/demo}
+caches:
+  - push-url: file:///srv/cache
+    public-url: https://cache.example.org
+    public-key: cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
+    signing-key-file: /run/key
+  - push-url: http://127.0.0.1:1/c
+    public-key: other-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
+    signing-key-file: /run/key
+    repos: [here/demo]
+";
+    let spec = reconix_spec::parse(text, std::path::Path::new("/etc/reconix/spec.yaml")).unwrap();
+    let mut db = StatusDb::open_memory().unwrap();
+    let t = Timestamp(1_000);
+    let out = |n: u32| StorePath::new(format!("/nix/store/{n:0>32}-out")).unwrap();
+    db.record_cache_pushed("file:///srv/cache", &[out(1)], t)
+        .unwrap();
+    db.record_cache_failure(
+        "file:///srv/cache",
+        &[out(2)],
+        "error: cannot write <b>there</b>",
+        t,
+        |_| std::time::Duration::from_secs(2),
+    )
+    .unwrap();
+    let (_tx, rx) = watch::channel(Arc::new(spec));
+    AppState::new(Status::new(db)).with_spec(rx)
+}
+
+#[tokio::test]
+async fn caches_api_should_show_each_cache_with_its_pushes() {
+    let (code, body) = get(&caches_state(), "/api/v1/caches").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v[0]["push_url"], "file:///srv/cache");
+    assert_eq!(v[0]["substituter"], "https://cache.example.org");
+    assert_eq!(v[0]["kind"], "file");
+    assert_eq!(v[0]["repos"], Value::Null);
+    assert_eq!(v[0]["pushes"]["pushed"], 1);
+    assert_eq!(v[0]["pushes"]["failed"], 1);
+    assert_eq!(
+        v[0]["pushes"]["last_error"],
+        "error: cannot write <b>there</b>"
+    );
+    assert_eq!(v[1]["substituter"], "http://127.0.0.1:1/c");
+    assert_eq!(v[1]["repos"], serde_json::json!(["here/demo"]));
+    assert_eq!(v[1]["pushes"]["pushed"], 0);
+    // The signing key's path is not shown.
+    assert!(!body.contains("/run/key"), "{body}");
+}
+
+#[tokio::test]
+async fn cache_page_should_give_snippets_with_every_public_url_and_key() {
+    let (code, body) = get(&caches_state(), "/cache").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for needle in [
+        "extra-substituters = [ &#34;https://cache.example.org&#34; &#34;http://127.0.0.1:1/c&#34; ];",
+        "nix.settings = {",
+        "extra-substituters = https://cache.example.org http://127.0.0.1:1/c",
+        "extra-trusted-public-keys = cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= other-1:",
+        "error: cannot write &#60;b&#62;there&#60;/b&#62;",
+    ] {
+        assert!(body.contains(needle), "no {needle:?} in {body}");
+    }
+    assert!(!body.contains("/run/key"));
+    // Without caches the page says how to add one.
+    let (_, empty) = get(
+        &AppState::new(Status::new(StatusDb::open_memory().unwrap())),
+        "/cache",
+    )
+    .await;
+    assert!(empty.contains("No cache in the spec"), "{empty}");
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use reconix_reconcilers::builders::BuildersLoop;
 use reconix_reconcilers::builds::Builds;
+use reconix_reconcilers::caches::Caches;
 use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
@@ -56,6 +57,7 @@ pub(crate) fn run(args: &SpecArgs, output: Output, nix_store: Option<&str>) -> R
             plans(&Statuses::new(), &spec, &ctx, now).await,
             plans(&ForgeHealthLoop::new(), &spec, &ctx, now).await,
             plans(&BuildersLoop::new(), &spec, &ctx, now).await,
+            plans(&Caches::new(), &spec, &ctx, now).await,
         ])
     })?;
     match output {

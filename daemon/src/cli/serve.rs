@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use reconix_nixcli::{Nix, NixCli};
 use reconix_reconcilers::builders::BuildersLoop;
 use reconix_reconcilers::builds::Builds;
+use reconix_reconcilers::caches::Caches;
 use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
@@ -205,6 +206,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let statuses = controller(Statuses::new(), &ctx, &spec_rx, &status, &metrics);
     let forges = controller(ForgeHealthLoop::new(), &ctx, &spec_rx, &status, &metrics);
     let builders = controller(BuildersLoop::new(), &ctx, &spec_rx, &status, &metrics);
+    let caches = controller(Caches::new(), &ctx, &spec_rx, &status, &metrics);
     ctx.wakers.set_all(WakerSet {
         builds: builds.handle(),
         gcroots: gcroots.handle(),
@@ -213,6 +215,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         statuses: Some(statuses.handle()),
         webhooks: Some(webhooks.handle()),
         builders: Some(builders.handle()),
+        caches: Some(caches.handle()),
     });
 
     if let Some(enrollment) = &spec.builders.enrollment {
@@ -271,7 +274,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         async move { shutdown.cancelled().await }
     });
     let running = ctx.running.clone();
-    let (http, (), (), (), (), (), (), (), (), ()) = tokio::join!(
+    let (http, (), (), (), (), (), (), (), (), (), ()) = tokio::join!(
         http,
         evaluations.run(shutdown.clone()),
         builds.run(shutdown.clone()),
@@ -281,6 +284,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         statuses.run(shutdown.clone()),
         forges.run(shutdown.clone()),
         builders.run(shutdown.clone()),
+        caches.run(shutdown.clone()),
         reloader.run(shutdown.clone()),
     );
     if !running.is_empty() {

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use reconix_agent::coordinator::AgentConn;
 use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
-use reconix_nixcli::{BuildRequest, BuildStatus, Nix};
+use reconix_nixcli::{BuildRequest, BuildStatus, Nix, closure_size};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
 use reconix_status::{BuildState, BuilderKind, JobState, Status};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::Result;
 use crate::context::{Ctx, Ports};
+use crate::{Error, Result};
 
 use super::Dispatch as Attempt;
 
@@ -150,14 +150,48 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
             }
             (None, Ended::Result { .. }) => {}
         }
+        let succeeded = matches!(outcome, Some((BuildState::Succeeded, ..)));
         record(&status, drv.clone(), builder, outcome, ended).await;
         // Record first, then leave the running set (see the module docs).
         running.finish(&drv);
         wakers.builds();
         wakers.all_statuses();
         wakers.gcroots();
+        if succeeded {
+            measure_closure(&nix, &status, drv).await;
+            wakers.caches();
+        }
     });
     Ok(())
+}
+
+/// Records the closure size of a succeeded build's outputs, for the pages and the API. A
+/// failure is only logged: the size is information, not part of the build's result.
+async fn measure_closure<N: Nix>(nix: &N, status: &Status, drv: StorePath) {
+    let d = drv.clone();
+    let measured = async {
+        let outputs = status.call(move |db| db.outputs_of_drv(&d)).await?;
+        if outputs.is_empty() {
+            return Ok(None);
+        }
+        let closure = nix.closure(&outputs).await?;
+        Ok::<_, Error>(Some(closure_size(&closure, &outputs)))
+    }
+    .await;
+    let recorded = match measured {
+        Ok(Some(bytes)) => {
+            let d = drv.clone();
+            status
+                .call(move |db| db.record_closure_size(&d, bytes))
+                .await
+                .map_err(Error::from)
+        }
+        Ok(None) => Ok(()),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = recorded {
+        warn!(drv = %drv, error = %err, "could not measure the closure of the build's outputs");
+    }
 }
 
 /// Records an attempt's end: its result, or the requeue.

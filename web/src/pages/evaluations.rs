@@ -9,7 +9,7 @@ use reconix_status::EvaluationId;
 use reconix_status::pages::{EvaluationJobsPage, JobGroup, PageJob};
 use serde::Deserialize;
 
-use super::{PageError, duration, render, repo_href, reproduce, short, time};
+use super::{PageError, duration, render, repo_href, reproduce, short, size, time};
 use crate::AppState;
 
 /// How many jobs one page shows.
@@ -36,6 +36,7 @@ struct JobRow {
     started: String,
     finished: String,
     took: String,
+    closure: String,
     builder: String,
     attempts: String,
     reproduce: String,
@@ -58,6 +59,7 @@ impl JobRow {
             started: time(j.started_at),
             finished: time(j.finished_at),
             took: duration(j.started_at, j.finished_at, now),
+            closure: size(j.build.as_ref().and_then(|b| b.closure_size_bytes)),
             builder: j
                 .build
                 .as_ref()

@@ -11,7 +11,7 @@ use reconix_status::{JobId, JobState};
 
 use super::ansi::AnsiHtml;
 use super::log_stream::{LOG_PAGE_LIMIT, read_tail};
-use super::{PageError, duration, render, repo_href, reproduce, short, time};
+use super::{PageError, duration, render, repo_href, reproduce, short, size, time};
 use crate::AppState;
 
 struct DepLink {
@@ -38,6 +38,7 @@ struct BuildInfo {
     started: String,
     finished: String,
     took: String,
+    closure: String,
     error: String,
 }
 
@@ -172,6 +173,7 @@ pub(super) async fn page(
             started: time(b.started_at),
             finished: time(b.finished_at),
             took: duration(b.started_at, b.finished_at, now),
+            closure: size(b.closure_size_bytes),
             error: b.error.clone().unwrap_or_default(),
         }),
         dependencies: data.dependencies.iter().map(DepLink::new).collect(),

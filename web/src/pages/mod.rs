@@ -1,5 +1,5 @@
 //! The server-rendered HTML pages: overview, repository, pull request, evaluation, job (with a
-//! live log over server-sent events), builders and drift.
+//! live log over server-sent events), builders, drift and binary caches.
 //!
 //! Templates are askama files under `web/templates/`, compiled into the binary and escaped by
 //! default; handlers turn status rows into small display structs (strings already formatted)
@@ -9,6 +9,7 @@
 
 mod ansi;
 mod builders;
+pub(crate) mod cache;
 mod evaluations;
 mod jobs;
 mod log_stream;
@@ -36,6 +37,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", get(overview::page))
         .route("/builders", get(builders::builders_page))
         .route("/drift", get(builders::drift_page))
+        .route("/cache", get(cache::page))
         // Repository names contain `/`, so the rest of the path is split by hand (see `repos`).
         .route("/repos/{forge}/{*rest}", get(repos::page))
         .route("/evaluations/{id}", get(evaluations::page))
@@ -120,6 +122,25 @@ fn time(t: Option<Timestamp>) -> String {
 
 /// Returns how long something ran from `start` to `end` (or to `now` while it runs), e.g.
 /// `1m 5s`; empty when it never started.
+/// Formats a byte count for people: `812 B`, `4.2 KiB`, `1.5 GiB`; empty when unknown.
+fn size(bytes: Option<u64>) -> String {
+    let Some(bytes) = bytes else {
+        return String::new();
+    };
+    let units = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[allow(clippy::cast_precision_loss, reason = "one decimal is shown")]
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 fn duration(start: Option<Timestamp>, end: Option<Timestamp>, now: Timestamp) -> String {
     let Some(start) = start else {
         return String::new();
@@ -199,7 +220,16 @@ mod tests;
 mod helper_tests {
     use reconix_spec::Timestamp;
 
-    use super::{duration, reproduce, shell_quote, time};
+    use super::{duration, reproduce, shell_quote, size, time};
+
+    #[test]
+    fn sizes_should_be_readable() {
+        assert_eq!(size(None), "");
+        assert_eq!(size(Some(812)), "812 B");
+        assert_eq!(size(Some(4300)), "4.2 KiB");
+        assert_eq!(size(Some(3 << 20)), "3.0 MiB");
+        assert_eq!(size(Some(1_610_612_736)), "1.5 GiB");
+    }
 
     #[test]
     fn times_and_durations_should_be_readable() {

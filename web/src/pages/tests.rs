@@ -59,6 +59,9 @@ fn finish(
     if let (Some(b), Some(drv)) = (build, &job.drv_path) {
         db.upsert_build(drv, None, BuildState::Running, T).unwrap();
         db.finish_build(drv, b, Some(1), error, None, T).unwrap();
+        if b == BuildState::Succeeded {
+            db.record_closure_size(drv, 3 << 20).unwrap();
+        }
     }
     db.set_job_state(job.id, state, error, T).unwrap();
     job.id
@@ -375,6 +378,9 @@ async fn evaluation_page_should_group_failures_first_with_reproduce_commands() {
         "{body}"
     );
     assert!(body.contains("&#60;b&#62;boom&#60;/b&#62;"));
+    // Succeeded builds show the size of their outputs' closure.
+    assert!(body.contains("<th>closure</th>"), "{body}");
+    assert!(body.contains("<td>3.0 MiB</td>"), "{body}");
     assert!(body.contains("page 1 of 1"));
     assert!(!body.contains("rel=\"next\""));
     assert_escaped(&body);
