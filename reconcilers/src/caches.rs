@@ -178,7 +178,7 @@ async fn push<P: Ports>(
     paths: &[StorePath],
 ) -> std::result::Result<(), String> {
     let nix = cx.ports.nix();
-    match cache.kind() {
+    let pushed = match cache.kind() {
         Some(CacheKind::File | CacheKind::Http) => {
             let url = with_secret_key(&cache.push_url, cache.signing_key_file.path());
             nix.copy_to(&url, paths, true)
@@ -187,7 +187,10 @@ async fn push<P: Ports>(
         }
         Some(CacheKind::S3) => push_s3(cx, cache, paths).await,
         None => Err(format!("unsupported cache URL {}", cache.push_url)),
-    }
+    };
+    // Nix's messages quote its command line: keep where the signing key lives out of the API.
+    let key = cache.signing_key_file.path().display().to_string();
+    pushed.map_err(|message| message.replace(&key, "<signing-key-file>"))
 }
 
 /// Pushes to an S3 bucket through a staging `file://` cache (see the module docs).
