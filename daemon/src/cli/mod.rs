@@ -83,7 +83,12 @@ pub(crate) enum Command {
         spec: PathBuf,
     },
     /// Prints the spec's JSON Schema.
-    Schema,
+    Schema {
+        /// Prints the NixOS module's options generated from the schema instead
+        /// (`nix/options.nix`).
+        #[arg(long)]
+        nixos_options: bool,
+    },
     /// Prints the steps each loop would take now, and applies none.
     Plan {
         #[command(flatten)]
@@ -158,7 +163,7 @@ pub(crate) enum Command {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { spec } => Ok(check::run(&spec)),
-        Command::Schema => schema::run(),
+        Command::Schema { nixos_options } => schema::run(nixos_options),
         Command::Serve {
             spec,
             listen,

@@ -1,0 +1,298 @@
+# Generated from docs/spec.schema.json by `reconix schema --nixos-options`; do not edit.
+# `make test` fails when it is stale (spec/tests/nixos.rs); RECONIX_BLESS=1 rewrites it.
+{ lib }:
+let
+  inherit (lib) mkOption types;
+  Builders = types.submodule {
+    options = {
+      enrollment = mkOption {
+        type = types.nullOr (Enrollment);
+        default = null;
+        description = "Where remote builders connect to enrol; without it, no remote builder can join.";
+      };
+      heartbeat-timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "A connected agent that sends no heartbeat for this long is considered dead: it is\ndisconnected and its running builds are requeued on other builders.\n\nreconix's default: `\"30s\"`.";
+      };
+      local = mkOption {
+        type = types.nullOr (LocalBuilder);
+        default = null;
+        description = "Builds on the daemon's own machine.\n\nreconix's default: `{\"features\":[],\"max-jobs\":2,\"systems\":[\"x86_64-linux\"]}`.";
+      };
+      remote = mkOption {
+        type = types.nullOr (types.attrsOf (RemoteBuilder));
+        default = null;
+        description = "Remote builders by name (the name `local` is reserved). Each one enrols itself through\n`enrollment`.\n\nreconix's default: `{}`.";
+      };
+      transient-retries = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "How many more times a build is tried, on another builder when there is one, after a\ntransient failure (connection lost, builder gone, disk full). A build that fails by\nitself is never retried.\n\nreconix's default: `2`.";
+      };
+    };
+  };
+  Cache = types.submodule {
+    options = {
+      public-key = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "The cache's public key, `name:base64`, as `nix key convert-secret-to-public` prints it.\nRequired.";
+      };
+      public-url = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "The URL clients substitute from, when it differs from push-url.";
+      };
+      push-url = mkOption {
+        type = types.str;
+        description = "Where outputs are uploaded: `file:///srv/cache`, `https://…` (HTTP PUT) or\n`s3://bucket?region=…` (uploaded and signed by reconix itself).";
+      };
+      repos = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Only these repos (`<forge>/<repo>`) push here; omitted means every repo.";
+      };
+      s3-credentials-file = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "For `s3://` caches only: a file with the bucket's credentials as `KEY=value` lines,\n`AWS_ACCESS_KEY_ID=…` and `AWS_SECRET_ACCESS_KEY=…` (a systemd `EnvironmentFile`).";
+      };
+      signing-key-file = mkOption {
+        type = types.str;
+        description = "File holding the secret signing key (`nix key generate-secret`).";
+      };
+    };
+  };
+  Enrollment = types.submodule {
+    options = {
+      listen = mkOption {
+        type = types.str;
+        description = "Address to listen on for enrolling builders.";
+      };
+      token-file = mkOption {
+        type = types.str;
+        description = "File holding the token a builder must present to enrol.";
+      };
+    };
+  };
+  Forge = types.submodule {
+    options = {
+      api-url = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Base URL of the REST API. Defaults to `https://api.github.com` for github and\n`https://gitlab.com/api/v4` for gitlab; required for gitea (e.g.\n`https://codeberg.org/api/v1`); not allowed for local.";
+      };
+      kind = mkOption {
+        type = types.enum [ "github" "gitlab" "gitea" "local" ];
+        description = "Which forge software this is.";
+      };
+      poll-interval = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "How often branch heads are polled: the only trigger for local forges, a safety net for\nmissed webhooks otherwise.\n\nreconix's default: `\"30s\"`.";
+      };
+      repos = mkOption {
+        type = types.nullOr (types.attrsOf (Repo));
+        default = null;
+        description = "The repositories to build, by name: `owner/name` (GitLab: `group/…/name`) on hosted\nforges, any name for local ones.\n\nreconix's default: `{}`.";
+      };
+      token-file = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "File holding the API token. Required for every kind except local.";
+      };
+      web-url = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Base URL of the web interface, used for links. Defaults to `https://github.com`,\n`https://gitlab.com`, or for gitea the api-url without `/api/v1`.";
+      };
+      webhook-secret-file = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "File holding the secret that signs this forge's webhooks. Required for every kind except\nlocal.";
+      };
+    };
+  };
+  LocalBuilder = types.submodule {
+    options = {
+      features = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Nix system features it offers (`kvm`, `big-parallel`, …).\n\nreconix's default: `[]`.";
+      };
+      max-jobs = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "How many builds run at once; 0 disables local building.\n\nreconix's default: `2`.";
+      };
+      systems = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Systems this machine builds for.\n\nreconix's default: `[\"x86_64-linux\"]`.";
+      };
+    };
+  };
+  RemoteBuilder = types.submodule {
+    options = {
+      features = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Nix system features it offers (`kvm`, `big-parallel`, …).\n\nreconix's default: `[]`.";
+      };
+      max-jobs = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "How many builds it runs at once; 0 disables it.\n\nreconix's default: `1`.";
+      };
+      systems = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Systems this builder builds for.\n\nreconix's default: `[\"x86_64-linux\"]`.";
+      };
+    };
+  };
+  Repo = types.submodule {
+    options = {
+      allowlist = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Users whose pull requests are built without checking their permission on the repository.\n\nreconix's default: `[]`.";
+      };
+      attributes = mkOption {
+        type = types.nullOr (types.listOf (types.enum [ "packages" "checks" "devShells" "nixosConfigurations" ]));
+        default = null;
+        description = "Which flake outputs are built.\n\nreconix's default: `[\"packages\",\"checks\",\"devShells\",\"nixosConfigurations\"]`.";
+      };
+      branches = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Globs over short branch names (`main`, `release/*`); `*` does not cross `/`. Empty means\nthe repository's default branch.\n\nreconix's default: `[]`.";
+      };
+      max-silent = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Longest time one build may go without output before it is stopped.\n\nreconix's default: `\"1h\"`.";
+      };
+      path = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "The git checkout to build, for local forges only (where it is required). A relative path\nis resolved against the spec file's directory.";
+      };
+      pull-requests = mkOption {
+        type = types.nullOr (types.bool);
+        default = null;
+        description = "Whether pull (merge) requests are built.\n\nreconix's default: `true`.";
+      };
+      systems = mkOption {
+        type = types.nullOr (types.listOf (types.str));
+        default = null;
+        description = "Systems whose outputs are built.\n\nreconix's default: `[\"x86_64-linux\"]`.";
+      };
+      timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Longest time one build may take before it is stopped.\n\nreconix's default: `\"3h\"`.";
+      };
+    };
+  };
+  Retention = types.submodule {
+    options = {
+      collect-garbage = mkOption {
+        type = types.nullOr (types.bool);
+        default = null;
+        description = "Run `nix-store --gc` after a purge released GC roots, so the store shrinks at once.\n\nreconix's default: `false`.";
+      };
+      keep-last = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "How many of the newest evaluations of each branch are always kept.\n\nreconix's default: `3`.";
+      };
+      logs = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "How long build logs are kept.\n\nreconix's default: `\"90days\"`.";
+      };
+      max-age = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Evaluations older than this lose their GC roots (the newest `keep-last` per branch are\nkept regardless).\n\nreconix's default: `\"30days\"`.";
+      };
+      max-size = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Oldest evaluations are released until the rooted closure fits this size.";
+      };
+    };
+  };
+  Statuses = types.submodule {
+    options = {
+      collapse-threshold = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "Above this many jobs in one evaluation, a single summary status is reported instead of\none per job.\n\nreconix's default: `50`.";
+      };
+      context-prefix = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Prefix of every status context, as in `reconix/packages.x86_64-linux.hello`.\n\nreconix's default: `\"reconix\"`.";
+      };
+      debounce = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Status updates of one commit are batched for this long.\n\nreconix's default: `\"10s\"`.";
+      };
+    };
+  };
+in
+{
+  # Keys whose values are files holding secrets.
+  secretKeys = [ "api-token-file" "s3-credentials-file" "signing-key-file" "token-file" "webhook-secret-file" ];
+  options = {
+    api-token-file = mkOption {
+      type = types.nullOr (types.str);
+      default = null;
+      description = "File holding the bearer token that mutations (rebuild a job, cancel or re-run an\nevaluation) must present. Without it every mutation is refused; pages and the read API\nnever need it.";
+    };
+    builders = mkOption {
+      type = types.nullOr (Builders);
+      default = null;
+      description = "Machines that run builds.\n\nreconix's default: `{\"heartbeat-timeout\":\"30s\",\"local\":{\"features\":[],\"max-jobs\":2,\"systems\":[\"x86_64-linux\"]},\"remote\":{},\"transient-retries\":2}`.";
+    };
+    caches = mkOption {
+      type = types.nullOr (types.listOf (Cache));
+      default = null;
+      description = "Binary caches that build results are pushed to.\n\nreconix's default: `[]`.";
+    };
+    external-url = mkOption {
+      type = types.nullOr (types.str);
+      default = null;
+      description = "Public base URL of this daemon (`https://ci.example.org`): the webhook target and the\nlink in commit statuses. Required when any forge is not `local`.";
+    };
+    forges = mkOption {
+      type = types.nullOr (types.attrsOf (Forge));
+      default = null;
+      description = "Forges by name; each lists the repositories to build.\n\nreconix's default: `{}`.";
+    };
+    listen = mkOption {
+      type = types.nullOr (types.str);
+      default = null;
+      description = "Address of the HTTP server: status page, JSON API and webhooks.\n\nreconix's default: `\"127.0.0.1:8080\"`.";
+    };
+    retention = mkOption {
+      type = types.nullOr (Retention);
+      default = null;
+      description = "How long results and logs are kept.\n\nreconix's default: `{\"collect-garbage\":false,\"keep-last\":3,\"logs\":\"90days\",\"max-age\":\"30days\"}`.";
+    };
+    state-dir = mkOption {
+      type = types.nullOr (types.str);
+      default = null;
+      description = "Directory for the database, build logs and GC roots.\n\nreconix's default: `\"/var/lib/reconix\"`.";
+    };
+    statuses = mkOption {
+      type = types.nullOr (Statuses);
+      default = null;
+      description = "How results are reported to forges.\n\nreconix's default: `{\"collapse-threshold\":50,\"context-prefix\":\"reconix\",\"debounce\":\"10s\"}`.";
+    };
+  };
+}
