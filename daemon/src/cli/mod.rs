@@ -86,8 +86,12 @@ pub(crate) enum Command {
     Schema {
         /// Prints the NixOS module's options generated from the schema instead
         /// (`nix/options.nix`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "markdown")]
         nixos_options: bool,
+        /// Prints the configuration reference generated from the schema instead
+        /// (`docs/configuration.md`).
+        #[arg(long)]
+        markdown: bool,
     },
     /// Prints the steps each loop would take now, and applies none.
     Plan {
@@ -163,7 +167,10 @@ pub(crate) enum Command {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { spec } => Ok(check::run(&spec)),
-        Command::Schema { nixos_options } => schema::run(nixos_options),
+        Command::Schema {
+            nixos_options,
+            markdown,
+        } => schema::run(nixos_options, markdown),
         Command::Serve {
             spec,
             listen,
