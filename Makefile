@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo test nix chromium fmt lint unit bench build
+.PHONY: demo test nix chromium moto fmt lint unit bench build
 
 # Installs and configures Nix (Debian's nix-bin 2.8 + static busybox) when run as root; the script
 # is idempotent and fast on re-runs. As a non-root user we only check that Nix is there.
@@ -19,6 +19,10 @@ chromium:
 	elif ! command -v chromium >/dev/null 2>&1; then \
 	  echo "chromium not found: run 'sudo bash scripts/install-chromium.sh' first" >&2; exit 1; \
 	else chromium --version 2>/dev/null; fi
+
+# Installs moto's S3 server (PyPI) into a virtualenv for the s3:// cache test; idempotent.
+moto:
+	@bash scripts/install-moto.sh
 
 build:
 	$(CARGO) build -p reconix
@@ -37,7 +41,7 @@ unit:
 	  $(CARGO) nextest run --workspace --all-features --no-fail-fast; \
 	else $(CARGO) test --workspace --all-features --no-fail-fast; fi
 
-test: nix chromium fmt lint unit
+test: nix chromium moto fmt lint unit
 
 bench: nix
 	$(CARGO) build --release -p reconix -p reconix-e2e -p reconix-agent --bins

@@ -246,3 +246,144 @@ fn caches_should_receive_signed_outputs_even_when_one_comes_up_late() -> Result<
     }
     Ok(())
 }
+
+/// moto's S3 server on a free loopback port, killed when dropped.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+    venv: PathBuf,
+}
+
+impl Moto {
+    /// Starts `moto_server` from `make moto`'s virtualenv and waits until it answers.
+    fn start() -> Result<Self> {
+        let venv = PathBuf::from(
+            std::env::var_os("RECONIX_MOTO_VENV").unwrap_or_else(|| "/opt/reconix-moto".into()),
+        );
+        let server = venv.join("bin/moto_server");
+        ensure!(
+            server.exists(),
+            "{} is missing: run `make moto` (scripts/install-moto.sh)",
+            server.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let moto = Self { child, port, venv };
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while reconix_e2e::http_get(&format!("{}/", moto.endpoint())).is_err() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not answer on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(moto)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates `bucket`, readable by anyone (so Nix can substitute from it over plain HTTP).
+    fn public_bucket(&self, bucket: &str) -> Result<()> {
+        let script = format!(
+            r#"import boto3, json
+s3 = boto3.client("s3", endpoint_url="{}", region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+s3.create_bucket(Bucket="{bucket}")
+s3.put_bucket_policy(Bucket="{bucket}", Policy=json.dumps({{"Version": "2012-10-17",
+  "Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                 "Resource": "arn:aws:s3:::{bucket}/*"}}]}}))
+"#,
+            self.endpoint()
+        );
+        let out = Command::new(self.venv.join("bin/python"))
+            .args(["-c", &script])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "creating the bucket: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn s3_cache_should_receive_signed_outputs_that_a_fresh_store_substitutes() -> Result<()> {
+    let moto = Moto::start()?;
+    moto.public_bucket("nix-cache")?;
+    let repo = GitRepo::new()?;
+    let rev = repo.commit_flake(&flake(&salt()), "first")?;
+    let dir = tempfile::Builder::new().prefix("reconix-s3").tempdir()?;
+    let (secret, public) = key_pair(dir.path(), "e2e-s3-1")?;
+    let credentials = dir.path().join("s3-credentials");
+    std::fs::write(
+        &credentials,
+        "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n",
+    )?;
+    let s3_url = format!(
+        "s3://nix-cache?endpoint=127.0.0.1:{}&scheme=http&region=us-east-1",
+        moto.port
+    );
+    let base = local_spec(repo.path(), 2);
+    let config = DaemonConfig {
+        spec: format!(
+            "{}caches:\n  - push-url: \"{s3_url}\"\n    public-url: {}/nix-cache\n    public-key: {public}\n    \
+             signing-key-file: {}\n    s3-credentials-file: {}\n",
+            base.spec,
+            moto.endpoint(),
+            secret.display(),
+            credentials.display()
+        ),
+    };
+    let d = TestDaemon::start(&config)?;
+    let detail = d.wait_evaluation(&rev, "finished")?;
+    let jobs = jobs_by_attr(&detail)?;
+    let c_out = jobs[&format!("{P}c")]["outputs"]["out"]
+        .as_str()
+        .context("no output")?
+        .to_owned();
+    let pushed = d.wait_for("both outputs pushed to S3", DEADLINE, |d| {
+        let c = cache_of(d, &s3_url)?;
+        ensure!(c["pushes"]["failed"] == 0, "S3 push failed: {c}");
+        Ok((c["pushes"]["pushed"] == 2).then_some(c))
+    })?;
+    assert_eq!(pushed["kind"], "s3", "{pushed}");
+
+    // The bucket is a binary cache: c and its closure come from it into a fresh store with
+    // the right key only.
+    let bucket = format!("{}/nix-cache", moto.endpoint());
+    let info = reconix_e2e::http_get(&format!("{bucket}/nix-cache-info"))?;
+    assert!(info.contains("StoreDir: /nix/store"), "{info}");
+    let fresh = dir.path().join("fresh");
+    let (ok, said) = substitute(&fresh, &c_out, &bucket, &public)?;
+    ensure!(ok, "substituting from S3: {said}");
+    let (_, other_key) = key_pair(dir.path(), "e2e-s3-1")?;
+    let (ok, said) = substitute(&dir.path().join("wrong"), &c_out, &bucket, &other_key)?;
+    ensure!(
+        !ok && said.contains("is not signed by any of the keys"),
+        "S3 with a wrong key: {said}"
+    );
+    // The staging directory is gone once the upload is done.
+    let staging = d.state_dir().join("caches/staging");
+    ensure!(
+        std::fs::read_dir(&staging).map_or(true, |mut e| e.next().is_none()),
+        "staging left behind in {}",
+        staging.display()
+    );
+    Ok(())
+}

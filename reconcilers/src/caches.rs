@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::context::{Ctx, Ports};
 use crate::runtime::{Action, Plan, Reconciler};
+use crate::s3::{S3Bucket, S3Url, credentials_from_file};
 use crate::{Error, Result};
 
 /// How many paths one push step takes.
@@ -199,14 +200,44 @@ async fn push_s3<P: Ports>(
     cache: &Cache,
     paths: &[StorePath],
 ) -> std::result::Result<(), String> {
-    let _ = (
-        cx,
-        cache,
-        paths,
-        staging_dir as fn(&Path, &str) -> PathBuf,
-        remove_dir,
-    );
-    Err("S3 pushes are not wired yet".to_owned())
+    let url = S3Url::parse(&cache.push_url).map_err(|e| error_chain(&e))?;
+    let Some(credentials_file) = &cache.s3_credentials_file else {
+        return Err("no s3-credentials-file".to_owned());
+    };
+    let credentials =
+        credentials_from_file(credentials_file.path()).map_err(|e| error_chain(&e))?;
+    let bucket = S3Bucket::new(&url, credentials).map_err(|e| error_chain(&e))?;
+    let nix = cx.ports.nix();
+    let closure = nix.closure(paths).await.map_err(|e| error_chain(&e))?;
+    let mut missing = Vec::new();
+    for path in closure.keys() {
+        let narinfo = format!("{}.narinfo", path.hash_part());
+        if !bucket.exists(&narinfo).await.map_err(|e| error_chain(&e))? {
+            missing.push(path.clone());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let staging = staging_dir(&cx.state_dir(), &cache.push_url);
+    let staged = async {
+        remove_dir(&staging).await?;
+        let to = with_secret_key(
+            &format!("file://{}", staging.display()),
+            cache.signing_key_file.path(),
+        );
+        nix.copy_to(&to, &missing, false)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        bucket
+            .upload_cache_dir(&staging)
+            .await
+            .map_err(|e| error_chain(&e))
+            .map(drop)
+    }
+    .await;
+    let cleaned = remove_dir(&staging).await;
+    staged.and(cleaned)
 }
 
 /// Returns the staging directory of an S3 cache: `<state>/caches/staging/<hash of its url>`.
