@@ -18,6 +18,7 @@ pub mod forges;
 pub mod gcroots;
 pub mod git;
 pub mod heads;
+pub mod retention;
 pub mod s3;
 pub mod statuses;
 pub mod webhooks;

@@ -20,6 +20,7 @@ mod metrics;
 mod mutations;
 pub mod pages;
 mod repos;
+mod retention;
 mod row;
 mod types;
 pub mod views;
@@ -38,6 +39,7 @@ pub use forges::{
 };
 pub use metrics::{ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, StateCounts};
 pub use mutations::{CANCELLED_ERROR, Cancelled, Rebuilt, Rerun};
+pub use retention::RetentionEval;
 pub use types::{
     Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, GcRoot, Job, JobId,
     JobState, LoopHealth, NewJob, ParseStateError, RefHead, Repo, RepoId, SchedDep, SchedJob,

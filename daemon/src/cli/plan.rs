@@ -16,6 +16,7 @@ use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
 use reconix_reconcilers::heads::Heads;
+use reconix_reconcilers::retention::Retention;
 use reconix_reconcilers::runtime::{Reconciler, dry_run};
 use reconix_reconcilers::statuses::Statuses;
 use reconix_reconcilers::webhooks::Webhooks;
@@ -58,6 +59,7 @@ pub(crate) fn run(args: &SpecArgs, output: Output, nix_store: Option<&str>) -> R
             plans(&ForgeHealthLoop::new(), &spec, &ctx, now).await,
             plans(&BuildersLoop::new(), &spec, &ctx, now).await,
             plans(&Caches::new(), &spec, &ctx, now).await,
+            plans(&Retention::new(), &spec, &ctx, now).await,
         ])
     })?;
     match output {

@@ -14,6 +14,7 @@ use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
 use reconix_reconcilers::heads::Heads;
+use reconix_reconcilers::retention::Retention;
 use reconix_reconcilers::runtime::{Controller, Reconciler, RunReport, SpecReloader};
 use reconix_reconcilers::statuses::Statuses;
 use reconix_reconcilers::webhooks::Webhooks;
@@ -207,6 +208,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let forges = controller(ForgeHealthLoop::new(), &ctx, &spec_rx, &status, &metrics);
     let builders = controller(BuildersLoop::new(), &ctx, &spec_rx, &status, &metrics);
     let caches = controller(Caches::new(), &ctx, &spec_rx, &status, &metrics);
+    let retention = controller(Retention::new(), &ctx, &spec_rx, &status, &metrics);
     ctx.wakers.set_all(WakerSet {
         builds: builds.handle(),
         gcroots: gcroots.handle(),
@@ -274,7 +276,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         async move { shutdown.cancelled().await }
     });
     let running = ctx.running.clone();
-    let (http, (), (), (), (), (), (), (), (), (), ()) = tokio::join!(
+    let (http, (), (), (), (), (), (), (), (), (), (), ()) = tokio::join!(
         http,
         evaluations.run(shutdown.clone()),
         builds.run(shutdown.clone()),
@@ -285,6 +287,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         forges.run(shutdown.clone()),
         builders.run(shutdown.clone()),
         caches.run(shutdown.clone()),
+        retention.run(shutdown.clone()),
         reloader.run(shutdown.clone()),
     );
     if !running.is_empty() {

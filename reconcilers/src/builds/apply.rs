@@ -79,7 +79,8 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
     let log_file = cx
         .state_dir()
         .join("logs")
-        .join(format!("{}.log", drv_path.name()));
+        // The hash keeps builds of same-named derivations (every commit's `hello.drv`) apart.
+        .join(format!("{}-{}.log", drv_path.hash_part(), drv_path.name()));
     let (drv, builder, log, jobs) = (
         drv_path.clone(),
         attempt.builder.clone(),
