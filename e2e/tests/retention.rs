@@ -158,6 +158,19 @@ fn retention_should_purge_by_age_keep_last_and_size_and_gc_the_purged_outputs() 
     })?;
     ensure!(valid(&d, &e3.out), "the kept output was collected");
 
+    // 3. Logs: the kept evaluation stays, but its build's log is older than 1 s.
+    set_retention(&d, "  max-age: 30 days\n  keep-last: 1\n  logs: 1s\n")?;
+    d.wait_for("e3's log deleted", DEADLINE, |_| {
+        Ok((!Path::new(&e3.log).exists()).then_some(()))
+    })?;
+    ensure!(evaluation_ids(&d)?.contains(&e3.id) && valid(&d, &e3.out));
+    let detail = d.get_json(&format!("/api/v1/evaluations/{}", e3.id))?;
+    let job = &jobs_by_attr(&detail)?["packages.x86_64-linux.pkg"];
+    d.wait_for("the log recorded as gone", DEADLINE, |d| {
+        let job = d.get_json(&format!("/api/v1/jobs/{}", job["id"]))?;
+        Ok((job["log_available"] == false).then_some(()))
+    })?;
+
     // `reconix plan` now shows retention in sync.
     let loops: Value = d.get_json("/api/v1/loops")?;
     ensure!(

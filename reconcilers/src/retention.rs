@@ -6,7 +6,8 @@
 //! branch of a repository still in the spec, or an open pull request), and for `max-size` the
 //! closure of every rooted output with its NAR sizes. Steps: purge an evaluation subtree (its
 //! rows, the builds no other evaluation uses and their logs, its GC-root directory); then, when
-//! `retention.collect-garbage` is set, `nix-store --gc`.
+//! `retention.collect-garbage` is set, `nix-store --gc`. Separately, the logs of builds that
+//! finished longer ago than `retention.logs` are deleted (the build stays, without a log).
 //!
 //! Never purged: the `keep-last` newest evaluations of each ref, the latest successful
 //! evaluation of every watched ref, and evaluations still running. Purged: older than
@@ -55,6 +56,10 @@ pub struct Observed {
     pub closure: BTreeMap<StorePath, PathSize>,
     /// Why the observation is incomplete, when it is: then nothing is purged.
     pub incomplete: Option<String>,
+    /// Builds whose log is older than `retention.logs`: drv and log file.
+    pub expired_logs: Vec<(StorePath, std::path::PathBuf)>,
+    /// When the oldest log that is not expired yet finished.
+    pub next_log: Option<Timestamp>,
 }
 
 /// One step of the `retention` loop.
@@ -69,6 +74,13 @@ pub enum Step {
         repo: RepoKey,
         /// Why.
         reason: String,
+    },
+    /// Deletes a build log older than `retention.logs`.
+    DeleteLog {
+        /// The build's derivation.
+        drv: StorePath,
+        /// The log file.
+        path: std::path::PathBuf,
     },
     /// Runs `nix-store --gc`.
     CollectGarbage,
@@ -117,6 +129,23 @@ pub fn plan(desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
             current = size(&purged);
         }
     }
+    // Look again when the next evaluation ages out or the next log expires.
+    let ms = |t: i64| Duration::from_millis(u64::try_from(t.max(0)).unwrap_or(0));
+    let logs_ms = i64::try_from(r.logs.to_std().as_millis()).unwrap_or(i64::MAX);
+    let next_age_out = evals
+        .iter()
+        .filter(|e| !protected.contains(&e.id) && !purged.contains_key(&e.id))
+        .map(|e| e.created_at.0.saturating_add(max_age_ms))
+        .min();
+    let next_log = observed.next_log.map(|t| t.0.saturating_add(logs_ms));
+    let then = [next_age_out, next_log]
+        .into_iter()
+        .flatten()
+        // A millisecond past the deadline, so it has passed when the loop looks again.
+        .map(|at| ms(at.saturating_sub(now.0).saturating_add(1)))
+        .chain([RECHECK])
+        .min()
+        .map_or(then, Action::requeue);
     let mut steps: Vec<Step> = evals
         .iter()
         .filter_map(|e| {
@@ -130,6 +159,15 @@ pub fn plan(desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
     if r.collect_garbage && !steps.is_empty() {
         steps.push(Step::CollectGarbage);
     }
+    steps.extend(
+        observed
+            .expired_logs
+            .iter()
+            .map(|(drv, path)| Step::DeleteLog {
+                drv: drv.clone(),
+                path: path.clone(),
+            }),
+    );
     Plan { steps, then }
 }
 
@@ -176,9 +214,19 @@ impl<P: Ports> Reconciler for Retention<P> {
     }
 
     async fn observe(&self, _key: &String, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
-        let (evaluations, open_prs) = cx
+        let logs_before = Timestamp::now().0.saturating_sub(
+            i64::try_from(spec.retention.logs.to_std().as_millis()).unwrap_or(i64::MAX),
+        );
+        let (evaluations, open_prs, expired_logs, next_log) = cx
             .status
-            .call(|db| Ok((db.retention_evaluations()?, db.all_open_pull_requests()?)))
+            .call(move |db| {
+                Ok((
+                    db.retention_evaluations()?,
+                    db.all_open_pull_requests()?,
+                    db.expired_logs(Timestamp(logs_before))?,
+                    db.oldest_log_since(Timestamp(logs_before))?,
+                ))
+            })
             .await?;
         let mut watched = BTreeSet::new();
         for e in &evaluations {
@@ -204,6 +252,8 @@ impl<P: Ports> Reconciler for Retention<P> {
         let mut observed = Observed {
             evaluations,
             watched,
+            expired_logs,
+            next_log,
             ..Observed::default()
         };
         if spec.retention.max_size.is_some() {
@@ -263,6 +313,20 @@ impl<P: Ports> Reconciler for Retention<P> {
                 cx.wakers.gcroots();
                 Ok(())
             }
+            Step::DeleteLog { drv, path } => {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(Error::Io {
+                            context: format!("deleting the log {}", path.display()),
+                            source,
+                        });
+                    }
+                }
+                cx.status.call(move |db| db.forget_build_log(&drv)).await?;
+                Ok(())
+            }
             Step::CollectGarbage => {
                 info!("collecting garbage after a purge");
                 cx.ports.nix().collect_garbage().await?;
@@ -314,7 +378,7 @@ mod tests {
             .iter()
             .filter_map(|s| match s {
                 Step::Purge { evaluation, .. } => Some(evaluation.0),
-                Step::CollectGarbage => None,
+                Step::CollectGarbage | Step::DeleteLog { .. } => None,
             })
             .collect()
     }
@@ -415,6 +479,8 @@ mod tests {
             watched: main_watched(),
             closure,
             incomplete: None,
+            expired_logs: Vec::new(),
+            next_log: None,
         };
         // Everything: 1300 bytes. Under 1250 needs one purge; under 1150 two; 3 is kept.
         let size = |limit: &str| {
@@ -447,6 +513,29 @@ mod tests {
             plan(&spec("  keep-last: 0\n"), &observed, NOW)
                 .steps
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn plan_should_delete_expired_logs_even_when_nothing_is_purged() {
+        let observed = Observed {
+            expired_logs: vec![(path(7), std::path::PathBuf::from("/logs/x.log"))],
+            ..Observed::default()
+        };
+        let plan = plan(
+            &spec(
+                "  logs: 1 day
+",
+            ),
+            &observed,
+            NOW,
+        );
+        assert_eq!(
+            plan.steps,
+            [Step::DeleteLog {
+                drv: path(7),
+                path: std::path::PathBuf::from("/logs/x.log")
+            }]
         );
     }
 

@@ -118,6 +118,65 @@ impl StatusDb {
         Ok(prs)
     }
 
+    /// Returns the builds whose log is still recorded and which finished before `before`: drv
+    /// and log file, oldest first.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed path.
+    pub fn expired_logs(&self, before: Timestamp) -> Result<Vec<(StorePath, PathBuf)>> {
+        const OP: &str = "expired_logs";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT drv_path, log_path FROM builds WHERE log_path IS NOT NULL \
+                 AND finished_at IS NOT NULL AND finished_at < ?1 ORDER BY finished_at",
+            )
+            .op(OP)?;
+        let mut rows = stmt.query([before.0]).op(OP)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().op(OP)? {
+            out.push((
+                parse("builds", "drv_path", get(row, 0, OP)?)?,
+                PathBuf::from(get::<String>(row, 1, OP)?),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Returns when the oldest build log that is not expired at `before` finished (its expiry
+    /// is that plus the retention time), if any.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails.
+    pub fn oldest_log_since(&self, before: Timestamp) -> Result<Option<Timestamp>> {
+        const OP: &str = "oldest_log_since";
+        self.conn
+            .query_row(
+                "SELECT min(finished_at) FROM builds WHERE log_path IS NOT NULL \
+                 AND finished_at IS NOT NULL AND finished_at >= ?1",
+                [before.0],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .op(OP)
+            .map(|t| t.map(Timestamp))
+    }
+
+    /// Records that the log of the build of `drv` was deleted (the pages then offer none).
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails.
+    pub fn forget_build_log(&mut self, drv: &StorePath) -> Result<()> {
+        const OP: &str = "forget_build_log";
+        self.conn
+            .execute(
+                "UPDATE builds SET log_path = NULL, log_size_bytes = NULL WHERE drv_path = ?1",
+                [drv.as_str()],
+            )
+            .op(OP)
+            .map(drop)
+    }
+
     /// Deletes evaluation `id` with its jobs and GC-root rows, and every build no remaining job
     /// uses; returns the log files of those builds (to delete from disk). Purging an evaluation
     /// that is gone already returns nothing.
@@ -219,5 +278,37 @@ mod tests {
         assert_eq!(left, [new]);
         // Purging again changes nothing.
         assert!(db.purge_evaluation(old).unwrap().is_empty());
+    }
+
+    #[test]
+    fn expired_logs_should_list_finished_builds_until_their_log_is_forgotten() {
+        let mut db = StatusDb::open_memory().unwrap();
+        building_eval(&mut db, "r1", &[job(1, "a"), job(2, "b")]);
+        db.upsert_build(&drv(1), None, BuildState::Running, at(1))
+            .unwrap();
+        db.finish_build(
+            &drv(1),
+            BuildState::Failed,
+            Some(1),
+            None,
+            Some(Path::new("/logs/a")),
+            at(10),
+        )
+        .unwrap();
+        db.upsert_build(&drv(2), None, BuildState::Running, at(1))
+            .unwrap();
+        db.record_build_log(&drv(2), Path::new("/logs/b"), 5, at(2))
+            .unwrap();
+        assert!(db.expired_logs(at(10)).unwrap().is_empty());
+        assert_eq!(db.oldest_log_since(at(10)).unwrap(), Some(at(10)));
+        assert_eq!(db.oldest_log_since(at(11)).unwrap(), None);
+        // The running build's log is never expired.
+        assert_eq!(
+            db.expired_logs(at(11)).unwrap(),
+            [(drv(1), PathBuf::from("/logs/a"))]
+        );
+        db.forget_build_log(&drv(1)).unwrap();
+        assert!(db.expired_logs(at(11)).unwrap().is_empty());
+        assert_eq!(db.build_by_drv(&drv(1)).unwrap().unwrap().log_path, None);
     }
 }
