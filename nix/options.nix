@@ -1,5 +1,5 @@
 # Generated from docs/spec.schema.json by `reconix schema --nixos-options`; do not edit.
-# `make test` fails when it is stale (spec/tests/nixos.rs); RECONIX_BLESS=1 rewrites it.
+# `make test` fails when it is stale (spec/tests/schema.rs); RECONIX_BLESS=1 rewrites it.
 { lib }:
 let
   inherit (lib) mkOption types;

@@ -49,7 +49,7 @@ pkgs.testers.runNixOSTest {
     start_all()
     coordinator.wait_for_unit("reconix.service")
     coordinator.succeed("mkdir -p /srv/demo && cd /srv/demo && git init -q -b main")
-    coordinator.succeed("cp ${./demo-flake.nix} /srv/demo/flake.nix")
+    coordinator.succeed("cp ${../../daemon/src/cli/demo-flake.nix} /srv/demo/flake.nix")
     coordinator.succeed("cd /srv/demo && git add flake.nix && git -c user.name=t -c user.email=t@t commit -qm demo")
     builder.wait_for_unit("reconix-agent.service")
     coordinator.wait_until_succeeds("reconix builders list --server http://127.0.0.1:8080 | grep -q 'builder.*ready'")

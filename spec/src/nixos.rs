@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// The header of the generated file.
 const HEADER: &str = "# Generated from docs/spec.schema.json by `reconix schema --nixos-options`; do not edit.\n\
-# `make test` fails when it is stale (spec/tests/nixos.rs); RECONIX_BLESS=1 rewrites it.\n";
+# `make test` fails when it is stale (spec/tests/schema.rs); RECONIX_BLESS=1 rewrites it.\n";
 
 /// Returns the text of `nix/options.nix` for `schema` (as [`crate::json_schema`] returns it).
 pub fn nixos_options(schema: &Value) -> String {

@@ -15,7 +15,7 @@ pub fn markdown_reference(schema: &Value) -> String {
     let mut out = String::from(
         "# Configuration reference\n\n\
          <!-- Generated from docs/spec.schema.json by `reconix schema --markdown`; do not edit.\n     \
-         `make test` fails when it is stale (spec/tests/reference.rs). -->\n\n\
+         `make test` fails when it is stale (spec/tests/schema.rs). -->\n\n\
          The spec is one YAML file (`reconix serve --spec FILE`, or `services.reconix.settings` on\n\
          NixOS). Keys are kebab-case; unknown keys are errors; durations are written like `30s`,\n\
          `12h` or `30 days`, sizes like `50 GiB`. Files named `*-file` hold secrets and are read\n\
