@@ -4,6 +4,11 @@
 //!
 //! `RECONIX_BLESS=1 cargo test -p reconix-spec --test schema` rewrites them.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helper: allow-unwrap-in-tests covers only #[test] fns"
+)]
+
 use std::path::Path;
 
 /// Asserts that `rel` (from the repository root) holds `generated`, byte for byte; with
