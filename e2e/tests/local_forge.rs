@@ -217,7 +217,16 @@ fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> R
                 "{attr} was built again"
             );
             if !j1["build"].is_null() {
-                assert_eq!(j2["build"]["attempts"], 1, "{attr} was built again: {j2}");
+                if j2["build"]["attempts"] != 1 {
+                    let log = d.log();
+                    let why: Vec<&str> = log
+                        .lines()
+                        .filter(|l| {
+                            l.contains("requeue") || l.contains("WARN") || l.contains("ERROR")
+                        })
+                        .collect();
+                    panic!("{attr} was built again: {j2}\n{}", why.join("\n"));
+                }
             }
             assert_eq!(j1["state"], j2["state"], "{attr}");
         }

@@ -222,7 +222,12 @@ fn agents_should_build_everything_and_take_over_when_one_dies() -> Result<()> {
     let fail = &jobs[&format!("{P}fail")];
     ensure!(
         fail["state"] == "failed" && fail["build"]["attempts"] == 1,
-        "{fail}"
+        "{fail}\n{}",
+        d.log()
+            .lines()
+            .filter(|l| l.contains("requeue") || l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     ensure!(
         fail["error"].as_str().is_some_and(|e| e.contains("exit")),
