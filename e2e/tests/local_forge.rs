@@ -216,17 +216,13 @@ fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> R
                 j1["build"]["id"], j2["build"]["id"],
                 "{attr} was built again"
             );
-            if !j1["build"].is_null() {
-                if j2["build"]["attempts"] != 1 {
-                    let log = d.log();
-                    let why: Vec<&str> = log
-                        .lines()
-                        .filter(|l| {
-                            l.contains("requeue") || l.contains("WARN") || l.contains("ERROR")
-                        })
-                        .collect();
-                    panic!("{attr} was built again: {j2}\n{}", why.join("\n"));
-                }
+            if !j1["build"].is_null() && j2["build"]["attempts"] != 1 {
+                let log = d.log();
+                let why: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("requeue") || l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                panic!("{attr} was built again: {j2}\n{}", why.join("\n"));
             }
             assert_eq!(j1["state"], j2["state"], "{attr}");
         }
