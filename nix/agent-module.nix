@@ -117,6 +117,8 @@ in
         RestrictSUIDSGID = true;
         LockPersonality = true;
         CapabilityBoundingSet = "";
+        # Every serve channel holds pipes and store files: room for many builds at once.
+        LimitNOFILE = 65536;
         RestrictAddressFamilies = [
           "AF_UNIX"
           "AF_INET"

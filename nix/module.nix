@@ -124,6 +124,9 @@ in
         MemoryDenyWriteExecute = true;
         RemoveIPC = true;
         CapabilityBoundingSet = "";
+        # Many open sockets and build pipes: the daemon raises its soft limit to this hard one
+        # at start-up and keeps its HTTP connections well below it.
+        LimitNOFILE = 65536;
         AmbientCapabilities = "";
         RestrictAddressFamilies = [
           "AF_UNIX"

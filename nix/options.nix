@@ -114,6 +114,30 @@ let
       };
     };
   };
+  Http = types.submodule {
+    options = {
+      body-timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "A request body must arrive completely within this time after its head, or the\nconnection is closed (forges wait about 10 s for an answer to a delivery anyway).\n\nreconix's default: `\"10s\"`.";
+      };
+      header-timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "A new connection must send a complete request head within this time, or it is closed.\n\nreconix's default: `\"5s\"`.";
+      };
+      idle-timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "A kept-alive connection with no request in flight is closed after this time.\n\nreconix's default: `\"30s\"`.";
+      };
+      max-connections = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "At most this many connections are open at once; the daemon lowers it to stay well below\nits open-file limit. When it is reached, a new connection takes the slot of the one that\nhas waited longest without a request in flight (then of the slowest request body), so\nidle or slow clients never lock out `/healthz`, the API or a forge's delivery.\n\nreconix's default: `1024`.";
+      };
+    };
+  };
   LocalBuilder = types.submodule {
     options = {
       features = mkOption {
@@ -273,6 +297,11 @@ in
       type = types.nullOr (types.attrsOf (Forge));
       default = null;
       description = "Forges by name; each lists the repositories to build.\n\nreconix's default: `{}`.";
+    };
+    http = mkOption {
+      type = types.nullOr (Http);
+      default = null;
+      description = "Timeouts and the connection cap of the HTTP server.\n\nreconix's default: `{\"body-timeout\":\"10s\",\"header-timeout\":\"5s\",\"idle-timeout\":\"30s\",\"max-connections\":1024}`.";
     };
     listen = mkOption {
       type = types.nullOr (types.str);

@@ -282,6 +282,7 @@ fn every_example_should_render_to_a_spec_reconix_accepts_with_secrets_as_credent
         assert_eq!(module["ProtectSystem"], "strict");
         assert_eq!(module["NoNewPrivileges"], true);
         assert_eq!(module["CapabilityBoundingSet"], "");
+        assert_eq!(module["LimitNOFILE"], 65536);
         assert_eq!(module["enableOption"], "bool");
         // The enrollment port is opened exactly when the example enrols builders.
         let port = settings["builders"]["enrollment"]["listen"]

@@ -189,6 +189,22 @@ impl TestDaemon {
         Ok(d)
     }
 
+    /// Starts a daemon through `launcher` (a command that runs the rest of its arguments, e.g.
+    /// `prlimit --nofile=1024:1024 --`).
+    pub fn start_under(config: &DaemonConfig, launcher: &[&str]) -> Result<Self> {
+        require_nix()?;
+        let tmp = tempfile::Builder::new().prefix("reconix-e2e").tempdir()?;
+        let root = tmp.path().to_owned();
+        let mut d = Self::spawn_under(&root, config, &[], launcher)?;
+        d._tmp = Some(tmp);
+        Ok(d)
+    }
+
+    /// Returns the daemon's process id (the launcher's, which `exec`s the daemon).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts a daemon on an existing root (state dir + store), e.g. after [`Self::kill9`].
     pub fn restart(&mut self, config: &DaemonConfig) -> Result<()> {
         self.kill9()?;
@@ -205,6 +221,15 @@ impl TestDaemon {
     }
 
     fn spawn(root: &Path, config: &DaemonConfig, env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_under(root, config, env, &[])
+    }
+
+    fn spawn_under(
+        root: &Path,
+        config: &DaemonConfig,
+        env: &[(&str, &str)],
+        launcher: &[&str],
+    ) -> Result<Self> {
         let state_dir = root.join("state");
         let store = root.join("store");
         std::fs::create_dir_all(&state_dir)?;
@@ -223,7 +248,15 @@ impl TestDaemon {
         }
         std::fs::write(&spec_path, spec)?;
         let stderr_log = root.join(format!("daemon-{}.log", unique_suffix()));
-        let mut child = Command::new(reconix_bin()?)
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(reconix_bin()?);
+                c
+            }
+            None => Command::new(reconix_bin()?),
+        };
+        let mut child = command
             .args(["serve", "--listen", &listen, "--spec"])
             .arg(&spec_path)
             .arg("--nix-store")

@@ -114,5 +114,56 @@ pub enum Error {
     Task(#[source] tokio::task::JoinError),
 }
 
+impl Error {
+    /// Returns whether this is a local file that could not be written because the disk is full
+    /// or failing ([`is_storage_error`]): trouble of the machine, not of the build.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if is_storage_error(source))
+    }
+}
+
+/// Returns whether `err` means the disk is full or failing: `ENOSPC`, `EDQUOT` or `EIO`. Such
+/// errors pass when space returns (or the disk is replaced), so work that met one waits and is
+/// tried again instead of failing.
+pub fn is_storage_error(err: &std::io::Error) -> bool {
+    // EIO has no `ErrorKind` of its own; 5 is its number on Linux, the only supported system.
+    const EIO: i32 = 5;
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || err.raw_os_error() == Some(EIO)
+}
+
+/// Returns whether a message Nix printed says its disk is full (`No space left on device`,
+/// `Disk quota exceeded`): Nix reports its own IO errors only as text.
+pub fn is_storage_message(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("Disk quota exceeded")
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_and_failing_disks_should_be_storage_errors_and_nothing_else() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let quota = std::io::Error::from_raw_os_error(122);
+        let eio = std::io::Error::from_raw_os_error(5);
+        let denied = std::io::Error::from_raw_os_error(13);
+        assert!(is_storage_error(&full) && is_storage_error(&quota) && is_storage_error(&eio));
+        assert!(!is_storage_error(&denied));
+        let io = |source| Error::Io {
+            path: PathBuf::from("/state/logs/x.log"),
+            source,
+        };
+        assert!(io(full).is_storage_full());
+        assert!(!io(denied).is_storage_full());
+        assert!(is_storage_message(
+            "error: writing to file: No space left on device"
+        ));
+        assert!(!is_storage_message("builder for '/nix/store/x.drv' failed"));
+    }
+}

@@ -30,7 +30,7 @@ pub mod serve;
 
 pub use build::BuildMode;
 pub use cli::NixCli;
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_storage_error, is_storage_message};
 #[cfg(feature = "testing")]
 pub use fake::{Call, FakeEvaluation, FakeNix};
 pub use port::{

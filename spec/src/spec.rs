@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Builders, Cache, Forge, ForgeName, Repo, RepoKey, Retention, SecretFile, Statuses};
+use crate::{
+    Builders, Cache, Forge, ForgeName, Http, Repo, RepoKey, Retention, SecretFile, Statuses,
+};
 
 /// The desired state of one reconix daemon: what to build, where, and what to keep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -17,6 +19,8 @@ pub struct Spec {
     pub state_dir: PathBuf,
     /// Address of the HTTP server: status page, JSON API and webhooks.
     pub listen: SocketAddr,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: Http,
     /// Public base URL of this daemon (`https://ci.example.org`): the webhook target and the
     /// link in commit statuses. Required when any forge is not `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +47,7 @@ impl Default for Spec {
         Self {
             state_dir: PathBuf::from("/var/lib/reconix"),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            http: Http::default(),
             external_url: None,
             api_token_file: None,
             forges: BTreeMap::new(),

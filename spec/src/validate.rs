@@ -110,6 +110,7 @@ impl Spec {
         let root = At::default();
         c.absolute(&root.k("state-dir"), "state-dir", &self.state_dir);
         self.check_external_url(&mut c, &root);
+        self.check_http(&mut c, &root.k("http"));
         c.secret(&root, "api-token-file", self.api_token_file.as_ref());
         self.check_forges(&mut c, &root);
         self.check_duplicate_repos(&mut c);
@@ -122,6 +123,25 @@ impl Spec {
             );
         }
         c.problems
+    }
+
+    fn check_http(&self, c: &mut Checker, at: &At) {
+        let http = &self.http;
+        for (key, value) in [
+            ("header-timeout", http.header_timeout),
+            ("body-timeout", http.body_timeout),
+            ("idle-timeout", http.idle_timeout),
+        ] {
+            if value.to_std().is_zero() {
+                c.report(&at.k(key), format!("{key} must be longer than 0s"));
+            }
+        }
+        if http.max_connections < 16 {
+            c.report(
+                &at.k("max-connections"),
+                "max-connections must be at least 16",
+            );
+        }
     }
 
     fn check_external_url(&self, c: &mut Checker, root: &At) {

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use reconix_spec::Secret;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::AppState;
 
@@ -46,7 +46,6 @@ pub(crate) enum AuthError {
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        warn!(reason = %self, "api mutation refused");
         let mut response = (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": self.to_string() })),
@@ -67,13 +66,21 @@ impl FromRequestParts<AppState> for Authorized {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let expected = expected_token(state).await?;
-        let presented = bearer(&parts.headers).ok_or(AuthError::Missing)?;
-        if token_matches(&expected, presented) {
-            Ok(Self)
-        } else {
-            Err(AuthError::Invalid)
+        let checked = async {
+            let expected = expected_token(state).await?;
+            let presented = bearer(&parts.headers).ok_or(AuthError::Missing)?;
+            if token_matches(&expected, presented) {
+                Ok(Self)
+            } else {
+                Err(AuthError::Invalid)
+            }
         }
+        .await;
+        if let Err(reason) = &checked {
+            let what = format!("{} {}: {reason}", parts.method, parts.uri.path());
+            state.log_refusal(crate::peer_of(&parts.extensions), "api mutation", &what);
+        }
+        checked
     }
 }
 

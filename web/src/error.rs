@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::error;
@@ -35,6 +35,25 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    /// No route has this path.
+    #[error("no such endpoint: {0}")]
+    NoRoute(String),
+    /// The path exists but does not take this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// A request body announced as larger than the endpoint takes (in bytes).
+    #[error("the body of {length} bytes is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The announced `Content-Length`.
+        length: u64,
+        /// The endpoint's limit.
+        limit: usize,
+    },
     /// The status database failed.
     #[error("status database: {0}")]
     Status(#[from] reconix_status::Error),
@@ -42,6 +61,9 @@ pub enum ApiError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// Seconds a client should wait before retrying while the state directory is full.
+const RETRY_AFTER_FULL: &str = "30";
 
 /// Returns `err` followed by its causes, `: `-separated.
 fn chain(err: &dyn std::error::Error) -> String {
@@ -58,7 +80,36 @@ fn chain(err: &dyn std::error::Error) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, message) = match &self {
-            Self::NotFound(_) | Self::NoForge(_) => (StatusCode::NOT_FOUND, self.to_string()),
+            Self::NotFound(_) | Self::NoForge(_) | Self::NoRoute(_) => {
+                (StatusCode::NOT_FOUND, self.to_string())
+            }
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
+            Self::TooLarge { .. } => {
+                // The body is not read: the connection closes after the answer.
+                let mut response = (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Json(json!({ "error": self.to_string() })),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
+            Self::Status(err) if err.is_storage_full() => {
+                // The state directory is full: the forge redelivers later, nothing was stored.
+                error!(error = %chain(&self), "api request failed: the state directory is full");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "error": "the daemon's state directory is full; retry later" })),
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_FULL),
+                );
+                return response;
+            }
             Self::Signature(err) => (StatusCode::UNAUTHORIZED, err.to_string()),
             // The cause (serde's line and column) helps whoever configured the hook.
             Self::Payload(err) => (StatusCode::BAD_REQUEST, chain(err)),

@@ -12,6 +12,8 @@ mod auth;
 mod error;
 mod metrics;
 mod pages;
+mod ratelimit;
+mod server;
 mod webhooks;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use pages::cache::CacheView;
+pub use server::{ServerConfig, connection_cap};
 pub use webhooks::Wake;
 
 /// Shared state of every handler.
@@ -45,6 +48,8 @@ pub struct AppState {
     metrics: reconix_status::Metrics,
     /// Told which loops have work after an API mutation.
     wake: api::Waker,
+    /// Keeps refused requests (bad tokens, bad signatures) to one log line per source a minute.
+    refusals: Arc<ratelimit::LogLimiter>,
 }
 
 impl AppState {
@@ -56,6 +61,7 @@ impl AppState {
             spec: None,
             metrics: reconix_status::Metrics::default(),
             wake: api::Waker::default(),
+            refusals: Arc::default(),
         }
     }
 
@@ -103,6 +109,23 @@ impl AppState {
     fn spec(&self) -> Option<Arc<Spec>> {
         self.spec.as_ref().map(|rx| Arc::clone(&rx.borrow()))
     }
+
+    /// Logs a refused request from `source`, at most once a minute per source (with how many
+    /// were left out), so that a client cannot flood the log.
+    fn log_refusal(&self, source: Option<std::net::SocketAddr>, what: &str, reason: &str) {
+        let source = source.map_or_else(|| "unknown".to_owned(), |addr| addr.ip().to_string());
+        let key = format!("{what} {source}");
+        if let Some(suppressed) = self.refusals.check(&key, std::time::Instant::now()) {
+            tracing::warn!(%source, reason, suppressed, "{what} refused");
+        }
+    }
+}
+
+/// Returns the peer address the server put into the request (absent in router tests).
+fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0)
 }
 
 /// Returns the daemon's HTTP router.
@@ -119,15 +142,33 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/caches", get(pages::cache::api))
         .route(
             "/webhooks/{forge}",
-            post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT)),
+            post(webhooks::receive)
+                .layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT))
+                .layer(axum::middleware::from_fn(webhooks::refuse_oversized)),
         )
         .merge(api::routes())
         .merge(metrics::routes())
         .merge(pages::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-/// Serves the router on `listener` until `shutdown` completes, then finishes in-flight requests.
+/// Answers a path no route has, in the API's JSON error shape.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_owned())
+}
+
+/// Answers a method the path does not take, in the API's JSON error shape (axum adds `Allow`).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// Serves the router on `listener` until `shutdown` completes, then finishes in-flight requests
+/// (for a few seconds), with the spec's `http` limits and no open-file limit known.
 ///
 /// # Errors
 /// Returns the I/O error that stopped the server.
@@ -136,9 +177,28 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, ServerConfig { fd_limit: None }, shutdown).await
+}
+
+/// Serves the router as [`serve`] does, capping connections below `config.fd_limit`. The
+/// spec's `http` section (timeouts, `max-connections`) is read again at every connection, so a
+/// reload applies to new connections at once.
+///
+/// # Errors
+/// Returns the I/O error that stopped the server.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let spec = state.spec.clone();
+    let limits = move || {
+        spec.as_ref()
+            .map(|rx| rx.borrow().http.clone())
+            .unwrap_or_default()
+    };
+    server::run(listener, router(state), limits, config, shutdown).await
 }
 
 /// Query parameters of list endpoints.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use futures_util::StreamExt;
 use reconix_spec::{ForgeKind, ForgeName, RepoKey, Secret, Spec, Timestamp};
 use reconix_status::{ForgeHealthState, NewDrift, RefHead, Status, StatusDb};
 use serde_json::Value;
@@ -461,6 +462,86 @@ async fn body_over_32_mib_should_be_413() {
     body.truncate(32 << 20);
     let (code, json) = h.send(signed(GITHUB, "push", "d-2", &body)).await;
     assert_eq!((code, json), (StatusCode::ACCEPTED, result("new-head")));
+}
+
+#[tokio::test]
+async fn an_announced_body_over_the_limit_should_be_413_before_the_body_arrives() {
+    let h = Harness::new();
+    // Two bytes, then nothing: the answer must not wait for the rest.
+    let stalled = futures_util::stream::iter([Ok::<_, std::io::Error>(
+        axum::body::Bytes::from_static(b"{}"),
+    )])
+    .chain(futures_util::stream::pending());
+    let req = Request::post("/webhooks/gh")
+        .header("content-length", "41943040")
+        .header("X-GitHub-Event", "push")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        router(h.state.clone()).oneshot(req),
+    )
+    .await
+    .expect("answered without the body")
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers()["connection"], "close");
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        json["error"],
+        "the body of 41943040 bytes is larger than the limit of 33554432 bytes"
+    );
+    assert!(h.delivery_counts().await.is_empty(), "nothing recorded");
+}
+
+#[tokio::test]
+async fn a_full_state_directory_should_be_503_with_retry_after_and_other_database_errors_500() {
+    use axum::response::IntoResponse;
+    let sqlite = |code| {
+        crate::ApiError::Status(reconix_status::Error::Query {
+            op: "record_deliveries",
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        })
+    };
+    let resp = sqlite(rusqlite::ffi::SQLITE_FULL).into_response();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        json["error"],
+        "the daemon's state directory is full; retry later"
+    );
+    let resp = sqlite(rusqlite::ffi::SQLITE_CORRUPT).into_response();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.headers().get("retry-after").is_none());
+}
+
+#[tokio::test]
+async fn paths_and_methods_no_route_takes_should_answer_json_errors() {
+    let h = Harness::new();
+    for path in ["/webhooks/", "/webhooks/gh/extra", "/api/v1/nope", "/nope"] {
+        let req = Request::post(path).body(Body::empty()).unwrap();
+        let (code, json) = h.send(req).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(json["error"], format!("no such endpoint: {path}"), "{path}");
+    }
+    let resp = router(h.state.clone())
+        .oneshot(Request::get("/webhooks/gh").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "method GET is not allowed on /webhooks/gh");
 }
 
 /// The pull request fixtures of each kind, opened and closed, and the spec repository they

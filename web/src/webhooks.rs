@@ -240,13 +240,10 @@ async fn record_loop(status: Status, mut queue: mpsc::Receiver<Pending>) {
                         }
                     }
                     Err(err) => {
-                        // The batch's transaction failed as a whole: nothing was recorded.
-                        let message = err.to_string();
+                        // The batch's transaction failed as a whole: nothing was recorded. Each
+                        // request gets the same error (a full disk stays a full disk: 503).
                         for p in pending {
-                            let _ = p.reply.send(Err(reconix_status::Error::Invalid {
-                                op: "record_deliveries",
-                                reason: message.clone(),
-                            }));
+                            let _ = p.reply.send(Err(err.replicate("record_deliveries")));
                         }
                     }
                 }
@@ -383,15 +380,38 @@ fn forge_headers(headers: &HeaderMap) -> Headers {
         .collect()
 }
 
+/// Answers 413 at once when a delivery announces a `Content-Length` above [`BODY_LIMIT`],
+/// without waiting for a body that may never come (the connection then closes).
+pub(crate) async fn refuse_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let length = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(length) if length > BODY_LIMIT as u64 => ApiError::TooLarge {
+            length,
+            limit: BODY_LIMIT,
+        }
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
 /// `POST /webhooks/{forge}`: answers what recording the delivery did (202, 200 for a duplicate)
 /// and counts the answer in the metrics.
 pub(crate) async fn receive(
     State(st): State<AppState>,
     Path(forge_name): Path<String>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let delivered = deliver(&st, &forge_name, &headers, &body).await;
+    let peer = crate::peer_of(&extensions);
+    let delivered = deliver(&st, peer, &forge_name, &headers, &body).await;
     crate::metrics::count_delivery(&st.metrics, &forge_name, &delivered);
     let outcome = delivered?;
     let code = match outcome {
@@ -404,6 +424,7 @@ pub(crate) async fn receive(
 /// Verifies, parses and records one delivery, then wakes the loops it gave work to.
 async fn deliver(
     st: &AppState,
+    peer: Option<std::net::SocketAddr>,
     forge_name: &str,
     headers: &HeaderMap,
     body: &Bytes,
@@ -430,7 +451,7 @@ async fn deliver(
             _ => false,
         };
         if !retried {
-            warn!(forge = %name, error = %err, "webhook delivery rejected");
+            st.log_refusal(peer, "webhook delivery", &format!("forge {name}: {err}"));
             signature_failure(&st.status, intake, name, forge, &headers, body).await;
             return Err(ApiError::Signature(err));
         }

@@ -271,7 +271,10 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let app = reconix_web::AppState::new(status.clone())
         .with_intake(spec_rx.clone(), wake)
         .with_metrics(metrics.clone());
-    let http = reconix_web::serve(listener, app, {
+    let config = reconix_web::ServerConfig {
+        fd_limit: raise_fd_limit(),
+    };
+    let http = reconix_web::serve_with(listener, app, config, {
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled().await }
     });
@@ -300,6 +303,24 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft open-file limit to the hard one (the HTTP port and the builds need many
+/// descriptors; distributions often start services at 1,024) and returns the soft limit now in
+/// force, which caps the HTTP connections. `None` when it cannot be read.
+fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            info!(soft, "open-file limit");
+            Some(soft)
+        }
+        Err(err) => {
+            warn!(error = %err, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
 }
 
 /// Builds a controller whose every run is recorded as loop health in the status database and
