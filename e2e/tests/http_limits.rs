@@ -137,7 +137,7 @@ struct Attack {
 /// that never comes. Re-opens 100 ms after the daemon closes it, until told to stop.
 async fn stall(addr: String, n: usize, attack: Arc<Attack>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stall: &[u8] = if n % 2 == 0 {
+    let stall: &[u8] = if n.is_multiple_of(2) {
         b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nUser-Agent: slow"
     } else {
         b"POST /webhooks/gh HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"

@@ -65,5 +65,50 @@ impl Error {
     }
 }
 
+/// Returns whether `err` or one of its causes says that this machine's disk is full or failing
+/// (SQLite's `SQLITE_FULL`/`SQLITE_IOERR`, or `ENOSPC`, `EDQUOT`, `EIO`): trouble that passes
+/// when space returns, so a loop meeting it retries soon instead of backing off for minutes.
+pub fn is_storage_trouble(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<reconix_status::Error>()
+            .is_some_and(reconix_status::Error::is_storage_full)
+            || e.downcast_ref::<reconix_nixcli::Error>()
+                .is_some_and(reconix_nixcli::Error::is_storage_full)
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(reconix_nixcli::is_storage_error)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// The loops' result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_anywhere_in_the_chain_should_be_storage_trouble() {
+        let full = Error::Io {
+            context: "writing a GC root".to_owned(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert!(is_storage_trouble(&full));
+        let nix = Error::Nix(reconix_nixcli::Error::Io {
+            path: "/state/logs/x.log".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+        assert!(is_storage_trouble(&nix));
+        let denied = Error::Io {
+            context: "writing a GC root".to_owned(),
+            source: std::io::Error::from_raw_os_error(13),
+        };
+        assert!(!is_storage_trouble(&denied));
+        assert!(!is_storage_trouble(&Error::config("k", "bad")));
+    }
+}

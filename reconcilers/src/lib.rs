@@ -24,4 +24,4 @@ pub mod statuses;
 pub mod webhooks;
 
 pub use context::{Ctx, LivePorts, Ports, WakerSet, Wakers};
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_storage_trouble};

@@ -78,8 +78,8 @@ impl StatusDb {
                     "UPDATE builds SET builder = ?2 WHERE id = ?1"
                 } else if running {
                     "UPDATE builds SET state = 'running', builder = ?2, attempts = attempts + 1, \
-                     started_at = ?3, finished_at = NULL, exit_code = NULL, error = NULL \
-                     WHERE id = ?1"
+                     started_at = ?3, finished_at = NULL, exit_code = NULL, error = NULL, \
+                     retry_at = NULL WHERE id = ?1"
                 } else {
                     "UPDATE builds SET state = 'queued', builder = ?2, queued_at = ?3, \
                      started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL \
@@ -100,8 +100,45 @@ impl StatusDb {
         Ok(BuildId(id))
     }
 
+    /// Puts the running build of `drv` back in the queue because its machine, not the build
+    /// nor the builder, failed: the state directory or the store is full or failing. The
+    /// attempt does not count (`attempts` is taken back), `waits` grows, `reason` is kept as its
+    /// error and it is not dispatched before `retry_at`. Returns false (changing nothing) unless
+    /// the build is `running` on `builder`, as [`requeue_build`](Self::requeue_build) does.
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails.
+    pub fn wait_build(
+        &mut self,
+        drv: &StorePath,
+        builder: &BuilderName,
+        reason: &str,
+        retry_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE builds SET state = 'queued', error = ?3, queued_at = ?4, \
+                 started_at = NULL, finished_at = NULL, exit_code = NULL, \
+                 attempts = max(attempts - 1, 0), waits = waits + 1, retry_at = ?5 \
+                 WHERE drv_path = ?1 AND builder = ?2 AND state = 'running'",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    drv.as_str(),
+                    builder.as_str(),
+                    reason,
+                    now.0,
+                    retry_at.0
+                ])
+            })
+            .op("wait_build")?;
+        Ok(n > 0)
+    }
+
     /// Puts the running build of `drv` back in the queue after a transient failure on
-    /// `builder` (connection lost, builder gone, disk full): the attempt counts, `reason` is
+    /// `builder` (connection lost, builder gone): the attempt counts, `reason` is
     /// kept as its error and `builder` as the one to avoid next time. Returns false (changing
     /// nothing) unless the build is `running` on `builder`, so a late report of an attempt that
     /// was already superseded cannot disturb the current one.
@@ -162,7 +199,7 @@ impl StatusDb {
                  ON CONFLICT (drv_path) DO UPDATE SET state = excluded.state, \
                  exit_code = excluded.exit_code, error = excluded.error, \
                  log_path = coalesce(excluded.log_path, log_path), \
-                 finished_at = excluded.finished_at \
+                 finished_at = excluded.finished_at, retry_at = NULL, waits = 0 \
                  RETURNING id",
             )
             .and_then(|mut stmt| {
@@ -329,6 +366,46 @@ mod tests {
         db.upsert_build(&drv(1), Some(&b), BuildState::Running, at(4))
             .unwrap();
         assert_eq!(db.build_by_drv(&drv(1)).unwrap().unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn a_waiting_build_should_not_count_the_attempt_and_wait_with_a_growing_count() {
+        let mut db = StatusDb::open_memory().unwrap();
+        db.upsert_build(&drv(1), Some(&local()), BuildState::Running, T0)
+            .unwrap();
+        // Another builder's late report changes nothing.
+        let a1 = BuilderName::new("a1").unwrap();
+        assert!(
+            !db.wait_build(&drv(1), &a1, "waiting", at(9), at(1))
+                .unwrap()
+        );
+        let reason = "waiting: state directory full: cannot write x.log";
+        assert!(
+            db.wait_build(&drv(1), &local(), reason, at(5), at(1))
+                .unwrap()
+        );
+        let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
+        assert_eq!(
+            (build.state, build.attempts, build.waits, build.retry_at),
+            (BuildState::Queued, 0, 1, Some(at(5)))
+        );
+        assert_eq!(build.error.as_deref(), Some(reason));
+        // Dispatched again: the wait is over, the count of waits stays for the backoff.
+        db.upsert_build(&drv(1), Some(&local()), BuildState::Running, at(5))
+            .unwrap();
+        assert!(
+            db.wait_build(&drv(1), &local(), reason, at(8), at(6))
+                .unwrap()
+        );
+        db.upsert_build(&drv(1), Some(&local()), BuildState::Running, at(8))
+            .unwrap();
+        let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
+        assert_eq!((build.attempts, build.waits, build.retry_at), (1, 2, None));
+        // Its result resets the count.
+        db.finish_build(&drv(1), BuildState::Succeeded, Some(0), None, None, at(9))
+            .unwrap();
+        let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
+        assert_eq!((build.attempts, build.waits), (1, 0));
     }
 
     #[test]

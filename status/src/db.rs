@@ -16,6 +16,7 @@ const MIGRATION_LIST: &[M<'static>] = &[
     M::up(include_str!("../migrations/003_agents.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/004_scheduling.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/005_caches.sql")).foreign_key_check(),
+    M::up(include_str!("../migrations/007_waiting.sql")).foreign_key_check(),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_LIST);
@@ -210,6 +211,7 @@ impl Checkpointer {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
+        let mut warned = None;
         loop {
             tokio::select! {
                 () = &mut stop => return,
@@ -222,8 +224,21 @@ impl Checkpointer {
                     .checkpoint()
             })
             .await;
-            if let Ok(Err(err)) = done {
-                tracing::warn!(error = %err, "WAL checkpoint failed; SQLite's own will run later");
+            // A full disk fails every checkpoint until space returns: say so once a minute.
+            match done {
+                Ok(Err(err)) => {
+                    let due = warned.is_none_or(|at: tokio::time::Instant| {
+                        at.elapsed() >= Duration::from_secs(60)
+                    });
+                    if due {
+                        tracing::warn!(error = %err, "WAL checkpoint failed; SQLite's own will run later");
+                        warned = Some(tokio::time::Instant::now());
+                    }
+                }
+                Ok(Ok(_)) if warned.take().is_some() => {
+                    tracing::info!("WAL checkpoints work again");
+                }
+                _ => {}
             }
         }
     }

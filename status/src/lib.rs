@@ -37,7 +37,9 @@ pub use forges::{
     DeliveryEffect, DeliveryOutcome, DriftId, DriftRow, ForgeHealth, ForgeHealthState, HookRow,
     NewDelivery, NewDrift, PostedStatus, PullRequestRow, PullRequestUpdate,
 };
-pub use metrics::{ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, StateCounts};
+pub use metrics::{
+    ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, STORAGE_ALARM, StateCounts,
+};
 pub use mutations::{CANCELLED_ERROR, Cancelled, Rebuilt, Rerun};
 pub use retention::RetentionEval;
 pub use types::{

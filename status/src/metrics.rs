@@ -135,6 +135,9 @@ pub struct Metrics {
     inner: Arc<Inner>,
 }
 
+/// How long after the last full-disk error the alarm stays up.
+pub const STORAGE_ALARM: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct Inner {
     registry: Registry,
     /// When this registry was created: loop health rows older than this are from an earlier run
@@ -149,6 +152,10 @@ struct Inner {
     rate_limits: Family<ForgeLabels, Counter>,
     rate_limit_seconds: Family<ForgeLabels, Counter<f64, AtomicU64>>,
     deliveries: Family<DeliveryLabels, Counter>,
+    /// Times work met a full or failing state directory.
+    storage_full: Counter,
+    /// When that last happened (ms since the epoch; 0: never).
+    storage_full_at: std::sync::atomic::AtomicI64,
     loops: Mutex<BTreeMap<&'static str, Listing>>,
 }
 
@@ -163,6 +170,7 @@ impl Default for Inner {
         let rate_limits = Family::<ForgeLabels, Counter>::default();
         let rate_limit_seconds = Family::<ForgeLabels, Counter<f64, AtomicU64>>::default();
         let deliveries = Family::<DeliveryLabels, Counter>::default();
+        let storage_full = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "reconix_build_duration_seconds",
@@ -209,6 +217,11 @@ impl Default for Inner {
             "Webhook deliveries received by forge and intake result",
             deliveries.clone(),
         );
+        registry.register(
+            "reconix_storage_full_errors",
+            "Times a build, a loop or the intake met a full or failing state directory",
+            storage_full.clone(),
+        );
         Self {
             registry,
             started: Timestamp::now(),
@@ -221,6 +234,8 @@ impl Default for Inner {
             rate_limits,
             rate_limit_seconds,
             deliveries,
+            storage_full,
+            storage_full_at: std::sync::atomic::AtomicI64::new(0),
             loops: Mutex::default(),
         }
     }
@@ -246,6 +261,25 @@ impl Metrics {
             .loops
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that work met a full or failing state directory at `now` (a build that now waits,
+    /// a loop's failed write, a delivery answered 503).
+    pub fn record_storage_full(&self, now: Timestamp) {
+        self.inner.storage_full.inc();
+        self.inner
+            .storage_full_at
+            .fetch_max(now.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns when work last met a full or failing state directory, if that was less than
+    /// [`STORAGE_ALARM`] before `now`: the pages and `reconix status` then say so first.
+    pub fn storage_full_since(&self, now: Timestamp) -> Option<Timestamp> {
+        let at = self
+            .inner
+            .storage_full_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (at > 0 && now.since(Timestamp(at)) < STORAGE_ALARM).then_some(Timestamp(at))
     }
 
     /// Declares loop `name`: its counters appear (at zero) before its first run, and `/readyz`
@@ -605,6 +639,25 @@ mod tests {
         let text = m.encode(&StateCounts::default()).unwrap();
         assert!(
             text.contains(r#"reconix_loop_errors_total{loop="heads"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_full_state_directory_should_raise_the_alarm_for_a_minute_and_count() {
+        let m = Metrics::new();
+        let t = Timestamp(1_000_000);
+        assert_eq!(m.storage_full_since(t), None);
+        m.record_storage_full(t);
+        m.record_storage_full(Timestamp(t.0 - 5));
+        assert_eq!(
+            m.storage_full_since(t.plus(Duration::from_secs(59))),
+            Some(t)
+        );
+        assert_eq!(m.storage_full_since(t.plus(STORAGE_ALARM)), None);
+        let text = m.encode(&StateCounts::default()).unwrap();
+        assert!(
+            text.contains("reconix_storage_full_errors_total 2"),
             "{text}"
         );
     }

@@ -168,7 +168,7 @@ pub(crate) fn parse_job(row: &Row<'_>, op: &'static str) -> Result<Job> {
 /// The select list read by [`parse_build`]; needs `builds b` (may be a LEFT JOIN).
 pub(crate) const BUILD_COLUMNS: &str = "b.id, b.drv_path, b.builder, b.state, b.exit_code, \
      b.error, b.log_path, b.log_size_bytes, b.log_updated_at, b.attempts, b.queued_at, \
-     b.started_at, b.finished_at, b.closure_size_bytes";
+     b.started_at, b.finished_at, b.closure_size_bytes, b.retry_at, b.waits";
 
 /// Parses a row selected with [`BUILD_COLUMNS`] starting at column `at`; returns `None` when
 /// the build id is NULL (no row on the right of a LEFT JOIN).
@@ -195,5 +195,7 @@ pub(crate) fn parse_build(row: &Row<'_>, at: usize, op: &'static str) -> Result<
         closure_size_bytes: get::<Option<i64>>(row, at + 13, op)?
             .map(|n| non_negative("builds", "closure_size_bytes", n))
             .transpose()?,
+        retry_at: timestamp_opt(row, at + 14, op)?,
+        waits: non_negative("builds", "waits", get(row, at + 15, op)?)?,
     }))
 }

@@ -315,6 +315,10 @@ pub struct Build {
     pub finished_at: Option<Timestamp>,
     /// The total NAR size of its outputs' closure, once it succeeded and was measured.
     pub closure_size_bytes: Option<u64>,
+    /// While it waits for room on a full disk: when it may be dispatched again.
+    pub retry_at: Option<Timestamp>,
+    /// How many times in a row it had to wait for room (the backoff grows with it).
+    pub waits: u32,
 }
 
 /// The state of one dependency of a [`SchedJob`].

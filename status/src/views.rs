@@ -114,6 +114,10 @@ pub struct StatusOverview {
     pub evaluations: Vec<EvaluationSummary>,
     /// Jobs per state over all evaluations.
     pub job_counts: BTreeMap<JobState, u64>,
+    /// When the daemon last met a full or failing state directory, if that was within the last
+    /// minute: builds wait and deliveries are refused (503) until space returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_full_at: Option<Timestamp>,
 }
 
 /// Health of one loop as shown by the API.
@@ -284,6 +288,8 @@ impl StatusDb {
             loops: self.loop_list()?,
             evaluations: self.evaluation_list(limit)?,
             job_counts: self.job_counts()?,
+            // Not in the database (which may be what is full): the daemon fills it in.
+            storage_full_at: None,
         })
     }
 

@@ -326,7 +326,9 @@ async fn builders(State(st): State<AppState>) -> Result<Json<Vec<BuilderView>>, 
 }
 
 async fn overview(State(st): State<AppState>) -> Result<Json<StatusOverview>, ApiError> {
-    Ok(Json(st.status.call(|db| db.overview(10)).await?))
+    let mut overview = st.status.call(|db| db.overview(10)).await?;
+    overview.storage_full_at = st.metrics.storage_full_since(Timestamp::now());
+    Ok(Json(overview))
 }
 
 #[cfg(test)]

@@ -413,6 +413,11 @@ pub(crate) async fn receive(
     let peer = crate::peer_of(&extensions);
     let delivered = deliver(&st, peer, &forge_name, &headers, &body).await;
     crate::metrics::count_delivery(&st.metrics, &forge_name, &delivered);
+    if let Err(ApiError::Status(err)) = &delivered
+        && err.is_storage_full()
+    {
+        st.metrics.record_storage_full(Timestamp::now());
+    }
     let outcome = delivered?;
     let code = match outcome {
         DeliveryOutcome::Duplicate => StatusCode::OK,

@@ -347,6 +347,9 @@ where
                 report.duration,
                 report.outcome.as_ref().map(|_| ()).map_err(String::as_str),
             );
+            if report.storage_trouble {
+                reported.record_storage_full(Timestamp::now());
+            }
             let status = status.clone();
             let name = report.loop_name;
             let outcome = report.outcome.clone();

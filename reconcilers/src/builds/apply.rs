@@ -31,6 +31,47 @@ pub(super) enum Ended {
     },
     /// The builder, not the build, failed (connection lost, agent gone, store trouble).
     Transient(String),
+    /// This machine's disk is full or failing (the state directory, or Nix's store): the build
+    /// waits for room without its attempt counting.
+    Waiting(String),
+}
+
+impl Ended {
+    /// Returns a transient failure for `reason`, or a wait when the reason is a full disk as
+    /// Nix words it (it reports its own IO errors only as text).
+    fn transient(reason: String) -> Self {
+        if reconix_nixcli::is_storage_message(&reason) {
+            Self::Waiting(format!("waiting: Nix store full: {reason}"))
+        } else {
+            Self::Transient(reason)
+        }
+    }
+
+    /// Returns the end of an attempt that could not write `what` in the state directory:
+    /// a wait when the disk is full or failing, a transient failure otherwise.
+    fn local_io(what: &str, err: &std::io::Error) -> Self {
+        if reconix_nixcli::is_storage_error(err) {
+            Self::Waiting(format!("waiting: state directory full: {what}: {err}"))
+        } else {
+            Self::Transient(format!("{what}: {err}"))
+        }
+    }
+
+    /// Returns the end of an attempt whose Nix call failed with `err`.
+    fn nix_error(context: &str, err: &reconix_nixcli::Error) -> Self {
+        let reason = format!("{context}{}", crate::runtime::error_chain(err));
+        if err.is_storage_full() {
+            Self::Waiting(format!("waiting: state directory full: {reason}"))
+        } else {
+            Self::transient(reason)
+        }
+    }
+}
+
+/// Returns how long a build waits for room after its `waits`-th wait in a row: 1 s doubling up
+/// to 30 s, so it resumes soon after space returns without spinning while the disk is full.
+pub(super) fn wait_backoff(waits: u32) -> Duration {
+    Duration::from_secs(1u64 << waits.min(5)).min(Duration::from_secs(30))
 }
 
 /// What to record for `ended` after attempt number `attempts` (1-based), with `retries` more
@@ -46,7 +87,9 @@ pub(super) fn verdict(
             exit_code,
             error,
         } => Some((state, exit_code, error)),
-        Ended::Transient(_) if attempts <= retries => None,
+        Ended::Transient(_) | Ended::Waiting(_) if attempts <= retries => None,
+        // A wait never uses up attempts: it is requeued whatever the count.
+        Ended::Waiting(_) => None,
         Ended::Transient(reason) => Some((
             BuildState::Failed,
             None,
@@ -102,11 +145,11 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
             for job in &jobs {
                 db.set_job_state(*job, JobState::Building, None, now)?;
             }
-            Ok(db.build_by_drv(&drv)?.map(|b| b.attempts))
+            Ok(db.build_by_drv(&drv)?.map(|b| (b.attempts, b.waits)))
         })
         .await;
-    let attempts = match recorded {
-        Ok(Some(attempts)) => attempts,
+    let (attempts, waits) = match recorded {
+        Ok(Some(counts)) => counts,
         Ok(None) => {
             cx.running.finish(&drv_path);
             cx.wakers.builds();
@@ -149,10 +192,15 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
             (None, Ended::Transient(reason)) => {
                 warn!(drv = %drv, builder = %builder, attempt = attempts, %reason, "build interrupted: requeued");
             }
+            (None, Ended::Waiting(reason)) => {
+                metrics.record_storage_full(Timestamp::now());
+                warn!(drv = %drv, builder = %builder, waits = waits + 1, %reason, "build waits for room on a full disk");
+            }
             (None, Ended::Result { .. }) => {}
         }
         let succeeded = matches!(outcome, Some((BuildState::Succeeded, ..)));
-        record(&status, drv.clone(), builder, outcome, ended).await;
+        let retry_at = Timestamp::now().plus(wait_backoff(waits));
+        record(&status, drv.clone(), builder, outcome, ended, retry_at).await;
         // Record first, then leave the running set (see the module docs).
         running.finish(&drv);
         wakers.builds();
@@ -195,39 +243,53 @@ async fn measure_closure<N: Nix>(nix: &N, status: &Status, drv: StorePath) {
     }
 }
 
-/// Records an attempt's end: its result, or the requeue.
+/// Records an attempt's end: its result, the requeue, or the wait (until `retry_at`). While the
+/// database is full this is tried again with backoff: the build stays in the running set
+/// meanwhile, so it is neither dispatched again nor lost.
 async fn record(
     status: &Status,
     drv: StorePath,
     builder: BuilderName,
     outcome: Option<(BuildState, Option<i32>, Option<String>)>,
     ended: Ended,
+    retry_at: Timestamp,
 ) {
-    let d = drv.clone();
-    let recorded = status
-        .call(move |db| match outcome {
-            Some((state, exit_code, error)) => db
-                .finish_build(
-                    &d,
-                    state,
-                    exit_code,
-                    error.as_deref(),
-                    None,
-                    Timestamp::now(),
-                )
-                .map(drop),
-            None => {
-                let reason = match &ended {
-                    Ended::Transient(reason) => reason.as_str(),
-                    Ended::Result { .. } => "interrupted",
-                };
-                db.requeue_build(&d, &builder, reason, Timestamp::now())
-                    .map(drop)
+    let mut tries = 0u32;
+    loop {
+        let (d, b, o, e) = (drv.clone(), builder.clone(), outcome.clone(), ended.clone());
+        let recorded = status
+            .call(move |db| {
+                let now = Timestamp::now();
+                match (o, e) {
+                    (Some((state, exit_code, error)), _) => db
+                        .finish_build(&d, state, exit_code, error.as_deref(), None, now)
+                        .map(drop),
+                    (None, Ended::Waiting(reason)) => {
+                        db.wait_build(&d, &b, &reason, retry_at, now).map(drop)
+                    }
+                    (None, Ended::Transient(reason)) => {
+                        db.requeue_build(&d, &b, &reason, now).map(drop)
+                    }
+                    (None, Ended::Result { .. }) => {
+                        db.requeue_build(&d, &b, "interrupted", now).map(drop)
+                    }
+                }
+            })
+            .await;
+        match recorded {
+            Ok(()) => return,
+            Err(err) if err.is_storage_full() => {
+                tries += 1;
+                if tries == 1 {
+                    warn!(drv = %drv, error = %err, "cannot record the build's end: the state directory is full; trying again");
+                }
+                tokio::time::sleep(wait_backoff(tries)).await;
             }
-        })
-        .await;
-    if let Err(err) = recorded {
-        warn!(drv = %drv, error = %err, "could not record build result; it will run again");
+            Err(err) => {
+                warn!(drv = %drv, error = %err, "could not record build result; it will run again");
+                return;
+            }
+        }
     }
 }
 
@@ -253,7 +315,7 @@ async fn build_locally<N: Nix>(
                 BuildStatus::Cancelled => BuildState::Cancelled,
                 // Nix itself failed (store trouble, a missing drv, killed): worth another try.
                 BuildStatus::Error => {
-                    return Ended::Transient(o.message.unwrap_or_else(|| "nix failed".to_owned()));
+                    return Ended::transient(o.message.unwrap_or_else(|| "nix failed".to_owned()));
                 }
             };
             Ended::Result {
@@ -262,7 +324,7 @@ async fn build_locally<N: Nix>(
                 error: o.message,
             }
         }
-        Err(err) => Ended::Transient(err.to_string()),
+        Err(err) => Ended::nix_error("", &err),
     }
 }
 
@@ -283,17 +345,16 @@ async fn build_on_agent<N: Nix>(
     if let Some(dir) = log_file.parent()
         && let Err(err) = tokio::fs::create_dir_all(dir).await
     {
-        return Ended::Transient(format!("cannot create {}: {err}", dir.display()));
+        return Ended::local_io(&format!("cannot create {}", dir.display()), &err);
     }
+    let cannot_write = || format!("cannot write {}", log_file.display());
     let mut log = match tokio::fs::File::create(log_file).await {
         Ok(f) => f,
-        Err(err) => {
-            return Ended::Transient(format!("cannot write {}: {err}", log_file.display()));
-        }
+        Err(err) => return Ended::local_io(&cannot_write(), &err),
     };
     let header = format!("reconix: building on agent {agent}\n");
     if let Err(err) = log.write_all(header.as_bytes()).await {
-        return Ended::Transient(format!("cannot write {}: {err}", log_file.display()));
+        return Ended::local_io(&cannot_write(), &err);
     }
     // The log must be read while the build runs (the connection multiplexes every channel).
     let mut stderr = channel.log;
@@ -338,7 +399,7 @@ async fn build_on_agent<N: Nix>(
     }
     let outcome = match outcome {
         Ok(o) => o,
-        Err(e) => return Ended::Transient(format!("agent {agent}: {e}")),
+        Err(e) => return Ended::nix_error(&format!("agent {agent}: "), &e),
     };
     match outcome.status {
         RemoteBuildStatus::Built => {
@@ -351,7 +412,7 @@ async fn build_on_agent<N: Nix>(
                     PathBuf::from(link)
                 };
                 if let Err(err) = nix.add_root(&link, path).await {
-                    return Ended::Transient(format!("cannot root {path}: {err}"));
+                    return Ended::nix_error(&format!("cannot root {path}: "), &err);
                 }
             }
             Ended::Result {

@@ -20,6 +20,13 @@
 //! preferably on another builder; then it fails with the last reason. A build that failed by
 //! itself is never retried.
 //!
+//! **A full disk waits.** A build that met a full or failing disk here (its log or GC root in
+//! the state directory, or Nix's store says `No space left on device`) is not a failure of the
+//! build nor of a builder: it is requeued without counting the attempt, its jobs show
+//! `waiting: …` as their error, and it is dispatched again after a backoff (1 s doubling to
+//! 30 s), so it resumes by itself once space returns. A result that cannot be recorded because
+//! the database is full is recorded again with backoff before the build leaves the running set.
+//!
 //! Builds are keyed by drv path, so a drv shared by several jobs (or by several evaluations) is
 //! built once. A running build is a task owned by [`RunningBuilds`]; it writes its result to the
 //! database *before* leaving the running set, so a plan never sees a finished build as lost.
@@ -100,6 +107,17 @@ pub struct BuildView {
     pub builder: Option<BuilderName>,
     /// How many attempts it had.
     pub attempts: u32,
+    /// While it waits for room on a full disk: when it may be dispatched again.
+    pub retry_at: Option<Timestamp>,
+    /// How many times in a row it had to wait for room.
+    pub waits: u32,
+}
+
+impl BuildView {
+    /// Returns whether it is queued but waiting for room on a full disk at `now`.
+    pub fn waiting(&self, now: Timestamp) -> bool {
+        self.state == BuildState::Queued && self.retry_at.is_some_and(|at| at > now)
+    }
 }
 
 /// An enrolled, unrevoked agent as the scheduler sees it.
@@ -224,6 +242,8 @@ impl<P: Ports> Reconciler for Builds<P> {
                     error: b.error,
                     builder: b.builder,
                     attempts: b.attempts,
+                    retry_at: b.retry_at,
+                    waits: b.waits,
                 }),
             })
             .collect();

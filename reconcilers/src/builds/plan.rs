@@ -145,10 +145,12 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
                 steps.push(set(JobState::Building, None));
             }
             _ if running_here => {}
-            // Requeued after a transient failure: the job waits again.
+            // Requeued after a transient failure or to wait for room: the job waits again.
             Some(b) if b.state == BuildState::Queued && job.state == JobState::Building => {
                 steps.push(set(JobState::Queued, b.error.clone()));
             }
+            // Waiting for room on a full disk: not before its time.
+            Some(b) if b.waiting(now) => {}
             // Never built, queued, cancelled earlier, or `running` in a previous process.
             _ if job.deps.iter().all(|(_, _, s)| *s == JobState::Succeeded) => {
                 let i = *index.entry(&job.drv_path).or_insert_with(|| {
@@ -221,9 +223,24 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
     let then = if steps.iter().any(|s| matches!(s, Step::SetJobState { .. })) {
         Action::requeue(Duration::ZERO)
     } else {
-        Action::requeue(next_liveness_change(desired, observed, now))
+        let waited = next_retry(observed, now);
+        Action::requeue(next_liveness_change(desired, observed, now).min(waited))
     };
     Plan { steps, then }
+}
+
+/// How long until the first build waiting for room may be dispatched again (a minute when none
+/// waits).
+fn next_retry(observed: &Observed, now: Timestamp) -> Duration {
+    observed
+        .jobs
+        .iter()
+        .filter_map(|j| j.build.as_ref())
+        .filter(|b| b.waiting(now))
+        .filter_map(|b| b.retry_at)
+        .map(|at| at.since(now) + Duration::from_millis(1))
+        .min()
+        .unwrap_or(Duration::from_secs(60))
 }
 
 /// How long until a connected agent's heartbeat deadline passes (at most a minute).

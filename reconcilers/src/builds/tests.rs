@@ -46,6 +46,8 @@ impl J {
             error: (state == BuildState::Failed).then(|| "boom".to_owned()),
             builder: None,
             attempts: u32::from(state != BuildState::Queued),
+            retry_at: None,
+            waits: 0,
         });
         self
     }
@@ -57,6 +59,21 @@ impl J {
             error: Some(format!("agent {builder}: connection lost")),
             builder: Some(BuilderName::new(builder).unwrap()),
             attempts: 1,
+            retry_at: None,
+            waits: 0,
+        });
+        self
+    }
+    /// Requeued to wait for room on a full disk until `retry_at` (ms), its `waits`-th wait.
+    fn waiting_until(mut self, retry_at: i64, waits: u32) -> Self {
+        self.0.state = JobState::Building;
+        self.0.build = Some(BuildView {
+            state: BuildState::Queued,
+            error: Some("waiting: state directory full: cannot write x.log".to_owned()),
+            builder: Some(local_builder()),
+            attempts: 0,
+            retry_at: Some(Timestamp(retry_at)),
+            waits,
         });
         self
     }
@@ -411,6 +428,29 @@ fn a_requeued_build_should_prefer_another_builder_and_its_jobs_wait_again() {
 }
 
 #[test]
+fn a_build_waiting_for_room_should_show_why_and_be_dispatched_only_after_its_time() {
+    let mut o = observed(
+        vec![J::new(1, 1).waiting_until(4_000, 3), J::new(2, 2)],
+        &[],
+    );
+    let p = run(&o, 4);
+    assert!(
+        matches!(&p.steps[..], [Step::SetJobState { job: JobId(1), state: JobState::Queued, error: Some(e) }, Step::Dispatch(_)] if e.starts_with("waiting: state directory full")),
+        "the job says why it waits: {p:?}"
+    );
+    o.jobs[0].state = JobState::Queued;
+    let p = run(&o, 4);
+    assert_eq!(dispatched(&p), vec![drv(2)], "not before its time");
+    assert_eq!(
+        p.then,
+        Action::requeue(Duration::from_millis(4_001)),
+        "the plan looks again when the wait is over"
+    );
+    let p = plan(&local_builder(), &spec(4), &o, Timestamp(4_000));
+    assert_eq!(dispatched(&p), vec![drv(1), drv(2)], "its time has come");
+}
+
+#[test]
 fn a_spec_entry_should_cap_an_agent() {
     let mut spec = spec(0);
     spec.builders.remote.insert(
@@ -430,6 +470,9 @@ fn a_spec_entry_should_cap_an_agent() {
 #[test]
 fn transient_failures_should_be_retried_up_to_the_limit_and_real_ones_never() {
     use super::apply::{Ended, verdict};
+    let full = || Ended::Waiting("waiting: state directory full: cannot write x.log".to_owned());
+    assert_eq!(verdict(full(), 1, 2), None);
+    assert_eq!(verdict(full(), 3, 0), None, "a wait never uses up attempts");
     let lost = || Ended::Transient("agent a1: connection lost".to_owned());
     assert_eq!(verdict(lost(), 1, 2), None);
     assert_eq!(verdict(lost(), 2, 2), None);

@@ -98,6 +98,15 @@ pub fn default_backoff(failures: u32) -> Action {
     Action::requeue(delay)
 }
 
+/// Returns the backoff for the `failures`-th consecutive failure of a key that met a full or
+/// failing disk: 1 s doubling up to 5 s, so that the loop resumes within seconds of space
+/// returning (nothing else may wake it meanwhile).
+#[must_use]
+pub fn storage_backoff(failures: u32) -> Action {
+    let n = failures.clamp(1, 4) - 1;
+    Action::requeue(Duration::from_secs(1u64 << n).min(Duration::from_secs(5)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +119,14 @@ mod tests {
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(default_backoff(0), default_backoff(1));
         assert_eq!(default_backoff(u32::MAX).requeue_after(), Some(MAX_BACKOFF));
+    }
+
+    #[test]
+    fn storage_backoff_should_stay_within_five_seconds() {
+        let secs: Vec<u64> = (0..=6)
+            .map(|n| storage_backoff(n).requeue_after().unwrap().as_secs())
+            .collect();
+        assert_eq!(secs, [1, 1, 2, 4, 5, 5, 5]);
     }
 
     #[test]

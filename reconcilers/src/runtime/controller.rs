@@ -46,6 +46,8 @@ pub struct RunReport {
     pub outcome: Result<(), String>,
     /// How many steps were applied successfully.
     pub steps_applied: usize,
+    /// Whether the error was a full or failing disk ([`crate::is_storage_trouble`]).
+    pub storage_trouble: bool,
     /// Consecutive failures of this key including this run (0 after a success).
     pub failures: u32,
     /// When the key runs next, from now; `None` while it awaits a change.
@@ -427,6 +429,7 @@ impl<R: Reconciler> Runner<R> {
         };
         let span = info_span!("reconcile", loop = R::NAME, key = %key);
         let _entered = span.enter();
+        let mut storage_trouble = false;
         let (steps_applied, action, outcome) = match reconciled {
             Ok(Reconciled {
                 steps_applied,
@@ -443,6 +446,7 @@ impl<R: Reconciler> Runner<R> {
                 let failures = self.count_failure(&key);
                 let action = R::error_policy(&err, failures);
                 let message = error_chain(&err);
+                storage_trouble = crate::is_storage_trouble(&err);
                 warn!(
                     loop = R::NAME,
                     key = %key,
@@ -473,6 +477,7 @@ impl<R: Reconciler> Runner<R> {
                 duration: now.saturating_duration_since(since),
                 outcome,
                 steps_applied,
+                storage_trouble,
                 failures: self.failures.get(&key).copied().unwrap_or(0),
                 next_run: next.map(|at| at.saturating_duration_since(now)),
             });

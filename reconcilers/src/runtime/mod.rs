@@ -21,8 +21,9 @@ mod signals;
 #[cfg(test)]
 mod tests;
 
-pub use action::{Action, Plan, default_backoff};
+pub use action::{Action, Plan, default_backoff, storage_backoff};
 pub use clock::Clock;
+pub(crate) use controller::error_chain;
 pub use controller::{Controller, Handle, RunReport};
 pub use reconciler::{DryRunPlan, Reconciler, dry_run};
 pub use reload::SpecReloader;

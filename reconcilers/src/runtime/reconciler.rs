@@ -6,7 +6,7 @@ use std::hash::Hash;
 use reconix_spec::Timestamp;
 use serde::Serialize;
 
-use super::action::{Action, Plan, default_backoff};
+use super::action::{Action, Plan, default_backoff, storage_backoff};
 
 /// One level-triggered loop: `observe` reads the world, `plan` (pure) decides, `apply` acts.
 ///
@@ -64,9 +64,14 @@ pub trait Reconciler: Send + Sync + 'static {
 
     /// Returns when to retry after the `failures`-th consecutive failure of a key (pure).
     ///
-    /// Defaults to [`default_backoff`]: 1 s doubling up to 5 min.
-    fn error_policy(_error: &Self::Error, failures: u32) -> Action {
-        default_backoff(failures)
+    /// Defaults to [`default_backoff`] (1 s doubling up to 5 min), or [`storage_backoff`] (up
+    /// to 5 s) when the error is a full or failing disk ([`crate::error::is_storage_trouble`]).
+    fn error_policy(error: &Self::Error, failures: u32) -> Action {
+        if crate::error::is_storage_trouble(error) {
+            storage_backoff(failures)
+        } else {
+            default_backoff(failures)
+        }
     }
 }
 

@@ -683,6 +683,7 @@ async fn plan_should_see_the_injected_clock_and_reports_should_describe_the_run(
             duration: Duration::ZERO,
             outcome: Ok(()),
             steps_applied: 1,
+            storage_trouble: false,
             failures: 0,
             next_run: Some(secs(10)),
         }

@@ -65,6 +65,8 @@ struct RepoLink {
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct OverviewPage {
+    /// When the daemon last met a full state directory (within the alarm's minute).
+    storage_full: Option<String>,
     paused: Vec<PausedForge>,
     forges: Vec<ForgeRow>,
     loops: Vec<LoopRow>,
@@ -100,6 +102,7 @@ pub(super) async fn page(State(st): State<AppState>) -> Result<Html<String>, Pag
     let spec_builders = spec.as_deref().map_or(&fallback, |s| &s.builders);
     let forges = forge_views(spec.as_deref(), healths);
     let page = OverviewPage {
+        storage_full: st.metrics.storage_full_since(now).map(|at| time(Some(at))),
         // A paused forge gets no commit statuses and no hook repairs: the page says so first.
         paused: forges
             .iter()
