@@ -51,7 +51,14 @@ async fn fetch(api: &Api) -> Result<Value> {
 
 /// Renders the overview as aligned text tables.
 pub(crate) fn table(body: &Value) -> String {
-    let mut out = String::from("LOOPS\n");
+    let mut out = String::new();
+    if !body["storage_full_at"].is_null() {
+        out.push_str(
+            "ALERT: the state directory is full: builds wait and deliveries are refused (503) \
+             until space returns\n\n",
+        );
+    }
+    out.push_str("LOOPS\n");
     out.push_str(&render(&rows(
         &body["loops"],
         &[
@@ -118,5 +125,14 @@ mod tests {
         );
         assert!(t.contains("2 queued"), "{t}");
         assert!(t.contains("succeeded  5"), "{t}");
+        assert!(!t.contains("ALERT"), "{t}");
+    }
+
+    #[test]
+    fn table_should_put_a_full_state_directory_first() {
+        let body = json!({"loops": [], "evaluations": [], "job_counts": {},
+            "storage_full_at": 1_700_000_000_000_i64});
+        let t = super::table(&body);
+        assert!(t.starts_with("ALERT: the state directory is full"), "{t}");
     }
 }
