@@ -118,6 +118,10 @@ pub struct StatusOverview {
     /// minute: builds wait and deliveries are refused (503) until space returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_full_at: Option<Timestamp>,
+    /// Why the spec file was rejected at its last reload, while the daemon keeps the previous
+    /// spec; absent after a good reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_error: Option<String>,
 }
 
 /// Health of one loop as shown by the API.
@@ -290,6 +294,7 @@ impl StatusDb {
             job_counts: self.job_counts()?,
             // Not in the database (which may be what is full): the daemon fills it in.
             storage_full_at: None,
+            spec_error: None,
         })
     }
 

@@ -50,6 +50,8 @@ pub struct AppState {
     wake: api::Waker,
     /// Keeps refused requests (bad tokens, bad signatures) to one log line per source a minute.
     refusals: Arc<ratelimit::LogLimiter>,
+    /// Why the spec file was last rejected (the daemon keeps the previous spec meanwhile).
+    spec_error: Option<watch::Receiver<Option<String>>>,
 }
 
 impl AppState {
@@ -62,7 +64,21 @@ impl AppState {
             metrics: reconix_status::Metrics::default(),
             wake: api::Waker::default(),
             refusals: Arc::default(),
+            spec_error: None,
         }
+    }
+
+    /// Shows the spec reloader's last rejection (`None` after a good reload) on the overview
+    /// page and in `/api/v1/status`: a rejected spec must be loud, not only logged.
+    #[must_use]
+    pub fn with_spec_errors(mut self, errors: watch::Receiver<Option<String>>) -> Self {
+        self.spec_error = Some(errors);
+        self
+    }
+
+    /// Returns why the spec file was last rejected, while the previous spec stays in force.
+    fn spec_error(&self) -> Option<String> {
+        self.spec_error.as_ref().and_then(|rx| rx.borrow().clone())
     }
 
     /// Sets the callback that API mutations (rebuild, cancel, re-run) call with the loops they
@@ -328,6 +344,7 @@ async fn builders(State(st): State<AppState>) -> Result<Json<Vec<BuilderView>>, 
 async fn overview(State(st): State<AppState>) -> Result<Json<StatusOverview>, ApiError> {
     let mut overview = st.status.call(|db| db.overview(10)).await?;
     overview.storage_full_at = st.metrics.storage_full_since(Timestamp::now());
+    overview.spec_error = st.spec_error();
     Ok(Json(overview))
 }
 

@@ -190,6 +190,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     let sighup =
         reconix_reconcilers::runtime::sighup_stream().context("installing the SIGHUP handler")?;
     let reloader = reloader.reload_on(sighup);
+    let spec_errors = reloader.last_error();
     let listen = spec.listen;
 
     // One registry for everything `/metrics` serves: the loops' runs, builds, forge calls and
@@ -270,6 +271,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     });
     let app = reconix_web::AppState::new(status.clone())
         .with_intake(spec_rx.clone(), wake)
+        .with_spec_errors(spec_errors)
         .with_metrics(metrics.clone());
     let config = reconix_web::ServerConfig {
         fd_limit: raise_fd_limit(),

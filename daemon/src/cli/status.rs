@@ -58,6 +58,15 @@ pub(crate) fn table(body: &Value) -> String {
              until space returns\n\n",
         );
     }
+    if let Some(err) = body["spec_error"].as_str() {
+        out.push_str("ALERT: the spec file was rejected; the previous spec stays in force:\n");
+        for line in err.lines() {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
     out.push_str("LOOPS\n");
     out.push_str(&render(&rows(
         &body["loops"],

@@ -4,6 +4,13 @@
 //! content changes nothing) and reloaded unconditionally on a trigger (SIGHUP). An invalid or
 //! unreadable file is logged once per distinct content and the previous spec stays in force:
 //! a typo must never stop CI.
+//!
+//! A poll loads only a *complete* write: a changed file is read again after a short settle time
+//! and loaded only when it still has the same content, so a half-finished save (an editor
+//! writing in place, a config deploy copying the file) is never taken for the desired state.
+//! Writing the new file elsewhere and renaming it into place is atomic and needs no wait. A
+//! trigger loads at once (the operator says the file is ready). Loading never holds the
+//! reloader for more than [`LOAD_TIMEOUT`]: a spec that takes longer is rejected.
 
 use std::fmt::{self, Display};
 use std::hash::{DefaultHasher, Hasher};
@@ -19,6 +26,13 @@ use tracing::{error, info};
 
 /// How often the file is checked for changes by default.
 const DEFAULT_POLL: Duration = Duration::from_secs(2);
+
+/// How long a changed file must keep its content before a poll loads it, by default.
+const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
+
+/// The longest a load may take; the spec loader caps size and nesting, so only a pathological
+/// file (or a stuck file system) gets near it.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Loader<T> = Arc<dyn Fn(&Path) -> Result<T, String> + Send + Sync>;
 
@@ -64,10 +78,13 @@ pub struct SpecReloader<T> {
     path: PathBuf,
     loader: Loader<T>,
     poll: Duration,
+    settle: Duration,
     triggers: Option<mpsc::Receiver<()>>,
     spec: watch::Sender<Arc<T>>,
     last_error: watch::Sender<Option<String>>,
     seen: Fingerprint,
+    /// A changed content seen by the last poll, loaded if the next look finds it unchanged.
+    settling: Option<Fingerprint>,
 }
 
 impl<T> fmt::Debug for SpecReloader<T> {
@@ -105,10 +122,12 @@ impl<T: Send + Sync + 'static> SpecReloader<T> {
             path,
             loader: Arc::new(move |path| loader(path).map_err(|err| err.to_string())),
             poll: DEFAULT_POLL,
+            settle: DEFAULT_SETTLE,
             triggers: None,
             spec,
             last_error,
             seen,
+            settling: None,
         })
     }
 
@@ -117,6 +136,14 @@ impl<T: Send + Sync + 'static> SpecReloader<T> {
     pub fn poll_every(mut self, interval: Duration) -> Self {
         // `interval_at` panics on a zero period.
         self.poll = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets how long a changed file must keep its content before a poll loads it (default
+    /// 300 ms).
+    #[must_use]
+    pub fn settle_for(mut self, settle: Duration) -> Self {
+        self.settle = settle;
         self
     }
 
@@ -141,6 +168,8 @@ impl<T: Send + Sync + 'static> SpecReloader<T> {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut poll = tokio::time::interval_at(Instant::now() + self.poll, self.poll);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let settle = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(settle);
         loop {
             tokio::select! {
                 biased;
@@ -151,7 +180,11 @@ impl<T: Send + Sync + 'static> SpecReloader<T> {
                         None => self.triggers = None,
                     }
                 }
+                () = &mut settle, if self.settling.is_some() => self.reload(Cause::Poll).await,
                 _ = poll.tick() => self.reload(Cause::Poll).await,
+            }
+            if self.settling.is_some() {
+                settle.as_mut().reset(Instant::now() + self.settle);
             }
         }
     }
@@ -163,9 +196,18 @@ impl<T: Send + Sync + 'static> SpecReloader<T> {
             Err(err) => return self.reject(cause, &format!("reading the spec failed: {err}")),
         };
         let seen = Fingerprint::of(&read);
-        if cause == Cause::Poll && seen == self.seen {
-            return;
+        if cause == Cause::Poll {
+            if seen == self.seen {
+                self.settling = None;
+                return;
+            }
+            // Changed: load only once it stopped changing (a complete write).
+            if self.settling != Some(seen) {
+                self.settling = Some(seen);
+                return;
+            }
         }
+        self.settling = None;
         self.seen = seen;
         if let Err(err) = read {
             let message = format!("cannot read {}: {err}", self.path.display());
@@ -173,7 +215,15 @@ impl<T: Send + Sync + 'static> SpecReloader<T> {
         }
         let path = self.path.clone();
         let loader = Arc::clone(&self.loader);
-        match tokio::task::spawn_blocking(move || loader(&path)).await {
+        let load = tokio::task::spawn_blocking(move || loader(&path));
+        let Ok(loaded) = tokio::time::timeout(LOAD_TIMEOUT, load).await else {
+            let message = format!(
+                "loading the spec took longer than {}s: rejected",
+                LOAD_TIMEOUT.as_secs()
+            );
+            return self.reject(cause, &message);
+        };
+        match loaded {
             Ok(Ok(spec)) => {
                 info!(path = %self.path.display(), %cause, "spec reloaded");
                 self.spec.send_replace(Arc::new(spec));
@@ -301,6 +351,27 @@ mod tests {
         timeout(WITHIN, s.spec.changed()).await.unwrap().unwrap();
         assert_eq!(**s.spec.borrow_and_update(), 2);
         assert_eq!(*s.errors.borrow(), None);
+        s.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reloader_should_load_only_a_write_that_stopped_changing() {
+        let mut s = start("1");
+        s.spec.borrow_and_update();
+        let loads = s.loads.load(Ordering::SeqCst);
+        // The first half of a save ("2" of "23") is seen by a poll...
+        std::fs::write(&s.path, "2").unwrap();
+        sleep(POLL + Duration::from_millis(100)).await;
+        assert_eq!(s.loads.load(Ordering::SeqCst), loads, "not loaded yet");
+        // ...and the save completes before the settle time is over.
+        std::fs::write(&s.path, "23").unwrap();
+        timeout(WITHIN, s.spec.changed()).await.unwrap().unwrap();
+        assert_eq!(
+            **s.spec.borrow_and_update(),
+            23,
+            "the complete write, never `2`"
+        );
+        assert_eq!(s.loads.load(Ordering::SeqCst), loads + 1, "loaded once");
         s.stop().await;
     }
 

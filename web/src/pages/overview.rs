@@ -67,6 +67,8 @@ struct RepoLink {
 struct OverviewPage {
     /// When the daemon last met a full state directory (within the alarm's minute).
     storage_full: Option<String>,
+    /// Why the spec file was rejected, while the previous spec stays in force.
+    spec_error: Option<String>,
     paused: Vec<PausedForge>,
     forges: Vec<ForgeRow>,
     loops: Vec<LoopRow>,
@@ -103,6 +105,7 @@ pub(super) async fn page(State(st): State<AppState>) -> Result<Html<String>, Pag
     let forges = forge_views(spec.as_deref(), healths);
     let page = OverviewPage {
         storage_full: st.metrics.storage_full_since(now).map(|at| time(Some(at))),
+        spec_error: st.spec_error(),
         // A paused forge gets no commit statuses and no hook repairs: the page says so first.
         paused: forges
             .iter()
