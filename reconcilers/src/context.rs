@@ -62,6 +62,11 @@ pub struct Ctx<P> {
     /// Where builds record their durations (forge clients get a clone, see
     /// [`Ctx::with_metrics`]).
     pub metrics: Metrics,
+    /// Held while an evaluation's GC roots are added (`gcroots`) or the evaluation is purged
+    /// with its roots (`retention`): otherwise `gcroots`, having read a job just before the
+    /// purge, could root it again just after, and a garbage collection would keep an output
+    /// that retention released.
+    pub roots: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<P> Ctx<P> {
@@ -76,6 +81,7 @@ impl<P> Ctx<P> {
             forges: ForgeClients::default(),
             agents: Agents::default(),
             metrics: Metrics::default(),
+            roots: Arc::default(),
         }
     }
 

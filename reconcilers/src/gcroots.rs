@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use reconix_nixcli::Nix;
 use reconix_spec::{RepoKey, Spec, StorePath, Timestamp};
-use reconix_status::{EvaluationId, JobId};
+use reconix_status::{EvaluationId, JobId, JobState};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -249,6 +249,14 @@ impl<P: Ports> Reconciler for GcRoots<P> {
                 path,
                 output,
             } => {
+                // The job may have been purged since it was observed: look again under the
+                // lock `retention` purges under, so a purged evaluation is never rooted again.
+                let _roots = cx.roots.lock().await;
+                let current = cx.status.call(move |db| db.job(job)).await?;
+                if !current.is_some_and(|j| j.state == JobState::Succeeded) {
+                    debug!(link = %link.display(), "not rooting a job that is gone");
+                    return Ok(());
+                }
                 debug!(link = %link.display(), path = %path, "adding gc root");
                 cx.ports.nix().add_root(&link, &path).await?;
                 cx.status
@@ -267,6 +275,11 @@ impl<P: Ports> Reconciler for GcRoots<P> {
                             source,
                         });
                     }
+                }
+                // The evaluation's directory goes with its last root (it fails, harmlessly,
+                // while other roots remain).
+                if let Some(dir) = link.parent() {
+                    let _ = tokio::fs::remove_dir(dir).await;
                 }
                 cx.status.call(move |db| db.delete_gc_root(&link)).await?;
                 Ok(())

@@ -288,12 +288,16 @@ impl<P: Ports> Reconciler for Retention<P> {
                 reason,
             } => {
                 info!(evaluation = %evaluation, repo = %repo, %reason, "purging evaluation");
+                // Rows and roots go together, under the lock `gcroots` adds roots under.
+                let roots = cx.roots.lock().await;
                 let logs = cx
                     .status
                     .call(move |db| db.purge_evaluation(evaluation))
                     .await?;
                 let dir = repo_root_dir(&cx.state_dir(), &repo).join(evaluation.to_string());
-                match tokio::fs::remove_dir_all(&dir).await {
+                let removed = tokio::fs::remove_dir_all(&dir).await;
+                drop(roots);
+                match removed {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(source) => {

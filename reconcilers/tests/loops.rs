@@ -263,3 +263,30 @@ async fn dispatch_of_a_drv_whose_build_already_ended_should_do_nothing() {
     assert!(w.nix.calls().iter().all(|c| !matches!(c, Call::Realise(_))));
     assert!(w.ctx.running.is_empty());
 }
+
+#[tokio::test]
+async fn a_root_for_a_job_purged_since_it_was_planned_should_not_be_added() {
+    use reconix_reconcilers::gcroots::Step as RootStep;
+    let w = world();
+    let key = reconix_spec::RepoKey::parse("here/demo").unwrap();
+    // A job the plan saw, purged by retention before the step runs: it no longer exists.
+    let step = RootStep::AddRoot {
+        job: reconix_status::JobId(42),
+        link: w
+            .ctx
+            .state_dir()
+            .join("gcroots/here/demo/7/packages.x86_64-linux.a"),
+        path: path(101, "a"),
+        output: "out".to_owned(),
+    };
+    GcRoots::new().apply(&key, step, &w.ctx).await.unwrap();
+    assert!(
+        w.nix
+            .calls()
+            .iter()
+            .all(|c| !matches!(c, Call::AddRoot { .. })),
+        "{:?}",
+        w.nix.calls()
+    );
+    assert!(!w.ctx.state_dir().join("gcroots/here/demo/7").exists());
+}
