@@ -9,7 +9,7 @@
 //! (any read error), it plans additions only. Deleting a root because a directory could not be
 //! read would let `nix-store --gc` delete outputs that are still wanted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -83,6 +83,9 @@ pub struct Observed {
     pub jobs: Vec<RootedJob>,
     /// Links found on disk and their targets.
     pub links: BTreeMap<PathBuf, PathBuf>,
+    /// The repository's evaluations that are not finished: their builds root outputs before
+    /// their jobs are recorded as succeeded, so their links are left alone until they finish.
+    pub unfinished: BTreeSet<EvaluationId>,
     /// False when some part of the links directory could not be read.
     pub complete: bool,
 }
@@ -137,6 +140,7 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
                 .links
                 .keys()
                 .filter(|l| !want.contains_key(*l))
+                .filter(|l| evaluation_of_link(l).is_none_or(|e| !observed.unfinished.contains(&e)))
                 .map(|link| Step::RemoveRoot { link: link.clone() }),
         );
     }
@@ -144,6 +148,16 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
         steps,
         then: Action::requeue(Duration::from_secs(300)),
     }
+}
+
+/// Returns the evaluation whose directory holds `link` (`<repo dir>/<eval>/<link>`).
+fn evaluation_of_link(link: &Path) -> Option<EvaluationId> {
+    link.parent()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
+        .map(EvaluationId)
 }
 
 /// Collects the symlinks two levels below `dir` (`<eval>/<link>`) and their targets.
@@ -208,11 +222,14 @@ impl<P: Ports> Reconciler for GcRoots<P> {
 
     async fn observe(&self, key: &RepoKey, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
         let k = key.clone();
-        let rows = cx
+        let (rows, unfinished) = cx
             .status
             .call(move |db| match db.repo_id(&k)? {
-                Some(repo) => db.succeeded_jobs_for_rooting(repo),
-                None => Ok(Vec::new()),
+                Some(repo) => Ok((
+                    db.succeeded_jobs_for_rooting(repo)?,
+                    db.unfinished_evaluations(repo)?,
+                )),
+                None => Ok((Vec::new(), Vec::new())),
             })
             .await?;
         let dir = repo_root_dir(&spec.state_dir, key);
@@ -233,6 +250,7 @@ impl<P: Ports> Reconciler for GcRoots<P> {
                 })
                 .collect(),
             links,
+            unfinished: unfinished.into_iter().collect(),
             complete,
         })
     }
@@ -345,6 +363,7 @@ mod tests {
         let o = Observed {
             jobs: vec![job(1, &[("out", 1), ("dev", 2)])],
             links: BTreeMap::new(),
+            unfinished: BTreeSet::new(),
             complete: true,
         };
         let p = plan(&key(), &spec(), &o, Timestamp(0));
@@ -375,6 +394,7 @@ mod tests {
         let o = Observed {
             jobs: vec![job(1, &[("out", 1)]), job(2, &[("out", 2)])],
             links,
+            unfinished: BTreeSet::new(),
             complete: true,
         };
         let p = plan(&key(), &spec(), &o, Timestamp(0));
@@ -396,10 +416,26 @@ mod tests {
         let o = Observed {
             jobs: vec![],
             links,
+            unfinished: BTreeSet::new(),
             complete: true,
         };
         let p = plan(&key(), &spec(), &o, Timestamp(0));
         assert_eq!(p.steps, vec![Step::RemoveRoot { link: link(5, "") }]);
+    }
+
+    #[test]
+    fn links_of_an_unfinished_evaluation_should_be_left_to_its_builds() {
+        // A build roots its outputs before its job is recorded as succeeded.
+        let mut links = BTreeMap::new();
+        links.insert(link(5, ""), PathBuf::from(out(5).as_str()));
+        let o = Observed {
+            jobs: vec![],
+            links,
+            unfinished: BTreeSet::from([EvaluationId(3)]),
+            complete: true,
+        };
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert_eq!(p.steps, vec![], "removed once the evaluation finished");
     }
 
     #[test]
@@ -409,6 +445,7 @@ mod tests {
         let o = Observed {
             jobs: vec![job(1, &[("out", 1)])],
             links,
+            unfinished: BTreeSet::new(),
             complete: false,
         };
         let p = plan(&key(), &spec(), &o, Timestamp(0));

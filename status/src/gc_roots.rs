@@ -7,8 +7,8 @@ use rusqlite::params;
 
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
-use crate::row::{get, path_text};
-use crate::types::{EvaluationId, GcRoot, Job, JobId, RepoId};
+use crate::row::{get, parse, path_text};
+use crate::types::{EvaluationId, EvaluationState, GcRoot, Job, JobId, RepoId};
 
 impl StatusDb {
     /// Returns the succeeded jobs of every (not purged) evaluation of `repo`, whatever the
@@ -31,6 +31,29 @@ impl StatusDb {
                 (job, eval)
             })
             .collect())
+    }
+
+    /// Returns the evaluations of `repo` that are not finished (their builds may still be
+    /// writing roots), ordered by id.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// malformed state.
+    pub fn unfinished_evaluations(&self, repo: RepoId) -> Result<Vec<EvaluationId>> {
+        const OP: &str = "unfinished_evaluations";
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, state FROM evaluations WHERE repo_id = ?1 ORDER BY id")
+            .op(OP)?;
+        let mut rows = stmt.query([repo.0]).op(OP)?;
+        let mut ids = Vec::new();
+        while let Some(row) = rows.next().op(OP)? {
+            let state: EvaluationState = parse("evaluations", "state", get(row, 1, OP)?)?;
+            if !state.is_terminal() {
+                ids.push(EvaluationId(get(row, 0, OP)?));
+            }
+        }
+        Ok(ids)
     }
 
     /// Returns the GC roots recorded for jobs of `repo`, ordered by path.
