@@ -296,6 +296,29 @@ fn an_oversized_body_should_get_413_at_once_and_an_idle_connection_should_be_clo
         "a JSON reason: {text:?}"
     );
 
+    // Refused deliveries (a wrong signature) from one source: one log line a minute, counted.
+    for n in 0..50 {
+        let mut s = TcpStream::connect(&addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let body = b"{}";
+        write!(
+            s,
+            "POST /webhooks/gh HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             X-GitHub-Event: ping\r\nX-GitHub-Delivery: bad-{n}\r\n\
+             X-Hub-Signature-256: sha256={}\r\nContent-Length: 2\r\n\r\n",
+            "0".repeat(64)
+        )?;
+        s.write_all(body)?;
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        ensure!(answer.starts_with("HTTP/1.1 401"), "refused: {answer:?}");
+    }
+    let refusals = d.log().matches("webhook delivery refused").count();
+    ensure!(
+        refusals == 1,
+        "50 refused deliveries from one source should log one line, logged {refusals}"
+    );
+
     // A kept-alive connection is closed once idle for `idle-timeout` (2 s).
     let mut s = TcpStream::connect(&addr)?;
     s.set_read_timeout(Some(CLOSED_WITHIN))?;

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use pages::cache::CacheView;
-pub use server::{ServerConfig, connection_cap};
+pub use server::{ServerConfig, bind, connection_cap};
 pub use webhooks::Wake;
 
 /// Shared state of every handler.

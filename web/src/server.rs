@@ -45,6 +45,9 @@ use tracing::{debug, warn};
 
 use crate::ratelimit::LogLimiter;
 
+/// Connections told to close whose tasks have not ended yet, at most, before accepting more.
+const MAX_DYING: usize = 32;
+
 /// How long in-flight requests may take to finish after shutdown was asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -139,13 +142,18 @@ struct Entry {
     phase: Phase,
     since: Instant,
     kill: CancellationToken,
+    /// Told to close; its task has not ended yet, so it still holds its file descriptor.
+    dying: bool,
 }
 
-/// The open connections.
+/// The open connections. A closed connection stays counted until its task has ended (and its
+/// socket is closed), so the count bounds the file descriptors really in use.
 #[derive(Debug, Default)]
 struct Table {
     conns: Mutex<HashMap<u64, Entry>>,
     next_id: Mutex<u64>,
+    /// Notified whenever a connection's task ends.
+    freed: tokio::sync::Notify,
 }
 
 impl Table {
@@ -153,11 +161,26 @@ impl Table {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn rows(map: &HashMap<u64, Entry>) -> impl Iterator<Item = (u64, Phase, Instant)> + '_ {
-        map.iter().map(|(id, e)| (*id, e.phase, e.since))
+    /// The connections not told to close yet, as [`victim`] and [`expired`] take them.
+    fn alive(map: &HashMap<u64, Entry>) -> impl Iterator<Item = (u64, Phase, Instant)> + '_ {
+        map.iter()
+            .filter(|(_, e)| !e.dying)
+            .map(|(id, e)| (*id, e.phase, e.since))
     }
 
-    /// Registers a new connection, first closing as many as needed to stay within `cap`.
+    fn kill(map: &mut HashMap<u64, Entry>, id: u64) -> bool {
+        match map.get_mut(&id) {
+            Some(entry) if !entry.dying => {
+                entry.dying = true;
+                entry.kill.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Registers a new connection, first telling as many others to close as needed to keep
+    /// fewer than `cap` alive. Returns its id, its kill switch and how many were told to close.
     fn admit(&self, cap: usize) -> (u64, CancellationToken, usize) {
         let id = {
             let mut next = self.next_id.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,12 +190,11 @@ impl Table {
         let kill = CancellationToken::new();
         let mut map = self.lock();
         let mut evicted = 0;
-        while map.len() >= cap {
-            let Some(victim) = victim(Self::rows(&map)) else {
+        while Self::alive(&map).count() >= cap {
+            let Some(victim) = victim(Self::alive(&map)) else {
                 break;
             };
-            if let Some(entry) = map.remove(&victim) {
-                entry.kill.cancel();
+            if Self::kill(&mut map, victim) {
                 evicted += 1;
             }
         }
@@ -182,33 +204,23 @@ impl Table {
                 phase: Phase::AwaitingHead,
                 since: Instant::now(),
                 kill: kill.clone(),
+                dying: false,
             },
         );
         (id, kill, evicted)
     }
 
-    /// Closes the connection [`victim`] names, to free a file descriptor.
+    /// Tells the connection [`victim`] names to close, to free a file descriptor.
     fn evict_one(&self) -> bool {
         let mut map = self.lock();
-        let Some(id) = victim(Self::rows(&map)) else {
-            return false;
-        };
-        map.remove(&id).is_some_and(|entry| {
-            entry.kill.cancel();
-            true
-        })
+        victim(Self::alive(&map)).is_some_and(|id| Self::kill(&mut map, id))
     }
 
-    /// Closes the connections that overstayed their phase; returns how many.
+    /// Tells the connections that overstayed their phase to close; returns how many.
     fn sweep(&self, limits: &Limits) -> usize {
         let mut map = self.lock();
-        let late = expired(Self::rows(&map), limits, Instant::now());
-        for id in &late {
-            if let Some(entry) = map.remove(id) {
-                entry.kill.cancel();
-            }
-        }
-        late.len()
+        let late = expired(Self::alive(&map), limits, Instant::now());
+        late.iter().filter(|id| Self::kill(&mut map, **id)).count()
     }
 
     fn set(&self, id: u64, phase: Phase) {
@@ -220,12 +232,28 @@ impl Table {
         }
     }
 
+    /// Forgets a connection whose task ended (its socket is closed).
     fn remove(&self, id: u64) {
         self.lock().remove(&id);
+        self.freed.notify_waiters();
     }
 
     fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Returns how many connections were told to close but still hold their socket.
+    fn dying(&self) -> usize {
+        self.lock().values().filter(|e| e.dying).count()
+    }
+
+    /// Tells every connection to close (after the shutdown grace period).
+    fn kill_all(&self) {
+        let mut map = self.lock();
+        let ids: Vec<u64> = map.keys().copied().collect();
+        for id in ids {
+            Self::kill(&mut map, id);
+        }
     }
 }
 
@@ -345,6 +373,27 @@ impl Service<Request<Incoming>> for Tracked {
     }
 }
 
+/// The listen backlog asked for: connections the kernel completes before `accept` takes them.
+/// The default of Rust's standard library (128) overflows under a burst of clients while the
+/// accept loop closes idle ones, and an overflowing queue drops new connections' SYNs: they
+/// wait a second for the retransmission. The kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` for the HTTP server with a deep listen backlog ([`BACKLOG`]).
+///
+/// # Errors
+/// Returns the error of creating, binding or listening on the socket.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// What the server needs besides the router.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -412,6 +461,20 @@ pub(crate) async fn run(
                     kill,
                     stop.clone(),
                 ));
+                // Closed connections hold their descriptors until their tasks run: with many
+                // of them pending, let them go before accepting more (new ones wait in the
+                // kernel's queue meanwhile), so the open files stay near the cap.
+                while table.dying() > MAX_DYING {
+                    let freed = table.freed.notified();
+                    if table.dying() <= MAX_DYING {
+                        break;
+                    }
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = freed => {}
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
             }
             Err(err) => {
                 // Out of file descriptors (EMFILE/ENFILE) or a connection reset before accept:
@@ -439,9 +502,7 @@ pub(crate) async fn run(
             open = table.len(),
             "closing connections still open after the grace period"
         );
-        for entry in table.lock().drain() {
-            entry.1.kill.cancel();
-        }
+        table.kill_all();
         tasks.wait().await;
     }
     Ok(())
@@ -578,12 +639,20 @@ mod tests {
             table.set(id, Phase::Responding);
             kills.push(kill);
         }
-        let (_, _, evicted) = table.admit(16);
+        let (_, newer, evicted) = table.admit(16);
         assert_eq!(evicted, 1);
         assert!(kills[0].is_cancelled(), "the only one without a request");
         assert!(kills[1..].iter().all(|k| !k.is_cancelled()));
-        assert_eq!(table.len(), 16);
+        assert_eq!(
+            (table.len(), table.dying()),
+            (17, 1),
+            "counted until its task ends"
+        );
+        let (_, _, evicted) = table.admit(16);
+        assert_eq!(evicted, 1, "a dying one is not chosen again");
+        assert!(newer.is_cancelled(), "then the one still without a request");
+        assert!(kills[1..].iter().all(|k| !k.is_cancelled()));
         table.remove(first);
-        assert_eq!(table.len(), 16, "already gone");
+        assert_eq!((table.len(), table.dying()), (17, 1));
     }
 }

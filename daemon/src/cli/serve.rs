@@ -244,7 +244,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         ));
     }
 
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = reconix_web::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
