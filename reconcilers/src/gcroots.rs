@@ -271,7 +271,7 @@ impl<P: Ports> Reconciler for GcRoots<P> {
                 // lock `retention` purges under, so a purged evaluation is never rooted again.
                 let _roots = cx.roots.lock().await;
                 let current = cx.status.call(move |db| db.job(job)).await?;
-                if !current.is_some_and(|j| j.state == JobState::Succeeded) {
+                if current.is_none_or(|j| j.state != JobState::Succeeded) {
                     debug!(link = %link.display(), "not rooting a job that is gone");
                     return Ok(());
                 }
