@@ -169,6 +169,11 @@ fn add_indirect_root(auto: &Path, link: &Path, target: &StorePath) -> Result<()>
     replace_symlink(&link, &registration).map_err(io_error(&registration))
 }
 
+/// The name prefix of the temporary symlink a root is written as before it is renamed into
+/// place. Whoever walks root directories must leave such entries alone: removing one between
+/// its creation and the rename fails the root's registration.
+pub const TEMPORARY_ROOT_PREFIX: &str = ".reconix-root-";
+
 /// Makes `link` a symlink to `target`, atomically replacing whatever symlink was there; does
 /// nothing when it already points there.
 fn replace_symlink(target: &Path, link: &Path) -> io::Result<()> {
@@ -178,7 +183,7 @@ fn replace_symlink(target: &Path, link: &Path) -> io::Result<()> {
     }
     let dir = link.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(
-        ".reconix-root-{}-{}",
+        "{TEMPORARY_ROOT_PREFIX}{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));

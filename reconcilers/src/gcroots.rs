@@ -188,6 +188,14 @@ fn walk_links(dir: &Path) -> (BTreeMap<PathBuf, PathBuf>, bool) {
                 complete = false;
                 continue;
             };
+            // A root being written (renamed into place in a moment) is not ours to judge.
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(reconix_nixcli::TEMPORARY_ROOT_PREFIX)
+            {
+                continue;
+            }
             match std::fs::read_link(entry.path()) {
                 Ok(target) => {
                     links.insert(entry.path(), target);
@@ -463,11 +471,15 @@ mod tests {
         assert!(links.is_empty() && complete);
         std::fs::create_dir_all(tmp.path().join("3")).unwrap();
         std::os::unix::fs::symlink("/nix/store/x", tmp.path().join("3/a")).unwrap();
+        // A root being written right now is left out.
+        let writing = format!("3/{}42-1", reconix_nixcli::TEMPORARY_ROOT_PREFIX);
+        std::os::unix::fs::symlink("/nix/store/y", tmp.path().join(writing)).unwrap();
         let (links, complete) = walk_links(tmp.path());
         assert!(complete);
         assert_eq!(
             links.get(&tmp.path().join("3/a")),
             Some(&PathBuf::from("/nix/store/x"))
         );
+        assert_eq!(links.len(), 1, "{links:?}");
     }
 }
