@@ -1,11 +1,17 @@
 //! Reading a spec: YAML to [`Spec`], then semantic validation, with every problem located at
 //! its line and column in the file.
+//!
+//! The order matters: the size and encoding checks (`limits.rs`) and the first pass over the
+//! events (`scan.rs`) run before yaml_serde sees the text, because yaml_serde is the parser
+//! that a hostile shape makes slow or large.
 
 use std::path::Path;
 
 use crate::Spec;
 use crate::error::{Result, SpecError, SpecErrors};
+use crate::limits;
 use crate::locate::KeyIndex;
+use crate::scan::{Refusal, RefusalKind, scan};
 
 /// Keys that people write when they mean the `-file` variant: the spec never holds secrets.
 const SECRET_KEYS: [(&str, &str); 4] = [
@@ -20,19 +26,15 @@ const SECRET_KEYS: [(&str, &str); 4] = [
 /// Relative repo paths and secret files in it are resolved against the file's directory.
 ///
 /// # Errors
-/// Returns every problem found: an unreadable file, a YAML or type error, duplicate keys, or
-/// the semantic problems of [`Spec::validate`].
+/// Returns every problem found: an unreadable file, a file over [`MAX_SPEC_BYTES`] or not
+/// UTF-8, nesting deeper than [`MAX_SPEC_DEPTH`], more than [`MAX_SPEC_NODES`] nodes, a YAML
+/// or type error, duplicate keys, or the semantic problems of [`Spec::validate`].
+///
+/// [`MAX_SPEC_BYTES`]: crate::MAX_SPEC_BYTES
+/// [`MAX_SPEC_DEPTH`]: crate::MAX_SPEC_DEPTH
+/// [`MAX_SPEC_NODES`]: crate::MAX_SPEC_NODES
 pub fn load(path: &Path) -> Result<Spec> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        SpecErrors::new(vec![SpecError {
-            file: path.to_path_buf(),
-            line: 0,
-            col: 0,
-            message: format!("cannot read the spec file: {err}"),
-        }])
-    })?;
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    parse_in(&text, path, absolute.parent())
+    read(path).map(|(spec, _)| spec)
 }
 
 /// Parses and validates spec `text`; `file` names it in errors.
@@ -43,15 +45,43 @@ pub fn load(path: &Path) -> Result<Spec> {
 /// # Errors
 /// Returns every problem found, as [`load`] does.
 pub fn parse(text: &str, file: &Path) -> Result<Spec> {
-    parse_in(text, file, file.parent().filter(|dir| dir.is_absolute()))
+    let at = |refusal| SpecErrors::new(vec![refused(file, refusal)]);
+    let text = limits::check_text(text).map_err(at)?;
+    parse_in(text, file, file.parent().filter(|dir| dir.is_absolute())).map(|(spec, _)| spec)
 }
 
-fn parse_in(text: &str, file: &Path, base: Option<&Path>) -> Result<Spec> {
+/// Reads and parses the file at `path`; returns the spec and where its keys are.
+fn read(path: &Path) -> Result<(Spec, KeyIndex)> {
+    let at = |refusal| SpecErrors::new(vec![refused(path, refusal)]);
+    let text = limits::read(path)
+        .map_err(|err| {
+            SpecErrors::new(vec![SpecError {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("cannot read the spec file: {err}"),
+            }])
+        })?
+        .map_err(at)?;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    parse_in(&text, path, absolute.parent())
+}
+
+fn parse_in(text: &str, file: &Path, base: Option<&Path>) -> Result<(Spec, KeyIndex)> {
     let at = |line, col, message| SpecError {
         file: file.to_path_buf(),
         line,
         col,
         message,
+    };
+    // Before any other parser: it refuses what would make libyaml slow or large, and finds
+    // where every key is.
+    let index = match scan(text) {
+        Ok(index) => index,
+        Err(refusal) if refusal.kind == RefusalKind::Syntax => {
+            return Err(SpecErrors::new(vec![syntax_error(text, file, refusal)]));
+        }
+        Err(refusal) => return Err(SpecErrors::new(vec![refused(file, refusal)])),
     };
     // A full parse first, so that a syntax error is reported as such and not hidden behind
     // the first type error serde meets on its way to it.
@@ -59,7 +89,6 @@ fn parse_in(text: &str, file: &Path, base: Option<&Path>) -> Result<Spec> {
         return Err(SpecErrors::new(vec![yaml_error(file, &err)]));
     }
     // serde keeps the last of two equal map keys; a repeated forge or repo would vanish.
-    let index = KeyIndex::build(text);
     if !index.duplicates.is_empty() {
         let errors = index.duplicates.iter().map(|dup| {
             let message = format!(
@@ -77,7 +106,7 @@ fn parse_in(text: &str, file: &Path, base: Option<&Path>) -> Result<Spec> {
     }
     let problems = spec.validate();
     if problems.is_empty() {
-        return Ok(spec);
+        return Ok((spec, index));
     }
     let errors = problems
         .into_iter()
@@ -87,6 +116,47 @@ fn parse_in(text: &str, file: &Path, base: Option<&Path>) -> Result<Spec> {
         })
         .collect();
     Err(SpecErrors::new(errors))
+}
+
+/// The longest line that libyaml may read past saphyr's syntax error (see [`syntax_error`]).
+const SYNTAX_LINE_MAX: usize = 4096;
+
+/// Words a syntax error that saphyr found.
+///
+/// libyaml's messages are the ones people know ("did not find expected ',' or ']'"), so
+/// libyaml reads the text up to the end of the line saphyr failed on: saphyr has checked the
+/// limits on everything before, so that prefix is cheap for it. When libyaml finds an error
+/// there (and not merely the end of the cut text), that is the error; otherwise it is
+/// saphyr's. libyaml never reads the whole text, which past the error nobody has checked.
+fn syntax_error(text: &str, file: &Path, refusal: Refusal) -> SpecError {
+    let line_start = match refusal.at.line {
+        0 | 1 => Some(0),
+        line => text.match_indices('\n').nth(line - 2).map(|(at, _)| at + 1),
+    };
+    let cut = line_start.and_then(|start| {
+        let end = text[start..]
+            .find('\n')
+            .map_or(text.len(), |end| start + end + 1);
+        (end - start <= SYNTAX_LINE_MAX).then_some(end)
+    });
+    // An error past that line is only the end of the cut text, unless nothing was cut.
+    let within = |line| line <= refusal.at.line || cut == Some(text.len());
+    if let Some(cut) = cut
+        && let Err(err) = serde_yaml::from_str::<serde::de::IgnoredAny>(&text[..cut])
+        && err.location().is_some_and(|loc| within(loc.line()))
+    {
+        return yaml_error(file, &err);
+    }
+    refused(file, refusal)
+}
+
+fn refused(file: &Path, refusal: Refusal) -> SpecError {
+    SpecError {
+        file: file.to_path_buf(),
+        line: refusal.at.line,
+        col: refusal.at.col,
+        message: refusal.message,
+    }
 }
 
 /// Converts a serde_yaml error: its message without the trailing location (shown as
@@ -110,5 +180,66 @@ fn yaml_error(file: &Path, err: &serde_yaml::Error) -> SpecError {
         line,
         col,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// Writes `bytes` as `spec.yaml` in a new directory (kept alive by the returned guard).
+    fn file(bytes: impl AsRef<[u8]>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.yaml");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    /// Returns the only error as `LINE:COL: message`.
+    #[track_caller]
+    fn only_error(result: Result<Spec>) -> String {
+        let errors = result.expect_err("spec accepted").into_vec();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let error = &errors[0];
+        format!("{}:{}: {}", error.line, error.col, error.message)
+    }
+
+    #[track_caller]
+    fn assert_refused(result: Result<Spec>, position: &str, needle: &str) {
+        let error = only_error(result);
+        assert!(
+            error.starts_with(&format!("{position}: ")) && error.contains(needle),
+            "expected `{position}: …{needle}…`, got `{error}`"
+        );
+    }
+
+    #[test]
+    fn non_utf8_byte_should_be_located() {
+        let (_dir, path) = file(b"forges: {}\nlisten: \xff127.0.0.1:80\n");
+        assert_refused(
+            load(&path),
+            "2:9",
+            "the spec is not valid UTF-8: byte 0xff cannot appear here",
+        );
+        // The column counts characters, as the YAML parsers' columns do.
+        let (_dir, path) = file(
+            "# é\nstate-dir: /srv/é\u{1F600}"
+                .bytes()
+                .chain([0xc3])
+                .collect::<Vec<_>>(),
+        );
+        assert_refused(load(&path), "2:19", "byte 0xc3");
+    }
+
+    #[test]
+    fn unreadable_file_should_be_an_error_without_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = only_error(load(&dir.path().join("missing.yaml")));
+        assert!(
+            error.starts_with("0:0: cannot read the spec file"),
+            "{error}"
+        );
     }
 }

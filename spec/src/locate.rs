@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, Span};
+use saphyr_parser::{Event, Span};
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,10 +20,10 @@ pub(crate) struct Position {
 
 impl Position {
     /// The start of the file.
-    const START: Self = Self { line: 1, col: 1 };
+    pub(crate) const START: Self = Self { line: 1, col: 1 };
 
     /// Returns where `span` starts.
-    fn of(span: Span) -> Self {
+    pub(crate) fn of(span: Span) -> Self {
         Self {
             line: span.start.line(),
             col: span.start.col() + 1,
@@ -64,8 +64,8 @@ const MERGE_KEY: &str = "<<";
 /// Stands in the path for a key that is itself a mapping or sequence.
 const COMPLEX_KEY: &str = "<complex key>";
 
-/// Builds a [`KeyIndex`] from parser events, fed one at a time.
-struct Walker {
+/// Builds a [`KeyIndex`] from parser events, fed one at a time by the caller's pass over them.
+pub(crate) struct Walker {
     index: KeyIndex,
     /// The node whose value the next node event is: the root, a key's value or a new item.
     current: NodeId,
@@ -76,17 +76,6 @@ struct Walker {
 }
 
 impl KeyIndex {
-    /// Indexes `text`. A syntax error ends the walk early; what was seen so far is kept, and
-    /// serde reports the error itself.
-    pub(crate) fn build(text: &str) -> Self {
-        let mut walker = Walker::new();
-        for event in Parser::new_from_str(text) {
-            let Ok((event, span)) = event else { break };
-            walker.event(&event, span);
-        }
-        walker.finish()
-    }
-
     /// Returns the position of `path`, or of its nearest ancestor that is in the document (the
     /// enclosing mapping of a missing key), or 1:1.
     pub(crate) fn locate(&self, path: &[String]) -> Position {
@@ -108,7 +97,7 @@ impl KeyIndex {
 
 impl Walker {
     /// Returns a walker that has seen no event yet.
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             index: KeyIndex::default(),
             current: ROOT,
@@ -119,12 +108,12 @@ impl Walker {
     }
 
     /// Returns the index of every event seen.
-    fn finish(self) -> KeyIndex {
+    pub(crate) fn finish(self) -> KeyIndex {
         self.index
     }
 
     /// Indexes one event.
-    fn event(&mut self, event: &Event<'_>, span: Span) {
+    pub(crate) fn event(&mut self, event: &Event<'_>, span: Span) {
         let pos = Position::of(span);
         if self.skip > 0 {
             match event {
@@ -241,10 +230,17 @@ impl Walker {
 
 #[cfg(test)]
 mod tests {
+    use saphyr_parser::Parser;
+
     use super::*;
 
     fn build(text: &str) -> KeyIndex {
-        KeyIndex::build(text)
+        let mut walker = Walker::new();
+        for event in Parser::new_from_str(text) {
+            let (event, span) = event.unwrap();
+            walker.event(&event, span);
+        }
+        walker.finish()
     }
 
     fn at(index: &KeyIndex, path: &[&str]) -> (usize, usize) {
