@@ -27,14 +27,45 @@ const SECRET_KEYS: [(&str, &str); 4] = [
 ///
 /// # Errors
 /// Returns every problem found: an unreadable file, a file over [`MAX_SPEC_BYTES`] or not
-/// UTF-8, nesting deeper than [`MAX_SPEC_DEPTH`], more than [`MAX_SPEC_NODES`] nodes, a YAML
-/// or type error, duplicate keys, or the semantic problems of [`Spec::validate`].
+/// UTF-8, an empty spec, nesting deeper than [`MAX_SPEC_DEPTH`], more than [`MAX_SPEC_NODES`]
+/// nodes, a YAML or type error, duplicate keys, or the semantic problems of [`Spec::validate`].
 ///
 /// [`MAX_SPEC_BYTES`]: crate::MAX_SPEC_BYTES
 /// [`MAX_SPEC_DEPTH`]: crate::MAX_SPEC_DEPTH
 /// [`MAX_SPEC_NODES`]: crate::MAX_SPEC_NODES
 pub fn load(path: &Path) -> Result<Spec> {
     read(path).map(|(spec, _)| spec)
+}
+
+/// Reads the spec file at `path` to replace `current`, the spec in force, as the daemon's
+/// spec reloader does.
+///
+/// It loads the file as [`load`] does, and also refuses a spec without any repository while
+/// `current` has one, unless the file says so explicitly with `forges: {}`. An editor that
+/// saves in two steps, or a deployment that truncates the file before writing it, can leave an
+/// empty or half-written spec for a moment; taken as desired state it would stop building
+/// every repository. A spec that means "build nothing" writes `forges: {}`, which a truncated
+/// file never looks like.
+///
+/// # Errors
+/// Returns every problem [`load`] finds, or the refusal of a spec that would drop every
+/// repository.
+pub fn reload(path: &Path, current: &Spec) -> Result<Spec> {
+    let (spec, index) = read(path)?;
+    let running = current.repos().count();
+    if running == 0 || spec.repos().next().is_some() || index.is_empty_mapping("forges") {
+        return Ok(spec);
+    }
+    let at = index.locate(&["forges".to_owned()]);
+    Err(SpecErrors::new(vec![SpecError {
+        file: path.to_path_buf(),
+        line: at.line,
+        col: at.col,
+        message: format!(
+            "the spec has no repository while the running one has {running}; the running spec \
+             stays in force (to stop building every repository, write `forges: {{}}`)"
+        ),
+    }]))
 }
 
 /// Parses and validates spec `text`; `file` names it in errors.
@@ -189,6 +220,9 @@ mod tests {
 
     use super::*;
 
+    const REPO: &str =
+        "forges:\n  here:\n    kind: local\n    repos:\n      demo:\n        path: /srv/demo\n";
+
     /// Writes `bytes` as `spec.yaml` in a new directory (kept alive by the returned guard).
     fn file(bytes: impl AsRef<[u8]>) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -213,6 +247,92 @@ mod tests {
             error.starts_with(&format!("{position}: ")) && error.contains(needle),
             "expected `{position}: …{needle}…`, got `{error}`"
         );
+    }
+
+    fn running() -> Spec {
+        parse(REPO, Path::new("/etc/reconix/spec.yaml")).unwrap()
+    }
+
+    #[test]
+    fn empty_file_should_be_refused_at_its_start() {
+        let (_dir, path) = file("");
+        assert_refused(load(&path), "1:1", "the spec is empty");
+        let shown = load(&path).unwrap_err().to_string();
+        assert!(
+            shown.starts_with(&format!("{}:1:1: the spec is empty", path.display())),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn whitespace_only_file_should_be_refused_as_empty() {
+        let (_dir, path) = file(" \n\t\n   \n");
+        assert_refused(load(&path), "1:1", "the spec is empty");
+    }
+
+    #[test]
+    fn comments_only_file_should_be_refused_as_empty() {
+        let (_dir, path) = file("# reconix spec\n\n  # nothing yet\n");
+        assert_refused(load(&path), "1:1", "the spec is empty");
+        let (_dir, path) = file("---\n# nothing yet\n");
+        assert_refused(load(&path), "1:1", "the spec is empty");
+    }
+
+    #[test]
+    fn empty_mapping_should_be_a_valid_spec_for_load() {
+        let (_dir, path) = file("{}\n");
+        assert_eq!(load(&path).unwrap().repos().count(), 0);
+    }
+
+    #[test]
+    fn reload_should_refuse_an_empty_mapping_while_repos_are_running() {
+        let (_dir, path) = file("{}\n");
+        let error = only_error(reload(&path, &running()));
+        assert_eq!(
+            error,
+            "1:1: the spec has no repository while the running one has 1; the running spec \
+             stays in force (to stop building every repository, write `forges: {}`)"
+        );
+    }
+
+    #[test]
+    fn reload_should_accept_forges_written_as_an_empty_mapping() {
+        let (_dir, path) = file("state-dir: /var/lib/reconix\nforges: {}\n");
+        let spec = reload(&path, &running()).unwrap();
+        assert!(spec.forges.is_empty());
+    }
+
+    #[test]
+    fn reload_should_refuse_a_truncated_spec_without_repos() {
+        // What an editor's or a deployment's half-written file looks like: the forge is there,
+        // its repos are not (yet).
+        let (_dir, path) = file("forges:\n  here:\n    kind: local\n");
+        assert_refused(
+            reload(&path, &running()),
+            "1:1",
+            "the spec has no repository while the running one has 1",
+        );
+        let (_dir, path) = file("state-dir: /var/lib/reconix\nforges:\n");
+        assert_refused(reload(&path, &running()), "2:1", "write `forges: {}`");
+        let (_dir, path) = file("forges: {here: {kind: local, repos: {}}}\n");
+        assert_refused(reload(&path, &running()), "1:1", "the running one has 1");
+    }
+
+    #[test]
+    fn reload_should_accept_a_spec_without_repos_when_none_are_running() {
+        let (_dir, path) = file("forges:\n  here:\n    kind: local\n");
+        let current = parse("{}", Path::new("/etc/reconix/spec.yaml")).unwrap();
+        assert_eq!(reload(&path, &current).unwrap().repos().count(), 0);
+        let (_dir, path) = file("{}\n");
+        assert_eq!(reload(&path, &current).unwrap().repos().count(), 0);
+    }
+
+    #[test]
+    fn reload_should_accept_a_spec_with_repos_and_report_load_errors() {
+        let (_dir, path) = file(REPO);
+        assert_eq!(reload(&path, &running()).unwrap().repos().count(), 1);
+        let (_dir, path) = file("");
+        assert_refused(reload(&path, &running()), "1:1", "the spec is empty");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! cloned the path per node: quadratic in the nesting depth (10,000 levels of `- ` took 58 s and
 //! 2.7 GB).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use saphyr_parser::{Event, Span};
 
@@ -50,12 +50,21 @@ pub(crate) struct KeyIndex {
     /// `(parent, key or item number)` → the node and where its key (or item) is.
     children: HashMap<(NodeId, String), (NodeId, Position)>,
     root: Option<Position>,
+    /// The nodes whose value is a mapping without any key (`{}`).
+    empty_mappings: HashSet<NodeId>,
     pub(crate) duplicates: Vec<DuplicateKey>,
 }
 
 enum Frame {
-    Mapping { node: NodeId, expecting_key: bool },
-    Sequence { node: NodeId, next: usize },
+    Mapping {
+        node: NodeId,
+        expecting_key: bool,
+        keys: usize,
+    },
+    Sequence {
+        node: NodeId,
+        next: usize,
+    },
 }
 
 /// The merge key `<<` may legitimately repeat in some YAML dialects; it is never a spec key.
@@ -92,6 +101,13 @@ impl KeyIndex {
             }
         }
         found
+    }
+
+    /// Returns true when the top-level `key` is present and its value is written `{}`.
+    pub(crate) fn is_empty_mapping(&self, key: &str) -> bool {
+        self.children
+            .get(&(ROOT, key.to_owned()))
+            .is_some_and(|(node, _)| self.empty_mappings.contains(node))
     }
 }
 
@@ -148,6 +164,7 @@ impl Walker {
                 self.stack.push(Frame::Mapping {
                     node,
                     expecting_key: true,
+                    keys: 0,
                 });
             }
             Event::SequenceStart(..) => {
@@ -155,7 +172,9 @@ impl Walker {
                 self.stack.push(Frame::Sequence { node, next: 0 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
+                if let Some(Frame::Mapping { node, keys: 0, .. }) = self.stack.pop() {
+                    self.index.empty_mappings.insert(node);
+                }
                 self.end_node();
             }
             Event::Nothing
@@ -178,11 +197,13 @@ impl Walker {
         let Some(Frame::Mapping {
             node,
             expecting_key,
+            keys,
         }) = self.stack.last_mut()
         else {
             return;
         };
         *expecting_key = false;
+        *keys += 1;
         // A merge key or a duplicate gets a node of its own that no path reaches.
         self.current = fresh;
         if key == MERGE_KEY {
@@ -282,6 +303,15 @@ mod tests {
         assert_eq!(index.duplicates.len(), 1);
         assert_eq!(index.duplicates[0].at, Position { line: 3, col: 13 });
         assert_eq!(at(&index, &["b", "x"]), (5, 3));
+    }
+
+    #[test]
+    fn index_should_tell_an_empty_mapping_from_a_missing_or_null_one() {
+        assert!(build("forges: {}\n").is_empty_mapping("forges"));
+        assert!(!build("forges:\n").is_empty_mapping("forges"));
+        assert!(!build("forges: {a: 1}\n").is_empty_mapping("forges"));
+        assert!(!build("other: {}\n").is_empty_mapping("forges"));
+        assert!(!build("a: {forges: {}}\n").is_empty_mapping("forges"));
     }
 
     #[test]

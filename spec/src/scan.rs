@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Marker, Parser};
+use saphyr_parser::{Event, Marker, Parser, ScalarStyle};
 
 use crate::limits::{MAX_SPEC_DEPTH, MAX_SPEC_NODES};
 use crate::locate::{KeyIndex, Position, Walker};
@@ -31,7 +31,7 @@ pub(crate) struct Refusal {
 /// What a [`Refusal`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RefusalKind {
-    /// A limit: the message is final.
+    /// A limit or an empty spec: the message is final.
     Refused,
     /// A syntax error found by saphyr, which libyaml may word better (see `load.rs`).
     Syntax,
@@ -56,19 +56,24 @@ struct Counter {
     nodes: usize,
     /// The size of every anchor whose node has ended, by saphyr's anchor id.
     anchors: HashMap<usize, usize>,
+    /// Whether the first document holds anything but an empty plain scalar (what `---` alone
+    /// gives).
+    content: bool,
 }
 
 /// Reads `text` to the end (or to the first problem) and returns where its keys are.
 ///
 /// # Errors
 /// Returns the first of: a syntax error, a collection nested deeper than [`MAX_SPEC_DEPTH`],
-/// more than [`MAX_SPEC_NODES`] nodes, or an alias inside its own anchor.
+/// more than [`MAX_SPEC_NODES`] nodes, an alias inside its own anchor, or a document without
+/// content.
 pub(crate) fn scan(text: &str) -> Result<KeyIndex, Refusal> {
     let mut walker = Walker::new();
     let mut count = Counter {
         open: Vec::new(),
         nodes: 0,
         anchors: HashMap::new(),
+        content: false,
     };
     // Where the last event ended: the scanner may have read further.
     let mut seen = Marker::new(0, 1, 0);
@@ -94,6 +99,13 @@ pub(crate) fn scan(text: &str) -> Result<KeyIndex, Refusal> {
         count.event(&event, Position::of(span))?;
         walker.event(&event, span);
         seen = span.end;
+    }
+    if !count.content {
+        return Err(Refusal::new(
+            Position::START,
+            "the spec is empty (only whitespace or comments); a spec that builds nothing \
+             says `forges: {}`",
+        ));
     }
     Ok(walker.finish())
 }
@@ -172,6 +184,7 @@ impl Counter {
     fn event(&mut self, event: &Event<'_>, at: Position) -> Result<(), Refusal> {
         match event {
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                self.content = true;
                 if self.open.len() >= MAX_SPEC_DEPTH {
                     return Err(too_deep(at));
                 }
@@ -184,13 +197,18 @@ impl Counter {
                     self.anchors.insert(anchor, self.nodes - before);
                 }
             }
-            Event::Scalar(_, _, anchor, _) => {
+            Event::Scalar(value, style, anchor, tag) => {
+                let empty = value.is_empty() && *style == ScalarStyle::Plain && tag.is_none();
+                if !empty || *anchor > 0 {
+                    self.content = true;
+                }
                 self.add(1, at)?;
                 if *anchor > 0 {
                     self.anchors.insert(*anchor, 1);
                 }
             }
             Event::Alias(anchor) => {
+                self.content = true;
                 // saphyr names an anchor as its node starts, so an alias inside that node finds
                 // it still open: expanding it would never end (libyaml recurses until serde's
                 // recursion limit, copying the anchor at every level).
