@@ -33,7 +33,11 @@ pub const MAX_SPEC_DEPTH: usize = 32;
 /// bounds its memory and time, and makes a "billion laughs" of aliases a refused spec.
 pub const MAX_SPEC_NODES: usize = 100_000;
 
-/// Reads at most [`MAX_SPEC_BYTES`] of `path`, checks that they are UTF-8 and returns the text.
+/// A UTF-8 byte-order mark; editors on Windows may start a file with one.
+const BOM: &str = "\u{feff}";
+
+/// Reads at most [`MAX_SPEC_BYTES`] of `path`, checks that they are UTF-8 and returns the text
+/// without a leading byte-order mark.
 ///
 /// # Errors
 /// Returns an [`std::io::Error`] when the file cannot be read, or a [`Refusal`] when it is too
@@ -48,8 +52,11 @@ pub(crate) fn read(path: &Path) -> std::io::Result<Result<String, Refusal>> {
 }
 
 /// Checks the size and the encoding of a spec's bytes.
-fn decode(bytes: Vec<u8>) -> Result<String, Refusal> {
+fn decode(mut bytes: Vec<u8>) -> Result<String, Refusal> {
     check_size(&bytes)?;
+    if bytes.starts_with(BOM.as_bytes()) {
+        bytes.drain(..BOM.len());
+    }
     String::from_utf8(bytes).map_err(|err| {
         let bytes = err.as_bytes();
         let offset = err.utf8_error().valid_up_to();
@@ -64,13 +71,13 @@ fn decode(bytes: Vec<u8>) -> Result<String, Refusal> {
     })
 }
 
-/// Checks the size of a spec given as text and returns it.
+/// Checks the size of a spec given as text and returns it without a leading byte-order mark.
 ///
 /// # Errors
 /// Returns a [`Refusal`] when `text` is longer than [`MAX_SPEC_BYTES`].
 pub(crate) fn check_text(text: &str) -> Result<&str, Refusal> {
     check_size(text.as_bytes())?;
-    Ok(text)
+    Ok(text.strip_prefix(BOM).unwrap_or(text))
 }
 
 fn check_size(bytes: &[u8]) -> Result<(), Refusal> {
@@ -87,9 +94,12 @@ fn check_size(bytes: &[u8]) -> Result<(), Refusal> {
 }
 
 /// Returns the line and column of byte `offset` of `bytes`, counting characters (UTF-8 lead
-/// bytes) for the column, as the YAML parsers do.
+/// bytes) for the column, as the YAML parsers do. A leading byte-order mark takes no column.
 fn position_at(bytes: &[u8], offset: usize) -> Position {
-    let before = &bytes[..offset.min(bytes.len())];
+    let mut before = &bytes[..offset.min(bytes.len())];
+    if let Some(rest) = before.strip_prefix(BOM.as_bytes()) {
+        before = rest;
+    }
     let line_start = before
         .iter()
         .rposition(|&b| b == b'\n')

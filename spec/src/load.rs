@@ -23,12 +23,14 @@ const SECRET_KEYS: [(&str, &str); 4] = [
 
 /// Reads, parses and validates the spec file at `path`.
 ///
-/// Relative repo paths and secret files in it are resolved against the file's directory.
+/// Relative repo paths and secret files in it are resolved against the file's directory. A
+/// UTF-8 byte-order mark at the start is ignored.
 ///
 /// # Errors
 /// Returns every problem found: an unreadable file, a file over [`MAX_SPEC_BYTES`] or not
 /// UTF-8, an empty spec, nesting deeper than [`MAX_SPEC_DEPTH`], more than [`MAX_SPEC_NODES`]
-/// nodes, a YAML or type error, duplicate keys, or the semantic problems of [`Spec::validate`].
+/// nodes, more than one YAML document, a YAML or type error, duplicate keys, or the semantic
+/// problems of [`Spec::validate`].
 ///
 /// [`MAX_SPEC_BYTES`]: crate::MAX_SPEC_BYTES
 /// [`MAX_SPEC_DEPTH`]: crate::MAX_SPEC_DEPTH
@@ -351,6 +353,45 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         assert_refused(load(&path), "2:19", "byte 0xc3");
+    }
+
+    #[test]
+    fn leading_byte_order_mark_should_be_ignored() {
+        let text = format!("\u{feff}state-dir: /srv/ci\n{REPO}");
+        let (_dir, path) = file(&text);
+        let spec = load(&path).unwrap();
+        assert_eq!(spec.state_dir, Path::new("/srv/ci"));
+        assert_eq!(parse(&text, Path::new("/etc/r/spec.yaml")).unwrap(), spec);
+    }
+
+    #[test]
+    fn positions_after_a_byte_order_mark_should_not_count_it() {
+        let (_dir, path) = file("\u{feff}listen: x\n");
+        assert_refused(load(&path), "1:9", "invalid socket address");
+        let (_dir, path) = file(b"\xef\xbb\xbfa\xff");
+        assert_refused(load(&path), "1:2", "not valid UTF-8");
+    }
+
+    #[test]
+    fn second_document_should_be_located_at_its_start() {
+        let text = format!("{REPO}---\n{REPO}");
+        assert_refused(
+            parse(&text, Path::new("/etc/r/spec.yaml")),
+            "7:1",
+            "a second YAML document starts here; a spec is a single document",
+        );
+        let text = format!("{REPO}...\nlisten: 127.0.0.1:80\n");
+        assert_refused(
+            parse(&text, Path::new("/etc/r/spec.yaml")),
+            "8:1",
+            "a second YAML document",
+        );
+        let text = format!("---\n{REPO}--- {{}}\n");
+        assert_refused(
+            parse(&text, Path::new("/etc/r/spec.yaml")),
+            "8:1",
+            "a second YAML document",
+        );
     }
 
     #[test]

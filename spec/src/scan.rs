@@ -31,7 +31,7 @@ pub(crate) struct Refusal {
 /// What a [`Refusal`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RefusalKind {
-    /// A limit or an empty spec: the message is final.
+    /// A limit, an empty spec or a second document: the message is final.
     Refused,
     /// A syntax error found by saphyr, which libyaml may word better (see `load.rs`).
     Syntax,
@@ -56,6 +56,7 @@ struct Counter {
     nodes: usize,
     /// The size of every anchor whose node has ended, by saphyr's anchor id.
     anchors: HashMap<usize, usize>,
+    documents: usize,
     /// Whether the first document holds anything but an empty plain scalar (what `---` alone
     /// gives).
     content: bool,
@@ -65,14 +66,15 @@ struct Counter {
 ///
 /// # Errors
 /// Returns the first of: a syntax error, a collection nested deeper than [`MAX_SPEC_DEPTH`],
-/// more than [`MAX_SPEC_NODES`] nodes, an alias inside its own anchor, or a document without
-/// content.
+/// more than [`MAX_SPEC_NODES`] nodes, an alias inside its own anchor, a second document, or a
+/// document without content.
 pub(crate) fn scan(text: &str) -> Result<KeyIndex, Refusal> {
     let mut walker = Walker::new();
     let mut count = Counter {
         open: Vec::new(),
         nodes: 0,
         anchors: HashMap::new(),
+        documents: 0,
         content: false,
     };
     // Where the last event ended: the scanner may have read further.
@@ -183,6 +185,15 @@ fn crossing(text: &str, from: Marker, depth: usize, failed: Marker) -> Option<Po
 impl Counter {
     fn event(&mut self, event: &Event<'_>, at: Position) -> Result<(), Refusal> {
         match event {
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(Refusal::new(
+                        at,
+                        "a second YAML document starts here; a spec is a single document",
+                    ));
+                }
+            }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                 self.content = true;
                 if self.open.len() >= MAX_SPEC_DEPTH {
@@ -220,11 +231,7 @@ impl Counter {
                 };
                 self.add(size, at)?;
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart(_)
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
         Ok(())
     }
