@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use anyhow::{Context, Result};
 use reconix_nixcli::{Nix, NixCli};
@@ -36,7 +36,20 @@ pub(crate) struct Overrides {
 
 /// Loads and validates the spec, then applies the command-line overrides.
 pub(crate) fn load_spec(path: &Path, overrides: &Overrides) -> Result<Spec, SpecErrors> {
-    let mut spec = reconix_spec::load(path)?;
+    reload_spec(path, None, overrides)
+}
+
+/// Loads the spec as [`load_spec`] does; with `current`, the spec in force, as a reload, which
+/// also refuses a spec that would drop every repository ([`reconix_spec::reload`]).
+fn reload_spec(
+    path: &Path,
+    current: Option<&Spec>,
+    overrides: &Overrides,
+) -> Result<Spec, SpecErrors> {
+    let mut spec = match current {
+        Some(current) => reconix_spec::reload(path, current)?,
+        None => reconix_spec::load(path)?,
+    };
     if let Some(dir) = &overrides.state_dir {
         spec.state_dir.clone_from(dir);
     }
@@ -140,10 +153,18 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     // The first spec loaded fixes the state directory and listen address: the database and the
     // socket are open, so a reload that changes them is rejected rather than half applied.
     let pinned: OnceLock<(PathBuf, SocketAddr)> = OnceLock::new();
+    // The spec last published (the reloader publishes every spec the loader returns), so that
+    // an empty or half-written file cannot take every repository away.
+    let published: Mutex<Option<Spec>> = Mutex::new(None);
     let reloader = match SpecReloader::open(opts.spec_path.clone(), move |p: &Path| {
-        let spec = load_spec(p, &overrides).map_err(|e| e.to_string())?;
+        // The loader runs on one blocking thread at a time; a poisoned lock still holds the
+        // last published spec.
+        let mut published = published.lock().unwrap_or_else(PoisonError::into_inner);
+        let spec = reload_spec(p, published.as_ref(), &overrides).map_err(|e| e.to_string())?;
         let (dir, listen) = pinned.get_or_init(|| (spec.state_dir.clone(), spec.listen));
-        check_pinned(dir, *listen, &spec).map(|()| spec)
+        check_pinned(dir, *listen, &spec)?;
+        *published = Some(spec.clone());
+        Ok::<_, String>(spec)
     }) {
         Ok(reloader) => reloader,
         Err(errors) => {
