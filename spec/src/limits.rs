@@ -28,7 +28,7 @@ pub const MAX_SPEC_DEPTH: usize = 32;
 /// The most YAML nodes (keys, values and items, an alias counting as a copy of its anchor) a
 /// spec may hold.
 ///
-/// A spec with 1,000 repositories has about 10,000. yaml_serde holds every event of the
+/// A spec with 1,000 repositories has 4,000 to 10,000. yaml_serde holds every event of the
 /// document in memory and copies an alias's anchor into each typed field it fills, so this
 /// bounds its memory and time, and makes a "billion laughs" of aliases a refused spec.
 pub const MAX_SPEC_NODES: usize = 100_000;
