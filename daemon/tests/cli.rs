@@ -75,6 +75,43 @@ fn check_should_reject_unknown_keys_with_a_location() {
 }
 
 #[test]
+fn check_should_refuse_an_empty_spec_at_its_first_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("empty.yaml");
+    std::fs::write(
+        &spec,
+        "# nothing here yet
+",
+    )
+    .unwrap();
+    let out = reconix(&["check", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:1:1: the spec is empty", spec.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_should_refuse_hostile_nesting_where_it_crosses_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("deep.yaml");
+    // 100,000 levels of `- `: an older reconix used gigabytes and minutes on this.
+    std::fs::write(&spec, "- ".repeat(100_000)).unwrap();
+    let out = reconix(&["check", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:1:65: the spec nests deeper than 32 levels",
+            spec.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn schema_should_print_the_checked_in_schema() {
     let out = reconix(&["schema"]);
     assert!(out.status.success());

@@ -1,5 +1,6 @@
 //! The daemon's own signal and reload paths: a changed spec file is picked up, SIGHUP re-runs
-//! the loops, an invalid spec is rejected while the old one stays, SIGTERM stops cleanly.
+//! the loops, an invalid spec (or a truncated one without repos) is rejected while the old one
+//! stays, SIGTERM stops cleanly.
 
 use std::time::Duration;
 
@@ -59,6 +60,20 @@ fn spec_reload_sighup_and_sigterm_should_behave() -> Result<()> {
             .then_some(()))
     })?;
     assert_eq!(d.evaluations()?.len(), 2, "still serving the old spec");
+
+    // A truncated spec (what an editor's two-step save can leave for a moment) that still
+    // validates but has no repository is refused too: the running spec keeps both repos.
+    let truncated = with_two
+        .split_once("    repos:\n")
+        .map_or("", |(head, _)| head);
+    std::fs::write(d.spec_path(), truncated)?;
+    d.signal("HUP")?;
+    d.wait_for("the truncated spec's refusal in the log", DEADLINE, |d| {
+        Ok(d.log()
+            .lines()
+            .any(|l| l.contains("the spec has no repository while the running one has 2"))
+            .then_some(()))
+    })?;
 
     // SIGHUP with the valid spec back: accepted, and the next commit is still evaluated.
     std::fs::write(d.spec_path(), &with_two)?;

@@ -1,10 +1,11 @@
 //! The reconix spec: the operator's desired state, as typed YAML.
 //!
-//! [`load`] reads a spec file into a [`Spec`] and reports every problem at its line and column;
+//! [`load`] reads a spec file into a [`Spec`] and reports every problem at its line and column
+//! ([`reload`] also refuses a spec that would silently drop every repository);
 //! [`Spec::validate`] holds the rules beyond the types; [`json_schema`] describes the format for
 //! editors, docs and the NixOS module.
 //!
-//! Pure code: no IO beyond reading the spec file in [`load`] (and a secret in
+//! Pure code: no IO beyond reading the spec file in [`load`] and [`reload`] (and a secret in
 //! [`SecretFile::read`]), no async, no tokio.
 
 mod builders;
@@ -13,11 +14,13 @@ mod error;
 mod forge;
 mod housekeeping;
 mod http;
+mod limits;
 mod load;
 mod locate;
 pub mod names;
 mod nixos;
 mod reference;
+mod scan;
 mod spec;
 mod validate;
 mod values;
@@ -28,7 +31,8 @@ pub use error::{Result, SpecError, SpecErrors};
 pub use forge::{AttrKind, Forge, ForgeKind, Repo};
 pub use housekeeping::{Retention, Statuses};
 pub use http::Http;
-pub use load::{load, parse};
+pub use limits::{MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES};
+pub use load::{load, parse, reload};
 pub use names::*;
 pub use nixos::nixos_options;
 pub use reference::markdown_reference;

@@ -36,7 +36,20 @@ pub(crate) struct Overrides {
 
 /// Loads and validates the spec, then applies the command-line overrides.
 pub(crate) fn load_spec(path: &Path, overrides: &Overrides) -> Result<Spec, SpecErrors> {
-    let mut spec = reconix_spec::load(path)?;
+    reload_spec(path, None, overrides)
+}
+
+/// Loads the spec as [`load_spec`] does; with `current`, the spec in force, as a reload, which
+/// also refuses a spec that would drop every repository ([`reconix_spec::reload`]).
+fn reload_spec(
+    path: &Path,
+    current: Option<&Spec>,
+    overrides: &Overrides,
+) -> Result<Spec, SpecErrors> {
+    let mut spec = match current {
+        Some(current) => reconix_spec::reload(path, current)?,
+        None => reconix_spec::load(path)?,
+    };
     if let Some(dir) = &overrides.state_dir {
         spec.state_dir.clone_from(dir);
     }
@@ -140,11 +153,17 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     // The first spec loaded fixes the state directory and listen address: the database and the
     // socket are open, so a reload that changes them is rejected rather than half applied.
     let pinned: OnceLock<(PathBuf, SocketAddr)> = OnceLock::new();
-    let reloader = match SpecReloader::open(opts.spec_path.clone(), move |p: &Path| {
-        let spec = load_spec(p, &overrides).map_err(|e| e.to_string())?;
-        let (dir, listen) = pinned.get_or_init(|| (spec.state_dir.clone(), spec.listen));
-        check_pinned(dir, *listen, &spec).map(|()| spec)
-    }) {
+    // A reload is checked against the spec in force, so that an empty or half-written file
+    // cannot take every repository away.
+    let reloader = match SpecReloader::open(
+        opts.spec_path.clone(),
+        move |p: &Path, current: Option<&Spec>| {
+            let spec = reload_spec(p, current, &overrides).map_err(|e| e.to_string())?;
+            let (dir, listen) = pinned.get_or_init(|| (spec.state_dir.clone(), spec.listen));
+            check_pinned(dir, *listen, &spec)?;
+            Ok::<_, String>(spec)
+        },
+    ) {
         Ok(reloader) => reloader,
         Err(errors) => {
             eprintln!("{errors}");

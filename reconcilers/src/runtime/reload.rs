@@ -34,7 +34,7 @@ const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
 /// file (or a stuck file system) gets near it.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Loader<T> = Arc<dyn Fn(&Path) -> Result<T, String> + Send + Sync>;
+type Loader<T> = Arc<dyn Fn(&Path, Option<&T>) -> Result<T, String> + Send + Sync>;
 
 /// What the file looked like when last read: equal fingerprints mean nothing to do on a poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,27 +100,31 @@ impl<T> fmt::Debug for SpecReloader<T> {
 impl<T: Send + Sync + 'static> SpecReloader<T> {
     /// Loads the spec at `path` with `loader` and returns a reloader publishing it.
     ///
-    /// `loader` reads and validates the file; its error may hold several lines (one per
-    /// problem), each logged separately on a rejected reload.
+    /// `loader` reads and validates the file; it gets the spec in force (`None` for the first
+    /// load), so that it can refuse a change no sane operator means (every repository gone).
+    /// Its error may hold several lines (one per problem), each logged separately on a rejected
+    /// reload.
     ///
     /// # Errors
     /// Returns the loader's error when the initial spec is invalid: the daemon must not start
     /// without a valid spec.
     pub fn open<L, E>(path: impl Into<PathBuf>, loader: L) -> Result<Self, E>
     where
-        L: Fn(&Path) -> Result<T, E> + Send + Sync + 'static,
+        L: Fn(&Path, Option<&T>) -> Result<T, E> + Send + Sync + 'static,
         E: Display,
     {
         let path = path.into();
         // Hash before loading: if the file changes in between, the next poll sees a new hash
         // and loads again. The other order could miss that change for good.
         let seen = Fingerprint::of(&hash_file(&path));
-        let spec = loader(&path)?;
+        let spec = loader(&path, None)?;
         let (spec, _) = watch::channel(Arc::new(spec));
         let (last_error, _) = watch::channel(None);
         Ok(Self {
             path,
-            loader: Arc::new(move |path| loader(path).map_err(|err| err.to_string())),
+            loader: Arc::new(move |path, current| {
+                loader(path, current).map_err(|err| err.to_string())
+            }),
             poll: DEFAULT_POLL,
             settle: DEFAULT_SETTLE,
             triggers: None,
@@ -215,7 +219,8 @@ impl<T: Send + Sync + 'static> SpecReloader<T> {
         }
         let path = self.path.clone();
         let loader = Arc::clone(&self.loader);
-        let load = tokio::task::spawn_blocking(move || loader(&path));
+        let current = Arc::clone(&self.spec.borrow());
+        let load = tokio::task::spawn_blocking(move || loader(&path, Some(&current)));
         let Ok(loaded) = tokio::time::timeout(LOAD_TIMEOUT, load).await else {
             let message = format!(
                 "loading the spec took longer than {}s: rejected",
@@ -304,7 +309,7 @@ mod tests {
         let loads = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&loads);
         let (trigger, triggers) = mpsc::channel(1);
-        let reloader = SpecReloader::open(&path, move |p: &Path| {
+        let reloader = SpecReloader::open(&path, move |p: &Path, _: Option<&u32>| {
             counter.fetch_add(1, Ordering::SeqCst);
             load_number(p)
         })
@@ -339,7 +344,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spec.yaml");
         std::fs::write(&path, "nope").unwrap();
-        let err = SpecReloader::open(&path, load_number).unwrap_err();
+        let err =
+            SpecReloader::open(&path, |p: &Path, _: Option<&u32>| load_number(p)).unwrap_err();
         assert!(err.contains("not a number"));
     }
 
@@ -373,6 +379,37 @@ mod tests {
         );
         assert_eq!(s.loads.load(Ordering::SeqCst), loads + 1, "loaded once");
         s.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loader_should_judge_a_reload_against_the_spec_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.yaml");
+        std::fs::write(&path, "5").unwrap();
+        // Refuses to go down, as the real loader refuses to drop every repository.
+        let reloader = SpecReloader::open(&path, |p: &Path, current: Option<&u32>| {
+            let n = load_number(p)?;
+            match current {
+                Some(c) if n < *c => Err(format!("spec.yaml:1:1: {n} is below {c}")),
+                _ => Ok(n),
+            }
+        })
+        .unwrap();
+        let mut spec = reloader.subscribe();
+        let mut errors = reloader.last_error();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(reloader.run(shutdown.clone()));
+        std::fs::write(&path, "3").unwrap();
+        timeout(WITHIN, errors.changed()).await.unwrap().unwrap();
+        assert_eq!(
+            errors.borrow_and_update().as_deref(),
+            Some("spec.yaml:1:1: 3 is below 5")
+        );
+        std::fs::write(&path, "7").unwrap();
+        timeout(WITHIN, spec.changed()).await.unwrap().unwrap();
+        assert_eq!(**spec.borrow_and_update(), 7);
+        shutdown.cancel();
+        timeout(WITHIN, run).await.unwrap().unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,9 @@
 //!   setup overhead per build on a reused and on a fresh agent connection against raw Nix's
 //!   `--builders ssh://localhost`, and closure transfer throughput against `nix copy`; needs Nix
 //!   and the `reconix-agent` binary, not the daemon.
+//! - **spec**: the real `reconix check FILE` on hostile spec files (deep nesting, huge files,
+//!   alias bombs) and the largest valid one: wall time and peak RSS (module [`spec`]); needs
+//!   the daemon binary, not Nix.
 //!
 //! Both sides use a chroot store of their own (`--nix-store DIR` / `--store DIR`), each warmed up
 //! with a small flake first, and each run alternates which side goes first. Run
@@ -30,6 +33,7 @@ mod intake;
 mod pages;
 mod remote;
 mod report;
+mod spec;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -60,12 +64,13 @@ const DEADLINE: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "\
 usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3]
-                     [--only eval|build|intake|remote|pages] [--json PATH] [--idle-wait 120]
+                     [--only eval|build|intake|remote|pages|spec] [--json PATH] [--idle-wait 120]
                      [--deliveries 20000] [--concurrency 16] [--remote-builds 50] [--closure-mib 256]
-                     [--page-jobs 10000] [--page-requests 30]
+                     [--page-jobs 10000] [--page-requests 30] [--spec-timeout 120] [--spec-mem-mib 4096]
        reconix-bench intake [--deliveries 20000] [--concurrency 16] [--runs 3] [--json PATH]
        reconix-bench remote [--remote-builds 50] [--closure-mib 256] [--runs 3] [--json PATH]
        reconix-bench pages [--page-jobs 10000] [--page-requests 30] [--json PATH]
+       reconix-bench spec [--runs 3] [--spec-timeout 120] [--spec-mem-mib 4096] [--json PATH]
 
 Compares reconix with raw Nix on generated flakes (p_i depends on p_(i/10)), fresh salts each time:
   eval N    daemon: commit seen -> jobs recorded     raw: one bulk `nix eval --json` (appendix B)
@@ -87,6 +92,11 @@ machine uses < 0.15 cores, and it warns when other processes used more during a 
   pages     the status pages of one evaluation of --page-jobs jobs (file-backed database, the
             real router on loopback): first, middle and last page, `/` and the evaluation's JSON,
             --page-requests GETs each (min, median, p95); needs no Nix (`pages` = `--only pages`)
+  spec      `reconix check FILE` on generated hostile specs (100,000 nested `[`, 25 MB of block
+            nesting, a million `{`, alias bombs, …) and the largest valid one, --runs times each:
+            wall time and peak RSS against 0.1 s and 50 MB; each run killed after --spec-timeout
+            seconds and limited to --spec-mem-mib MiB of address space; needs no Nix
+            (`spec` = `--only spec`)
 The reconix binary is target/<profile>/reconix next to this one, or $RECONIX_BIN; reconix-agent
 likewise, or $RECONIX_AGENT_BIN (without it the default run skips the remote benchmark).";
 
@@ -98,6 +108,7 @@ enum Only {
     Intake,
     Remote,
     Pages,
+    Spec,
 }
 
 /// Command-line options.
@@ -115,6 +126,8 @@ struct Opts {
     closure_mib: usize,
     page_jobs: usize,
     page_requests: usize,
+    spec_timeout: Duration,
+    spec_mem_mib: usize,
 }
 
 fn parse_list(flag: &str, value: Option<String>) -> Result<Vec<usize>> {
@@ -148,12 +161,15 @@ impl Opts {
             closure_mib: 256,
             page_jobs: 10_000,
             page_requests: 30,
+            spec_timeout: Duration::from_secs(120),
+            spec_mem_mib: 4096,
         };
         let mut args = args.into_iter().peekable();
         match args.peek().map(String::as_str) {
             Some("intake") => opts.only = Some(Only::Intake),
             Some("remote") => opts.only = Some(Only::Remote),
             Some("pages") => opts.only = Some(Only::Pages),
+            Some("spec") => opts.only = Some(Only::Spec),
             _ => {}
         }
         if opts.only.is_some() {
@@ -182,8 +198,10 @@ impl Opts {
                         Some("intake") => Some(Only::Intake),
                         Some("remote") => Some(Only::Remote),
                         Some("pages") => Some(Only::Pages),
+                        Some("spec") => Some(Only::Spec),
                         other => bail!(
-                            "--only takes `eval`, `build`, `intake`, `remote` or `pages`, not {other:?}"
+                            "--only takes `eval`, `build`, `intake`, `remote`, `pages` or `spec`, \
+                             not {other:?}"
                         ),
                     }
                 }
@@ -195,7 +213,7 @@ impl Opts {
                     opts.idle_wait = Duration::from_secs(secs);
                 }
                 "--deliveries" | "--concurrency" | "--remote-builds" | "--closure-mib"
-                | "--page-jobs" | "--page-requests" => {
+                | "--page-jobs" | "--page-requests" | "--spec-timeout" | "--spec-mem-mib" => {
                     let n = match parse_list(&flag, value())?.as_slice() {
                         [n] => *n,
                         _ => bail!("{flag} takes one positive number"),
@@ -206,6 +224,8 @@ impl Opts {
                         "--remote-builds" => opts.remote_builds = n,
                         "--page-jobs" => opts.page_jobs = n,
                         "--page-requests" => opts.page_requests = n,
+                        "--spec-timeout" => opts.spec_timeout = Duration::from_secs(n as u64),
+                        "--spec-mem-mib" => opts.spec_mem_mib = n,
                         _ => opts.closure_mib = n,
                     }
                 }
@@ -235,6 +255,14 @@ impl Opts {
         }
     }
 
+    fn spec_settings(&self) -> spec::Settings {
+        spec::Settings {
+            runs: self.runs,
+            timeout: self.spec_timeout,
+            mem_mib: self.spec_mem_mib,
+        }
+    }
+
     fn remote_settings(&self) -> remote::Settings {
         remote::Settings {
             builds: self.remote_builds,
@@ -251,7 +279,13 @@ fn run_alone(opts: &Opts, only: Only) -> Result<ExitCode> {
         .parent()
         .context("e2e crate has no parent")?;
     let machine = Machine::read(workspace);
-    let (text, key, json) = if only == Only::Pages {
+    let (text, key, json) = if only == Only::Spec {
+        let reconix = spec::reconix_bin()?;
+        progress!("reconix binary: {}", reconix.display());
+        eprint!("{}", machine.text());
+        let report = spec::run(opts.spec_settings(), &reconix)?;
+        (report.text(), "spec", report.to_json())
+    } else if only == Only::Pages {
         eprint!("{}", machine.text());
         let report = pages::run(opts.pages_settings())?;
         (report.text(), "pages", report.to_json())
@@ -295,7 +329,7 @@ fn run() -> Result<ExitCode> {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     };
-    if let Some(only @ (Only::Intake | Only::Remote | Only::Pages)) = opts.only {
+    if let Some(only @ (Only::Intake | Only::Remote | Only::Pages | Only::Spec)) = opts.only {
         return run_alone(&opts, only);
     }
     // The e2e harness finds the daemon through RECONIX_BIN. Setting our own environment needs
@@ -368,6 +402,11 @@ fn run() -> Result<ExitCode> {
     } else {
         None
     };
+    let spec = if opts.wants(Only::Spec) {
+        Some(spec::run(opts.spec_settings(), &reconix)?)
+    } else {
+        None
+    };
     // `make bench` builds the daemon and this crate; the agent may not be there.
     let remote = match remote::agent_bin() {
         _ if !opts.wants(Only::Remote) => None,
@@ -409,6 +448,10 @@ fn run() -> Result<ExitCode> {
         println!();
         print!("{}", pages.text());
     }
+    if let Some(spec) = &spec {
+        println!();
+        print!("{}", spec.text());
+    }
     match &remote {
         Some(Ok(remote)) => {
             println!();
@@ -440,6 +483,9 @@ fn run() -> Result<ExitCode> {
         }
         if let Some(pages) = &pages {
             doc["pages"] = pages.to_json();
+        }
+        if let Some(spec) = &spec {
+            doc["spec"] = spec.to_json();
         }
         match &remote {
             Some(Ok(remote)) => doc["remote"] = remote.to_json(),
