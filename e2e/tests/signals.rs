@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use reconix_e2e::{DEADLINE, GitRepo, TestDaemon, local_spec, salt};
 use serde_json::Value;
 
@@ -75,11 +75,39 @@ fn spec_reload_sighup_and_sigterm_should_behave() -> Result<()> {
             .then_some(()))
     })?;
 
+    // A spec truncated to nothing (a failed deploy), picked up by the poll: refused, loudly —
+    // in /api/v1/status and on the overview page — and both repositories stay in the daemon's
+    // view and keep being built (the old daemon dropped them all within 12 s).
+    std::fs::write(d.spec_path(), "")?;
+    let status = d.wait_for("the empty spec's refusal in the status", DEADLINE, |d| {
+        let status = d.get_json("/api/v1/status")?;
+        Ok(status["spec_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the spec is empty"))
+            .then_some(status))
+    })?;
+    eprintln!("refused: {}", status["spec_error"]);
+    ensure!(
+        d.get_text("/")?.contains("the spec file was REJECTED"),
+        "the overview page says so"
+    );
+    let rev4 = two.commit_flake(&flake(&format!("{salt}-4")), "four")?;
+    d.wait_evaluation(&rev4, "finished")?;
+    let page = d.get_text("/")?;
+    ensure!(
+        page.contains("here/demo") && page.contains("here/other"),
+        "both repositories are still in view"
+    );
+
     // SIGHUP with the valid spec back: accepted, and the next commit is still evaluated.
     std::fs::write(d.spec_path(), &with_two)?;
     d.signal("HUP")?;
     let rev3 = one.commit_flake(&flake(&format!("{salt}-3")), "three")?;
     d.wait_evaluation(&rev3, "finished")?;
+    ensure!(
+        d.get_json("/api/v1/status")?["spec_error"].is_null(),
+        "a good reload clears the alarm"
+    );
 
     // SIGTERM: graceful shutdown, exit code 0.
     d.signal("TERM")?;
