@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use reconix_agent::coordinator::{AgentConn, Listener, Pending, token_matches};
+use reconix_agent::protocol::Refusal;
 use reconix_spec::{Spec, Timestamp};
 use reconix_status::{AgentAdmission, AgentHello, Status};
 use tokio::sync::watch;
@@ -107,10 +108,13 @@ pub async fn run_enrollment(
         };
         let pending = match pending {
             Ok(p) => p,
-            Err(err) => {
-                warn!(error = %err, "an agent connection failed its handshake");
-                continue;
+            Err(reconix_agent::Error::ListenerClosed) => {
+                warn!("the enrollment listener stopped");
+                return;
             }
+            // Port scanners and silent or garbled peers: the listener already dropped (and
+            // logged) them.
+            Err(_) => continue,
         };
         let spec = Arc::clone(&spec.borrow());
         if let Err(err) = admit(pending, &spec, &status, &agents, &wakers).await {
@@ -143,7 +147,7 @@ async fn admit(
         let expected = match &spec.builders.enrollment {
             Some(e) => read_secret(&e.token_file, "enrollment token")?,
             None => {
-                pending.reject("enrollment is not configured").await;
+                pending.reject(Refusal::EnrollmentClosed, "enrollment is not configured");
                 return Ok(());
             }
         };
@@ -152,8 +156,10 @@ async fn admit(
             .as_ref()
             .is_some_and(|t| token_matches(expected.expose().trim(), t.expose().trim()));
         if !valid {
-            warn!(reason = %admit_error(&pending), "agent refused");
-            pending.reject("enrollment token missing or wrong").await;
+            let reason = admit_error(&pending);
+            warn!(reason = %reason, "agent refused");
+            // In the background: a refused agent never holds up the next one.
+            pending.reject(Refusal::BadToken, &reason);
             return Ok(());
         }
         let o = offer.clone();
@@ -169,7 +175,9 @@ async fn admit(
         .await?;
     info!(agent = %name, peer = %conn.peer(), "agent connected");
     if let Some(old) = agents.insert(Arc::clone(&conn)) {
-        old.disconnect().await;
+        // The same agent reconnected: its old connection goes, without holding up the next
+        // agent in line.
+        tokio::spawn(async move { old.disconnect().await });
     }
     wakers.builds();
     tokio::spawn(watch_agent(
