@@ -265,6 +265,11 @@ impl TestDaemon {
         &self.url
     }
 
+    /// Returns the daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Returns the daemon's state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
@@ -426,6 +431,13 @@ impl AgentProcess {
     /// Returns what the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent (SIGKILL) and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 }
 
