@@ -124,8 +124,13 @@ pub enum Admission {
 }
 
 /// Decides whether an agent presenting `key` under a name with `credentials` may work (pure).
-/// The order matters: revocations win over everything, a known key needs no token.
-pub fn admission(credentials: &AgentCredentials, key: &str, token: Token) -> Admission {
+/// The order matters: revocations win over everything, a known key needs no token. `token`
+/// is asked only when the token matters, so that known agents never depend on the token file.
+pub fn admission(
+    credentials: &AgentCredentials,
+    key: &str,
+    token: impl FnOnce() -> Token,
+) -> Admission {
     if credentials.key_revoked_at.is_some() {
         return Admission::Refuse(Refusal::KeyRevoked);
     }
@@ -135,7 +140,7 @@ pub fn admission(credentials: &AgentCredentials, key: &str, token: Token) -> Adm
     if credentials.enrolled_key.as_deref() == Some(key) {
         return Admission::Known;
     }
-    match token {
+    match token() {
         Token::Valid => Admission::Enrol,
         Token::Missing | Token::Wrong => Admission::Refuse(Refusal::BadToken),
         Token::NotConfigured => Admission::Refuse(Refusal::EnrollmentClosed),
@@ -229,7 +234,7 @@ async fn admit(
     let name = offer.name.clone();
     let (n, fp) = (offer.name.clone(), offer.fingerprint.clone());
     let credentials = status.call(move |db| db.agent_credentials(&n, &fp)).await?;
-    let token = check_token(spec, hello.token.as_ref());
+    let token = || check_token(spec, hello.token.as_ref());
     match admission(&credentials, &offer.fingerprint, token) {
         Admission::Refuse(refusal) => {
             let message = refusal_message(refusal, &name, &offer.fingerprint);
@@ -409,11 +414,28 @@ mod tests {
         ];
         for (credentials, key, token, expected) in table {
             assert_eq!(
-                admission(&credentials, key, token),
+                admission(&credentials, key, || token),
                 expected,
                 "{credentials:?} {key} {token:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_known_or_revoked_agent_should_never_need_the_token_file() {
+        let asked = std::cell::Cell::new(false);
+        let token = || {
+            asked.set(true);
+            Token::Wrong
+        };
+        assert_eq!(admission(&enrolled(KEY), KEY, token), Admission::Known);
+        assert_eq!(
+            admission(&name_revoked(OTHER), KEY, token),
+            Admission::Refuse(Refusal::NameRevoked)
+        );
+        assert!(!asked.get());
+        admission(&enrolled(OTHER), KEY, token);
+        assert!(asked.get());
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
     }
     // A connected agent stays only while its key alone would admit it (the token was checked
     // once, at enrolment).
-    let refusal = match admission(&observed.credentials, &observed.key, Token::Missing) {
+    let refusal = match admission(&observed.credentials, &observed.key, || Token::Missing) {
         Admission::Known => None,
         Admission::Refuse(refusal) => Some(refusal),
         // Unreachable without a token; refusing is the safe reading.
