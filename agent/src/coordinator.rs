@@ -30,7 +30,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCerti
 use russh::{Channel, ChannelMsg, ChannelReadHalf, Disconnect};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use tracing::{debug, info, warn};
@@ -154,15 +154,25 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` and starts accepting (handshakes run in the background; take their results
-    /// with [`accept`](Self::accept)).
+    /// Binds `addr` with a listen backlog of [`LISTEN_BACKLOG`] and starts accepting under
+    /// `limits` (handshakes run in the background; take their results with
+    /// [`accept`](Self::accept)).
     ///
     /// # Errors
     /// [`Error::Bind`] when the address cannot be bound.
     pub async fn bind(addr: SocketAddr, key: &CoordinatorKey, limits: Limits) -> Result<Self> {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
+        let bind_error = |source| Error::Bind { addr, source };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(bind_error)?;
+        // As std's `TcpListener::bind` does: a restarted daemon can bind again while old
+        // connections linger in TIME_WAIT.
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        socket.bind(addr).map_err(bind_error)?;
+        let tcp = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
         Self::from_tcp(tcp, key, limits)
     }
 
@@ -212,6 +222,15 @@ impl Listener {
         results.recv().await.unwrap_or(Err(Error::ListenerClosed))
     }
 }
+
+/// The kernel's queue of connections not yet accepted (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default). std's and tokio's `bind` ask for 128: a flood of
+/// 200 connections re-opened as fast as they are dropped overflowed that, and the kernel then
+/// dropped an agent's SYN or handshake ACK too, so its `connect` took 1 s, 3 s or more (TCP's
+/// retransmission delays) before the listener ever saw it. A flood larger than this backlog
+/// plus `max_pending` still overflows it; only the kernel can help then (SYN cookies,
+/// firewall rate limits).
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// Finished handshakes (and failures) waiting for [`Listener::accept`].
 const RESULTS: usize = 64;

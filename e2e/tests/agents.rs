@@ -202,9 +202,11 @@ fn agents_should_enrol_with_a_token_and_stay_refused_once_revoked() -> Result<()
         row["state"] == "admitted" && row["admitted_by"] == "e2e" && row["admitted_at"].is_number(),
         "{row}"
     );
-    d.wait_for("the old key to be refused after the admission", DEADLINE, |_| {
-        Ok((refusal_delays(&a1).len() > refusals).then_some(()))
-    })?;
+    d.wait_for(
+        "the old key to be refused after the admission",
+        DEADLINE,
+        |_| Ok((refusal_delays(&a1).len() > refusals).then_some(())),
+    )?;
     ensure!(
         builder(&d, "a1")?.is_some_and(|b| b["connected_at"].is_null()),
         "the revoked key got in after the admission"
@@ -242,8 +244,7 @@ fn a_rotated_token_should_refuse_the_old_one_and_leave_enrolled_agents_alone() -
     let a2_dir = agent_dir(tmp.path(), "a2", Some("first-token"))?;
     let a2 = start_agent(&coordinator, &a2_dir, "a2")?;
     d.wait_for("a2's old token to be refused", DEADLINE, |d| {
-        Ok(d
-            .log()
+        Ok(d.log()
             .lines()
             .any(|l| l.contains("agent refused") && l.contains("a2"))
             .then_some(()))
@@ -470,8 +471,7 @@ fn the_enrolment_port_should_survive_running_out_of_file_descriptors() -> Result
     let flood_started = Instant::now();
     let flood = Flood::start(&coordinator, 100)?;
     d.wait_for("the daemon to run out of file descriptors", DEADLINE, |d| {
-        Ok(d
-            .log()
+        Ok(d.log()
             .contains("accepting an agent connection failed")
             .then_some(()))
     })?;
