@@ -10,7 +10,11 @@
 //!
 //! The port is open to anyone, so unfinished connections are bounded ([`Limits`], the policy
 //! in `gate`): per source and in all, the newest connection displacing the oldest silent one.
-//! A connection takes a handshake slot only once it has sent something.
+//! A connection takes a handshake slot only once it has sent something. Measured (e2e
+//! `agents::an_agent_should_be_ready_at_once_while_silent_connections_flood_the_port`, 2 cores
+//! shared with other builds and two CPU hogs, load ~12): with 200 silent connections from the
+//! agent's address re-opened as fast as they are dropped, an agent is `ready` 0.11-0.24 s after
+//! its start (before: never while the connections are held; see docs/benchmarks.md).
 //!
 //! An [`AgentConn`] is one live connection: it opens a `nix-store --serve --write` exec channel
 //! per build ([`AgentConn::open_serve`]) on the same SSH connection, and publishes the agent's
@@ -352,6 +356,7 @@ async fn connection(
     // mid-handshake would keep it (and the task) for good.
     let cut = CancellationToken::new();
     let stream = Cuttable::new(stream, cut.clone());
+    let armed = Arc::clone(&stream.armed);
     let result = tokio::select! {
         () = cancel.cancelled() => Err(Error::Displaced { peer }),
         r = tokio::time::timeout_at(deadline, pre_auth(stream, peer, ticket, &shared)) => {
@@ -369,7 +374,11 @@ async fn connection(
                     debug!(peer = %peer, "dropped a finished handshake nobody took");
                     cut.cancel();
                 }
-                _ = shared.results.send(Ok(pending)) => {}
+                _ = shared.results.send(Ok(pending)) => {
+                    // Handed over: from now on the connection ends the SSH way, and its reads
+                    // and writes (builds' closures) no longer look at the cut.
+                    armed.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
         Err(error) => {
@@ -383,9 +392,11 @@ async fn connection(
 }
 
 /// A TCP stream that fails every read and write once its token is cancelled, which ends the
-/// SSH session task that owns it (and so closes the socket).
+/// SSH session task that owns it (and so closes the socket). Disarmed (`armed` cleared) once
+/// the handshake is handed over, it is a plain stream.
 struct Cuttable {
     inner: TcpStream,
+    armed: Arc<std::sync::atomic::AtomicBool>,
     cut: CancellationToken,
     cutting: Pin<Box<WaitForCancellationFutureOwned>>,
 }
@@ -395,13 +406,18 @@ impl Cuttable {
         let cutting = Box::pin(cut.clone().cancelled_owned());
         Self {
             inner,
+            armed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             cut,
             cutting,
         }
     }
 
-    /// Returns whether the stream is cut; otherwise arranges for `cx` to be woken when it is.
+    /// Returns whether the stream is cut; otherwise, while armed, arranges for `cx` to be
+    /// woken when it is.
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         // A completed cancellation future must not be polled again: check the token first.
         self.cut.is_cancelled() || self.cutting.as_mut().poll(cx).is_ready()
     }
