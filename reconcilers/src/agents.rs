@@ -9,7 +9,9 @@
 //! 3. the key enrolled under the name is admitted (the token is not looked at, so rotating it
 //!    does not touch enrolled agents);
 //! 4. any other key must present the enrollment token, read from `token-file` for every such
-//!    agent (so writing a new token rotates it), and is then enrolled under the name.
+//!    agent (so writing a new token rotates it), and is then enrolled under the name. A token
+//!    file that exists but cannot be read now (out of file descriptors) defers the decision:
+//!    the agent is dropped without a verdict and dials again within a second.
 //!
 //! A refused agent is told why on its control channel, in the background: refusals never hold
 //! up the agents behind them. Nothing is recorded for it. Admitted connections live in
@@ -29,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::Wakers;
-use crate::forges::read_secret;
 
 /// The connected, admitted agents by name.
 #[derive(Debug, Clone, Default)]
@@ -104,8 +105,11 @@ pub enum Token {
     Valid,
     /// None was sent.
     Missing,
-    /// It does not match (or the token file cannot be read).
+    /// It does not match (or the token file does not exist).
     Wrong,
+    /// The token file exists but cannot be read now (say the daemon is out of file
+    /// descriptors): the agent is neither refused nor admitted.
+    Unavailable,
     /// Enrolment is not configured: there is no token to match.
     NotConfigured,
 }
@@ -121,6 +125,9 @@ pub enum Admission {
     Enrol,
     /// Refuse it.
     Refuse(Refusal),
+    /// Decide later: drop the connection without a verdict, so that the agent dials again
+    /// soon (the token file could not be read).
+    Defer,
 }
 
 /// Decides whether an agent presenting `key` under a name with `credentials` may work (pure).
@@ -143,6 +150,7 @@ pub fn admission(
     match token() {
         Token::Valid => Admission::Enrol,
         Token::Missing | Token::Wrong => Admission::Refuse(Refusal::BadToken),
+        Token::Unavailable => Admission::Defer,
         Token::NotConfigured => Admission::Refuse(Refusal::EnrollmentClosed),
     }
 }
@@ -172,14 +180,19 @@ fn check_token(spec: &Spec, presented: Option<&Secret>) -> Token {
     let Some(presented) = presented else {
         return Token::Missing;
     };
-    match read_secret(&enrollment.token_file, "enrollment token") {
+    let path = enrollment.token_file.path().display();
+    match enrollment.token_file.read() {
         Ok(expected) if token_matches(expected.expose().trim(), presented.expose().trim()) => {
             Token::Valid
         }
         Ok(_) => Token::Wrong,
-        Err(err) => {
-            warn!(error = %err, "cannot read the enrollment token; refusing agents that need it");
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            warn!(%path, "the enrollment token file does not exist; refusing agents that need a token");
             Token::Wrong
+        }
+        Err(err) => {
+            warn!(%path, error = %err, "cannot read the enrollment token file; agents that need a token will try again");
+            Token::Unavailable
         }
     }
 }
@@ -248,6 +261,11 @@ async fn admit(
                 .call(move |db| db.enroll_agent(&o.hello(), Timestamp::now()))
                 .await?;
             info!(agent = %name, key = %offer.fingerprint, "agent enrolled");
+        }
+        Admission::Defer => {
+            // Dropping it disconnects without a verdict: the agent dials again within a second.
+            drop(pending);
+            return Ok(());
         }
         Admission::Known => {}
     }
@@ -350,7 +368,7 @@ mod tests {
     #[test]
     fn admission_should_follow_its_table() {
         use Admission::{Enrol, Known, Refuse};
-        use Token::{Missing, NotConfigured, Valid, Wrong};
+        use Token::{Missing, NotConfigured, Unavailable, Valid, Wrong};
         let unknown = AgentCredentials::default();
         // (what the database says, the key presented, the token) → decision
         let table = [
@@ -364,6 +382,9 @@ mod tests {
                 NotConfigured,
                 Refuse(Refusal::EnrollmentClosed),
             ),
+            // The token file cannot be read now: neither refused nor enrolled.
+            (unknown.clone(), KEY, Unavailable, Admission::Defer),
+            (enrolled(KEY), KEY, Unavailable, Known),
             // The enrolled key needs no token: rotating it leaves enrolled agents alone.
             (enrolled(KEY), KEY, Valid, Known),
             (enrolled(KEY), KEY, Wrong, Known),
@@ -467,9 +488,12 @@ mod tests {
         std::fs::write(&file, "second\n").unwrap();
         assert_eq!(check_token(&spec, Some(&first)), Token::Wrong);
         assert_eq!(check_token(&spec, Some(&second)), Token::Valid);
-        // Unreadable: nobody needing a token gets in.
+        // Gone: nobody needing a token gets in.
         std::fs::remove_file(&file).unwrap();
         assert_eq!(check_token(&spec, Some(&second)), Token::Wrong);
+        // There but unreadable (here a directory; in life, out of file descriptors): later.
+        std::fs::create_dir(&file).unwrap();
+        assert_eq!(check_token(&spec, Some(&second)), Token::Unavailable);
         spec.builders.enrollment = None;
         assert_eq!(check_token(&spec, Some(&second)), Token::NotConfigured);
     }

@@ -78,7 +78,7 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
         Admission::Known => None,
         Admission::Refuse(refusal) => Some(refusal),
         // Unreachable without a token; refusing is the safe reading.
-        Admission::Enrol => Some(Refusal::BadToken),
+        Admission::Enrol | Admission::Defer => Some(Refusal::BadToken),
     };
     if let Some(refusal) = refusal {
         return Plan {
