@@ -360,7 +360,10 @@ fn silent_connections(addr: std::net::SocketAddr, reopen: &AtomicBool, stats: &M
                         return;
                     }
                 }
-                // Closed (or reset) by the daemon; it never sends a silent peer anything.
+                // Whatever the daemon says (an older one sent its SSH banner at once), the peer
+                // stays silent.
+                Ok(n) if n > 0 => {}
+                // Closed (or reset) by the daemon.
                 Ok(_) | Err(_) => {
                     if let Ok(mut st) = stats.lock() {
                         st.closed += 1;
@@ -404,8 +407,8 @@ fn an_agent_should_be_ready_at_once_while_silent_connections_flood_the_port() ->
 
     // 200 silent connections from the agent's own address, re-opened as the daemon drops them.
     let flood = Flood::start(&coordinator, 200)?;
-    d.wait_for("the flood to be on", DEADLINE, |_| {
-        Ok((flood.opened() >= 400).then_some(()))
+    d.wait_for("every flood connection to be open", DEADLINE, |_| {
+        Ok((flood.opened() >= 200).then_some(()))
     })?;
     let dir = agent_dir(tmp.path(), "a1", Some(TOKEN))?;
     let started = Instant::now();
