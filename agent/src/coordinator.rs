@@ -12,9 +12,9 @@
 //! in `gate`): per source and in all, the newest connection displacing the oldest silent one.
 //! A connection takes a handshake slot only once it has sent something. Measured (e2e
 //! `agents::an_agent_should_be_ready_at_once_while_silent_connections_flood_the_port`, 2 cores
-//! shared with other builds and two CPU hogs, load ~12): with 200 silent connections from the
-//! agent's address re-opened as fast as they are dropped, an agent is `ready` 0.11-0.24 s after
-//! its start (before: never while the connections are held; see docs/benchmarks.md).
+//! shared with other builds and 2-3 CPU hogs, 20 runs): with 200 silent connections from the
+//! agent's address re-opened as fast as they are dropped, an agent is `ready` 0.10-0.64 s after
+//! its start; before this design, 40 s (docs/benchmarks.md).
 //!
 //! An [`AgentConn`] is one live connection: it opens a `nix-store --serve --write` exec channel
 //! per build ([`AgentConn::open_serve`]) on the same SSH connection, and publishes the agent's
