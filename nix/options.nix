@@ -66,13 +66,23 @@ let
   };
   Enrollment = types.submodule {
     options = {
+      handshake-timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "How long a connection has, from the TCP accept, to finish the SSH handshake and send\nits hello. Slower peers are dropped.\n\nreconix's default: `\"5s\"`.";
+      };
       listen = mkOption {
         type = types.str;
         description = "Address to listen on for enrolling builders.";
       };
+      max-pending-per-source = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "How many connections from one source (an IPv4 address, an IPv6 /64) may be unfinished\nat once. A new connection beyond it replaces the oldest one that has sent nothing (else\nthe oldest one) of that source.\n\nreconix's default: `16`.";
+      };
       token-file = mkOption {
         type = types.str;
-        description = "File holding the token a builder must present to enrol.";
+        description = "File holding the token a builder must present to enrol. It is read again for every\nagent that needs it, so writing a new token rotates it without a restart (agents\nalready enrolled authenticate with their key and are unaffected).";
       };
     };
   };

@@ -1,7 +1,8 @@
 //! The builder's side: dial the coordinator, then serve SSH on the socket we opened.
 //!
 //! [`Agent::run`] dials with exponential backoff and reconnects after every disconnect until
-//! it is cancelled. On each connection it is an SSH server whose host key is the agent's
+//! it is cancelled: soon after a dropped connection, ever later after a refusal (see
+//! `retry`). On each connection it is an SSH server whose host key is the agent's
 //! identity (`<state-dir>/agent_ed25519`). It admits exactly one client: user
 //! [`SSH_USER`](crate::SSH_USER) with publickey auth and the pinned coordinator key (given as a
 //! fingerprint, or trusted on first use and stored in `<state-dir>/coordinator.pub`). On a
@@ -15,6 +16,10 @@
 //!   colours kept, to extended data 1, up to `max_jobs` at once.
 //!
 //! Everything else (shell, pty, env, other commands and subsystems, forwarding) is refused.
+//!
+//! The coordinator answers the hello with its [`Verdict`](crate::protocol::Verdict) on the
+//! control channel; a refusal is logged in plain words (what was refused and what an operator
+//! has to do) and slows down the next attempts.
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -24,7 +29,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use reconix_nixcli::parse::log::render_lines;
 use reconix_spec::{BuilderName, Secret, System};
 use russh::keys::{PrivateKey, PublicKey};
@@ -33,11 +37,11 @@ use russh::{Channel, ChannelId, ChannelMsg, Disconnect, MethodKind, MethodSet};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
 use crate::keys::{self, Fingerprint};
-use crate::protocol::{Hello, Message, PROTOCOL_VERSION};
+use crate::protocol::{Hello, MAX_LINE, Message, PROTOCOL_VERSION, Refusal, Verdict};
 use crate::{CONTROL_SUBSYSTEM, Error, Result, SERVE_COMMAND, SSH_USER};
 
 /// The agent's key file in its state directory.
@@ -56,42 +60,14 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 /// misbehaving client can hold open.
 const MAX_IDLE_CHANNELS: usize = 8;
 
-/// The delays between connection attempts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    /// The first delay.
-    pub min: Duration,
-    /// The longest delay; the delay doubles up to it. A session that lasted at least this long
-    /// resets the delay to `min`.
-    pub max: Duration,
-    /// Whether to randomise delays, so that many agents do not reconnect in lockstep.
-    pub jitter: bool,
-}
+mod retry;
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-            jitter: true,
-        }
-    }
-}
+pub use retry::Backoff;
+use retry::{Outcome, Retry};
 
-impl Backoff {
-    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
-        let builder = ExponentialBuilder::default()
-            .with_min_delay(self.min)
-            .with_max_delay(self.max)
-            .with_factor(2.0)
-            .without_max_times();
-        if self.jitter {
-            builder.with_jitter().build()
-        } else {
-            builder.build()
-        }
-    }
-}
+/// How long the control channel may take to finish after the session ended (it may still hold
+/// the coordinator's verdict).
+const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 
 /// What the agent needs to run; the binary fills it from its flags.
 #[derive(Debug, Clone)]
@@ -116,8 +92,10 @@ pub struct AgentConfig {
     pub coordinator_key: Option<Fingerprint>,
     /// How often the control channel sends a heartbeat.
     pub heartbeat: Duration,
-    /// The delays between connection attempts.
+    /// The delays between connection attempts after a connection dropped or failed.
     pub backoff: Backoff,
+    /// The delays between connection attempts after the coordinator refused the agent.
+    pub refused_backoff: Backoff,
 }
 
 impl AgentConfig {
@@ -140,6 +118,7 @@ impl AgentConfig {
             coordinator_key: None,
             heartbeat: Duration::from_secs(5),
             backoff: Backoff::default(),
+            refused_backoff: Backoff::refused(),
         }
     }
 }
@@ -169,6 +148,8 @@ enum Pin {
 #[derive(Debug)]
 struct Shared {
     config: AgentConfig,
+    /// The agent's key's fingerprint.
+    fingerprint: Fingerprint,
     pin: Mutex<Pin>,
     running: Arc<AtomicU32>,
 }
@@ -300,6 +281,7 @@ impl Agent {
             server_config: Arc::new(server_config(key)),
             shared: Arc::new(Shared {
                 config,
+                fingerprint,
                 pin: Mutex::new(pin),
                 running: Arc::new(AtomicU32::new(0)),
             }),
@@ -327,25 +309,36 @@ impl Agent {
     }
 
     /// Dials the coordinator and serves it, reconnecting after every disconnect with
-    /// exponential backoff, until `shutdown` is cancelled.
+    /// exponential backoff (slower after a refusal, see `retry`), until `shutdown` is
+    /// cancelled.
     ///
     /// # Errors
     /// None at present: connection failures are logged and retried. The `Result` leaves room
     /// for fatal conditions.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
-        let backoff = self.shared.config.backoff;
-        let mut delays = backoff.delays();
+        let config = &self.shared.config;
+        let mut retry = Retry::new(config.backoff, config.refused_backoff);
         while !shutdown.is_cancelled() {
             let started = Instant::now();
-            match self.connect_once(&shutdown).await {
+            let verdict = VerdictSlot::default();
+            match self.connect_once(&shutdown, &verdict).await {
                 Ok(()) => info!("disconnected from the coordinator"),
                 Err(error) => warn!(error = %error, "connection to the coordinator failed"),
             }
-            if started.elapsed() >= backoff.max {
-                delays = backoff.delays();
+            let outcome = match verdict.take() {
+                Some(Verdict::Refused { .. }) => Outcome::Refused,
+                Some(Verdict::Admitted) => Outcome::Admitted,
+                None => Outcome::Dropped {
+                    lasted: started.elapsed(),
+                },
+            };
+            let (delay, backoff) = retry.next(outcome);
+            let delay = backoff.jittered(delay, rand::random::<f64>());
+            if outcome == Outcome::Refused {
+                warn!(retry_in = ?delay, "refused by the coordinator; trying again later");
+            } else {
+                debug!(delay = ?delay, "reconnecting");
             }
-            let delay = delays.next().unwrap_or(backoff.max);
-            debug!(delay = ?delay, "reconnecting");
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
@@ -354,8 +347,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Runs one connection to its end.
-    async fn connect_once(&self, shutdown: &CancellationToken) -> Result<()> {
+    /// Runs one connection to its end; the coordinator's verdict, if it sent one, lands in
+    /// `verdict`.
+    async fn connect_once(
+        &self,
+        shutdown: &CancellationToken,
+        verdict: &VerdictSlot,
+    ) -> Result<()> {
         let addr = &self.shared.config.coordinator;
         let connect_error = |source| Error::Connect {
             addr: addr.clone(),
@@ -373,12 +371,17 @@ impl Agent {
 
         let conn = shutdown.child_token();
         let (authed_tx, authed_rx) = tokio::sync::oneshot::channel();
+        // Cancelled once the control channel's task has ended, or right away with the handler
+        // when it never started: a verdict the session delivered is read by then.
+        let control_done = CancellationToken::new();
         let handler = ConnHandler {
             shared: Arc::clone(&self.shared),
             conn: conn.clone(),
             idle: HashMap::new(),
             control_open: false,
             authed: Some(authed_tx),
+            verdict: verdict.clone(),
+            control_done: Some(control_done.clone().drop_guard()),
         };
         let ssh_error = |source| Error::Ssh {
             peer: addr.clone(),
@@ -391,6 +394,19 @@ impl Agent {
         .await
         .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
         .map_err(ssh_error)?;
+        let ended = self.drive(session, conn, authed_rx).await;
+        let _ = tokio::time::timeout(CONTROL_DRAIN, control_done.cancelled()).await;
+        ended.map_err(ssh_error)
+    }
+
+    /// Runs an SSH session until it ends, the connection is cancelled (shutdown, or the
+    /// coordinator closed the control channel) or the coordinator fails to authenticate.
+    async fn drive(
+        &self,
+        session: server::RunningSession<ConnHandler>,
+        conn: CancellationToken,
+        authed_rx: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), russh::Error> {
         let handle = session.handle();
         let mut session = std::pin::pin!(session);
         let auth_deadline = tokio::time::sleep(AUTH_TIMEOUT);
@@ -399,7 +415,7 @@ impl Agent {
         let mut authed = false;
         loop {
             tokio::select! {
-                r = &mut session => return r.map_err(ssh_error),
+                r = &mut session => return r,
                 () = conn.cancelled() => {
                     // Shutdown, or the control channel closed: say goodbye, then give the
                     // session a moment to flush it.
@@ -456,6 +472,31 @@ struct ConnHandler {
     idle: HashMap<ChannelId, Channel<Msg>>,
     control_open: bool,
     authed: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Where the control channel puts the coordinator's verdict.
+    verdict: VerdictSlot,
+    /// Moved into the control channel's task; dropped with the handler when there is none.
+    control_done: Option<DropGuard>,
+}
+
+/// The coordinator's verdict on one connection, once it has sent it.
+#[derive(Debug, Clone, Default)]
+struct VerdictSlot(Arc<Mutex<Option<Verdict>>>);
+
+impl VerdictSlot {
+    fn lock(&self) -> MutexGuard<'_, Option<Verdict>> {
+        // Only ever assigned whole: a poisoned lock still holds a valid value.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, verdict: Verdict) {
+        *self.lock() = Some(verdict);
+    }
+
+    fn take(&self) -> Option<Verdict> {
+        self.lock().take()
+    }
 }
 
 impl ConnHandler {
@@ -548,9 +589,10 @@ impl server::Handler for ConnHandler {
         tokio::spawn(control(
             ch,
             hello,
-            self.shared.config.heartbeat,
-            Arc::clone(&self.shared.running),
+            Arc::clone(&self.shared),
             self.conn.clone(),
+            self.verdict.clone(),
+            self.control_done.take(),
         ));
         Ok(())
     }
@@ -685,22 +727,25 @@ async fn forward_log(stderr: impl AsyncRead + Unpin, out: &mut (impl AsyncWrite 
 }
 
 /// Runs the control channel: the hello, then heartbeats until the channel or the connection
-/// closes. Closing the control channel ends the connection.
+/// closes, noting the coordinator's verdict. Closing the control channel ends the connection.
 async fn control(
     channel: Channel<Msg>,
     hello: Vec<u8>,
-    every: Duration,
-    running: Arc<AtomicU32>,
+    shared: Arc<Shared>,
     conn: CancellationToken,
+    verdict: VerdictSlot,
+    _done: Option<DropGuard>,
 ) {
     let (mut rx, tx) = channel.split();
     if tx.data_bytes(hello).await.is_err() {
         conn.cancel();
         return;
     }
+    let every = shared.config.heartbeat;
     let start = tokio::time::Instant::now() + every;
     let mut ticker = tokio::time::interval_at(start, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut incoming = Vec::new();
     loop {
         tokio::select! {
             () = conn.cancelled() => return,
@@ -710,16 +755,75 @@ async fn control(
                     conn.cancel();
                     return;
                 }
+                Some(ChannelMsg::Data { data }) => {
+                    incoming.extend_from_slice(&data);
+                    while let Some(end) = incoming.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = incoming.drain(..=end).collect();
+                        match Verdict::decode(&line) {
+                            Ok(v) => {
+                                report(&v, &shared);
+                                verdict.set(v);
+                            }
+                            Err(error) => debug!(error = %error, "ignored a control line from the coordinator"),
+                        }
+                    }
+                    if incoming.len() > MAX_LINE {
+                        incoming.clear();
+                    }
+                }
                 Some(_) => {}
             },
             _ = ticker.tick() => {
-                let line = Message::Heartbeat { running: running.load(Ordering::Acquire) }.encode();
+                let line = Message::Heartbeat { running: shared.running.load(Ordering::Acquire) }.encode();
                 if tx.data_bytes(line).await.is_err() {
                     conn.cancel();
                     return;
                 }
             }
         }
+    }
+}
+
+/// Logs the coordinator's verdict.
+fn report(verdict: &Verdict, shared: &Shared) {
+    match verdict {
+        Verdict::Admitted => info!(name = %shared.config.name, "admitted by the coordinator"),
+        Verdict::Refused { reason, message } => {
+            let text = explain(*reason, &shared.config, shared.fingerprint);
+            warn!(reason = %reason, coordinator = message.as_str(), "{text}");
+        }
+    }
+}
+
+/// Says in plain words what the coordinator refused and what has to happen for the agent to
+/// get in.
+fn explain(reason: Refusal, config: &AgentConfig, fingerprint: Fingerprint) -> String {
+    let name = &config.name;
+    let key = config.state_dir.join(AGENT_KEY_FILE);
+    let token = config.token_file.as_deref().map_or_else(
+        || "no --token-file is set".to_owned(),
+        |p| format!("the token is read from {}", p.display()),
+    );
+    match reason {
+        Refusal::KeyRevoked => format!(
+            "the coordinator refused this agent's key {fingerprint}: it was revoked, and a \
+             revoked key is refused for good. To come back, an operator runs `reconix builders \
+             admit {name}`; then delete {} (a new key is made at start) and restart with the \
+             enrollment token",
+            key.display()
+        ),
+        Refusal::NameRevoked => format!(
+            "the coordinator refused the name {name}: it was revoked, and no key may use it until \
+             an operator runs `reconix builders admit {name}`"
+        ),
+        Refusal::BadToken => format!(
+            "the coordinator refused this agent: its key is not enrolled as {name} and the \
+             enrollment token is missing or wrong ({token})"
+        ),
+        Refusal::EnrollmentClosed => {
+            "the coordinator refused this agent: it does not enrol new agents".to_owned()
+        }
+        Refusal::Other => "the coordinator refused this agent".to_owned(),
     }
 }
 
@@ -797,5 +901,50 @@ fn exit_code(status: ExitStatus) -> u32 {
         (Some(code), _) => u32::try_from(code).unwrap_or(255),
         (None, Some(signal)) => 128 + u32::try_from(signal).unwrap_or(127),
         (None, None) => 255,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AgentConfig {
+        let mut config = AgentConfig::new(
+            "ci:7070",
+            "/var/lib/reconix-agent",
+            BuilderName::new("arm1").unwrap(),
+        );
+        config.token_file = Some(PathBuf::from("/run/secrets/enroll"));
+        config
+    }
+
+    #[test]
+    fn a_refusal_should_be_explained_with_what_the_operator_has_to_do() {
+        let fp =
+            keys::parse_fingerprint("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        let key = explain(Refusal::KeyRevoked, &config(), fp);
+        assert!(
+            key.contains("refused this agent's key SHA256:AAAA")
+                && key.contains("revoked")
+                && key.contains("reconix builders admit arm1")
+                && key.contains("delete /var/lib/reconix-agent/agent_ed25519"),
+            "{key}"
+        );
+        let name = explain(Refusal::NameRevoked, &config(), fp);
+        assert!(
+            name.contains("refused the name arm1") && name.contains("reconix builders admit arm1"),
+            "{name}"
+        );
+        let token = explain(Refusal::BadToken, &config(), fp);
+        assert!(
+            token.contains("token is missing or wrong")
+                && token.contains("read from /run/secrets/enroll"),
+            "{token}"
+        );
+        let mut untokened = config();
+        untokened.token_file = None;
+        assert!(explain(Refusal::BadToken, &untokened, fp).contains("no --token-file is set"));
+        assert!(explain(Refusal::EnrollmentClosed, &config(), fp).contains("does not enrol"));
+        assert!(explain(Refusal::Other, &config(), fp).contains("refused this agent"));
     }
 }

@@ -3,15 +3,24 @@
 //! [`Listener`] accepts connections and runs each handshake on its own task (so a silent or
 //! slow peer cannot hold up the others): the SSH client handshake, publickey authentication as
 //! [`SSH_USER`](crate::SSH_USER) with the [`CoordinatorKey`], the control channel and the
-//! agent's `hello`, all within [`HANDSHAKE_TIMEOUT`]. [`Listener::accept`] returns the next
-//! finished handshake, success or failure, as a [`Pending`] agent for the caller to
+//! agent's `hello`, all within [`Limits::handshake_timeout`]. [`Listener::accept`] returns the
+//! next finished handshake, success or failure, as a [`Pending`] agent for the caller to
 //! [accept](Pending::accept) (checking the fingerprint and the token against its enrolment
-//! records) or [reject](Pending::reject).
+//! records) or [reject](Pending::reject); either way the agent is told its [`Verdict`].
+//!
+//! The port is open to anyone, so unfinished connections are bounded ([`Limits`], the policy
+//! in `gate`): per source and in all, the newest connection displacing the oldest silent one.
+//! A connection takes a handshake slot only once it has sent something. Measured (e2e
+//! `agents::an_agent_should_be_ready_at_once_while_silent_connections_flood_the_port`, 2 cores
+//! shared with other builds and 2-3 CPU hogs, 20 runs): with 200 silent connections from the
+//! agent's address re-opened as fast as they are dropped, an agent is `ready` 0.10-0.64 s after
+//! its start; before this design, 40 s (docs/benchmarks.md).
 //!
 //! An [`AgentConn`] is one live connection: it opens a `nix-store --serve --write` exec channel
 //! per build ([`AgentConn::open_serve`]) on the same SSH connection, and publishes the agent's
 //! heartbeats.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -25,26 +34,25 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCerti
 use russh::{Channel, ChannelMsg, ChannelReadHalf, Disconnect};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use tracing::{debug, info, warn};
 
 use crate::keys::{self, Fingerprint};
-use crate::protocol::{Hello, MAX_LINE, Message};
+use crate::protocol::{Hello, MAX_LINE, Message, Refusal, Verdict};
+use crate::throttle::Throttle;
 use crate::{CONTROL_SUBSYSTEM, Error, Result, SERVE_COMMAND, SSH_USER};
+
+mod gate;
+
+use gate::{Gate, GateLimits, Source, Ticket};
 
 /// The coordinator's key file in its state directory.
 pub const COORDINATOR_KEY_FILE: &str = "coordinator_ed25519";
 
-/// How long an agent has from the TCP accept to a complete `hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long opening a serve channel may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes running at once; further connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 32;
 
 /// Bytes of stdout or stderr buffered per serve channel before the channel waits for its
 /// reader.
@@ -109,6 +117,38 @@ pub struct Heartbeat {
     pub at: Instant,
 }
 
+/// Limits on the connections that have not finished their handshake.
+///
+/// A connection is *unfinished* from the TCP accept until its `hello` arrives (or it fails).
+/// Unfinished connections are counted per source (an IPv4 address, an IPv6 /64) and in all;
+/// a new connection beyond either limit displaces the oldest unfinished one that has sent
+/// nothing (else the oldest) of the same source, or of any source for the total. Only a
+/// connection that has sent something takes one of the `max_handshakes` slots, so silent peers
+/// cannot hold up agents, which send their SSH banner at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a connection has from the TCP accept to a complete `hello`.
+    pub handshake_timeout: Duration,
+    /// Unfinished connections per source.
+    pub max_pending_per_source: usize,
+    /// Unfinished connections in all (each holds a file descriptor).
+    pub max_pending: usize,
+    /// Handshakes running at once (key exchange, authentication, hello).
+    pub max_handshakes: usize,
+}
+
+impl Default for Limits {
+    /// 5 s, 16 per source, 256 in all, 64 handshakes.
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(5),
+            max_pending_per_source: 16,
+            max_pending: 256,
+            max_handshakes: 64,
+        }
+    }
+}
+
 /// Accepts agents' connections on a TCP address.
 #[derive(Debug)]
 pub struct Listener {
@@ -118,34 +158,49 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` and starts accepting (handshakes run in the background; take their results
-    /// with [`accept`](Self::accept)).
+    /// Binds `addr` with a listen backlog of [`LISTEN_BACKLOG`] and starts accepting under
+    /// `limits` (handshakes run in the background; take their results with
+    /// [`accept`](Self::accept)).
     ///
     /// # Errors
     /// [`Error::Bind`] when the address cannot be bound.
-    pub async fn bind(addr: SocketAddr, key: &CoordinatorKey) -> Result<Self> {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
-        Self::from_tcp(tcp, key)
+    pub async fn bind(addr: SocketAddr, key: &CoordinatorKey, limits: Limits) -> Result<Self> {
+        let bind_error = |source| Error::Bind { addr, source };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(bind_error)?;
+        // As std's `TcpListener::bind` does: a restarted daemon can bind again while old
+        // connections linger in TIME_WAIT.
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        socket.bind(addr).map_err(bind_error)?;
+        let tcp = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+        Self::from_tcp(tcp, key, limits)
     }
 
     /// Starts accepting on an already bound listener.
     ///
     /// # Errors
     /// When the listener's address cannot be read.
-    pub fn from_tcp(tcp: TcpListener, key: &CoordinatorKey) -> Result<Self> {
+    pub fn from_tcp(tcp: TcpListener, key: &CoordinatorKey, limits: Limits) -> Result<Self> {
         let local_addr = tcp.local_addr().map_err(Error::Accept)?;
-        let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+        let (tx, rx) = mpsc::channel(RESULTS);
         let stop = CancellationToken::new();
-        let config = Arc::new(client_config());
-        tokio::spawn(accept_loop(
-            tcp,
-            Arc::clone(&key.key),
-            config,
-            tx,
-            stop.clone(),
-        ));
+        let shared = Arc::new(AcceptShared {
+            key: Arc::clone(&key.key),
+            config: Arc::new(client_config()),
+            limits,
+            gate: std::sync::Mutex::new(Gate::new(GateLimits {
+                total: limits.max_pending,
+                per_source: limits.max_pending_per_source,
+            })),
+            slots: Semaphore::new(limits.max_handshakes.max(1)),
+            lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
+            results: tx,
+        });
+        tokio::spawn(accept_loop(tcp, shared, stop.clone()));
         Ok(Self {
             local_addr,
             results: Mutex::new(rx),
@@ -162,60 +217,299 @@ impl Listener {
     ///
     /// # Errors
     /// The handshake's failure (not SSH, authentication refused, no or invalid `hello`, too
-    /// slow): the connection is already dropped and the listener keeps accepting, so call
-    /// `accept` again. [`Error::ListenerClosed`] when the listener has stopped.
+    /// slow, displaced by newer connections): the connection is already dropped and the
+    /// listener keeps accepting, so call `accept` again. Failures are reported on a best-effort
+    /// basis (dropped when the caller lags behind). [`Error::ListenerClosed`] when the listener
+    /// has stopped.
     pub async fn accept(&self) -> Result<Pending> {
         let mut results = self.results.lock().await;
         results.recv().await.unwrap_or(Err(Error::ListenerClosed))
     }
 }
 
-async fn accept_loop(
-    tcp: TcpListener,
+/// The kernel's queue of connections not yet accepted (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default). std's and tokio's `bind` ask for 128: a flood of
+/// 200 connections re-opened as fast as they are dropped overflowed that, and the kernel then
+/// dropped an agent's SYN or handshake ACK too, so its `connect` took 1 s, 3 s or more (TCP's
+/// retransmission delays) before the listener ever saw it. A flood larger than this backlog
+/// plus `max_pending` still overflows it; only the kernel can help then (SYN cookies,
+/// firewall rate limits).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Finished handshakes (and failures) waiting for [`Listener::accept`].
+const RESULTS: usize = 64;
+
+/// Refused agents given time to read their refusal and hang up; beyond this many, a refused
+/// agent is dropped at once (see [`Pending::reject`]).
+const MAX_LINGERING: usize = 64;
+
+/// How long a refused agent has to hang up by itself.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// The shortest and longest pause after a failed `accept`.
+const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// The pause after dropping a silent connection for its file descriptor: time for its task to
+/// close it. Queued connections are then accepted at up to 1000 a second (with 10 ms, an agent
+/// behind 100 queued silent connections waited a second).
+const EVICTED_PAUSE: Duration = Duration::from_millis(1);
+
+/// How often a recurring listener problem (accept errors, displaced connections) is logged.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Linux `errno` values meaning the process or the system ran out of file descriptors (the same
+/// on every Linux architecture: asm-generic/errno-base.h).
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
+
+/// What the accept loop and the connection tasks share.
+#[derive(Debug)]
+struct AcceptShared {
     key: Arc<PrivateKey>,
     config: Arc<client::Config>,
+    limits: Limits,
+    /// The unfinished connections; each value cancels its connection's task.
+    gate: std::sync::Mutex<Gate<CancellationToken>>,
+    /// Handshake slots, taken once a connection has sent something.
+    slots: Semaphore,
+    lingering: Arc<Semaphore>,
     results: mpsc::Sender<Result<Pending>>,
-    stop: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+}
+
+impl AcceptShared {
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate<CancellationToken>> {
+        // The gate is only changed by short, non-panicking methods: a poisoned lock still
+        // holds a consistent gate.
+        self.gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn accept_loop(tcp: TcpListener, shared: Arc<AcceptShared>, stop: CancellationToken) {
+    let mut accept_errors = Throttle::new(REPORT_EVERY);
+    let mut displacements = Throttle::new(REPORT_EVERY);
+    let mut pause = ACCEPT_PAUSE.0;
     loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             a = tcp.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let (key, config, results) =
-                    (Arc::clone(&key), Arc::clone(&config), results.clone());
-                tokio::spawn(async move {
-                    let result = handshake(stream, peer, config, key).await;
-                    if let Err(error) = &result {
-                        debug!(peer = %peer, error = %error, "agent handshake failed");
-                    }
-                    let _ = results.send(result).await;
-                    drop(permit);
-                });
+                pause = ACCEPT_PAUSE.0;
+                let cancel = stop.child_token();
+                let (ticket, displaced) =
+                    shared.gate().admit(Source::of(peer.ip()), cancel.clone());
+                for (_, token) in &displaced {
+                    token.cancel();
+                }
+                if !displaced.is_empty()
+                    && let Some(held) = displacements.hit(Instant::now())
+                {
+                    warn!(
+                        peer = %peer,
+                        earlier = held,
+                        "too many unfinished agent connections: dropping the oldest silent ones \
+                         (builders.enrollment.max-pending-per-source)"
+                    );
+                }
+                tokio::spawn(connection(
+                    stream,
+                    peer,
+                    ticket,
+                    cancel,
+                    Arc::clone(&shared),
+                ));
+                // Let the new connection's task look for its first bytes before the next
+                // accept can displace it: an agent that already spoke is displaced last.
+                tokio::task::yield_now().await;
             }
             Err(error) => {
-                if results.send(Err(Error::Accept(error))).await.is_err() {
-                    return;
+                if let Some(held) = accept_errors.hit(Instant::now()) {
+                    warn!(error = %error, earlier = held, "accepting an agent connection failed");
                 }
-                // Out of file descriptors and the like: give the system a moment rather than
-                // spinning on the same error.
+                // Out of file descriptors: a silent peer is the cheapest one to give up.
+                let evicted = matches!(error.raw_os_error(), Some(EMFILE | ENFILE))
+                    && shared
+                        .gate()
+                        .evict_silent()
+                        .map(|(_, token)| token.cancel())
+                        .is_some();
+                // The failed connection stays queued, so accepting again at once would spin.
+                let wait = if evicted { EVICTED_PAUSE } else { pause };
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                if !evicted {
+                    pause = (pause * 2).min(ACCEPT_PAUSE.1);
                 }
             }
         }
     }
+}
+
+/// Runs one accepted connection until its handshake ends, it times out or it is displaced;
+/// hands the result to [`Listener::accept`].
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    cancel: CancellationToken,
+    shared: Arc<AcceptShared>,
+) {
+    let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
+    // Once the SSH exchange has started, the session runs on its own task and owns the
+    // socket: giving up on the handshake must cut the socket too, or a peer that stalls
+    // mid-handshake would keep it (and the task) for good.
+    let cut = CancellationToken::new();
+    let stream = Cuttable::new(stream, cut.clone());
+    let armed = Arc::clone(&stream.armed);
+    let result = tokio::select! {
+        () = cancel.cancelled() => Err(Error::Displaced { peer }),
+        r = tokio::time::timeout_at(deadline, pre_auth(stream, peer, ticket, &shared)) => {
+            r.unwrap_or(Err(Error::HandshakeTimeout {
+                peer,
+                after: shared.limits.handshake_timeout,
+            }))
+        }
+    };
+    match result {
+        Ok(pending) => {
+            // Still unfinished (and displaceable) until the caller takes it.
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    debug!(peer = %peer, "dropped a finished handshake nobody took");
+                    cut.cancel();
+                }
+                _ = shared.results.send(Ok(pending)) => {
+                    // Handed over: from now on the connection ends the SSH way, and its reads
+                    // and writes (builds' closures) no longer look at the cut.
+                    armed.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        Err(error) => {
+            cut.cancel();
+            debug!(peer = %peer, error = %error, "agent handshake failed");
+            // Best effort: a caller that lags behind misses failures, never agents.
+            let _ = shared.results.try_send(Err(error));
+        }
+    }
+    shared.gate().remove(ticket);
+}
+
+/// A TCP stream that fails every read and write once its token is cancelled, which ends the
+/// SSH session task that owns it (and so closes the socket). Disarmed (`armed` cleared) once
+/// the handshake is handed over, it is a plain stream.
+struct Cuttable {
+    inner: TcpStream,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    cut: CancellationToken,
+    cutting: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Cuttable {
+    fn new(inner: TcpStream, cut: CancellationToken) -> Self {
+        let cutting = Box::pin(cut.clone().cancelled_owned());
+        Self {
+            inner,
+            armed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            cut,
+            cutting,
+        }
+    }
+
+    /// Returns whether the stream is cut; otherwise, while armed, arranges for `cx` to be
+    /// woken when it is.
+    fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        // A completed cancellation future must not be polled again: check the token first.
+        self.cut.is_cancelled() || self.cutting.as_mut().poll(cx).is_ready()
+    }
+
+    fn cut_error() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the handshake was given up",
+        )
+    }
+}
+
+impl AsyncRead for Cuttable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_cut(cx) {
+            return Poll::Ready(Err(Self::cut_error()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Cuttable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_cut(cx) {
+            return Poll::Ready(Err(Self::cut_error()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_cut(cx) {
+            return Poll::Ready(Err(Self::cut_error()));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Waits for the peer's first bytes (holding no slot), then takes a handshake slot and runs
+/// the handshake.
+async fn pre_auth(
+    stream: Cuttable,
+    peer: SocketAddr,
+    ticket: Ticket,
+    shared: &AcceptShared,
+) -> Result<Pending> {
+    let mut first = [0u8; 1];
+    let read = stream
+        .inner
+        .peek(&mut first)
+        .await
+        .map_err(|_| Error::Closed)?;
+    if read == 0 {
+        return Err(Error::Closed);
+    }
+    shared.gate().spoke(ticket);
+    let _slot = shared
+        .slots
+        .acquire()
+        .await
+        .map_err(|_| Error::ListenerClosed)?;
+    handshake(
+        stream,
+        peer,
+        Arc::clone(&shared.config),
+        Arc::clone(&shared.key),
+        Arc::clone(&shared.lingering),
+    )
+    .await
 }
 
 fn client_config() -> client::Config {
@@ -273,85 +567,80 @@ impl client::Handler for ClientHandler {
 }
 
 async fn handshake(
-    stream: TcpStream,
+    stream: Cuttable,
     peer: SocketAddr,
     config: Arc<client::Config>,
     key: Arc<PrivateKey>,
+    lingering: Arc<Semaphore>,
 ) -> Result<Pending> {
-    let steps = async {
-        let _ = stream.set_nodelay(true);
-        let ssh_error = |source| Error::Ssh {
-            peer: peer.to_string(),
-            source,
-        };
-        let closed = CancellationToken::new();
-        let (key_tx, mut key_rx) = oneshot::channel();
-        let handler = ClientHandler {
-            host_key: Some(key_tx),
-            first_key: None,
-            _closed: closed.clone().drop_guard(),
-        };
-        let mut handle = client::connect_stream(config, stream, handler)
-            .await
-            .map_err(ssh_error)?;
-        let agent_key = key_rx.try_recv().map_err(|_| Error::NoHostKey { peer })?;
-        let auth = handle
-            .authenticate_publickey(SSH_USER, PrivateKeyWithHashAlg::new(key, None))
-            .await
-            .map_err(ssh_error)?;
-        if !auth.success() {
-            return Err(Error::AuthRejected { peer });
-        }
-        let control = handle.channel_open_session().await.map_err(ssh_error)?;
-        control
-            .request_subsystem(true, CONTROL_SUBSYSTEM)
-            .await
-            .map_err(ssh_error)?;
-        let (mut rx, tx) = control.split();
-        let mut lines = LineReader::default();
-        wait_for_reply(
-            &mut rx,
-            &mut lines,
-            &format!("subsystem {CONTROL_SUBSYSTEM:?}"),
-        )
-        .await?;
-        let protocol = |reason: String| Error::Protocol { peer, reason };
-        let line = lines
-            .next_line(&mut rx)
-            .await
-            .map_err(protocol)?
-            .ok_or(Error::Closed)?;
-        let hello = match Message::decode(&line).map_err(|e| protocol(error_chain(&e)))? {
-            Message::Hello(hello) => hello,
-            Message::Heartbeat { .. } => {
-                return Err(protocol("expected hello, got heartbeat".to_owned()));
-            }
-        };
-        let stop = CancellationToken::new();
-        let (beats_tx, beats_rx) = watch::channel(None);
-        let inner = Arc::new(Inner {
-            handle,
-            closed,
-            stop: stop.clone(),
-            heartbeats: beats_rx,
-        });
-        tokio::spawn(supervise(Arc::clone(&inner), rx, tx, lines, beats_tx, peer));
-        let fingerprint = keys::fingerprint(&agent_key);
-        Ok(Pending {
-            peer,
-            agent_key,
-            fingerprint,
-            hello,
-            inner,
-            guard: stop.drop_guard(),
-        })
+    let _ = stream.inner.set_nodelay(true);
+    let ssh_error = |source| Error::Ssh {
+        peer: peer.to_string(),
+        source,
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, steps)
+    let closed = CancellationToken::new();
+    let (key_tx, mut key_rx) = oneshot::channel();
+    let handler = ClientHandler {
+        host_key: Some(key_tx),
+        first_key: None,
+        _closed: closed.clone().drop_guard(),
+    };
+    let mut handle = client::connect_stream(config, stream, handler)
         .await
-        .unwrap_or(Err(Error::HandshakeTimeout {
-            peer,
-            seconds: HANDSHAKE_TIMEOUT.as_secs(),
-        }))
+        .map_err(ssh_error)?;
+    let agent_key = key_rx.try_recv().map_err(|_| Error::NoHostKey { peer })?;
+    let auth = handle
+        .authenticate_publickey(SSH_USER, PrivateKeyWithHashAlg::new(key, None))
+        .await
+        .map_err(ssh_error)?;
+    if !auth.success() {
+        return Err(Error::AuthRejected { peer });
+    }
+    let control = handle.channel_open_session().await.map_err(ssh_error)?;
+    control
+        .request_subsystem(true, CONTROL_SUBSYSTEM)
+        .await
+        .map_err(ssh_error)?;
+    let (mut rx, tx) = control.split();
+    let mut lines = LineReader::default();
+    wait_for_reply(
+        &mut rx,
+        &mut lines,
+        &format!("subsystem {CONTROL_SUBSYSTEM:?}"),
+    )
+    .await?;
+    let protocol = |reason: String| Error::Protocol { peer, reason };
+    let line = lines
+        .next_line(&mut rx)
+        .await
+        .map_err(protocol)?
+        .ok_or(Error::Closed)?;
+    let hello = match Message::decode(&line).map_err(|e| protocol(error_chain(&e)))? {
+        Message::Hello(hello) => hello,
+        Message::Heartbeat { .. } => {
+            return Err(protocol("expected hello, got heartbeat".to_owned()));
+        }
+    };
+    let stop = CancellationToken::new();
+    let (beats_tx, beats_rx) = watch::channel(None);
+    let inner = Arc::new(Inner {
+        handle,
+        control: tx,
+        closed,
+        stop: stop.clone(),
+        heartbeats: beats_rx,
+    });
+    tokio::spawn(supervise(Arc::clone(&inner), rx, lines, beats_tx, peer));
+    let fingerprint = keys::fingerprint(&agent_key);
+    Ok(Pending {
+        peer,
+        agent_key,
+        fingerprint,
+        hello,
+        inner,
+        lingering,
+        guard: stop.drop_guard(),
+    })
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -420,6 +709,8 @@ impl LineReader {
 /// One SSH connection to an agent, shared by [`Pending`]/[`AgentConn`] and its supervisor.
 struct Inner {
     handle: client::Handle<ClientHandler>,
+    /// The control channel's sending side: the verdict goes out on it.
+    control: russh::ChannelWriteHalf<Msg>,
     /// Cancelled when the SSH session has ended.
     closed: CancellationToken,
     /// Cancelled to ask the supervisor to disconnect.
@@ -427,12 +718,26 @@ struct Inner {
     heartbeats: watch::Receiver<Option<Heartbeat>>,
 }
 
+impl Inner {
+    /// Sends a refusal and closes the control channel; then, with `linger`, waits (at most
+    /// [`LINGER`]) for the agent to hang up.
+    async fn refuse(&self, verdict: &Verdict, linger: bool) {
+        let told = async {
+            let _ = self.control.data_bytes(verdict.encode()).await;
+            let _ = self.control.close().await;
+        };
+        let _ = tokio::time::timeout(LINGER, told).await;
+        if linger {
+            let _ = tokio::time::timeout(LINGER, self.closed.cancelled()).await;
+        }
+    }
+}
+
 /// Reads heartbeats off the control channel until the connection ends; disconnects when asked
 /// to, when the control channel closes, or when the agent sends garbage.
 async fn supervise(
     inner: Arc<Inner>,
     mut rx: ChannelReadHalf,
-    _tx: russh::ChannelWriteHalf<Msg>,
     mut lines: LineReader,
     beats: watch::Sender<Option<Heartbeat>>,
     peer: SocketAddr,
@@ -472,6 +777,7 @@ pub struct Pending {
     fingerprint: Fingerprint,
     hello: Hello,
     inner: Arc<Inner>,
+    lingering: Arc<Semaphore>,
     guard: DropGuard,
 }
 
@@ -506,8 +812,15 @@ impl Pending {
         &self.hello
     }
 
-    /// Admits the agent: the connection becomes an [`AgentConn`].
+    /// Admits the agent: the connection becomes an [`AgentConn`], and the agent is told
+    /// ([`Verdict::Admitted`], sent in the background).
     pub fn accept(self) -> AgentConn {
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(LINGER, inner.control.data_bytes(Verdict::Admitted.encode()))
+                    .await;
+        });
         AgentConn {
             peer: self.peer,
             agent_key: self.agent_key,
@@ -518,17 +831,20 @@ impl Pending {
         }
     }
 
-    /// Refuses the agent: disconnects with `reason` (the agent logs it) and waits, briefly,
-    /// for the connection to close.
-    pub async fn reject(self, reason: &str) {
-        warn!(peer = %self.peer, fingerprint = %self.fingerprint, reason, "rejecting agent");
-        let _ = self
-            .inner
-            .handle
-            .disconnect(Disconnect::ByApplication, reason, "")
-            .await;
-        drop(self.guard);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.closed.cancelled()).await;
+    /// Refuses the agent without waiting: it is sent the refusal on the control channel (it
+    /// logs `message` and backs off according to `refusal`), the channel is closed, and the
+    /// agent gets a few seconds to hang up before it is disconnected. That happens in the
+    /// background; when many refused agents are already lingering, it is disconnected at once
+    /// (the refusal may then not reach it).
+    pub fn reject(self, refusal: Refusal, message: &str) {
+        debug!(peer = %self.peer, fingerprint = %self.fingerprint, %refusal, message, "rejecting agent");
+        let verdict = Verdict::refused(refusal, message);
+        let linger = Arc::clone(&self.lingering).try_acquire_owned().ok();
+        tokio::spawn(async move {
+            self.inner.refuse(&verdict, linger.is_some()).await;
+            drop(linger);
+            drop(self.guard);
+        });
     }
 }
 
@@ -599,6 +915,16 @@ impl AgentConn {
         let _ = tokio::time::timeout(Duration::from_secs(6), self.inner.closed.cancelled()).await;
     }
 
+    /// Tells the agent it is refused from now on (e.g. its key was revoked), gives it a few
+    /// seconds to hang up, then disconnects; returns when the connection has ended (or after
+    /// about ten seconds).
+    pub async fn refuse(&self, refusal: Refusal, message: &str) {
+        self.inner
+            .refuse(&Verdict::refused(refusal, message), true)
+            .await;
+        self.disconnect().await;
+    }
+
     /// Opens a new exec channel `nix-store --serve --write` on this connection.
     ///
     /// # Errors
@@ -621,7 +947,7 @@ impl AgentConn {
             .await
             .unwrap_or(Err(Error::HandshakeTimeout {
                 peer: self.peer,
-                seconds: OPEN_TIMEOUT.as_secs(),
+                after: OPEN_TIMEOUT,
             }))
     }
 

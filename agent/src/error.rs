@@ -88,12 +88,21 @@ pub enum Error {
         peer: SocketAddr,
     },
     /// A step of the handshake took too long.
-    #[error("the agent at {peer} did not finish the handshake within {seconds} s")]
+    #[error("the agent at {peer} did not finish the handshake within {after:?}")]
     HandshakeTimeout {
         /// The remote address.
         peer: SocketAddr,
         /// The limit.
-        seconds: u64,
+        after: std::time::Duration,
+    },
+    /// An unfinished connection was dropped to make room for a newer one (see
+    /// [`Limits`](crate::coordinator::Limits)).
+    #[error(
+        "the connection from {peer} was dropped for a newer one: too many unfinished connections"
+    )]
+    Displaced {
+        /// The remote address.
+        peer: SocketAddr,
     },
     /// The agent refused a channel request (exec or subsystem).
     #[error("the agent refused the {what} request")]

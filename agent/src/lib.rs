@@ -16,6 +16,7 @@ pub mod coordinator;
 mod error;
 pub mod keys;
 pub mod protocol;
+mod throttle;
 
 pub use error::{Error, Result};
 

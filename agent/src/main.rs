@@ -53,7 +53,8 @@ struct Args {
     #[arg(long, env = "RECONIX_AGENT_HEARTBEAT", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat: u64,
-    /// Do not randomise reconnection delays.
+    /// Do not randomise reconnection delays (0.5 s doubling to 30 s after a dropped
+    /// connection, 1 s doubling to 5 min after a refusal).
     #[arg(long, env = "RECONIX_AGENT_NO_JITTER")]
     no_jitter: bool,
 }
@@ -93,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
         backoff: Backoff {
             jitter: !args.no_jitter,
             ..Backoff::default()
+        },
+        refused_backoff: Backoff {
+            jitter: !args.no_jitter,
+            ..Backoff::refused()
         },
         ..AgentConfig::new(args.coordinator, args.state_dir, name.clone())
     };

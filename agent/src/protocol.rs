@@ -1,4 +1,4 @@
-//! The control channel's protocol (version 1): one JSON object per line, agent to coordinator.
+//! The control channel's protocol (version 1): one JSON object per line.
 //!
 //! The agent opens with a `hello` and then sends a `heartbeat` at a fixed interval:
 //!
@@ -6,6 +6,18 @@
 //! {"type":"hello","version":1,"name":"b1","systems":["x86_64-linux"],"features":["kvm"],"max_jobs":2,"token":null}
 //! {"type":"heartbeat","running":0}
 //! ```
+//!
+//! The coordinator answers the hello with its [`Verdict`], one line, and closes the channel
+//! after a refusal:
+//!
+//! ```text
+//! {"type":"admitted"}
+//! {"type":"refused","reason":"key-revoked","message":"this agent's key was revoked"}
+//! ```
+//!
+//! The verdict came after version 1 was released, without a version bump: both directions
+//! tolerate its absence (an older coordinator sends none, an older agent ignores it), and an
+//! unknown `reason` decodes as [`Refusal::Other`].
 //!
 //! Pure code: encoding and strict decoding (names, systems and features are validated, unknown
 //! fields and oversize lines are refused), no IO.
@@ -78,6 +90,118 @@ pub enum Message {
         /// Serve channels (builds) running now.
         running: u32,
     },
+}
+
+/// Why the coordinator refused an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// The agent's key was revoked: it is refused for good, whatever token comes with it.
+    KeyRevoked,
+    /// The agent's name was revoked: no key may use it until an operator admits it again.
+    NameRevoked,
+    /// The key is not enrolled under this name and the enrolment token is missing or wrong.
+    BadToken,
+    /// The coordinator enrols no new agents.
+    EnrollmentClosed,
+    /// A reason this version does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl Refusal {
+    /// Returns its wire spelling, e.g. `key-revoked`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyRevoked => "key-revoked",
+            Self::NameRevoked => "name-revoked",
+            Self::BadToken => "bad-token",
+            Self::EnrollmentClosed => "enrollment-closed",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest refusal message kept, in characters.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// The coordinator's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The agent may work.
+    Admitted,
+    /// The agent is refused; the coordinator closes the connection.
+    Refused {
+        /// Why, for the agent to act on.
+        reason: Refusal,
+        /// Why, for people: at most [`MAX_MESSAGE`] characters, without control characters.
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireVerdict {
+    Admitted {},
+    Refused { reason: Refusal, message: String },
+}
+
+impl Verdict {
+    /// Returns a refusal, its message cleaned for logs (control characters replaced, cut to
+    /// [`MAX_MESSAGE`] characters).
+    pub fn refused(reason: Refusal, message: &str) -> Self {
+        Self::Refused {
+            reason,
+            message: clean_message(message),
+        }
+    }
+
+    /// Returns the verdict as one JSON line, newline included.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = match self {
+            Self::Admitted => WireVerdict::Admitted {},
+            Self::Refused { reason, message } => WireVerdict::Refused {
+                reason: *reason,
+                message: message.clone(),
+            },
+        };
+        // A tag, an enum spelled as a string and a string: serialising cannot fail.
+        let mut line = serde_json::to_vec(&wire).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+
+    /// Decodes one line (with or without its trailing newline). Unknown fields are ignored,
+    /// since later coordinators may say more.
+    ///
+    /// # Errors
+    /// When the line is too long or is not a verdict.
+    pub fn decode(line: &[u8]) -> Result<Self, ProtocolError> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        if line.len() > MAX_LINE {
+            return Err(ProtocolError::TooLong);
+        }
+        Ok(
+            match serde_json::from_slice(line).map_err(ProtocolError::Malformed)? {
+                WireVerdict::Admitted {} => Self::Admitted,
+                WireVerdict::Refused { reason, message } => Self::refused(reason, &message),
+            },
+        )
+    }
+}
+
+fn clean_message(message: &str) -> String {
+    message
+        .chars()
+        .take(MAX_MESSAGE)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -302,5 +426,59 @@ mod tests {
             Message::decode(&long),
             Err(ProtocolError::TooLong)
         ));
+    }
+
+    #[test]
+    fn verdicts_should_round_trip_as_the_documented_json() {
+        let refused = Verdict::refused(Refusal::KeyRevoked, "this agent's key was revoked");
+        let line = refused.encode();
+        assert_eq!(
+            String::from_utf8(line.clone()).unwrap(),
+            "{\"type\":\"refused\",\"reason\":\"key-revoked\",\
+             \"message\":\"this agent's key was revoked\"}\n"
+        );
+        assert_eq!(Verdict::decode(&line).unwrap(), refused);
+        assert_eq!(Verdict::Admitted.encode(), b"{\"type\":\"admitted\"}\n");
+        assert_eq!(
+            Verdict::decode(b"{\"type\":\"admitted\"}").unwrap(),
+            Verdict::Admitted
+        );
+        for reason in [
+            Refusal::KeyRevoked,
+            Refusal::NameRevoked,
+            Refusal::BadToken,
+            Refusal::EnrollmentClosed,
+            Refusal::Other,
+        ] {
+            let line = Verdict::refused(reason, "m").encode();
+            assert_eq!(
+                Verdict::decode(&line).unwrap(),
+                Verdict::refused(reason, "m")
+            );
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+    }
+
+    #[test]
+    fn a_verdict_from_a_newer_coordinator_should_still_decode() {
+        let line = br#"{"type":"refused","reason":"quota","message":"m","retry_after":60}"#;
+        assert_eq!(
+            Verdict::decode(line).unwrap(),
+            Verdict::refused(Refusal::Other, "m")
+        );
+        assert!(Verdict::decode(br#"{"type":"hello"}"#).is_err());
+        assert!(Verdict::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_refusal_message_should_be_cut_and_lose_control_characters() {
+        let Verdict::Refused { message, .. } = Verdict::refused(
+            Refusal::Other,
+            &format!("a\nb\u{1b}[31m{}", "x".repeat(5000)),
+        ) else {
+            panic!("not a refusal");
+        };
+        assert!(message.starts_with("a b [31m"), "{message}");
+        assert_eq!(message.chars().count(), MAX_MESSAGE);
     }
 }

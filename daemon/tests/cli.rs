@@ -145,7 +145,7 @@ fn usage_errors_should_exit_64_and_help_should_exit_0() {
 }
 
 #[test]
-fn builders_should_be_listed_and_revoked_in_the_state_dir() {
+fn builders_should_be_listed_revoked_and_admitted_in_the_state_dir() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.yaml");
     std::fs::write(&spec, format!("state-dir: {}\n", dir.path().display())).unwrap();
@@ -181,7 +181,18 @@ fn builders_should_be_listed_and_revoked_in_the_state_dir() {
         table.contains("builder-1") && table.contains("disconnected") && table.contains("0/2"),
         "{table}"
     );
-    let out = reconix(&["builders", "revoke", "--spec", spec, "builder-1"]);
+    // Admitting a name that is not revoked is an error.
+    let out = reconix(&["builders", "admit", "--spec", spec, "builder-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = reconix(&[
+        "builders",
+        "revoke",
+        "--spec",
+        spec,
+        "builder-1",
+        "--by",
+        "alice",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -189,14 +200,55 @@ fn builders_should_be_listed_and_revoked_in_the_state_dir() {
     );
     let out = reconix(&["builders", "revoke", "--spec", spec, "builder-1"]);
     assert_eq!(out.status.code(), Some(1));
-    let out = reconix(&["builders", "list", "--spec", spec, "--output", "json"]);
-    let builders: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let agent = builders
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "builder-1")
-        .unwrap();
-    assert!(agent["revoked_at"].is_number(), "{builders}");
-    assert_eq!(agent["state"], "revoked", "{builders}");
+    let agent = || {
+        let out = reconix(&["builders", "list", "--spec", spec, "--output", "json"]);
+        let builders: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        builders
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "builder-1")
+            .unwrap()
+            .clone()
+    };
+    let revoked = agent();
+    assert!(revoked["revoked_at"].is_number(), "{revoked}");
+    assert_eq!(
+        (&revoked["state"], &revoked["revoked_by"]),
+        (&"revoked".into(), &"alice".into())
+    );
+    let table = String::from_utf8_lossy(&reconix(&["builders", "list", "--spec", spec]).stdout)
+        .into_owned();
+    assert!(
+        table.contains("revoked by alice") && table.contains("reconix builders admit builder-1"),
+        "{table}"
+    );
+
+    // Admitted: recorded with who and when; it waits for a new key.
+    let out = reconix(&[
+        "builders",
+        "admit",
+        "--spec",
+        spec,
+        "builder-1",
+        "--by",
+        "bob",
+    ]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("new key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admitted = agent();
+    assert!(admitted["admitted_at"].is_number(), "{admitted}");
+    assert_eq!(
+        (
+            &admitted["state"],
+            &admitted["admitted_by"],
+            &admitted["revoked_at"]
+        ),
+        (&"admitted".into(), &"bob".into(), &serde_json::Value::Null)
+    );
+    let out = reconix(&["builders", "admit", "--spec", spec, "builder-1"]);
+    assert_eq!(out.status.code(), Some(1));
 }

@@ -200,11 +200,6 @@ impl TestDaemon {
         Ok(d)
     }
 
-    /// Returns the daemon's process id (the launcher's, which `exec`s the daemon).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Starts a daemon on an existing root (state dir + store), e.g. after [`Self::kill9`].
     pub fn restart(&mut self, config: &DaemonConfig) -> Result<()> {
         self.kill9()?;
@@ -296,6 +291,11 @@ impl TestDaemon {
     /// Returns the base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Returns the daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Returns the daemon's state directory.
@@ -459,6 +459,13 @@ impl AgentProcess {
     /// Returns what the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent (SIGKILL) and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 }
 

@@ -1,9 +1,11 @@
 //! The `builders` loop: only live, enrolled agents stay connected.
 //!
 //! Key: a connected agent. Observed: whether it is still connected, its last sign of life
-//! (heartbeat, or the connection itself before the first heartbeat) and whether its key is still
-//! enrolled. Step: disconnect it — when it was revoked (or its key replaced) or when it sent no
-//! heartbeat for `builders.heartbeat-timeout`. Disconnecting ends its serve channels, so the
+//! (heartbeat, or the connection itself before the first heartbeat), its key and what the
+//! state database says about its name and key. Step: disconnect it — when the enrolment rule
+//! ([`crate::agents::admission`]) would no longer admit it (its key or name was revoked, or its
+//! key replaced; it is told why) or when it sent no heartbeat for
+//! `builders.heartbeat-timeout`. Disconnecting ends its serve channels, so the
 //! builds running there end as transient failures and the `builds` loop requeues them on other
 //! builders.
 //!
@@ -12,11 +14,13 @@
 
 use std::time::Duration;
 
+use reconix_agent::protocol::Refusal;
 use reconix_spec::{BuilderName, Spec, Timestamp};
-use reconix_status::AgentAdmission;
+use reconix_status::AgentCredentials;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::agents::{Admission, Token, admission, refusal_message};
 use crate::context::{Ctx, Ports};
 use crate::runtime::{Action, Plan, Reconciler};
 use crate::{Error, Result};
@@ -39,8 +43,10 @@ pub struct Observed {
     pub connected: bool,
     /// Its last sign of life.
     pub last_seen: Option<Timestamp>,
-    /// Whether its key is enrolled under its name and not revoked.
-    pub admitted: bool,
+    /// The fingerprint of the key it connected with.
+    pub key: String,
+    /// What the state database says about its name and key.
+    pub credentials: AgentCredentials,
 }
 
 /// One step of the `builders` loop.
@@ -51,21 +57,34 @@ pub enum Step {
     Disconnect {
         /// Why.
         reason: String,
+        /// What the agent is told, when it is no longer admitted (a silent agent is told
+        /// nothing and reconnects at once).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refusal: Option<Refusal>,
     },
 }
 
 /// Plans the `builders` loop for one agent (pure).
-pub fn plan(_key: &BuilderName, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
+pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
     if !observed.connected {
         return Plan {
             steps: Vec::new(),
             then: Action::await_change(),
         };
     }
-    if !observed.admitted {
+    // A connected agent stays only while its key alone would admit it (the token was checked
+    // once, at enrolment).
+    let refusal = match admission(&observed.credentials, &observed.key, || Token::Missing) {
+        Admission::Known => None,
+        Admission::Refuse(refusal) => Some(refusal),
+        // Unreachable without a token; refusing is the safe reading.
+        Admission::Enrol | Admission::Defer => Some(Refusal::BadToken),
+    };
+    if let Some(refusal) = refusal {
         return Plan {
             steps: vec![Step::Disconnect {
-                reason: "its key was revoked".to_owned(),
+                reason: refusal_message(refusal, key.as_str(), &observed.key),
+                refusal: Some(refusal),
             }],
             then: Action::await_change(),
         };
@@ -80,6 +99,7 @@ pub fn plan(_key: &BuilderName, desired: &Spec, observed: &Observed, now: Timest
                     quiet.as_secs(),
                     timeout.as_secs()
                 ),
+                refusal: None,
             }],
             then: Action::await_change(),
         };
@@ -113,21 +133,24 @@ impl<P: Ports> Reconciler for BuildersLoop<P> {
             return Ok(Observed {
                 connected: false,
                 last_seen: None,
-                admitted: false,
+                key: String::new(),
+                credentials: AgentCredentials::default(),
             });
         };
         let (name, fingerprint) = (key.to_string(), conn.fingerprint().to_string());
-        let (row, admission) = cx
+        let fp = fingerprint.clone();
+        let (row, credentials) = cx
             .status
             .call(move |db| {
                 let row = db.agents()?.into_iter().find(|a| a.name == name);
-                Ok((row, db.agent_admission(&name, &fingerprint)?))
+                Ok((row, db.agent_credentials(&name, &fp)?))
             })
             .await?;
         Ok(Observed {
             connected: true,
             last_seen: row.and_then(|r| r.last_heartbeat_at.max(r.connected_at)),
-            admitted: admission == AgentAdmission::Known,
+            key: fingerprint,
+            credentials,
         })
     }
 
@@ -136,10 +159,13 @@ impl<P: Ports> Reconciler for BuildersLoop<P> {
     }
 
     async fn apply(&self, key: &BuilderName, step: Step, cx: &Ctx<P>) -> Result<()> {
-        let Step::Disconnect { reason } = step;
+        let Step::Disconnect { reason, refusal } = step;
         if let Some(conn) = cx.agents.get(key.as_str()) {
             warn!(agent = %key, %reason, "disconnecting agent");
-            conn.disconnect().await;
+            match refusal {
+                Some(refusal) => conn.refuse(refusal, &reason).await,
+                None => conn.disconnect().await,
+            }
             info!(agent = %key, "agent disconnected; its builds will be requeued");
         }
         cx.wakers.builds();
@@ -163,11 +189,21 @@ mod tests {
         BuilderName::new("a1").unwrap()
     }
 
-    fn observed(last_seen_ms: Option<i64>, admitted: bool) -> Observed {
+    const KEY: &str = "SHA256:k1";
+
+    fn observed(last_seen_ms: Option<i64>, credentials: AgentCredentials) -> Observed {
         Observed {
             connected: true,
             last_seen: last_seen_ms.map(Timestamp),
-            admitted,
+            key: KEY.to_owned(),
+            credentials,
+        }
+    }
+
+    fn enrolled() -> AgentCredentials {
+        AgentCredentials {
+            enrolled_key: Some(KEY.to_owned()),
+            ..AgentCredentials::default()
         }
     }
 
@@ -176,7 +212,7 @@ mod tests {
         let p = plan(
             &key(),
             &spec(),
-            &observed(Some(1_000), true),
+            &observed(Some(1_000), enrolled()),
             Timestamp(4_000),
         );
         assert!(p.steps.is_empty());
@@ -192,38 +228,51 @@ mod tests {
         let p = plan(
             &key(),
             &spec(),
-            &observed(Some(1_000), true),
+            &observed(Some(1_000), enrolled()),
             Timestamp(11_000),
         );
         assert!(
-            matches!(&p.steps[..], [Step::Disconnect { reason }] if reason.starts_with("no heartbeat for 10s")),
+            matches!(&p.steps[..], [Step::Disconnect { reason, refusal: None }] if reason.starts_with("no heartbeat for 10s")),
             "{:?}",
             p.steps
         );
     }
 
     #[test]
-    fn a_revoked_agent_should_be_disconnected_at_once() {
-        let p = plan(
-            &key(),
-            &spec(),
-            &observed(Some(1_000), false),
-            Timestamp(1_500),
-        );
-        assert_eq!(
-            p.steps,
-            [Step::Disconnect {
-                reason: "its key was revoked".to_owned()
-            }]
-        );
+    fn a_revoked_agent_should_be_told_and_disconnected_at_once() {
+        let key_revoked = AgentCredentials {
+            name_revoked_at: Some(Timestamp(1_200)),
+            key_revoked_at: Some(Timestamp(1_200)),
+            ..enrolled()
+        };
+        // Its key was replaced (another agent enrolled under its name with the token).
+        let replaced = AgentCredentials {
+            enrolled_key: Some("SHA256:k2".to_owned()),
+            ..AgentCredentials::default()
+        };
+        for (credentials, expected) in [
+            (key_revoked, Refusal::KeyRevoked),
+            (replaced, Refusal::BadToken),
+        ] {
+            let p = plan(
+                &key(),
+                &spec(),
+                &observed(Some(1_000), credentials),
+                Timestamp(1_500),
+            );
+            assert!(
+                matches!(&p.steps[..], [Step::Disconnect { refusal: Some(r), .. }] if *r == expected),
+                "{:?}",
+                p.steps
+            );
+        }
     }
 
     #[test]
     fn a_disconnected_agent_should_need_nothing() {
         let o = Observed {
             connected: false,
-            last_seen: Some(Timestamp(0)),
-            admitted: false,
+            ..observed(Some(0), AgentCredentials::default())
         };
         let p = plan(&key(), &spec(), &o, Timestamp(100_000));
         assert!(p.steps.is_empty());

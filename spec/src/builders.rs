@@ -69,8 +69,40 @@ impl Default for LocalBuilder {
 pub struct Enrollment {
     /// Address to listen on for enrolling builders.
     pub listen: SocketAddr,
-    /// File holding the token a builder must present to enrol.
+    /// File holding the token a builder must present to enrol. It is read again for every
+    /// agent that needs it, so writing a new token rotates it without a restart (agents
+    /// already enrolled authenticate with their key and are unaffected).
     pub token_file: SecretFile,
+    /// How long a connection has, from the TCP accept, to finish the SSH handshake and send
+    /// its hello. Slower peers are dropped.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// How many connections from one source (an IPv4 address, an IPv6 /64) may be unfinished
+    /// at once. A new connection beyond it replaces the oldest one that has sent nothing (else
+    /// the oldest one) of that source.
+    #[serde(default = "default_max_pending_per_source")]
+    pub max_pending_per_source: u32,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_pending_per_source() -> u32 {
+    16
+}
+
+impl Enrollment {
+    /// Returns an enrolment endpoint on `listen` with token file `token_file` and the default
+    /// limits.
+    pub fn new(listen: SocketAddr, token_file: SecretFile) -> Self {
+        Self {
+            listen,
+            token_file,
+            handshake_timeout: default_handshake_timeout(),
+            max_pending_per_source: default_max_pending_per_source(),
+        }
+    }
 }
 
 /// Limits for one named remote builder (the agent itself says what it offers).

@@ -599,3 +599,42 @@ fn s3_credentials_on_another_cache_should_be_an_error() {
         "cache `file:///srv/cache` is not an S3 bucket: s3-credentials-file is only for s3://",
     );
 }
+
+#[test]
+fn enrollment_limits_should_default_to_five_seconds_and_sixteen_per_source() {
+    let text = format!(
+        "{MINIMAL}builders:\n  enrollment:\n    listen: 0.0.0.0:7070\n    token-file: /run/t\n"
+    );
+    let enrollment = spec(&text).builders.enrollment.unwrap();
+    assert_eq!(enrollment.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(enrollment.max_pending_per_source, 16);
+    let text = text.replace(
+        "token-file: /run/t\n",
+        "token-file: /run/t\n    handshake-timeout: 2s\n    max-pending-per-source: 64\n",
+    );
+    let enrollment = spec(&text).builders.enrollment.unwrap();
+    assert_eq!(enrollment.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(enrollment.max_pending_per_source, 64);
+}
+
+#[test]
+fn an_enrollment_handshake_timeout_out_of_range_should_be_an_error() {
+    for timeout in ["500ms", "2min"] {
+        let text = format!(
+            "{MINIMAL}builders:\n  enrollment:\n    listen: 0.0.0.0:7070\n    token-file: /run/t\n    handshake-timeout: {timeout}\n"
+        );
+        assert_error(
+            &text,
+            "15:5",
+            "handshake-timeout must be between 1s and 60s",
+        );
+    }
+}
+
+#[test]
+fn zero_pending_connections_per_source_should_be_an_error() {
+    let text = format!(
+        "{MINIMAL}builders:\n  enrollment:\n    listen: 0.0.0.0:7070\n    token-file: /run/t\n    max-pending-per-source: 0\n"
+    );
+    assert_error(&text, "15:5", "max-pending-per-source must be at least 1");
+}

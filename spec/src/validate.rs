@@ -318,11 +318,24 @@ impl Spec {
             );
         }
         if let Some(enrollment) = &self.builders.enrollment {
-            c.secret(
-                &at.k("enrollment"),
-                "token-file",
-                Some(&enrollment.token_file),
-            );
+            let at = at.k("enrollment");
+            c.secret(&at, "token-file", Some(&enrollment.token_file));
+            let timeout = enrollment.handshake_timeout.to_std();
+            if timeout < std::time::Duration::from_secs(1)
+                || timeout > std::time::Duration::from_secs(60)
+            {
+                c.report(
+                    &at.k("handshake-timeout"),
+                    "handshake-timeout must be between 1s and 60s (a handshake takes milliseconds; \
+                     idle peers hold a connection for this long)",
+                );
+            }
+            if enrollment.max_pending_per_source == 0 {
+                c.report(
+                    &at.k("max-pending-per-source"),
+                    "max-pending-per-source must be at least 1",
+                );
+            }
         }
         for (name, builder) in &self.builders.remote {
             let at = at.k("remote").k(name);

@@ -1,4 +1,10 @@
-//! Remote builders (agents): enrollment, revocation, connection and heartbeat state.
+//! Remote builders (agents): enrollment, revocation, admission, connection and heartbeat
+//! state.
+//!
+//! Revoking an agent marks its name revoked and records its key in `revoked_keys` (migration
+//! 006). The name stays refused until an operator admits it again ([`StatusDb::admit_agent`]);
+//! the key stays refused for good. What a connecting agent may do is decided elsewhere (the
+//! enrolment code in `reconcilers`), from the [`AgentCredentials`] read here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,8 +34,17 @@ pub struct AgentRow {
     pub max_jobs: u32,
     /// When it enrolled (last time).
     pub enrolled_at: Timestamp,
-    /// When it was revoked; `None` while its key is accepted.
+    /// When its name was revoked; `None` unless it is revoked now.
     pub revoked_at: Option<Timestamp>,
+    /// Who revoked it (an OS user name, or `operator`).
+    pub revoked_by: Option<String>,
+    /// When an operator last admitted it again after a revocation.
+    pub admitted_at: Option<Timestamp>,
+    /// Who admitted it.
+    pub admitted_by: Option<String>,
+    /// Whether its key (`key_fingerprint`) is a revoked one: after an admission, until the
+    /// agent enrols with a new key.
+    pub key_revoked: bool,
     /// When its current connection was made; `None` while disconnected.
     pub connected_at: Option<Timestamp>,
     /// Its last heartbeat.
@@ -53,18 +68,22 @@ pub struct AgentHello<'a> {
     pub max_jobs: u32,
 }
 
-/// Whether a connecting agent may work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AgentAdmission {
-    /// Its key is enrolled under its name and not revoked.
-    Known,
-    /// Unknown, revoked or with another key: it must present a valid enrollment token.
-    NeedsToken,
+/// What the state database knows about a connecting agent's name and key: the facts the
+/// admission decision is made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AgentCredentials {
+    /// The key enrolled under the name, when the name is enrolled.
+    pub enrolled_key: Option<String>,
+    /// When the name was revoked, while it is.
+    pub name_revoked_at: Option<Timestamp>,
+    /// When the presented key was revoked, if it ever was.
+    pub key_revoked_at: Option<Timestamp>,
 }
 
-const COLUMNS: &str = "name, key_fingerprint, systems, features, max_jobs, enrolled_at, \
-                       revoked_at, connected_at, last_heartbeat_at, running";
+const COLUMNS: &str = "a.name, a.key_fingerprint, a.systems, a.features, a.max_jobs, \
+                       a.enrolled_at, a.revoked_at, a.connected_at, a.last_heartbeat_at, \
+                       a.running, a.revoked_by, a.admitted_at, a.admitted_by, \
+                       EXISTS (SELECT 1 FROM revoked_keys r WHERE r.key_fingerprint = a.key_fingerprint)";
 
 fn parse_row(row: &rusqlite::Row<'_>, op: &'static str) -> Result<AgentRow> {
     let list = |idx: usize, column: &'static str| -> Result<Vec<String>> {
@@ -87,6 +106,10 @@ fn parse_row(row: &rusqlite::Row<'_>, op: &'static str) -> Result<AgentRow> {
         connected_at: get::<Option<i64>>(row, 7, op)?.map(Timestamp),
         last_heartbeat_at: get::<Option<i64>>(row, 8, op)?.map(Timestamp),
         running: non_negative("agents", "running", get(row, 9, op)?)?,
+        revoked_by: get(row, 10, op)?,
+        admitted_at: get::<Option<i64>>(row, 11, op)?.map(Timestamp),
+        admitted_by: get(row, 12, op)?,
+        key_revoked: get(row, 13, op)?,
     })
 }
 
@@ -95,31 +118,39 @@ fn json_list(items: &[String]) -> String {
 }
 
 impl StatusDb {
-    /// Says whether an agent connecting as `name` with key `fingerprint` is already enrolled.
+    /// Returns what is known about an agent connecting as `name` with key `fingerprint`.
     ///
     /// # Errors
     /// Returns [`crate::Error::Query`] when SQLite fails.
-    pub fn agent_admission(&self, name: &str, fingerprint: &str) -> Result<AgentAdmission> {
-        let known: Option<i64> = self
+    pub fn agent_credentials(&self, name: &str, fingerprint: &str) -> Result<AgentCredentials> {
+        const OP: &str = "agent_credentials";
+        let enrolled: Option<(String, Option<i64>)> = self
             .conn
-            .prepare_cached(
-                "SELECT 1 FROM agents WHERE name = ?1 AND key_fingerprint = ?2 \
-                 AND revoked_at IS NULL",
-            )
+            .prepare_cached("SELECT key_fingerprint, revoked_at FROM agents WHERE name = ?1")
             .and_then(|mut s| {
-                s.query_row(params![name, fingerprint], |r| r.get(0))
+                s.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
-            .op("agent_admission")?;
-        Ok(if known.is_some() {
-            AgentAdmission::Known
-        } else {
-            AgentAdmission::NeedsToken
+            .op(OP)?;
+        let key_revoked_at: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT revoked_at FROM revoked_keys WHERE key_fingerprint = ?1")
+            .and_then(|mut s| s.query_row(params![fingerprint], |r| r.get(0)).optional())
+            .op(OP)?;
+        let (enrolled_key, name_revoked_at) = match enrolled {
+            Some((key, revoked)) => (Some(key), revoked.map(Timestamp)),
+            None => (None, None),
+        };
+        Ok(AgentCredentials {
+            enrolled_key,
+            name_revoked_at,
+            key_revoked_at: key_revoked_at.map(Timestamp),
         })
     }
 
-    /// Enrols an agent (after its token was checked): records or replaces its key and clears a
-    /// revocation. Another agent's row holding the same key loses it (a key names one agent).
+    /// Enrols an agent (after the admission decision allowed it): records or replaces its key.
+    /// Another agent's row holding the same key loses it (a key names one agent). A revocation
+    /// of the name is left as it is: only [`admit_agent`](Self::admit_agent) lifts it.
     ///
     /// # Errors
     /// Returns [`crate::Error::Query`] when SQLite fails.
@@ -134,7 +165,7 @@ impl StatusDb {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
              key_fingerprint = excluded.key_fingerprint, systems = excluded.systems, \
              features = excluded.features, max_jobs = excluded.max_jobs, \
-             enrolled_at = excluded.enrolled_at, revoked_at = NULL",
+             enrolled_at = excluded.enrolled_at",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -193,18 +224,51 @@ impl StatusDb {
         Ok(())
     }
 
-    /// Revokes an agent's key; returns false when no such agent is enrolled.
+    /// Revokes agent `name`: the name is refused until [`admit_agent`](Self::admit_agent), and
+    /// its current key for good. Records when and by whom. Returns false when no such agent
+    /// is enrolled or it is already revoked.
     ///
     /// # Errors
     /// Returns [`crate::Error::Query`] when SQLite fails.
-    pub fn revoke_agent(&mut self, name: &str, now: Timestamp) -> Result<bool> {
+    pub fn revoke_agent(&mut self, name: &str, now: Timestamp, by: &str) -> Result<bool> {
+        const OP: &str = "revoke_agent";
+        let tx = self.write(OP)?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE agents SET revoked_at = ?2, revoked_by = ?3 \
+                 WHERE name = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![name, now.0, by]))
+            .op(OP)?;
+        if changed > 0 {
+            // A key revoked earlier keeps its first record.
+            tx.prepare_cached(
+                "INSERT INTO revoked_keys (key_fingerprint, name, revoked_at, revoked_by) \
+                 SELECT key_fingerprint, name, ?2, ?3 FROM agents WHERE name = ?1 \
+                 ON CONFLICT (key_fingerprint) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![name, now.0, by]))
+            .op(OP)?;
+        }
+        tx.commit().op(OP)?;
+        Ok(changed > 0)
+    }
+
+    /// Admits a revoked agent's name again, recording when and by whom: an agent may enrol
+    /// under it again with the token and a key that was never revoked. Returns false when no
+    /// agent of that name is revoked.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails.
+    pub fn admit_agent(&mut self, name: &str, now: Timestamp, by: &str) -> Result<bool> {
         let changed = self
             .conn
             .prepare_cached(
-                "UPDATE agents SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                "UPDATE agents SET revoked_at = NULL, revoked_by = NULL, admitted_at = ?2, \
+                 admitted_by = ?3 WHERE name = ?1 AND revoked_at IS NOT NULL",
             )
-            .and_then(|mut s| s.execute(params![name, now.0]))
-            .op("revoke_agent")?;
+            .and_then(|mut s| s.execute(params![name, now.0, by]))
+            .op("admit_agent")?;
         Ok(changed > 0)
     }
 
@@ -217,7 +281,7 @@ impl StatusDb {
         const OP: &str = "agents";
         let mut stmt = self
             .conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM agents ORDER BY name"))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM agents a ORDER BY a.name"))
             .op(OP)?;
         let mut rows = stmt.query([]).op(OP)?;
         let mut out = Vec::new();
@@ -276,8 +340,12 @@ pub enum BuilderState {
     Unresponsive,
     /// An enrolled agent that is not connected.
     Disconnected,
-    /// An agent whose key was revoked.
+    /// An agent whose name was revoked: refused, whatever key or token it presents, until an
+    /// operator admits it again.
     Revoked,
+    /// An agent admitted again by an operator after a revocation, whose enrolled key is still
+    /// the revoked one: it must enrol with a new key and the token.
+    Admitted,
 }
 
 impl BuilderKind {
@@ -299,6 +367,7 @@ impl BuilderState {
             Self::Unresponsive => "unresponsive",
             Self::Disconnected => "disconnected",
             Self::Revoked => "revoked",
+            Self::Admitted => "admitted",
         }
     }
 }
@@ -340,8 +409,14 @@ pub struct BuilderView {
     pub last_heartbeat_at: Option<Timestamp>,
     /// When an agent's current connection was made; `None` while disconnected (and for local).
     pub connected_at: Option<Timestamp>,
-    /// When an agent's key was revoked.
+    /// When an agent's name was revoked, while it is.
     pub revoked_at: Option<Timestamp>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+    /// When an operator last admitted it again after a revocation.
+    pub admitted_at: Option<Timestamp>,
+    /// Who admitted it.
+    pub admitted_by: Option<String>,
     /// An agent's key fingerprint; `None` for local.
     pub key_fingerprint: Option<String>,
 }
@@ -384,15 +459,19 @@ pub fn builder_views(
         last_heartbeat_at: None,
         connected_at: None,
         revoked_at: None,
+        revoked_by: None,
+        admitted_at: None,
+        admitted_by: None,
         key_fingerprint: None,
     }];
     agents.sort_by(|a, b| a.name.cmp(&b.name));
     let timeout = spec_builders.heartbeat_timeout.to_std();
     for agent in agents {
-        let state = match (agent.revoked_at, agent.connected_at) {
-            (Some(_), _) => BuilderState::Revoked,
-            (None, None) => BuilderState::Disconnected,
-            (None, Some(connected)) => {
+        let state = match (agent.revoked_at, agent.key_revoked, agent.connected_at) {
+            (Some(_), _, _) => BuilderState::Revoked,
+            (None, true, _) => BuilderState::Admitted,
+            (None, false, None) => BuilderState::Disconnected,
+            (None, false, Some(connected)) => {
                 // A heartbeat older than the connection belongs to an earlier one.
                 let seen = agent
                     .last_heartbeat_at
@@ -440,6 +519,9 @@ pub fn builder_views(
             last_heartbeat_at: agent.last_heartbeat_at,
             connected_at: agent.connected_at,
             revoked_at: agent.revoked_at,
+            revoked_by: agent.revoked_by,
+            admitted_at: agent.admitted_at,
+            admitted_by: agent.admitted_by,
             key_fingerprint: Some(agent.key_fingerprint),
             name: agent.name,
         });
@@ -512,43 +594,142 @@ mod tests {
         }
     }
 
+    fn credentials(db: &StatusDb, name: &str, key: &str) -> AgentCredentials {
+        db.agent_credentials(name, key).unwrap()
+    }
+
     #[test]
-    fn an_enrolled_agent_should_be_known_by_name_and_key_until_revoked() {
+    fn credentials_should_say_which_key_a_name_has() {
         let mut db = StatusDb::open_memory().unwrap();
         let systems = vec!["x86_64-linux".to_owned()];
         assert_eq!(
-            db.agent_admission("a1", "SHA256:k1").unwrap(),
-            AgentAdmission::NeedsToken
+            credentials(&db, "a1", "SHA256:k1"),
+            AgentCredentials::default()
         );
         db.enroll_agent(&hello("a1", "SHA256:k1", &systems), T0)
             .unwrap();
+        let enrolled = AgentCredentials {
+            enrolled_key: Some("SHA256:k1".to_owned()),
+            ..AgentCredentials::default()
+        };
+        assert_eq!(credentials(&db, "a1", "SHA256:k1"), enrolled);
+        // Another key asking for the name sees the enrolled key; the name decides nothing else.
+        assert_eq!(credentials(&db, "a1", "SHA256:k2"), enrolled);
         assert_eq!(
-            db.agent_admission("a1", "SHA256:k1").unwrap(),
-            AgentAdmission::Known
+            credentials(&db, "a2", "SHA256:k1"),
+            AgentCredentials::default()
         );
-        // The same name with another key, or the key under another name, is not known.
-        assert_eq!(
-            db.agent_admission("a1", "SHA256:k2").unwrap(),
-            AgentAdmission::NeedsToken
-        );
-        assert_eq!(
-            db.agent_admission("a2", "SHA256:k1").unwrap(),
-            AgentAdmission::NeedsToken
-        );
-        assert!(db.revoke_agent("a1", at(1)).unwrap());
-        assert!(!db.revoke_agent("a1", at(2)).unwrap());
-        assert!(!db.revoke_agent("nobody", at(2)).unwrap());
-        assert_eq!(
-            db.agent_admission("a1", "SHA256:k1").unwrap(),
-            AgentAdmission::NeedsToken
-        );
-        // Enrolling again (a valid token) lifts the revocation.
-        db.enroll_agent(&hello("a1", "SHA256:k1", &systems), at(3))
-            .unwrap();
         let rows = db.agents().unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].revoked_at, rows[0].enrolled_at), (None, at(3)));
         assert_eq!(rows[0].systems, systems);
+        assert!(!rows[0].key_revoked);
+    }
+
+    #[test]
+    fn revoking_should_refuse_the_name_until_admitted_and_the_key_for_good() {
+        let mut db = StatusDb::open_memory().unwrap();
+        db.enroll_agent(&hello("a1", "SHA256:k1", &[]), T0).unwrap();
+        assert!(db.revoke_agent("a1", at(1), "alice").unwrap());
+        assert!(!db.revoke_agent("a1", at(2), "alice").unwrap());
+        assert!(!db.revoke_agent("nobody", at(2), "alice").unwrap());
+        let revoked = credentials(&db, "a1", "SHA256:k1");
+        assert_eq!(
+            (revoked.name_revoked_at, revoked.key_revoked_at),
+            (Some(at(1)), Some(at(1)))
+        );
+        let row = &db.agents().unwrap()[0];
+        assert_eq!(
+            (row.revoked_at, row.revoked_by.as_deref(), row.key_revoked),
+            (Some(at(1)), Some("alice"), true)
+        );
+
+        // Enrolling (say a token came with a new key, before the admission rule was checked)
+        // does not lift the revocation of the name.
+        db.enroll_agent(&hello("a1", "SHA256:k2", &[]), at(3))
+            .unwrap();
+        assert_eq!(
+            credentials(&db, "a1", "SHA256:k2").name_revoked_at,
+            Some(at(1))
+        );
+
+        // Admitting lifts the name's revocation and records who; the first key stays revoked.
+        assert!(db.admit_agent("a1", at(4), "bob").unwrap());
+        assert!(!db.admit_agent("a1", at(5), "bob").unwrap());
+        assert!(!db.admit_agent("nobody", at(5), "bob").unwrap());
+        let row = &db.agents().unwrap()[0];
+        assert_eq!(
+            (
+                row.revoked_at,
+                row.admitted_at,
+                row.admitted_by.as_deref(),
+                row.key_revoked
+            ),
+            (None, Some(at(4)), Some("bob"), false)
+        );
+        assert_eq!(
+            credentials(&db, "a1", "SHA256:k1").key_revoked_at,
+            Some(at(1))
+        );
+        let fresh = credentials(&db, "a1", "SHA256:k2");
+        assert_eq!((fresh.name_revoked_at, fresh.key_revoked_at), (None, None));
+        // The revoked key is refused under any name.
+        assert_eq!(
+            credentials(&db, "elsewhere", "SHA256:k1").key_revoked_at,
+            Some(at(1))
+        );
+    }
+
+    #[test]
+    fn an_admitted_agent_should_show_its_revoked_key_until_it_enrols_anew() {
+        let mut db = StatusDb::open_memory().unwrap();
+        db.enroll_agent(&hello("a1", "SHA256:k1", &[]), T0).unwrap();
+        db.revoke_agent("a1", at(1), "alice").unwrap();
+        db.admit_agent("a1", at(2), "alice").unwrap();
+        assert!(db.agents().unwrap()[0].key_revoked);
+        db.enroll_agent(&hello("a1", "SHA256:k2", &[]), at(3))
+            .unwrap();
+        let row = &db.agents().unwrap()[0];
+        assert_eq!(
+            (row.key_fingerprint.as_str(), row.key_revoked),
+            ("SHA256:k2", false)
+        );
+        // Revoking again records the new key too, and keeps the first record of the old one.
+        db.revoke_agent("a1", at(4), "carol").unwrap();
+        assert_eq!(
+            credentials(&db, "a1", "SHA256:k2").key_revoked_at,
+            Some(at(4))
+        );
+        assert_eq!(
+            credentials(&db, "a1", "SHA256:k1").key_revoked_at,
+            Some(at(1))
+        );
+    }
+
+    #[test]
+    fn migration_006_should_keep_revoked_agents_revoked_and_their_keys_refused() {
+        use rusqlite::Connection;
+
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::db::MIGRATIONS.to_version(&mut conn, 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO agents (name, key_fingerprint, max_jobs, enrolled_at, revoked_at) \
+             VALUES ('gone', 'SHA256:old', 1, 0, 7), ('ok', 'SHA256:ok', 1, 0, NULL);",
+        )
+        .unwrap();
+        crate::db::MIGRATIONS.to_version(&mut conn, 6).unwrap();
+        let db = StatusDb { conn };
+        let gone = credentials(&db, "gone", "SHA256:old");
+        assert_eq!(
+            (gone.name_revoked_at, gone.key_revoked_at),
+            (Some(Timestamp(7)), Some(Timestamp(7)))
+        );
+        let ok = credentials(&db, "ok", "SHA256:ok");
+        assert_eq!((ok.name_revoked_at, ok.key_revoked_at), (None, None));
+        let rows = db.agents().unwrap();
+        let states: Vec<_> = rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.key_revoked, r.admitted_at))
+            .collect();
+        assert_eq!(states, [("gone", true, None), ("ok", false, None)]);
     }
 
     #[test]
@@ -612,6 +793,10 @@ mod tests {
                 connected_at: Some(T0),
                 last_heartbeat_at: Some(at(10_000)),
                 running: 0,
+                revoked_by: None,
+                admitted_at: None,
+                admitted_by: None,
+                key_revoked: false,
             }
         }
 
@@ -716,6 +901,29 @@ mod tests {
         }
 
         #[test]
+        fn an_admitted_agent_with_its_revoked_key_should_be_admitted_until_it_enrols_anew() {
+            let mut waiting = agent("a");
+            waiting.key_revoked = true;
+            waiting.connected_at = None;
+            waiting.admitted_at = Some(at(5));
+            waiting.admitted_by = Some("alice".to_owned());
+            let mut back = agent("b");
+            back.admitted_at = Some(at(5));
+            let views = builder_views(
+                &builders(),
+                vec![waiting, back],
+                BTreeMap::new(),
+                at(10_000),
+            );
+            let a = view(&views, "a");
+            assert_eq!(
+                (a.state, a.admitted_at, a.admitted_by.as_deref()),
+                (BuilderState::Admitted, Some(at(5)), Some("alice"))
+            );
+            assert_eq!(view(&views, "b").state, BuilderState::Ready);
+        }
+
+        #[test]
         fn a_remote_entry_should_cap_an_agents_offer_and_load() {
             let mut spec = builders();
             spec.remote.insert(
@@ -763,6 +971,9 @@ mod tests {
                 "connected_at",
                 "last_heartbeat_at",
                 "revoked_at",
+                "revoked_by",
+                "admitted_at",
+                "admitted_by",
                 "key_fingerprint",
                 "running_builds",
                 "max_jobs",
@@ -775,6 +986,7 @@ mod tests {
                 BuilderState::Unresponsive,
                 BuilderState::Disconnected,
                 BuilderState::Revoked,
+                BuilderState::Admitted,
             ] {
                 assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
             }

@@ -16,6 +16,7 @@ const MIGRATION_LIST: &[M<'static>] = &[
     M::up(include_str!("../migrations/003_agents.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/004_scheduling.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/005_caches.sql")).foreign_key_check(),
+    M::up(include_str!("../migrations/006_revocations.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/007_waiting.sql")).foreign_key_check(),
 ];
 

@@ -28,7 +28,7 @@ pub mod views;
 #[cfg(test)]
 mod testing;
 
-pub use agents::{AgentAdmission, AgentHello, AgentRow};
+pub use agents::{AgentCredentials, AgentHello, AgentRow};
 pub use agents::{BuilderKind, BuilderState, BuilderView, RunningBuild, RunningJob, builder_views};
 pub use caches::{CacheBacklog, CachePushSummary};
 pub use db::{Checkpointer, OpenMode, SCHEMA_VERSION, Status, StatusDb};

@@ -214,7 +214,7 @@ fn builders_state(now: Timestamp) -> AppState {
             db.record_heartbeat(name, 1, now).unwrap();
         }
     }
-    assert!(db.revoke_agent("old", now).unwrap());
+    assert!(db.revoke_agent("old", now, "alice").unwrap());
     let arm = BuilderName::new("arm").unwrap();
     db.upsert_build(&drv(1, "hello"), Some(&arm), BuildState::Running, now)
         .unwrap();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reconix_agent::agent::{Agent, AgentConfig, Backoff};
-use reconix_agent::coordinator::{CoordinatorKey, Listener, Pending};
+use reconix_agent::coordinator::{CoordinatorKey, Limits, Listener, Pending};
 use reconix_spec::BuilderName;
 use tempfile::TempDir;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -20,9 +20,13 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub(crate) async fn start() -> Self {
+        Self::with_limits(Limits::default()).await
+    }
+
+    pub(crate) async fn with_limits(limits: Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = CoordinatorKey::load_or_create(dir.path()).unwrap();
-        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), &key)
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), &key, limits)
             .await
             .unwrap();
         Self {
@@ -47,6 +51,21 @@ impl Coordinator {
     pub(crate) async fn pending(&self) -> Pending {
         self.next().await.expect("agent handshake failed")
     }
+
+    /// Returns the next successful handshake, skipping failed ones (silent peers timing out
+    /// or displaced), failing the test after [`DEADLINE`].
+    pub(crate) async fn next_agent(&self) -> Pending {
+        let agent = async {
+            loop {
+                if let Ok(pending) = self.listener.accept().await {
+                    return pending;
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, agent)
+            .await
+            .expect("no agent handshake within the deadline")
+    }
 }
 
 /// A fast-retrying agent configuration for `coordinator` with its state in `state_dir`.
@@ -55,6 +74,11 @@ pub(crate) fn agent_config(coordinator: &Coordinator, state_dir: &Path) -> Agent
         backoff: Backoff {
             min: Duration::from_millis(50),
             max: Duration::from_millis(500),
+            jitter: false,
+        },
+        refused_backoff: Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
             jitter: false,
         },
         ..AgentConfig::new(

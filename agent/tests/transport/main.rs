@@ -11,9 +11,11 @@
 mod common;
 
 mod enrollment;
+mod flood;
 mod garbage;
 mod heartbeats;
 mod pinning;
 mod reconnect;
 mod refusals;
 mod serve;
+mod verdicts;

@@ -1,5 +1,7 @@
 //! The agent dials again after any disconnect.
 
+use reconix_agent::protocol::Refusal;
+
 use crate::common::{Coordinator, agent_config, spawn_agent};
 
 #[tokio::test]
@@ -15,7 +17,7 @@ async fn agent_should_reconnect_after_the_coordinator_disconnects() {
     assert_eq!(again.agent_key_fingerprint().to_string(), agent.fingerprint);
 
     // A rejected agent comes back too (with backoff), and so does one whose Pending is dropped.
-    again.reject("not today").await;
+    again.reject(Refusal::BadToken, "not today");
     let third = coordinator.pending().await;
     drop(third);
     coordinator.pending().await;
@@ -39,7 +41,7 @@ async fn agent_should_keep_dialing_until_the_coordinator_is_up() {
     config.backoff.min = std::time::Duration::from_millis(50);
     config.backoff.max = std::time::Duration::from_millis(200);
     let _agent = spawn_agent(config);
-    let listener = reconix_agent::coordinator::Listener::bind(addr, &key)
+    let listener = reconix_agent::coordinator::Listener::bind(addr, &key, Default::default())
         .await
         .unwrap();
     let pending = tokio::time::timeout(crate::common::DEADLINE, listener.accept())

@@ -1,14 +1,15 @@
-//! `reconix builders list|revoke`: the builders (the local one and the enrolled agents) with
-//! their state, load and running builds, read from (and revoked in) the state directory's
-//! database. A running daemon notices a revocation on the agent's next connection or heartbeat
-//! and drops it.
+//! `reconix builders list|revoke|admit`: the builders (the local one and the enrolled agents)
+//! with their state, load and running builds, read from (and revoked or admitted in) the state
+//! directory's database. A running daemon notices a revocation on the agent's next connection
+//! or heartbeat, tells the agent and drops it; the agent's key stays refused for good and its
+//! name until `admit`. Both verbs record who ran them (`--by`, else the OS user).
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use reconix_spec::{Spec, Timestamp};
-use reconix_status::{BuilderView, OpenMode, StatusDb, builder_views};
+use reconix_status::{BuilderState, BuilderView, OpenMode, StatusDb, builder_views};
 
 use super::serve::load_spec_or_report;
 use super::{Output, SpecArgs};
@@ -30,13 +31,38 @@ pub(crate) enum BuildersCommand {
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Revokes an agent's key: it is refused until it enrols again with a token.
+    /// Revokes an agent: its key is refused for good (whatever token comes with it), and its
+    /// name until `reconix builders admit NAME`.
     Revoke {
         #[command(flatten)]
         spec: SpecArgs,
         /// The agent's name.
         name: String,
+        /// Who revokes it, as recorded [default: the OS user, else `operator`].
+        #[arg(long)]
+        by: Option<String>,
     },
+    /// Admits a revoked agent's name again: an agent may enrol under it with the token and a
+    /// new key (its revoked key stays refused).
+    Admit {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// The agent's name.
+        name: String,
+        /// Who admits it, as recorded [default: the OS user, else `operator`].
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// Returns who runs this command, as recorded: `by` when given, else the OS user name
+/// (`$USER`, `$LOGNAME`), else `operator`.
+fn operator(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "operator".to_owned())
 }
 
 /// Runs a `reconix builders` verb.
@@ -54,15 +80,33 @@ pub(crate) fn run(command: BuildersCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        BuildersCommand::Revoke { spec, name } => {
+        BuildersCommand::Revoke { spec, name, by } => {
             let Some((_, mut db)) = open(&spec, OpenMode::ReadWrite)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            if db.revoke_agent(&name, Timestamp::now())? {
-                println!("revoked {name}: it must enrol again with a token");
+            if db.revoke_agent(&name, Timestamp::now(), &operator(by))? {
+                println!(
+                    "revoked {name}: its key is refused for good, and the name until \
+                     `reconix builders admit {name}`"
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("no enrolled, unrevoked agent named {name}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        BuildersCommand::Admit { spec, name, by } => {
+            let Some((_, mut db)) = open(&spec, OpenMode::ReadWrite)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            if db.admit_agent(&name, Timestamp::now(), &operator(by))? {
+                println!(
+                    "admitted {name}: it may enrol again with the enrollment token and a new key \
+                     (its revoked key stays refused)"
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("no revoked agent named {name}");
                 Ok(ExitCode::FAILURE)
             }
         }
@@ -146,6 +190,7 @@ fn table(views: &[BuilderView], now: Timestamp) -> String {
             "RUNNING",
             "HEARTBEAT",
             "KEY",
+            "NOTE",
         ]
         .map(str::to_owned),
     ];
@@ -159,9 +204,36 @@ fn table(views: &[BuilderView], now: Timestamp) -> String {
             running_cell(v),
             ago(v.last_heartbeat_at),
             v.key_fingerprint.clone().unwrap_or_else(|| "-".to_owned()),
+            note(v, now),
         ]);
     }
     super::table::render(&rows)
+}
+
+/// Says what a revoked or re-admitted agent is waiting for, and who did it when.
+fn note(view: &BuilderView, now: Timestamp) -> String {
+    let by_when = |by: &Option<String>, at: Option<Timestamp>| {
+        let by = by.as_deref().unwrap_or("operator");
+        at.map_or_else(
+            || format!("by {by}"),
+            |t| format!("by {by} {}s ago", now.since(t).as_secs()),
+        )
+    };
+    match view.state {
+        BuilderState::Revoked => format!(
+            "revoked {}; `reconix builders admit {}` to let it enrol with a new key",
+            by_when(&view.revoked_by, view.revoked_at),
+            view.name
+        ),
+        BuilderState::Admitted => format!(
+            "admitted {}; waits for a new key and the token",
+            by_when(&view.admitted_by, view.admitted_at)
+        ),
+        BuilderState::Ready
+        | BuilderState::Disabled
+        | BuilderState::Unresponsive
+        | BuilderState::Disconnected => "-".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -206,10 +278,22 @@ mod tests {
             connected_at: Some(Timestamp(0)),
             last_heartbeat_at: Some(Timestamp(5_000)),
             running: 1,
+            revoked_by: None,
+            admitted_at: None,
+            admitted_by: None,
+            key_revoked: false,
         };
         let mut revoked = row.clone();
         revoked.name = "old".to_owned();
         revoked.revoked_at = Some(Timestamp(1));
+        revoked.revoked_by = Some("alice".to_owned());
+        revoked.key_revoked = true;
+        let mut admitted = row.clone();
+        admitted.name = "older".to_owned();
+        admitted.connected_at = None;
+        admitted.admitted_at = Some(Timestamp(2_000));
+        admitted.admitted_by = Some("bob".to_owned());
+        admitted.key_revoked = true;
         let long = format!("checks.x86_64-linux.{}", "x".repeat(80));
         let running = BTreeMap::from([
             (
@@ -227,7 +311,7 @@ mod tests {
         ]);
         builder_views(
             &Builders::default(),
-            vec![row, revoked],
+            vec![row, revoked, admitted],
             running,
             Timestamp(12_000),
         )
@@ -261,9 +345,26 @@ mod tests {
             "{out}"
         );
         assert!(
-            lines[3].starts_with("old") && lines[3].contains("revoked"),
+            lines[3].starts_with("old")
+                && lines[3].contains("revoked")
+                && lines[3].contains("revoked by alice 11s ago; `reconix builders admit old`"),
             "{out}"
         );
+        assert!(
+            lines[4].starts_with("older")
+                && lines[4].contains(" admitted ")
+                && lines[4].contains("admitted by bob 10s ago; waits for a new key"),
+            "{out}"
+        );
+        assert!(lines[1].trim_end().ends_with('-'), "{out}");
+    }
+
+    #[test]
+    fn the_operator_should_be_the_given_name_else_the_os_user_else_operator() {
+        assert_eq!(operator(Some("alice".to_owned())), "alice");
+        assert_eq!(operator(Some("  ".to_owned())), "operator");
+        // `$USER` is set in most environments; whichever it is, a name comes out.
+        assert!(!operator(None).is_empty());
     }
 
     #[test]

@@ -243,9 +243,19 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     if let Some(enrollment) = &spec.builders.enrollment {
         let key = reconix_agent::coordinator::CoordinatorKey::load_or_create(&spec.state_dir)
             .context("loading the coordinator key")?;
-        let agents_listener = reconix_agent::coordinator::Listener::bind(enrollment.listen, &key)
-            .await
-            .with_context(|| format!("binding the enrollment listener {}", enrollment.listen))?;
+        // Read at start, like `listen`: changing them takes a restart.
+        let limits = reconix_agent::coordinator::Limits {
+            handshake_timeout: enrollment.handshake_timeout.to_std(),
+            max_pending_per_source: usize::try_from(enrollment.max_pending_per_source)
+                .unwrap_or(usize::MAX),
+            ..reconix_agent::coordinator::Limits::default()
+        };
+        let agents_listener =
+            reconix_agent::coordinator::Listener::bind(enrollment.listen, &key, limits)
+                .await
+                .with_context(|| {
+                    format!("binding the enrollment listener {}", enrollment.listen)
+                })?;
         // Agents pin this fingerprint on first use (`reconix-agent --coordinator-key` pins it
         // up front).
         println!(

@@ -369,10 +369,10 @@ fn required_features_and_systems_should_pick_the_builder() {
 #[test]
 fn a_job_no_known_builder_can_build_should_wait_when_agents_can_enrol() {
     let mut spec = spec(2);
-    spec.builders.enrollment = Some(reconix_spec::Enrollment {
-        listen: "127.0.0.1:7000".parse().unwrap(),
-        token_file: reconix_spec::SecretFile::new("/run/token"),
-    });
+    spec.builders.enrollment = Some(reconix_spec::Enrollment::new(
+        "127.0.0.1:7000".parse().unwrap(),
+        reconix_spec::SecretFile::new("/run/token"),
+    ));
     let o = observed(vec![J::new(1, 1).features(&["kvm"])], &[]);
     let p = plan(&local_builder(), &spec, &o, Timestamp(0));
     assert!(p.steps.is_empty(), "{p:?}");

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use reconix_agent::coordinator::{
-    AgentConn, CoordinatorKey, Listener, ServeChannel, ServeExit, ServeReader, ServeWriter,
+    AgentConn, CoordinatorKey, Limits, Listener, ServeChannel, ServeExit, ServeReader, ServeWriter,
 };
 use reconix_e2e::tail;
 use reconix_nixcli::NixCli;
@@ -375,7 +375,7 @@ impl Lab {
     async fn bench(&self, settings: Settings) -> Result<Report> {
         std::fs::create_dir_all(self.path("coordinator"))?;
         let key = CoordinatorKey::load_or_create(self.dir.path().join("coordinator").as_path())?;
-        let listener = Listener::bind(([127, 0, 0, 1], 0).into(), &key).await?;
+        let listener = Listener::bind(([127, 0, 0, 1], 0).into(), &key, Limits::default()).await?;
         run_ok("nix-store", &["--store", &self.local, "--init"]).await?;
 
         super::settle(settings.idle_wait);
