@@ -530,6 +530,30 @@ impl TestDaemon {
     }
 }
 
+/// Returns a flake whose outputs are `outputs` (Nix attribute bindings), with `mk name script`
+/// in scope: a derivation built by busybox's `/bin/sh` running `script`, salted with `salt`
+/// so that every test run builds afresh. `lets` adds bindings next to `mk`.
+pub fn sh_flake(salt: &str, lets: &str, outputs: &str) -> String {
+    format!(
+        r#"{{
+  outputs = {{ self }}:
+    let
+      mk = name: script: derivation {{
+        inherit name;
+        system = "x86_64-linux";
+        salt = "{salt}";
+        builder = "/bin/sh";
+        args = [ "-c" script ];
+      }};
+      {lets}
+    in {{
+      {outputs}
+    }};
+}}
+"#
+    )
+}
+
 /// Returns a local-forge spec for the repository at `repo`, polled every second.
 pub fn local_spec(repo: &Path, max_jobs: u32) -> DaemonConfig {
     DaemonConfig {

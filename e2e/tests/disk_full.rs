@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use reconix_e2e::{DEADLINE, DaemonConfig, GitRepo, TestDaemon, jobs_by_attr, run, salt};
+use reconix_e2e::{DEADLINE, DaemonConfig, GitRepo, TestDaemon, jobs_by_attr, run, salt, sh_flake};
 use reconix_spec::Secret;
 use serde_json::Value;
 
@@ -25,28 +25,17 @@ fn flake(salt: &str) -> String {
     let oks: String = (1..=OK_JOBS)
         .map(|n| format!("ok{n} = mk \"ok{n}\" \"echo building-{n}; sleep 1; echo {n} > $out\";\n"))
         .collect();
-    r#"{
-  outputs = { self }:
-    let
-      mk = name: script: derivation {
-        inherit name;
-        system = "x86_64-linux";
-        salt = "@SALT@";
-        builder = "/bin/sh";
-        args = [ "-c" script ];
-      };
-      failing = mk "failing" "echo 'fails on purpose' >&2; exit 3";
-    in {
-      packages.x86_64-linux = {
-        @OKS@
+    sh_flake(
+        salt,
+        r#"failing = mk "failing" "echo 'fails on purpose' >&2; exit 3";"#,
+        &format!(
+            r#"packages.x86_64-linux = {{
+        {oks}
         inherit failing;
-        afterFailing = mk "after-failing" "cat ${failing} > $out";
-      };
-    };
-}
-"#
-    .replace("@SALT@", salt)
-    .replace("@OKS@", &oks)
+        afterFailing = mk "after-failing" "cat ${{failing}} > $out";
+      }};"#
+        ),
+    )
 }
 
 /// A tmpfs mounted for the test's lifetime (unmounted on drop).

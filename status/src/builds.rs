@@ -10,6 +10,18 @@ use crate::error::{Error, QueryExt, Result};
 use crate::row::{BUILD_COLUMNS, parse, parse_build, path_text};
 use crate::types::{Build, BuildId, BuildState};
 
+/// How a running build goes back to the queue ([`StatusDb::requeue_build`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Retried after a transient failure of its builder: the attempt counts.
+    Retry,
+    /// Waits for room on a full disk until `retry_at`: the attempt does not count.
+    Wait {
+        /// When it may be dispatched again.
+        retry_at: Timestamp,
+    },
+}
+
 impl StatusDb {
     /// Records that the build of `drv` is `queued` or `running` on `builder`; returns its id.
     ///
@@ -100,48 +112,15 @@ impl StatusDb {
         Ok(BuildId(id))
     }
 
-    /// Puts the running build of `drv` back in the queue because its machine, not the build
-    /// nor the builder, failed: the state directory or the store is full or failing. The
-    /// attempt does not count (`attempts` is taken back), `waits` grows, `reason` is kept as its
-    /// error and it is not dispatched before `retry_at`. Returns false (changing nothing) unless
-    /// the build is `running` on `builder`, as [`requeue_build`](Self::requeue_build) does.
+    /// Puts the running build of `drv` back in the queue; returns false (changing nothing)
+    /// unless the build is `running` on `builder`, so a late report of an attempt that was
+    /// already superseded cannot disturb the current one. `reason` is kept as its error.
     ///
-    /// # Errors
-    /// Returns [`Error::Query`] when SQLite fails.
-    pub fn wait_build(
-        &mut self,
-        drv: &StorePath,
-        builder: &BuilderName,
-        reason: &str,
-        retry_at: Timestamp,
-        now: Timestamp,
-    ) -> Result<bool> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE builds SET state = 'queued', error = ?3, queued_at = ?4, \
-                 started_at = NULL, finished_at = NULL, exit_code = NULL, \
-                 attempts = max(attempts - 1, 0), waits = waits + 1, retry_at = ?5 \
-                 WHERE drv_path = ?1 AND builder = ?2 AND state = 'running'",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    drv.as_str(),
-                    builder.as_str(),
-                    reason,
-                    now.0,
-                    retry_at.0
-                ])
-            })
-            .op("wait_build")?;
-        Ok(n > 0)
-    }
-
-    /// Puts the running build of `drv` back in the queue after a transient failure on
-    /// `builder` (connection lost, builder gone): the attempt counts, `reason` is
-    /// kept as its error and `builder` as the one to avoid next time. Returns false (changing
-    /// nothing) unless the build is `running` on `builder`, so a late report of an attempt that
-    /// was already superseded cannot disturb the current one.
+    /// - [`Requeue::Retry`], after a transient failure on `builder` (connection lost, builder
+    ///   gone): the attempt counts and `builder` is kept as the one to avoid next time.
+    /// - [`Requeue::Wait`], when this machine's disk, not the build nor the builder, failed (the
+    ///   state directory or the store is full or failing): the attempt does not count
+    ///   (`attempts` is taken back), `waits` grows, and it is not dispatched before `retry_at`.
     ///
     /// # Errors
     /// Returns [`Error::Query`] when SQLite fails.
@@ -150,17 +129,31 @@ impl StatusDb {
         drv: &StorePath,
         builder: &BuilderName,
         reason: &str,
+        requeue: Requeue,
         now: Timestamp,
     ) -> Result<bool> {
+        let (attempts, waits, retry_at) = match requeue {
+            Requeue::Retry => (0, 0, None),
+            Requeue::Wait { retry_at } => (1, 1, Some(retry_at.0)),
+        };
         let n = self
             .conn
             .prepare_cached(
                 "UPDATE builds SET state = 'queued', error = ?3, queued_at = ?4, \
-                 started_at = NULL, finished_at = NULL, exit_code = NULL \
+                 started_at = NULL, finished_at = NULL, exit_code = NULL, \
+                 attempts = max(attempts - ?5, 0), waits = waits + ?6, retry_at = ?7 \
                  WHERE drv_path = ?1 AND builder = ?2 AND state = 'running'",
             )
             .and_then(|mut stmt| {
-                stmt.execute(params![drv.as_str(), builder.as_str(), reason, now.0])
+                stmt.execute(params![
+                    drv.as_str(),
+                    builder.as_str(),
+                    reason,
+                    now.0,
+                    attempts,
+                    waits,
+                    retry_at
+                ])
             })
             .op("requeue_build")?;
         Ok(n > 0)
@@ -320,6 +313,7 @@ mod tests {
 
     use reconix_spec::names::BuilderName;
 
+    use super::Requeue;
     use crate::testing::{T0, at, drv};
     use crate::{BuildState, Error, StatusDb};
 
@@ -368,6 +362,10 @@ mod tests {
         assert_eq!(db.build_by_drv(&drv(1)).unwrap().unwrap().attempts, 2);
     }
 
+    fn wait(ms: i64) -> Requeue {
+        Requeue::Wait { retry_at: at(ms) }
+    }
+
     #[test]
     fn a_waiting_build_should_not_count_the_attempt_and_wait_with_a_growing_count() {
         let mut db = StatusDb::open_memory().unwrap();
@@ -376,12 +374,12 @@ mod tests {
         // Another builder's late report changes nothing.
         let a1 = BuilderName::new("a1").unwrap();
         assert!(
-            !db.wait_build(&drv(1), &a1, "waiting", at(9), at(1))
+            !db.requeue_build(&drv(1), &a1, "waiting", wait(9), at(1))
                 .unwrap()
         );
         let reason = "waiting: state directory full: cannot write x.log";
         assert!(
-            db.wait_build(&drv(1), &local(), reason, at(5), at(1))
+            db.requeue_build(&drv(1), &local(), reason, wait(5), at(1))
                 .unwrap()
         );
         let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
@@ -394,7 +392,7 @@ mod tests {
         db.upsert_build(&drv(1), Some(&local()), BuildState::Running, at(5))
             .unwrap();
         assert!(
-            db.wait_build(&drv(1), &local(), reason, at(8), at(6))
+            db.requeue_build(&drv(1), &local(), reason, wait(8), at(6))
                 .unwrap()
         );
         db.upsert_build(&drv(1), Some(&local()), BuildState::Running, at(8))
@@ -415,10 +413,19 @@ mod tests {
         db.upsert_build(&drv(1), Some(&a1), BuildState::Running, T0)
             .unwrap();
         // Another builder's late report changes nothing.
-        assert!(!db.requeue_build(&drv(1), &local(), "lost", at(1)).unwrap());
         assert!(
-            db.requeue_build(&drv(1), &a1, "agent a1 lost the connection", at(2))
+            !db.requeue_build(&drv(1), &local(), "lost", Requeue::Retry, at(1))
                 .unwrap()
+        );
+        assert!(
+            db.requeue_build(
+                &drv(1),
+                &a1,
+                "agent a1 lost the connection",
+                Requeue::Retry,
+                at(2)
+            )
+            .unwrap()
         );
         let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
         assert_eq!(
@@ -433,7 +440,10 @@ mod tests {
         assert_eq!(build.error.as_deref(), Some("agent a1 lost the connection"));
         assert_eq!(build.started_at, None);
         // Only a running build can be requeued.
-        assert!(!db.requeue_build(&drv(1), &a1, "again", at(3)).unwrap());
+        assert!(
+            !db.requeue_build(&drv(1), &a1, "again", Requeue::Retry, at(3))
+                .unwrap()
+        );
         db.upsert_build(&drv(1), Some(&local()), BuildState::Running, at(4))
             .unwrap();
         let build = db.build_by_drv(&drv(1)).unwrap().unwrap();

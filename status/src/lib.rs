@@ -8,6 +8,7 @@
 
 mod agents;
 mod builds;
+pub use builds::Requeue;
 mod caches;
 mod db;
 mod error;

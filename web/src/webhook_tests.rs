@@ -247,6 +247,14 @@ fn edit(body: &[u8], change: impl FnOnce(&mut Value)) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// Reads a response's JSON body.
+async fn json_body(resp: axum::response::Response) -> Value {
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn result(r: &str) -> Value {
     serde_json::json!({ "result": r })
 }
@@ -486,10 +494,7 @@ async fn an_announced_body_over_the_limit_should_be_413_before_the_body_arrives(
     .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(resp.headers()["connection"], "close");
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let json: Value = serde_json::from_slice(&body).unwrap();
+    let json = json_body(resp).await;
     assert_eq!(
         json["error"],
         "the body of 41943040 bytes is larger than the limit of 33554432 bytes"
@@ -509,10 +514,7 @@ async fn a_full_state_directory_should_be_503_with_retry_after_and_other_databas
     let resp = sqlite(rusqlite::ffi::SQLITE_FULL).into_response();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "30");
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let json: Value = serde_json::from_slice(&body).unwrap();
+    let json = json_body(resp).await;
     assert_eq!(
         json["error"],
         "the daemon's state directory is full; retry later"
@@ -537,10 +539,7 @@ async fn paths_and_methods_no_route_takes_should_answer_json_errors() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(resp.headers()["allow"], "POST");
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let json: Value = serde_json::from_slice(&body).unwrap();
+    let json = json_body(resp).await;
     assert_eq!(json["error"], "method GET is not allowed on /webhooks/gh");
 }
 

@@ -10,7 +10,7 @@ use reconix_agent::coordinator::AgentConn;
 use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
 use reconix_nixcli::{BuildRequest, BuildStatus, Nix, closure_size};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
-use reconix_status::{BuildState, BuilderKind, JobState, Status};
+use reconix_status::{BuildState, BuilderKind, JobState, Requeue, Status};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -264,15 +264,15 @@ async fn record(
                     (Some((state, exit_code, error)), _) => db
                         .finish_build(&d, state, exit_code, error.as_deref(), None, now)
                         .map(drop),
-                    (None, Ended::Waiting(reason)) => {
-                        db.wait_build(&d, &b, &reason, retry_at, now).map(drop)
-                    }
-                    (None, Ended::Transient(reason)) => {
-                        db.requeue_build(&d, &b, &reason, now).map(drop)
-                    }
-                    (None, Ended::Result { .. }) => {
-                        db.requeue_build(&d, &b, "interrupted", now).map(drop)
-                    }
+                    (None, Ended::Waiting(reason)) => db
+                        .requeue_build(&d, &b, &reason, Requeue::Wait { retry_at }, now)
+                        .map(drop),
+                    (None, Ended::Transient(reason)) => db
+                        .requeue_build(&d, &b, &reason, Requeue::Retry, now)
+                        .map(drop),
+                    (None, Ended::Result { .. }) => db
+                        .requeue_build(&d, &b, "interrupted", Requeue::Retry, now)
+                        .map(drop),
                 }
             })
             .await;
