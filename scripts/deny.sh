@@ -4,7 +4,8 @@
 # build reconix cannot reach GitHub to fetch it (see that folder's README). The snapshot is
 # copied into target/advisory-dbs/ (writable, ignored by git) and made a git repository, which is
 # what cargo-deny expects to find at `db-path` (deny.toml); the copy is refreshed when the
-# snapshot's commit changes. Extra arguments go to `cargo deny check`, e.g. `advisories`.
+# snapshot's commit changes. The workspace and the fuzz targets (fuzz/Cargo.lock) are both
+# checked. Extra arguments go to `cargo deny check`, e.g. `advisories`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,4 +39,12 @@ if [ "$(cat "$dst.stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" >"$dst.stamp"
 fi
 
-cargo deny --offline check --hide-inclusion-graph "$@"
+# cargo-deny reads every dependency's manifest, and `--offline` keeps cargo from downloading
+# them: fetch first (a no-op once they are there). The libfuzzer-sys licence exception in
+# deny.toml concerns the fuzz tree only.
+cargo fetch --quiet --locked
+cargo deny --offline check --hide-inclusion-graph --allow license-exception-not-encountered "$@"
+# The fuzz targets are their own workspace with their own Cargo.lock (fuzz/): same rules.
+cargo fetch --quiet --locked --manifest-path fuzz/Cargo.toml
+cargo deny --manifest-path fuzz/Cargo.toml --offline check --hide-inclusion-graph \
+  --allow license-not-encountered "$@"
