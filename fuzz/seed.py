@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of every fuzz target into corpus/<target>/ from the project's real
-fixtures (forge webhook payloads and signature vectors, the example specs) and from NARs made by
-`nix-store --dump` (when nix is installed). Run from anywhere; files are named by their SHA-1, as
+fixtures (forge webhook payloads and signature vectors, the example specs, captured Nix output)
+and from NARs made by `nix-store --dump` (when nix is installed). Run from anywhere; files are named by their SHA-1, as
 libFuzzer names them, so re-running adds nothing twice. The input formats are the ones the
 targets' doc comments describe."""
 
@@ -185,8 +185,30 @@ def agent_hello():
     write("agent_hello", lines[1] + b"\n" + lines[2] + b"\n" + lines[2] + b"\n")
 
 
+def nix_output():
+    fixtures = os.path.join(ROOT, "nixcli", "tests", "fixtures")
+
+    def files(folder, suffix):
+        path = os.path.join(fixtures, folder)
+        for name in sorted(os.listdir(path)):
+            if name.endswith(suffix):
+                with open(os.path.join(path, name), "rb") as f:
+                    yield name, f.read()
+
+    for _, text in files("drv", ".drv"):
+        write("nix_output", b"\0" + text)
+    for _, text in files("stderr", ".txt"):
+        write("nix_output", b"\1" + text)
+    for _, text in files("realise", ".stderr"):
+        write("nix_output", b"\1" + text)
+    for name, text in files("eval", ".json"):
+        count = len(json.loads(text)) if name == "jobs.json" else 0
+        write("nix_output", b"\2" + bytes([count]) + text)
+
+
 def main():
     webhook_parse()
+    nix_output()
     webhook_verify()
     spec_parse()
     agent_hello()
