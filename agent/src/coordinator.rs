@@ -607,6 +607,7 @@ async fn handshake(
         &mut rx,
         &mut lines,
         &format!("subsystem {CONTROL_SUBSYSTEM:?}"),
+        peer,
     )
     .await?;
     let protocol = |reason: String| Error::Protocol { peer, reason };
@@ -655,11 +656,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Waits for the answer to a channel request sent with `want_reply`; data that arrives first
-/// is kept in `lines`.
+/// is kept in `lines`, up to the bound of [`LineReader::push`].
 async fn wait_for_reply(
     rx: &mut ChannelReadHalf,
     lines: &mut LineReader,
     what: &str,
+    peer: SocketAddr,
 ) -> Result<()> {
     loop {
         match rx.wait().await {
@@ -669,7 +671,11 @@ async fn wait_for_reply(
                     what: what.to_owned(),
                 });
             }
-            Some(ChannelMsg::Data { data }) => lines.buf.extend_from_slice(&data),
+            Some(ChannelMsg::Data { data }) => {
+                lines
+                    .push(&data)
+                    .map_err(|reason| Error::Protocol { peer, reason })?;
+            }
             Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return Err(Error::Closed),
             Some(_) => {}
         }
@@ -686,23 +692,44 @@ impl LineReader {
     /// Returns the next line without its newline, or `None` when the channel ends.
     async fn next_line(&mut self, rx: &mut ChannelReadHalf) -> Result<Option<Vec<u8>>, String> {
         loop {
-            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-                line.pop();
-                if line.len() > MAX_LINE {
-                    return Err(format!("line longer than {MAX_LINE} bytes"));
-                }
+            if let Some(line) = self.take_line()? {
                 return Ok(Some(line));
             }
-            if self.buf.len() > MAX_LINE {
-                return Err(format!("line longer than {MAX_LINE} bytes"));
-            }
             match rx.wait().await {
-                Some(ChannelMsg::Data { data }) => self.buf.extend_from_slice(&data),
+                Some(ChannelMsg::Data { data }) => self.push(&data)?,
                 Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return Ok(None),
                 Some(_) => {}
             }
         }
+    }
+
+    /// Appends received data, refusing to buffer more than two maximal lines. The peer may not
+    /// be admitted yet: without the bound, data it sends before the subsystem reply (which
+    /// `wait_for_reply` keeps) would pile up for the whole handshake timeout, on each of the
+    /// concurrent handshakes. Lines are taken out before more data is read, so an honest peer
+    /// never has more than a partial line and one SSH packet buffered.
+    fn push(&mut self, data: &[u8]) -> Result<(), String> {
+        if self.buf.len().saturating_add(data.len()) > 2 * (MAX_LINE + 1) {
+            return Err(format!("more than {MAX_LINE} bytes without a newline"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Removes and returns the first complete line, without its newline.
+    fn take_line(&mut self) -> Result<Option<Vec<u8>>, String> {
+        if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+            line.pop();
+            if line.len() > MAX_LINE {
+                return Err(format!("line longer than {MAX_LINE} bytes"));
+            }
+            return Ok(Some(line));
+        }
+        if self.buf.len() > MAX_LINE {
+            return Err(format!("line longer than {MAX_LINE} bytes"));
+        }
+        Ok(None)
     }
 }
 
@@ -940,7 +967,8 @@ impl AgentConn {
                 .map_err(|source| self.ssh_error(source))?;
             let (mut rx, tx) = channel.split();
             let mut early = LineReader::default();
-            wait_for_reply(&mut rx, &mut early, &format!("exec {SERVE_COMMAND:?}")).await?;
+            let what = format!("exec {SERVE_COMMAND:?}");
+            wait_for_reply(&mut rx, &mut early, &what, self.peer).await?;
             Ok(ServeChannel::start(rx, tx, early.buf))
         };
         tokio::time::timeout(OPEN_TIMEOUT, open)
@@ -1143,5 +1171,27 @@ impl ServeExit {
             Ok(status) => status,
             Err(_) => *self.rx.borrow(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_reader_should_refuse_more_than_a_line_of_data() {
+        let mut lines = LineReader::default();
+        lines.push(b"{\"a\":1}\n{\"b\"").unwrap();
+        assert_eq!(lines.take_line().unwrap(), Some(b"{\"a\":1}".to_vec()));
+        assert_eq!(lines.take_line().unwrap(), None, "a partial line waits");
+        // Data without a newline, as a hostile peer sends it before the subsystem reply: cut
+        // at a bound instead of buffered for the whole handshake.
+        let mut lines = LineReader::default();
+        let chunk = vec![b'x'; 32 * 1024];
+        let pushed = (0..100).take_while(|_| lines.push(&chunk).is_ok()).count();
+        assert!(pushed < 100 && lines.buf.len() <= 2 * (MAX_LINE + 1));
+        let mut lines = LineReader::default();
+        lines.push(&vec![b'x'; MAX_LINE + 1]).unwrap();
+        assert!(lines.take_line().is_err(), "a line longer than MAX_LINE");
     }
 }

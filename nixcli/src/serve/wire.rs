@@ -38,6 +38,10 @@ pub const ADD_TO_STORE_NAR_MINOR: u64 = 5;
 pub const MAX_STRING_LEN: u64 = 16 << 20;
 /// The longest list accepted from a server.
 pub const MAX_LIST_LEN: u64 = 1 << 20;
+/// The most bytes the strings of one list may add up to. Without it, a list of
+/// [`MAX_LIST_LEN`] strings of [`MAX_STRING_LEN`] bytes each (16 TiB) would be kept in memory as
+/// it arrives; 64 MiB is more than 500,000 store paths, far beyond any closure.
+pub const MAX_LIST_BYTES: u64 = 64 << 20;
 
 /// Limits a build started through the serve protocol; zero means "no limit" for each field.
 ///
@@ -388,9 +392,10 @@ pub async fn read_build_result<R: AsyncRead + Unpin>(
                 len: count,
             });
         }
+        let mut budget = ListBudget::new(MAX_LIST_BYTES);
         for _ in 0..count {
-            let id = read_string(reader).await?;
-            let realisation = read_string(reader).await?;
+            let id = budget.take(read_string(reader).await?)?;
+            let realisation = budget.take(read_string(reader).await?)?;
             result.built_outputs.push((id, realisation));
         }
     }
@@ -434,11 +439,19 @@ pub async fn read_string<R: AsyncRead + Unpin>(reader: &mut R) -> Result<String,
     String::from_utf8(read_bytes(reader).await?).map_err(|_| ServeError::NotUtf8)
 }
 
-/// Reads a list of UTF-8 strings, refusing more than [`MAX_LIST_LEN`] of them.
+/// Reads a list of UTF-8 strings, refusing more than [`MAX_LIST_LEN`] of them or more than
+/// [`MAX_LIST_BYTES`] in all.
 ///
 /// # Errors
 /// As [`read_string`], and [`ServeError::TooLong`].
 pub async fn read_strings<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<String>, ServeError> {
+    read_strings_within(reader, MAX_LIST_BYTES).await
+}
+
+async fn read_strings_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_bytes: u64,
+) -> Result<Vec<String>, ServeError> {
     let count = read_u64(reader).await?;
     if count > MAX_LIST_LEN {
         return Err(ServeError::TooLong {
@@ -446,11 +459,40 @@ pub async fn read_strings<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<St
             len: count,
         });
     }
+    let mut budget = ListBudget::new(max_bytes);
     let mut items = Vec::new();
     for _ in 0..count {
-        items.push(read_string(reader).await?);
+        items.push(budget.take(read_string(reader).await?)?);
     }
     Ok(items)
+}
+
+/// Counts the bytes of a list's strings as they are read, against a total.
+struct ListBudget {
+    left: u64,
+    max: u64,
+}
+
+impl ListBudget {
+    fn new(max: u64) -> Self {
+        Self { left: max, max }
+    }
+
+    /// Passes `item` through, or refuses it once the list's strings add up to more than the
+    /// total. Each string is bounded by [`MAX_STRING_LEN`] before it is read, so at most that
+    /// much beyond the total is ever held.
+    fn take(&mut self, item: String) -> Result<String, ServeError> {
+        match self.left.checked_sub(item.len() as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(item)
+            }
+            None => Err(ServeError::TooLong {
+                what: "list (in bytes)",
+                len: self.max - self.left + item.len() as u64,
+            }),
+        }
+    }
 }
 
 fn read_error(source: std::io::Error) -> ServeError {
@@ -667,6 +709,34 @@ mod tests {
         assert!(matches!(
             read_u64(&mut reader).await,
             Err(ServeError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_strings_should_refuse_a_list_whose_strings_add_up_to_more_than_the_total() {
+        let mut buf = Vec::new();
+        put_strings(&mut buf, &["a".repeat(40), "b".repeat(40), "c".repeat(40)]);
+        let items = read_strings_within(&mut buf.as_slice(), 120).await.unwrap();
+        assert_eq!(items.len(), 3, "exactly the total is accepted");
+        assert!(matches!(
+            read_strings_within(&mut buf.as_slice(), 119).await,
+            Err(ServeError::TooLong { len: 120, .. })
+        ));
+        // The build result's realisations count against the same kind of total.
+        let mut reply = Vec::new();
+        put_u64(&mut reply, 0);
+        put_bytes(&mut reply, b"");
+        for word in [1, 0, 0, 0, 3] {
+            put_u64(&mut reply, word);
+        }
+        // Four strings of the longest kind are exactly the total; the fifth is refused.
+        let big = vec![b'x'; MAX_STRING_LEN as usize];
+        for _ in 0..5 {
+            put_bytes(&mut reply, &big);
+        }
+        assert!(matches!(
+            read_build_result(&mut reply.as_slice(), 0x207).await,
+            Err(ServeError::TooLong { .. })
         ));
     }
 
