@@ -172,9 +172,7 @@ impl Verdict {
             },
         };
         // A tag, an enum spelled as a string and a string: serialising cannot fail.
-        let mut line = serde_json::to_vec(&wire).unwrap_or_default();
-        line.push(b'\n');
-        line
+        json_line(&wire)
     }
 
     /// Decodes one line (with or without its trailing newline). Unknown fields are ignored,
@@ -183,17 +181,30 @@ impl Verdict {
     /// # Errors
     /// When the line is too long or is not a verdict.
     pub fn decode(line: &[u8]) -> Result<Self, ProtocolError> {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        if line.len() > MAX_LINE {
-            return Err(ProtocolError::TooLong);
-        }
         Ok(
-            match serde_json::from_slice(line).map_err(ProtocolError::Malformed)? {
+            match serde_json::from_slice(unframe(line)?).map_err(ProtocolError::Malformed)? {
                 WireVerdict::Admitted {} => Self::Admitted,
                 WireVerdict::Refused { reason, message } => Self::refused(reason, &message),
             },
         )
     }
+}
+
+/// Returns `wire` as one JSON line, newline included (empty, then, if it cannot be serialised,
+/// which the plain wire structs rule out).
+fn json_line<T: Serialize>(wire: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(wire).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Returns a received line without its trailing newline, refusing one over [`MAX_LINE`].
+fn unframe(line: &[u8]) -> Result<&[u8], ProtocolError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    if line.len() > MAX_LINE {
+        return Err(ProtocolError::TooLong);
+    }
+    Ok(line)
 }
 
 fn clean_message(message: &str) -> String {
@@ -244,9 +255,7 @@ impl Message {
         };
         // Serialising these plain structs cannot fail: every key is a string and every value
         // is a number, a string or a list of strings.
-        let mut line = serde_json::to_vec(&wire).unwrap_or_default();
-        line.push(b'\n');
-        line
+        json_line(&wire)
     }
 
     /// Decodes one line (with or without its trailing newline) and validates it strictly.
@@ -254,11 +263,7 @@ impl Message {
     /// # Errors
     /// When the line is too long, is not a known message, or a field is invalid.
     pub fn decode(line: &[u8]) -> Result<Self, ProtocolError> {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        if line.len() > MAX_LINE {
-            return Err(ProtocolError::TooLong);
-        }
-        match serde_json::from_slice::<Wire>(line).map_err(ProtocolError::Malformed)? {
+        match serde_json::from_slice::<Wire>(unframe(line)?).map_err(ProtocolError::Malformed)? {
             Wire::Hello(h) => validate_hello(h).map(Self::Hello),
             Wire::Heartbeat(WireHeartbeat { running }) => Ok(Self::Heartbeat { running }),
         }
