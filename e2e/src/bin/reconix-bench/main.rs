@@ -336,16 +336,7 @@ fn run() -> Result<ExitCode> {
     // `unsafe` in edition 2024, so when it is unset we run ourselves again with it set.
     if std::env::var_os("RECONIX_BIN").is_none() {
         let exe = std::env::current_exe()?;
-        let bin = exe
-            .parent()
-            .context("the bench binary has no directory")?
-            .join("reconix");
-        ensure!(
-            bin.exists(),
-            "{} not found: build it with `cargo build --release -p reconix -p reconix-e2e --bins` \
-             (make bench does), or point RECONIX_BIN at a reconix binary",
-            bin.display()
-        );
+        let bin = sibling_reconix()?;
         let status = Command::new(exe)
             .args(std::env::args_os().skip(1))
             .env("RECONIX_BIN", &bin)
@@ -1048,6 +1039,26 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
         details: json!({ "benchmark": "build", "packages": n, "runs": runs_detail }),
         note,
     })
+}
+
+/// Returns the `reconix` binary next to this bench, which `cargo build --release -p reconix -p
+/// reconix-e2e --bins` (and `make bench`) put there.
+///
+/// # Errors
+/// When it is not there, saying how to build it or to set `RECONIX_BIN`.
+pub(crate) fn sibling_reconix() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .context("the bench binary has no directory")?
+        .join("reconix");
+    ensure!(
+        bin.exists(),
+        "{} not found: build it with `cargo build --release -p reconix -p reconix-e2e --bins` \
+         (make bench does), or point RECONIX_BIN at a reconix binary",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 #[cfg(test)]

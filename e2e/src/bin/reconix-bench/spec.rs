@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::report::{median, min};
@@ -174,21 +174,10 @@ pub(crate) struct Report {
 
 /// Returns the reconix binary: `$RECONIX_BIN`, or `reconix` next to this bench.
 pub(crate) fn reconix_bin() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("RECONIX_BIN") {
-        return Ok(PathBuf::from(bin));
+    match std::env::var_os("RECONIX_BIN") {
+        Some(bin) => Ok(PathBuf::from(bin)),
+        None => crate::sibling_reconix(),
     }
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .context("the bench binary has no directory")?
-        .join("reconix");
-    ensure!(
-        bin.exists(),
-        "{} not found: build it with `cargo build --release -p reconix -p reconix-e2e --bins`, \
-         or point RECONIX_BIN at a reconix binary",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 /// Runs every case against `reconix`.
