@@ -412,6 +412,40 @@ mod tests {
         timeout(WITHIN, run).await.unwrap().unwrap();
     }
 
+    // Real time: tokio's paused clock does not advance while a blocking task runs, and the
+    // point is that the reloader stops waiting for one.
+    #[tokio::test]
+    async fn a_load_that_takes_longer_than_a_second_should_be_rejected_without_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.yaml");
+        std::fs::write(&path, "1").unwrap();
+        // The second load blocks until the test lets it go: a parser stuck on a hostile file.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let stuck = std::sync::Mutex::new(stuck);
+        let reloader = SpecReloader::open(&path, move |p: &Path, current: Option<&u32>| {
+            if current.is_some() {
+                let _ = stuck.lock().unwrap().recv();
+            }
+            load_number(p)
+        })
+        .unwrap();
+        let (trigger, triggers) = mpsc::channel(1);
+        let reloader = reloader.reload_on(triggers);
+        let spec = reloader.subscribe();
+        let mut errors = reloader.last_error();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(reloader.run(shutdown.clone()));
+        std::fs::write(&path, "2").unwrap();
+        trigger.send(()).await.unwrap();
+        timeout(WITHIN, errors.changed()).await.unwrap().unwrap();
+        let error = errors.borrow_and_update().clone().unwrap();
+        assert_eq!(error, "loading the spec took longer than 1s: rejected");
+        assert_eq!(**spec.borrow(), 1, "the old spec stays");
+        release.send(()).unwrap();
+        shutdown.cancel();
+        timeout(WITHIN, run).await.unwrap().unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn reloader_should_ignore_an_unchanged_file_on_poll() {
         let s = start("1");
