@@ -149,6 +149,8 @@ pub(crate) fn nix_client(store: Option<&str>) -> NixCli {
 
 /// Serves until shutdown; returns the exit code.
 pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
+    // First, before any socket or file is open (and before the readiness line is printed).
+    let fd_limit = raise_fd_limit();
     let overrides = opts.overrides.clone();
     // The first spec loaded fixes the state directory and listen address: the database and the
     // socket are open, so a reload that changes them is rejected rather than half applied.
@@ -302,9 +304,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         .with_intake(spec_rx.clone(), wake)
         .with_spec_errors(spec_errors)
         .with_metrics(metrics.clone());
-    let config = reconix_web::ServerConfig {
-        fd_limit: raise_fd_limit(),
-    };
+    let config = reconix_web::ServerConfig { fd_limit };
     let http = reconix_web::serve_with(listener, app, config, {
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled().await }
