@@ -146,37 +146,54 @@ struct Entry {
     dying: bool,
 }
 
+/// The open connections by id, and how many of them were told to close.
+#[derive(Debug, Default)]
+struct Conns {
+    map: HashMap<u64, Entry>,
+    /// Entries with `dying` set: counted apart so that admitting stays O(1) but for evictions.
+    dying: usize,
+}
+
+impl Conns {
+    /// The connections not told to close yet, as [`victim`] and [`expired`] take them.
+    fn alive(&self) -> impl Iterator<Item = (u64, Phase, Instant)> + '_ {
+        self.map
+            .iter()
+            .filter(|(_, e)| !e.dying)
+            .map(|(id, e)| (*id, e.phase, e.since))
+    }
+
+    fn alive_count(&self) -> usize {
+        self.map.len() - self.dying
+    }
+
+    /// Tells connection `id` to close; false when it is gone or already closing.
+    fn kill(&mut self, id: u64) -> bool {
+        match self.map.get_mut(&id) {
+            Some(entry) if !entry.dying => {
+                entry.dying = true;
+                entry.kill.cancel();
+                self.dying += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The open connections. A closed connection stays counted until its task has ended (and its
 /// socket is closed), so the count bounds the file descriptors really in use.
 #[derive(Debug, Default)]
 struct Table {
-    conns: Mutex<HashMap<u64, Entry>>,
+    conns: Mutex<Conns>,
     next_id: Mutex<u64>,
     /// Notified whenever a connection's task ends.
     freed: tokio::sync::Notify,
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The connections not told to close yet, as [`victim`] and [`expired`] take them.
-    fn alive(map: &HashMap<u64, Entry>) -> impl Iterator<Item = (u64, Phase, Instant)> + '_ {
-        map.iter()
-            .filter(|(_, e)| !e.dying)
-            .map(|(id, e)| (*id, e.phase, e.since))
-    }
-
-    fn kill(map: &mut HashMap<u64, Entry>, id: u64) -> bool {
-        match map.get_mut(&id) {
-            Some(entry) if !entry.dying => {
-                entry.dying = true;
-                entry.kill.cancel();
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Registers a new connection, first telling as many others to close as needed to keep
@@ -188,17 +205,17 @@ impl Table {
             *next
         };
         let kill = CancellationToken::new();
-        let mut map = self.lock();
+        let mut conns = self.lock();
         let mut evicted = 0;
-        while Self::alive(&map).count() >= cap {
-            let Some(victim) = victim(Self::alive(&map)) else {
+        while conns.alive_count() >= cap {
+            let Some(victim) = victim(conns.alive()) else {
                 break;
             };
-            if Self::kill(&mut map, victim) {
+            if conns.kill(victim) {
                 evicted += 1;
             }
         }
-        map.insert(
+        conns.map.insert(
             id,
             Entry {
                 phase: Phase::AwaitingHead,
@@ -212,19 +229,19 @@ impl Table {
 
     /// Tells the connection [`victim`] names to close, to free a file descriptor.
     fn evict_one(&self) -> bool {
-        let mut map = self.lock();
-        victim(Self::alive(&map)).is_some_and(|id| Self::kill(&mut map, id))
+        let mut conns = self.lock();
+        victim(conns.alive()).is_some_and(|id| conns.kill(id))
     }
 
     /// Tells the connections that overstayed their phase to close; returns how many.
     fn sweep(&self, limits: &Limits) -> usize {
-        let mut map = self.lock();
-        let late = expired(Self::alive(&map), limits, Instant::now());
-        late.iter().filter(|id| Self::kill(&mut map, **id)).count()
+        let mut conns = self.lock();
+        let late = expired(conns.alive(), limits, Instant::now());
+        late.into_iter().filter(|id| conns.kill(*id)).count()
     }
 
     fn set(&self, id: u64, phase: Phase) {
-        if let Some(entry) = self.lock().get_mut(&id)
+        if let Some(entry) = self.lock().map.get_mut(&id)
             && entry.phase != phase
         {
             entry.phase = phase;
@@ -234,25 +251,30 @@ impl Table {
 
     /// Forgets a connection whose task ended (its socket is closed).
     fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        {
+            let mut conns = self.lock();
+            if conns.map.remove(&id).is_some_and(|entry| entry.dying) {
+                conns.dying = conns.dying.saturating_sub(1);
+            }
+        }
         self.freed.notify_waiters();
     }
 
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     /// Returns how many connections were told to close but still hold their socket.
     fn dying(&self) -> usize {
-        self.lock().values().filter(|e| e.dying).count()
+        self.lock().dying
     }
 
     /// Tells every connection to close (after the shutdown grace period).
     fn kill_all(&self) {
-        let mut map = self.lock();
-        let ids: Vec<u64> = map.keys().copied().collect();
+        let mut conns = self.lock();
+        let ids: Vec<u64> = conns.map.keys().copied().collect();
         for id in ids {
-            Self::kill(&mut map, id);
+            conns.kill(id);
         }
     }
 }
