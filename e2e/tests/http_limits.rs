@@ -152,20 +152,10 @@ async fn stall(addr: String, n: usize, attack: Arc<Attack>) {
         attack.opened.fetch_add(1, Ordering::SeqCst);
         let _ = s.write_all(stall).await;
         let mut buf = [0u8; 4096];
-        // Until the daemon closes it (EOF or reset), or the test ends.
-        loop {
-            tokio::select! {
-                read = s.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                },
-                () = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if attack.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                }
-            }
-        }
+        // Until the daemon closes it (EOF or reset); the test's end drops the task.
+        while let Ok(n) = s.read(&mut buf).await
+            && n > 0
+        {}
         attack.closed.fetch_add(1, Ordering::SeqCst);
         if first {
             first = false;

@@ -186,7 +186,7 @@ impl Conns {
 #[derive(Debug, Default)]
 struct Table {
     conns: Mutex<Conns>,
-    next_id: Mutex<u64>,
+    next_id: std::sync::atomic::AtomicU64,
     /// Notified whenever a connection's task ends.
     freed: tokio::sync::Notify,
 }
@@ -199,11 +199,9 @@ impl Table {
     /// Registers a new connection, first telling as many others to close as needed to keep
     /// fewer than `cap` alive. Returns its id, its kill switch and how many were told to close.
     fn admit(&self, cap: usize) -> (u64, CancellationToken, usize) {
-        let id = {
-            let mut next = self.next_id.lock().unwrap_or_else(PoisonError::into_inner);
-            *next += 1;
-            *next
-        };
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let kill = CancellationToken::new();
         let mut conns = self.lock();
         let mut evicted = 0;
@@ -449,10 +447,12 @@ pub(crate) async fn run(
         stop.clone(),
     ));
     let accept_errors = LogLimiter::default();
+    // Every wait below also ends the whole loop on shutdown: a finished future is never polled
+    // again.
     tokio::pin!(shutdown);
-    loop {
+    'accept: loop {
         let accepted = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break 'accept,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -491,10 +491,10 @@ pub(crate) async fn run(
                     if table.dying() <= MAX_DYING {
                         break;
                     }
+                    // `freed` was created before the check, so an end in between is not missed.
                     tokio::select! {
-                        () = &mut shutdown => break,
+                        () = &mut shutdown => break 'accept,
                         () = freed => {}
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }
             }
@@ -507,7 +507,7 @@ pub(crate) async fn run(
                     warn!(error = %err, freed, suppressed, open = table.len(), "cannot accept a connection");
                 }
                 tokio::select! {
-                    () = &mut shutdown => break,
+                    () = &mut shutdown => break 'accept,
                     () = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
             }

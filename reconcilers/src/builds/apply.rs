@@ -71,7 +71,11 @@ impl Ended {
 /// Returns how long a build waits for room after its `waits`-th wait in a row: 1 s doubling up
 /// to 30 s, so it resumes soon after space returns without spinning while the disk is full.
 pub(super) fn wait_backoff(waits: u32) -> Duration {
-    Duration::from_secs(1u64 << waits.min(5)).min(Duration::from_secs(30))
+    crate::runtime::doubling(
+        waits.saturating_add(1),
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
 }
 
 /// What to record for `ended` after attempt number `attempts` (1-based), with `retries` more

@@ -470,6 +470,10 @@ fn a_spec_entry_should_cap_an_agent() {
 #[test]
 fn transient_failures_should_be_retried_up_to_the_limit_and_real_ones_never() {
     use super::apply::{Ended, verdict};
+    let waits: Vec<u64> = (0..7)
+        .map(|w| super::apply::wait_backoff(w).as_secs())
+        .collect();
+    assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30], "1 s doubling to 30 s");
     let full = || Ended::Waiting("waiting: state directory full: cannot write x.log".to_owned());
     assert_eq!(verdict(full(), 1, 2), None);
     assert_eq!(verdict(full(), 3, 0), None, "a wait never uses up attempts");

@@ -80,22 +80,28 @@ pub struct Plan<S> {
     pub then: Action,
 }
 
+/// Returns the `n`-th delay (from 1; 0 counts as 1) of a schedule that starts at `min` and
+/// doubles up to `max`, without jitter: the one backoff rule of the loops and builds.
+#[must_use]
+pub fn doubling(n: u32, min: Duration, max: Duration) -> Duration {
+    let n = n.clamp(1, BACKOFF_STEPS);
+    ExponentialBuilder::new()
+        .with_min_delay(min)
+        .with_factor(2.0)
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+        .nth(usize::try_from(n - 1).unwrap_or(0))
+        .unwrap_or(max)
+}
+
 /// Returns the backoff for the `failures`-th consecutive failure of a key.
 ///
 /// The delay starts at 1 s and doubles up to 5 min (1 s, 2 s, 4 s, … 256 s, 300 s, 300 s, …).
 /// There is no jitter, so the schedule is deterministic; `failures` of 0 is treated as 1.
 #[must_use]
 pub fn default_backoff(failures: u32) -> Action {
-    let n = failures.clamp(1, BACKOFF_STEPS);
-    let delay = ExponentialBuilder::new()
-        .with_min_delay(MIN_BACKOFF)
-        .with_factor(2.0)
-        .with_max_delay(MAX_BACKOFF)
-        .without_max_times()
-        .build()
-        .nth(usize::try_from(n - 1).unwrap_or(0))
-        .unwrap_or(MAX_BACKOFF);
-    Action::requeue(delay)
+    Action::requeue(doubling(failures, MIN_BACKOFF, MAX_BACKOFF))
 }
 
 /// Returns the backoff for the `failures`-th consecutive failure of a key that met a full or
@@ -103,8 +109,7 @@ pub fn default_backoff(failures: u32) -> Action {
 /// returning (nothing else may wake it meanwhile).
 #[must_use]
 pub fn storage_backoff(failures: u32) -> Action {
-    let n = failures.clamp(1, 4) - 1;
-    Action::requeue(Duration::from_secs(1u64 << n).min(Duration::from_secs(5)))
+    Action::requeue(doubling(failures, MIN_BACKOFF, Duration::from_secs(5)))
 }
 
 #[cfg(test)]

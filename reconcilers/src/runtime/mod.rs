@@ -21,7 +21,7 @@ mod signals;
 #[cfg(test)]
 mod tests;
 
-pub use action::{Action, Plan, default_backoff, storage_backoff};
+pub use action::{Action, Plan, default_backoff, doubling, storage_backoff};
 pub use clock::Clock;
 pub(crate) use controller::error_chain;
 pub use controller::{Controller, Handle, RunReport};
