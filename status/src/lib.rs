@@ -11,15 +11,20 @@ mod builds;
 pub use builds::Requeue;
 mod caches;
 mod db;
+mod deliveries;
+mod drift;
 mod error;
 mod evaluations;
-mod forges;
+mod forge_health;
 mod gc_roots;
+mod hooks;
 mod jobs;
 mod loops;
 mod metrics;
 mod mutations;
 pub mod pages;
+mod posted_statuses;
+mod pull_requests;
 mod repos;
 mod retention;
 mod row;
@@ -33,15 +38,17 @@ pub use agents::{AgentCredentials, AgentHello, AgentRow};
 pub use agents::{BuilderKind, BuilderState, BuilderView, RunningBuild, RunningJob, builder_views};
 pub use caches::{CacheBacklog, CachePushSummary};
 pub use db::{Checkpointer, OpenMode, SCHEMA_VERSION, Status, StatusDb};
+pub use deliveries::{DeliveryEffect, DeliveryOutcome, NewDelivery};
+pub use drift::{DriftId, DriftRow, NewDrift};
 pub use error::{Error, Result};
-pub use forges::{
-    DeliveryEffect, DeliveryOutcome, DriftId, DriftRow, ForgeHealth, ForgeHealthState, HookRow,
-    NewDelivery, NewDrift, PostedStatus, PullRequestRow, PullRequestUpdate,
-};
+pub use forge_health::{ForgeHealth, ForgeHealthState};
+pub use hooks::HookRow;
 pub use metrics::{
     ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, STORAGE_ALARM, StateCounts,
 };
 pub use mutations::{CANCELLED_ERROR, Cancelled, Rebuilt, Rerun};
+pub use posted_statuses::PostedStatus;
+pub use pull_requests::{PullRequestRow, PullRequestUpdate};
 pub use retention::RetentionEval;
 pub use types::{
     Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, GcRoot, Job, JobId,

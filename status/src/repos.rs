@@ -9,6 +9,30 @@ use crate::row::{get, parse_repo_key};
 use crate::types::{RefHead, Repo, RepoId};
 
 impl StatusDb {
+    /// Records the default branch a forge reports for `repo`.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails.
+    pub fn set_default_branch(&mut self, repo: RepoId, branch: Option<&str>) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE repos SET default_branch = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![repo.0, branch]))
+            .op("set_default_branch")?;
+        Ok(())
+    }
+
+    /// Returns the default branch recorded for `repo`.
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails.
+    pub fn default_branch(&self, repo: RepoId) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT default_branch FROM repos WHERE id = ?1")
+            .and_then(|mut s| s.query_row([repo.0], |r| r.get(0)).optional())
+            .op("default_branch")
+            .map(Option::flatten)
+    }
+
     /// Returns the id of the repository `key`, creating its row when it is new.
     ///
     /// # Errors

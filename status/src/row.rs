@@ -61,6 +61,14 @@ pub(crate) fn non_negative<T: TryFrom<i64>>(
     })
 }
 
+/// Converts a count or id to store it; SQLite integers are signed.
+pub(crate) fn to_i64(value: u64, what: &'static str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Invalid {
+        op: "forges",
+        reason: format!("{what} {value} is out of range"),
+    })
+}
+
 /// Returns the UTF-8 text of a path to store it; SQLite text columns cannot hold other bytes.
 pub(crate) fn path_text<'p>(op: &'static str, path: &'p Path) -> Result<&'p str> {
     path.to_str().ok_or_else(|| Error::Invalid {

@@ -106,3 +106,16 @@ pub(crate) fn building_eval(db: &mut StatusDb, rev: &str, jobs: &[NewJob]) -> Ev
     assert!(db.record_evaluation_result(id, jobs, at(1)).unwrap());
     id
 }
+
+/// Pull request 3 of `alice`, from a fork, at `sha`.
+pub(crate) fn pull_request(sha: &str, open: bool) -> crate::PullRequestUpdate {
+    crate::PullRequestUpdate {
+        number: 3,
+        head_sha: sha.to_owned(),
+        head_ref: "feature".to_owned(),
+        base_ref: "main".to_owned(),
+        author: Some("alice".to_owned()),
+        from_fork: true,
+        open,
+    }
+}

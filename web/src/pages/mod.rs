@@ -10,6 +10,7 @@
 mod ansi;
 mod builders;
 pub(crate) mod cache;
+mod compare;
 mod evaluations;
 mod jobs;
 mod log_stream;

@@ -9,7 +9,9 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::Html;
 use reconix_spec::{RepoKey, Timestamp};
-use reconix_status::pages::{JobOutcome, OutcomeChange, PullComparison, compare_evaluations};
+use reconix_status::pages::JobOutcome;
+
+use super::compare::{OutcomeChange, PullComparison, compare_evaluations};
 use reconix_status::{Evaluation, EvaluationId, EvaluationState};
 
 use super::{EvalRow, PageError, render, short, time};
