@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use crate::StatusDb;
 use crate::error::{Error, QueryExt, Result};
 use crate::row::{EVALUATION_COLUMNS, parse, parse_evaluation};
-use crate::types::{Evaluation, EvaluationId, EvaluationState, RepoId};
+use crate::types::{Evaluation, EvaluationId, EvaluationState, JobState, RepoId};
 
 impl StatusDb {
     /// Creates the evaluation of `(repo, ref_name, rev)` in state `queued`, or finds the
@@ -196,12 +196,12 @@ impl StatusDb {
     pub fn finish_evaluation_if_done(&mut self, id: EvaluationId, now: Timestamp) -> Result<bool> {
         let changed = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "UPDATE evaluations SET state = 'finished', finished_at = ?2 \
                  WHERE id = ?1 AND state = 'building' AND NOT EXISTS ( \
-                     SELECT 1 FROM jobs WHERE evaluation_id = ?1 \
-                     AND state IN ('queued', 'building'))",
-            )
+                     SELECT 1 FROM jobs WHERE evaluation_id = ?1 AND state IN {})",
+                JobState::unfinished_sql()
+            ))
             .and_then(|mut stmt| stmt.execute(params![id.0, now.0]))
             .op("finish_evaluation_if_done")?;
         Ok(changed > 0)
@@ -216,11 +216,12 @@ impl StatusDb {
         const OP: &str = "finishable_evaluations";
         let mut stmt = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT e.id FROM evaluations e WHERE e.state = 'building' AND NOT EXISTS ( \
                      SELECT 1 FROM jobs j WHERE j.evaluation_id = e.id \
-                     AND j.state IN ('queued', 'building')) ORDER BY e.id",
-            )
+                     AND j.state IN {}) ORDER BY e.id",
+                JobState::unfinished_sql()
+            ))
             .op(OP)?;
         let ids = stmt
             .query_map([], |r| r.get::<_, i64>(0))
@@ -264,24 +265,27 @@ pub(crate) fn evaluation_state(
 }
 
 fn unfinished_jobs(tx: &Transaction<'_>, id: EvaluationId, op: &'static str) -> Result<i64> {
-    tx.prepare_cached(
-        "SELECT count(*) FROM jobs WHERE evaluation_id = ?1 AND state IN ('queued', 'building')",
-    )
+    tx.prepare_cached(&format!(
+        "SELECT count(*) FROM jobs WHERE evaluation_id = ?1 AND state IN {}",
+        JobState::unfinished_sql()
+    ))
     .and_then(|mut stmt| stmt.query_row([id.0], |r| r.get(0)))
     .op(op)
 }
 
-fn cancel_jobs(
+/// Cancels every unfinished job of evaluation `id`; returns how many.
+pub(crate) fn cancel_jobs(
     tx: &Transaction<'_>,
     id: EvaluationId,
     now: Timestamp,
     op: &'static str,
 ) -> Result<u64> {
     let n = tx
-        .prepare_cached(
+        .prepare_cached(&format!(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?2 \
-             WHERE evaluation_id = ?1 AND state IN ('queued', 'building')",
-        )
+             WHERE evaluation_id = ?1 AND state IN {}",
+            JobState::unfinished_sql()
+        ))
         .and_then(|mut stmt| stmt.execute(params![id.0, now.0]))
         .op(op)?;
     Ok(u64::try_from(n).unwrap_or(u64::MAX))

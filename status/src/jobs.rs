@@ -268,7 +268,10 @@ impl StatusDb {
     /// Returns [`Error::Query`] when SQLite fails and [`Error::Corrupt`] for a malformed row.
     pub fn schedulable_jobs(&self) -> Result<Vec<SchedJob>> {
         const OP: &str = "schedulable_jobs";
-        const LIVE: &str = "e.state = 'building' AND j.state IN ('queued', 'building')";
+        let live = format!(
+            "e.state = 'building' AND j.state IN {}",
+            JobState::unfinished_sql()
+        );
         let tx = self.read(OP)?;
         let mut deps: HashMap<i64, Vec<SchedDep>> = HashMap::new();
         {
@@ -278,7 +281,7 @@ impl StatusDb {
                      JOIN evaluations e ON e.id = j.evaluation_id \
                      JOIN job_deps jd ON jd.job_id = j.id \
                      JOIN jobs d ON d.id = jd.dep_job_id \
-                     WHERE {LIVE} ORDER BY jd.job_id, jd.dep_job_id"
+                     WHERE {live} ORDER BY jd.job_id, jd.dep_job_id"
                 ))
                 .op(OP)?;
             let mut rows = stmt.query([]).op(OP)?;
@@ -297,7 +300,7 @@ impl StatusDb {
                  JOIN evaluations e ON e.id = j.evaluation_id \
                  JOIN repos r ON r.id = e.repo_id \
                  LEFT JOIN builds b ON b.drv_path = j.drv_path \
-                 WHERE {LIVE} ORDER BY j.evaluation_id, j.id"
+                 WHERE {live} ORDER BY j.evaluation_id, j.id"
             ))
             .op(OP)?;
         let mut rows = stmt.query([]).op(OP)?;
@@ -340,12 +343,13 @@ impl StatusDb {
         const OP: &str = "live_drvs";
         let mut stmt = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT DISTINCT j.drv_path FROM jobs j \
                  JOIN evaluations e ON e.id = j.evaluation_id \
-                 WHERE e.state IN ('queued', 'evaluating', 'building') \
-                 AND j.state IN ('queued', 'building') AND j.drv_path IS NOT NULL",
-            )
+                 WHERE e.state IN {} AND j.state IN {} AND j.drv_path IS NOT NULL",
+                EvaluationState::unfinished_sql(),
+                JobState::unfinished_sql()
+            ))
             .op(OP)?;
         let mut rows = stmt.query([]).op(OP)?;
         let mut drvs = HashSet::new();

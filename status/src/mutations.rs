@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::StatusDb;
 use crate::error::{Error, QueryExt, Result};
-use crate::evaluations::evaluation_state;
+use crate::evaluations::{cancel_jobs, evaluation_state};
 use crate::row::{get, parse, parse_repo_key};
-use crate::types::{EvaluationId, EvaluationState, JobId, JobState};
+use crate::types::{BuildState, EvaluationId, EvaluationState, JobId, JobState, sql_list};
 
 /// The error recorded on an evaluation cancelled by [`StatusDb::cancel_evaluation`].
 pub const CANCELLED_ERROR: &str = "cancelled through the API";
@@ -139,11 +139,12 @@ impl StatusDb {
         let mut builds_reset = Vec::new();
         {
             let mut reset = tx
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE builds SET state = 'queued', builder = NULL, exit_code = NULL, \
                      error = NULL, started_at = NULL, finished_at = NULL, queued_at = ?2 \
-                     WHERE drv_path = ?1 AND state IN ('failed', 'timed-out', 'cancelled')",
-                )
+                     WHERE drv_path = ?1 AND state IN {}",
+                    sql_list(BuildState::RERUNNABLE)
+                ))
                 .op(OP)?;
             for drv in drvs {
                 if reset.execute(params![drv, now.0]).op(OP)? > 0 {
@@ -199,13 +200,7 @@ impl StatusDb {
             }
         };
         let repo = repo_of(&tx, id, OP)?;
-        let cancelled = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = 'cancelled', finished_at = ?2 \
-                 WHERE evaluation_id = ?1 AND state IN ('queued', 'building')",
-            )
-            .and_then(|mut stmt| stmt.execute(params![id.0, now.0]))
-            .op(OP)?;
+        let cancelled = cancel_jobs(&tx, id, now, OP)?;
         tx.prepare_cached(
             "UPDATE evaluations SET state = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
         )
@@ -216,7 +211,7 @@ impl StatusDb {
             evaluation: id,
             repo,
             state,
-            cancelled_jobs: u64::try_from(cancelled).unwrap_or(u64::MAX),
+            cancelled_jobs: cancelled,
         })
     }
 

@@ -57,6 +57,13 @@ pub struct ParseStateError {
     pub value: String,
 }
 
+/// Writes states as an SQL list literal for `state IN …`: `('failed', 'timed-out')`. The texts are
+/// the enums' own kebab-case names, which need no quoting.
+pub(crate) fn sql_list<S: Copy + fmt::Display>(states: &[S]) -> String {
+    let quoted: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
+    format!("({})", quoted.join(", "))
+}
+
 macro_rules! state_enum {
     (
         $(#[$meta:meta])* $name:ident, $kind:literal,
@@ -84,6 +91,17 @@ macro_rules! state_enum {
             /// Returns true when no further transition is expected from this state.
             pub const fn is_terminal(self) -> bool {
                 matches!(self, $(Self::$terminal)|*)
+            }
+
+            /// Returns the states that are not terminal, as an SQL list for `state IN …`, e.g.
+            /// `('queued', 'building')`: queries take the set from here, never spell it out.
+            pub fn unfinished_sql() -> &'static str {
+                static LIST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    let unfinished: Vec<$name> =
+                        $name::ALL.iter().copied().filter(|s| !s.is_terminal()).collect();
+                    sql_list(&unfinished)
+                });
+                &LIST
             }
         }
 
@@ -169,6 +187,9 @@ state_enum!(
 );
 
 impl BuildState {
+    /// The ended states a rebuild resets to `queued`: every terminal state but `succeeded`.
+    pub const RERUNNABLE: &'static [Self] = &[Self::Failed, Self::TimedOut, Self::Cancelled];
+
     /// Returns true for `succeeded` and `failed`: the result is final for the drv and later
     /// evaluations with the same drv reuse it instead of building again. `timed-out` and
     /// `cancelled` builds may be run again.
@@ -409,6 +430,25 @@ mod tests {
             assert_eq!(s.as_str().parse::<BuildState>().unwrap(), *s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
+    }
+
+    #[test]
+    fn the_sql_lists_should_be_the_unfinished_states_of_each_enum() {
+        assert_eq!(JobState::unfinished_sql(), "('queued', 'building')");
+        assert_eq!(
+            EvaluationState::unfinished_sql(),
+            "('queued', 'evaluating', 'building')"
+        );
+        assert_eq!(BuildState::unfinished_sql(), "('queued', 'running')");
+        assert_eq!(
+            sql_list(BuildState::RERUNNABLE),
+            "('failed', 'timed-out', 'cancelled')"
+        );
+        assert!(
+            BuildState::RERUNNABLE
+                .iter()
+                .all(|s| s.is_terminal() && *s != BuildState::Succeeded)
+        );
     }
 
     #[test]
