@@ -11,7 +11,7 @@ use base64::prelude::{BASE64_STANDARD, Engine as _};
 use tokio::io::AsyncWriteExt;
 
 use crate::Inner;
-use crate::server::plain;
+use crate::reply::plain;
 
 /// Returns true for a smart-HTTP path such as `/owner/name.git/info/refs`.
 pub(crate) fn is_git_path(path: &str) -> bool {

@@ -41,6 +41,7 @@
 
 mod deliver;
 mod git;
+mod reply;
 mod rest;
 mod schema;
 mod server;

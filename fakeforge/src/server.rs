@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
+use crate::reply::plain;
 use crate::{Call, FaultKind, Inner, git, rest};
 
 /// The largest request body accepted (git uploads of tests are small).
@@ -83,13 +83,4 @@ async fn fault_response(kind: FaultKind) -> Response {
             plain(StatusCode::GATEWAY_TIMEOUT, "gateway timeout")
         }
     }
-}
-
-pub(crate) fn plain(status: StatusCode, text: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from(format!("{text}\n")),
-    )
-        .into_response()
 }

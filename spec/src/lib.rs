@@ -20,6 +20,7 @@ mod locate;
 pub mod names;
 mod nixos;
 mod reference;
+mod refusal;
 mod scan;
 mod spec;
 mod validate;

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::locate::Position;
-use crate::scan::Refusal;
+use crate::refusal::Refusal;
 
 /// The largest spec file reconix reads, in bytes (1 MiB).
 ///

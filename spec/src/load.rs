@@ -11,7 +11,8 @@ use crate::Spec;
 use crate::error::{Result, SpecError, SpecErrors};
 use crate::limits;
 use crate::locate::KeyIndex;
-use crate::scan::{Refusal, RefusalKind, scan};
+use crate::refusal::{Refusal, RefusalKind};
+use crate::scan::scan;
 
 /// Keys that people write when they mean the `-file` variant: the spec never holds secrets.
 const SECRET_KEYS: [(&str, &str); 4] = [

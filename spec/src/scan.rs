@@ -19,34 +19,7 @@ use saphyr_parser::{Event, Marker, Parser, ScalarStyle};
 
 use crate::limits::{MAX_SPEC_DEPTH, MAX_SPEC_NODES};
 use crate::locate::{KeyIndex, Position, Walker};
-
-/// Why the text was refused, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) at: Position,
-    pub(crate) message: String,
-    pub(crate) kind: RefusalKind,
-}
-
-/// What a [`Refusal`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RefusalKind {
-    /// A limit, an empty spec or a second document: the message is final.
-    Refused,
-    /// A syntax error found by saphyr, which libyaml may word better (see `load.rs`).
-    Syntax,
-}
-
-impl Refusal {
-    /// Returns a refusal whose message is final.
-    pub(crate) fn new(at: Position, message: impl Into<String>) -> Self {
-        Self {
-            at,
-            message: message.into(),
-            kind: RefusalKind::Refused,
-        }
-    }
-}
+use crate::refusal::{Refusal, RefusalKind};
 
 /// What the pass counts while it reads.
 struct Counter {
