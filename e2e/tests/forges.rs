@@ -4,8 +4,7 @@
 //!
 //! One scenario per forge kind, each against its own fake forge and daemon, with real Nix.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
 use reconix_e2e::{DEADLINE, DaemonConfig, GitRepo, TestDaemon, run, salt};
@@ -423,6 +422,3 @@ fn gitlab_end_to_end() -> Result<()> {
 fn gitea_end_to_end() -> Result<()> {
     with_log(ForgeKind::Gitea)
 }
-
-#[allow(dead_code)]
-fn unused(_: &Path, _: Duration) {}
