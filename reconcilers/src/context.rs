@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::agents::Agents;
 use crate::builds::RunningBuilds;
-use crate::forges::ForgeClients;
+use crate::forge_clients::ForgeClients;
 use crate::runtime::Handle;
 
 /// The bundle of ports (one trait per boundary) the loops are generic over.

@@ -13,7 +13,7 @@ pub mod caches;
 mod context;
 mod error;
 pub mod evaluations;
-pub mod forge_health;
+pub mod forge_clients;
 pub mod forges;
 pub mod gcroots;
 pub mod git;

@@ -13,7 +13,7 @@ use reconix_reconcilers::builders::BuildersLoop;
 use reconix_reconcilers::builds::Builds;
 use reconix_reconcilers::caches::Caches;
 use reconix_reconcilers::evaluations::Evaluations;
-use reconix_reconcilers::forge_health::ForgeHealthLoop;
+use reconix_reconcilers::forges::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
 use reconix_reconcilers::heads::Heads;
 use reconix_reconcilers::retention::Retention;
