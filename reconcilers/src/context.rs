@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::agents::Agents;
 use crate::builds::RunningBuilds;
-use crate::forges::ForgeClients;
-use crate::runtime::Handle;
+use crate::forge_clients::ForgeClients;
+use crate::runtime::{Handle, Tasks};
 
 /// The bundle of ports (one trait per boundary) the loops are generic over.
 pub trait Ports: Send + Sync + 'static {
@@ -67,6 +67,8 @@ pub struct Ctx<P> {
     /// purge, could root it again just after, and a garbage collection would keep an output
     /// that retention released.
     pub roots: Arc<tokio::sync::Mutex<()>>,
+    /// Tasks spawned outside the controllers (running builds); shutdown waits for them.
+    pub tasks: Tasks,
 }
 
 impl<P> Ctx<P> {
@@ -82,6 +84,7 @@ impl<P> Ctx<P> {
             agents: Agents::default(),
             metrics: Metrics::default(),
             roots: Arc::default(),
+            tasks: Tasks::new(),
         }
     }
 

@@ -374,7 +374,7 @@ async fn fetch<P: Ports>(
     let auth = match &forge.token_file {
         Some(file) => Some(git::FetchAuth::for_kind(
             forge.kind,
-            crate::forges::read_secret(file, "token")?,
+            crate::forge_clients::read_secret(file, "token")?,
         )),
         None => None,
     };

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::context::{Ctx, Ports};
-use crate::forges::{Gate, gate, record_api_error};
+use crate::forge_clients::{Gate, gate, record_api_error};
 use crate::runtime::{Action, Plan, Reconciler};
 use crate::{Error, Result};
 

@@ -2,7 +2,8 @@
 //!
 //! [`runtime`] is a small clone of kube-runtime's `Controller`: it schedules keys, runs
 //! `observe → plan → apply` for each and decides when to run them again. The loops themselves
-//! (one file each) only implement [`runtime::Reconciler`].
+//! (one file each) only implement [`runtime::Reconciler`]; [`registry`] is the one list of them
+//! that serving and `reconix plan` walk.
 
 pub mod runtime;
 
@@ -13,15 +14,16 @@ pub mod caches;
 mod context;
 mod error;
 pub mod evaluations;
-pub mod forge_health;
+pub mod forge_clients;
 pub mod forges;
 pub mod gcroots;
 pub mod git;
 pub mod heads;
+pub mod registry;
 pub mod retention;
 pub mod s3;
 pub mod statuses;
 pub mod webhooks;
 
 pub use context::{Ctx, LivePorts, Ports, WakerSet, Wakers};
-pub use error::{Error, Result, is_storage_trouble};
+pub use error::{Error, ErrorKind, Result, is_storage_trouble};

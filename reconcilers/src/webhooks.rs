@@ -17,7 +17,9 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::context::{Ctx, Ports};
-use crate::forges::{Gate, fingerprint, gate, record_api_error, webhook_secret, webhook_url};
+use crate::forge_clients::{
+    Gate, fingerprint, gate, record_api_error, webhook_secret, webhook_url,
+};
 use crate::runtime::{Action, Plan, Reconciler};
 use crate::{Error, Result};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use reconix_fakeforge::{FakeForge, ForgeKind};
 use reconix_forge::RetryPolicy;
 use reconix_nixcli::FakeNix;
-use reconix_reconcilers::forges::ForgeClients;
+use reconix_reconcilers::forge_clients::ForgeClients;
 use reconix_reconcilers::runtime::Controller;
 use reconix_reconcilers::statuses::Statuses;
 use reconix_reconcilers::{Ctx, LivePorts};

@@ -29,6 +29,7 @@ use reconix_status::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 pub use pages::cache::CacheView;
@@ -52,6 +53,9 @@ pub struct AppState {
     refusals: Arc<ratelimit::LogLimiter>,
     /// Why the spec file was last rejected (the daemon keeps the previous spec meanwhile).
     spec_error: Option<watch::Receiver<Option<String>>>,
+    /// Where background tasks (the webhook recorder) are spawned, so the daemon's shutdown
+    /// waits for them.
+    tasks: TaskTracker,
 }
 
 impl AppState {
@@ -65,7 +69,16 @@ impl AppState {
             wake: api::Waker::default(),
             refusals: Arc::default(),
             spec_error: None,
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Spawns background tasks (the webhook recorder) on `tasks`, which the daemon waits for at
+    /// shutdown, instead of a tracker of its own.
+    #[must_use]
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     /// Shows the spec reloader's last rejection (`None` after a good reload) on the overview

@@ -24,6 +24,7 @@ use reconix_status::{DeliveryEffect, DeliveryOutcome, NewDelivery, PullRequestUp
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use crate::{ApiError, AppState};
@@ -117,16 +118,17 @@ impl Intake {
         }
     }
 
-    /// Records a delivery through the recorder task; directly when the recorder is gone (its
-    /// runtime shut down while this state lives on).
+    /// Records a delivery through the recorder task (spawned on `tasks` by the first delivery);
+    /// directly when the recorder is gone (its runtime shut down while this state lives on).
     async fn record(
         &self,
+        tasks: &TaskTracker,
         delivery: NewDelivery,
         effect: DeliveryEffect,
     ) -> Result<DeliveryOutcome, ApiError> {
         let queue = self.recorder.get_or_init(|| {
             let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
-            tokio::spawn(record_loop(self.status.clone(), rx));
+            tasks.spawn(record_loop(self.status.clone(), rx));
             tx
         });
         let (reply, outcome) = oneshot::channel();
@@ -465,7 +467,7 @@ async fn deliver(
     let event = reconix_forge::parse(kind, &headers, body).map_err(ApiError::Payload)?;
     let Classified { delivery, effect } = classify(name, forge, &event);
     let wake = wake_for_new_head(&effect);
-    let outcome = intake.record(delivery, effect).await?;
+    let outcome = intake.record(&st.tasks, delivery, effect).await?;
     debug!(forge = %name, delivery = ?event.delivery, ?outcome, "webhook delivery recorded");
     if let (DeliveryOutcome::NewHead, Some(wake)) = (outcome, wake) {
         (intake.wake)(wake);

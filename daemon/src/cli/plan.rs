@@ -5,22 +5,14 @@
 //! running daemon has in flight are not visible here, so they may show up as `dispatch`. Loops of
 //! hosted forges read the forge's API (GET requests only) to observe.
 
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use reconix_reconcilers::builders::BuildersLoop;
-use reconix_reconcilers::builds::Builds;
-use reconix_reconcilers::caches::Caches;
-use reconix_reconcilers::evaluations::Evaluations;
-use reconix_reconcilers::forge_health::ForgeHealthLoop;
-use reconix_reconcilers::gcroots::GcRoots;
-use reconix_reconcilers::heads::Heads;
-use reconix_reconcilers::retention::Retention;
+use reconix_reconcilers::registry::{Loop, LoopVisitor, visit_loops};
 use reconix_reconcilers::runtime::{Reconciler, dry_run};
-use reconix_reconcilers::statuses::Statuses;
-use reconix_reconcilers::webhooks::Webhooks;
-use reconix_reconcilers::{Ctx, LivePorts};
+use reconix_reconcilers::{Ctx, LivePorts, Ports};
 use reconix_spec::{Spec, Timestamp};
 use reconix_status::{OpenMode, Status, StatusDb};
 use serde_json::{Value, json};
@@ -47,26 +39,43 @@ pub(crate) fn run(args: &SpecArgs, output: Output, nix_store: Option<&str>) -> R
         Status::new(db),
         rx,
     ));
-    let loops = runtime()?.block_on(async {
-        let now = Timestamp::now();
-        Ok::<_, anyhow::Error>(vec![
-            plans(&Evaluations::new(), &spec, &ctx, now).await,
-            plans(&Builds::new(), &spec, &ctx, now).await,
-            plans(&GcRoots::new(), &spec, &ctx, now).await,
-            plans(&Heads::new(), &spec, &ctx, now).await,
-            plans(&Webhooks::new(), &spec, &ctx, now).await,
-            plans(&Statuses::new(), &spec, &ctx, now).await,
-            plans(&ForgeHealthLoop::new(), &spec, &ctx, now).await,
-            plans(&BuildersLoop::new(), &spec, &ctx, now).await,
-            plans(&Caches::new(), &spec, &ctx, now).await,
-            plans(&Retention::new(), &spec, &ctx, now).await,
-        ])
-    })?;
+    let loops = runtime()?.block_on(every_plan(&spec, &ctx, Timestamp::now()));
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&loops)?),
         Output::Table => print_table(&loops),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Returns the plans of every registered loop, one JSON object per loop, in the registry's order.
+async fn every_plan<P: Ports>(spec: &Arc<Spec>, ctx: &Arc<Ctx<P>>, now: Timestamp) -> Vec<Value> {
+    struct Plans<'a, P> {
+        spec: &'a Arc<Spec>,
+        ctx: &'a Arc<Ctx<P>>,
+        now: Timestamp,
+        loops: Vec<Pin<Box<dyn Future<Output = Value> + 'a>>>,
+    }
+    impl<'a, P: Ports> LoopVisitor<P> for Plans<'a, P> {
+        fn visit<R: Loop<P>>(&mut self, reconciler: R) {
+            let (spec, ctx, now) = (self.spec, self.ctx, self.now);
+            self.loops.push(Box::pin(
+                async move { plans(&reconciler, spec, ctx, now).await },
+            ));
+        }
+    }
+    let mut visitor = Plans {
+        spec,
+        ctx,
+        now,
+        loops: Vec::new(),
+    };
+    visit_loops(&mut visitor);
+    let mut loops = Vec::with_capacity(visitor.loops.len());
+    // One loop after the other, as a dry run of each reconcile.
+    for plan in visitor.loops {
+        loops.push(plan.await);
+    }
+    loops
 }
 
 async fn plans<R>(r: &R, spec: &Arc<Spec>, ctx: &Arc<R::Context>, now: Timestamp) -> Value
@@ -122,5 +131,33 @@ fn print_table(loops: &[Value]) {
                 println!("  {key}: {name} {}", rest.join(" "));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reconix_reconcilers::registry::loop_names;
+    use reconix_status::{Status, StatusDb};
+
+    use super::*;
+
+    #[test]
+    fn plan_should_print_every_registered_loop_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = Arc::new(Spec {
+            state_dir: dir.path().to_owned(),
+            ..Spec::default()
+        });
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::clone(&spec));
+        let ctx = Arc::new(Ctx::new(
+            LivePorts::new(nix_client(None)),
+            Status::new(StatusDb::open_memory().unwrap()),
+            rx,
+        ));
+        let loops = runtime()
+            .unwrap()
+            .block_on(every_plan(&spec, &ctx, Timestamp(0)));
+        let printed: Vec<&str> = loops.iter().map(|l| l["loop"].as_str().unwrap()).collect();
+        assert_eq!(printed, loop_names::<LivePorts<reconix_nixcli::NixCli>>());
     }
 }

@@ -11,10 +11,9 @@ use reconix_reconcilers::builders::BuildersLoop;
 use reconix_reconcilers::builds::Builds;
 use reconix_reconcilers::caches::Caches;
 use reconix_reconcilers::evaluations::Evaluations;
-use reconix_reconcilers::forge_health::ForgeHealthLoop;
 use reconix_reconcilers::gcroots::GcRoots;
 use reconix_reconcilers::heads::Heads;
-use reconix_reconcilers::retention::Retention;
+use reconix_reconcilers::registry::{Handles, Loop, LoopVisitor, visit_loops};
 use reconix_reconcilers::runtime::{Controller, Reconciler, RunReport, SpecReloader};
 use reconix_reconcilers::statuses::Statuses;
 use reconix_reconcilers::webhooks::Webhooks;
@@ -22,10 +21,15 @@ use reconix_reconcilers::{Ctx, LivePorts, WakerSet};
 use reconix_spec::{Spec, SpecErrors, Timestamp};
 use reconix_status::{Checkpointer, Metrics, OpenMode, Status, StatusDb};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::SpecArgs;
+
+/// How long shutdown waits for the background tasks (cancelled builds recording how they
+/// ended, the last loop-health writes) once the loops and the HTTP server stopped.
+const TASKS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Command-line values that override the spec's own, on start and on every reload.
 #[derive(Debug, Clone, Default)]
@@ -202,10 +206,6 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
     // The WAL is moved into the database from a second connection, off the write path.
     let checkpointer = Checkpointer::open(&db_path)
         .with_context(|| format!("opening {} for checkpoints", db_path.display()))?;
-    tokio::spawn(checkpointer.run_until(std::time::Duration::from_secs(1), {
-        let shutdown = shutdown.clone();
-        async move { shutdown.cancelled().await }
-    }));
     reconix_reconcilers::runtime::shutdown_on_signals(shutdown.clone())
         .context("installing signal handlers")?;
     let sighup =
@@ -221,26 +221,24 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         Ctx::new(LivePorts::new(nix), status.clone(), spec_rx.clone())
             .with_metrics(metrics.clone()),
     );
-    let evaluations = controller(Evaluations::new(), &ctx, &spec_rx, &status, &metrics);
-    let builds = controller(Builds::new(), &ctx, &spec_rx, &status, &metrics);
-    let gcroots = controller(GcRoots::new(), &ctx, &spec_rx, &status, &metrics);
-    let heads = controller(Heads::new(), &ctx, &spec_rx, &status, &metrics);
-    let webhooks = controller(Webhooks::new(), &ctx, &spec_rx, &status, &metrics);
-    let statuses = controller(Statuses::new(), &ctx, &spec_rx, &status, &metrics);
-    let forges = controller(ForgeHealthLoop::new(), &ctx, &spec_rx, &status, &metrics);
-    let builders = controller(BuildersLoop::new(), &ctx, &spec_rx, &status, &metrics);
-    let caches = controller(Caches::new(), &ctx, &spec_rx, &status, &metrics);
-    let retention = controller(Retention::new(), &ctx, &spec_rx, &status, &metrics);
-    ctx.wakers.set_all(WakerSet {
-        builds: builds.handle(),
-        gcroots: gcroots.handle(),
-        evaluations: evaluations.handle(),
-        heads: Some(heads.handle()),
-        statuses: Some(statuses.handle()),
-        webhooks: Some(webhooks.handle()),
-        builders: Some(builders.handle()),
-        caches: Some(caches.handle()),
-    });
+    // Every task spawned from here on is tracked in `ctx.tasks`: shutdown waits for them.
+    ctx.tasks
+        .spawn(checkpointer.run_until(std::time::Duration::from_secs(1), {
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        }));
+    // One controller per registered loop; they start running below, once the wakers are set.
+    let mut loops = Loops {
+        ctx: &ctx,
+        spec: &spec_rx,
+        status: &status,
+        metrics: &metrics,
+        shutdown: &shutdown,
+        handles: Handles::default(),
+        runs: Vec::new(),
+    };
+    visit_loops(&mut loops);
+    ctx.wakers.set_all(waker_set(&loops.handles)?);
 
     if let Some(enrollment) = &spec.builders.enrollment {
         let key = reconix_agent::coordinator::CoordinatorKey::load_or_create(&spec.state_dir)
@@ -265,7 +263,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
             agents_listener.local_addr(),
             key.fingerprint()
         );
-        tokio::spawn(reconix_reconcilers::agents::run_enrollment(
+        ctx.tasks.spawn(reconix_reconcilers::agents::run_enrollment(
             agents_listener,
             spec_rx.clone(),
             status.clone(),
@@ -301,6 +299,7 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         reconix_web::Wake::Statuses(repo) => wakers.statuses(repo),
     });
     let app = reconix_web::AppState::new(status.clone())
+        .with_tasks(ctx.tasks.tracker().clone())
         .with_intake(spec_rx.clone(), wake)
         .with_spec_errors(spec_errors)
         .with_metrics(metrics.clone());
@@ -310,23 +309,28 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         async move { shutdown.cancelled().await }
     });
     let running = ctx.running.clone();
-    let (http, (), (), (), (), (), (), (), (), (), (), ()) = tokio::join!(
-        http,
-        evaluations.run(shutdown.clone()),
-        builds.run(shutdown.clone()),
-        gcroots.run(shutdown.clone()),
-        heads.run(shutdown.clone()),
-        webhooks.run(shutdown.clone()),
-        statuses.run(shutdown.clone()),
-        forges.run(shutdown.clone()),
-        builders.run(shutdown.clone()),
-        caches.run(shutdown.clone()),
-        retention.run(shutdown.clone()),
-        reloader.run(shutdown.clone()),
-    );
+    let mut runs = loops.start();
+    let (http, (), ()) = tokio::join!(http, reloader.run(shutdown.clone()), async {
+        while let Some(ended) = runs.join_next().await {
+            // A controller catches its reconciles' panics; one of its own stops only its loop.
+            if let Err(err) = ended {
+                error!(error = %err, "a loop's controller panicked");
+            }
+        }
+    });
     if !running.is_empty() {
         warn!(builds = running.len(), "stopping running builds");
         running.cancel_all();
+    }
+    // The builds just cancelled record how they ended; loop-health writes, the checkpointer
+    // and the webhook recorder finish their work.
+    let left = ctx.tasks.shutdown(TASKS_GRACE).await;
+    if left > 0 {
+        warn!(
+            tasks = left,
+            grace = ?TASKS_GRACE,
+            "background tasks still running after the grace period: stopping them"
+        );
     }
     if let Err(err) = http {
         error!(error = %err, "http server failed");
@@ -354,23 +358,74 @@ fn raise_fd_limit() -> Option<u64> {
     }
 }
 
-/// Builds a controller whose every run is recorded as loop health in the status database and
-/// counted in `metrics`, which also learns what each listing found (for `/readyz`).
-fn controller<R>(
-    reconciler: R,
-    ctx: &Arc<R::Context>,
-    spec: &watch::Receiver<Arc<Spec>>,
-    status: &Status,
-    metrics: &Metrics,
-) -> Controller<R>
-where
-    R: Reconciler<Spec = Spec>,
-{
-    let status = status.clone();
-    metrics.register_loop(R::NAME);
-    let listed = metrics.clone();
-    let reported = metrics.clone();
-    Controller::new(Arc::new(reconciler), Arc::clone(ctx), spec.clone())
+/// Builds a controller for every loop it visits ([`Loops::controller`]) and keeps its handle.
+struct Loops<'a> {
+    ctx: &'a Arc<Ctx<LivePorts<NixCli>>>,
+    spec: &'a watch::Receiver<Arc<Spec>>,
+    status: &'a Status,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+    handles: Handles,
+    /// The controllers' runs, not started yet: a loop may wake another as soon as it runs, so
+    /// they start once the wakers are set.
+    runs: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl LoopVisitor<LivePorts<NixCli>> for Loops<'_> {
+    fn visit<R: Loop<LivePorts<NixCli>>>(&mut self, reconciler: R) {
+        let controller = self.controller(reconciler);
+        self.handles.insert::<R>(controller.handle());
+        self.runs
+            .push(Box::pin(controller.run(self.shutdown.clone())));
+    }
+}
+
+/// Returns the wakers' handles: which loops other loops and the webhook intake wake.
+fn waker_set(handles: &Handles) -> Result<WakerSet> {
+    type P = LivePorts<NixCli>;
+    let missing = |name: &str| anyhow::anyhow!("the {name} loop is not registered");
+    Ok(WakerSet {
+        builds: handles
+            .get::<Builds<P>>()
+            .ok_or_else(|| missing(Builds::<P>::NAME))?,
+        gcroots: handles
+            .get::<GcRoots<P>>()
+            .ok_or_else(|| missing(GcRoots::<P>::NAME))?,
+        evaluations: handles
+            .get::<Evaluations<P>>()
+            .ok_or_else(|| missing(Evaluations::<P>::NAME))?,
+        heads: handles.get::<Heads<P>>(),
+        statuses: handles.get::<Statuses<P>>(),
+        webhooks: handles.get::<Webhooks<P>>(),
+        builders: handles.get::<BuildersLoop<P>>(),
+        caches: handles.get::<Caches<P>>(),
+    })
+}
+
+impl Loops<'_> {
+    /// Starts every controller as a task; returns them to be awaited.
+    fn start(self) -> JoinSet<()> {
+        let mut runs = JoinSet::new();
+        for run in self.runs {
+            runs.spawn(run);
+        }
+        runs
+    }
+
+    /// Builds a controller whose every run is recorded as loop health in the status database
+    /// (which `/loops` shows) and counted in the metrics, which also learn what each listing
+    /// found (for `/readyz`).
+    fn controller<R: Loop<LivePorts<NixCli>>>(&self, reconciler: R) -> Controller<R> {
+        let status = self.status.clone();
+        let tasks = self.ctx.tasks.clone();
+        self.metrics.register_loop(R::NAME);
+        let listed = self.metrics.clone();
+        let reported = self.metrics.clone();
+        Controller::new(
+            Arc::new(reconciler),
+            Arc::clone(self.ctx),
+            self.spec.clone(),
+        )
         .on_listed(move |keys| listed.record_listing(R::NAME, keys))
         .on_report(move |report: &RunReport| {
             reported.record_reconcile(
@@ -385,7 +440,7 @@ where
             let name = report.loop_name;
             let outcome = report.outcome.clone();
             let next = report.next_run.map(|d| Timestamp::now().plus(d));
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let recorded = status
                     .call(move |db| {
                         db.record_loop_run(
@@ -401,6 +456,7 @@ where
                 }
             });
         })
+    }
 }
 
 #[cfg(test)]

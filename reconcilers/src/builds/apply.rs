@@ -174,7 +174,7 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         cx.wakers.clone(),
         cx.metrics.clone(),
     );
-    tokio::spawn(async move {
+    cx.tasks.spawn(async move {
         let since = tokio::time::Instant::now();
         let (ended, kind) = match conn {
             None => (

@@ -8,9 +8,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
 
 /// The first delay of [`default_backoff`].
-const MIN_BACKOFF: Duration = Duration::from_secs(1);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest delay [`default_backoff`] returns.
-const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 /// Failures past this count all get [`MAX_BACKOFF`]; capping keeps the computation O(1) for a
 /// key that has been failing for days.
 const BACKOFF_STEPS: u32 = 32;

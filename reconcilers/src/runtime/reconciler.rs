@@ -6,7 +6,9 @@ use std::hash::Hash;
 use reconix_spec::Timestamp;
 use serde::Serialize;
 
-use super::action::{Action, Plan, default_backoff, storage_backoff};
+use super::action::{Action, Plan};
+use super::policy::error_backoff;
+use crate::error::ErrorKind;
 
 /// One level-triggered loop: `observe` reads the world, `plan` (pure) decides, `apply` acts.
 ///
@@ -64,14 +66,12 @@ pub trait Reconciler: Send + Sync + 'static {
 
     /// Returns when to retry after the `failures`-th consecutive failure of a key (pure).
     ///
-    /// Defaults to [`default_backoff`] (1 s doubling up to 5 min), or [`storage_backoff`] (up
-    /// to 5 s) when the error is a full or failing disk ([`crate::error::is_storage_trouble`]).
+    /// Defaults to [`error_backoff`] for the error's [`ErrorKind`]: transient failures back
+    /// off from 1 s to 5 min, a full or failing disk up to 5 s, a rejected token waits 5 min
+    /// (the `forges` loop wakes the loop on resume), a rate limit until it resets, an invalid
+    /// spec until it changes.
     fn error_policy(error: &Self::Error, failures: u32) -> Action {
-        if crate::error::is_storage_trouble(error) {
-            storage_backoff(failures)
-        } else {
-            default_backoff(failures)
-        }
+        error_backoff(ErrorKind::of(error), failures)
     }
 }
 

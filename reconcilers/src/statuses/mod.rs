@@ -20,7 +20,7 @@ use tracing::debug;
 
 use self::plan::{EvalInput, JobInput, Posted, Settings, UntrustedPr};
 use crate::context::{Ctx, Ports};
-use crate::forges::{Gate, gate, record_api_error};
+use crate::forge_clients::{Gate, gate, record_api_error};
 use crate::runtime::{Action, Plan, Reconciler};
 use crate::{Error, Result};
 
