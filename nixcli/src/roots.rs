@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use reconix_spec::names::{STORE_DIR, StorePath};
 use tracing::debug;
 
-use crate::cli::{NixCli, os_args};
-use crate::{Error, Result};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::process::os_args;
 
 /// Returns the links of a build's outputs as `nix-store --add-root ROOT` names them: `ROOT` for
 /// `out` and `ROOT-<output>` for every other output (verified with Nix 2.8).
@@ -52,12 +53,12 @@ pub(crate) fn output_links<'a>(
         .collect()
 }
 
-/// Returns the `gcroots/auto` directory of the store `NixCli` uses, or `None` when that store's
+/// Returns the `gcroots/auto` directory of the store `config` uses, or `None` when that store's
 /// state is not a local directory (a store URL other than `daemon`/`local`/`auto`).
 ///
 /// The store is `--store` (`NixCli::with_store`), else `NIX_REMOTE` (from `with_env`, then the
 /// environment), else the default; the default state directory honours `NIX_STATE_DIR`.
-pub(crate) fn auto_dir(cli: &NixCli) -> Option<PathBuf> {
+pub(crate) fn auto_dir(cli: &Config) -> Option<PathBuf> {
     let store = cli.effective_store();
     match store.as_deref().map(OsStr::as_bytes) {
         None | Some(b"auto" | b"daemon" | b"local") => {
@@ -95,7 +96,7 @@ fn fnv1a_128(bytes: &[u8]) -> u128 {
 /// [`Error::Io`] when a link or registration cannot be written, or a link exists and is not a
 /// symlink into the store (Nix refuses to clobber those too); the errors of `nix-store` on the
 /// fallback path.
-pub(crate) async fn register(cli: &NixCli, links: Vec<(PathBuf, StorePath)>) -> Result<()> {
+pub(crate) async fn register(cli: &Config, links: Vec<(PathBuf, StorePath)>) -> Result<()> {
     if links.is_empty() {
         return Ok(());
     }
@@ -124,14 +125,14 @@ pub(crate) async fn register(cli: &NixCli, links: Vec<(PathBuf, StorePath)>) -> 
 
 /// Registers one root by running `nix-store --add-root LINK --indirect --realise PATH`.
 pub(crate) async fn add_root_with_nix_store(
-    cli: &NixCli,
+    cli: &Config,
     link: &Path,
     path: &StorePath,
 ) -> Result<()> {
     let mut args = os_args(["--add-root"]);
     args.push(link.as_os_str().to_owned());
     args.extend(os_args(["--indirect", "--realise", path.as_str()]));
-    cli.run_ok(&cli.config.nix_store, &args).await.map(drop)
+    cli.run_ok(&cli.nix_store, &args).await.map(drop)
 }
 
 /// Points `link` at `target` and registers it in `auto` (blocking IO).
@@ -250,9 +251,10 @@ mod tests {
 
     #[test]
     fn auto_dir_should_follow_the_store_setting() {
-        let nix = NixCli::new()
+        let nix = crate::NixCli::new()
             .with_env("NIX_REMOTE", "")
             .with_env("NIX_STATE_DIR", "");
+        let auto_dir = |nix: &crate::NixCli| auto_dir(&nix.config);
         assert_eq!(
             auto_dir(&nix),
             Some(PathBuf::from("/nix/var/nix/gcroots/auto"))
