@@ -52,7 +52,7 @@ pub use port::{
     BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, JobDrv, Nix,
     PathSize, closure_size,
 };
-pub use roots::TEMPORARY_ROOT_PREFIX;
+pub use roots::{TEMPORARY_ROOT_PREFIX, output_link};
 pub use serve::{
     BuildResultStatus, BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings,
     ServeClient,

@@ -31,25 +31,33 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::process::os_args;
 
-/// Returns the links of a build's outputs as `nix-store --add-root ROOT` names them: `ROOT` for
-/// `out` and `ROOT-<output>` for every other output (verified with Nix 2.8).
+/// Returns the GC-root link of the output `output` of a build rooted at `root`, as
+/// `nix-store --add-root ROOT` names it: `ROOT` for `out` and `ROOT-<output>` for every other
+/// output (verified with Nix 2.8).
+///
+/// The only place reconix forms these names: channel builds and the daemon's remote builds root
+/// their outputs under them (process-mode builds get the same names from `nix-store --add-root`
+/// itself), and the `gcroots` loop deletes every link under its directory whose name it does not
+/// form here, so a second spelling would delete live roots and add them again.
+pub fn output_link(root: &Path, output: &str) -> PathBuf {
+    if output == "out" {
+        root.to_owned()
+    } else {
+        let mut link = root.as_os_str().to_owned();
+        link.push("-");
+        link.push(output);
+        PathBuf::from(link)
+    }
+}
+
+/// Returns the links of a build's outputs ([`output_link`]) with the paths they keep alive.
 pub(crate) fn output_links<'a>(
     root: &Path,
     outputs: impl IntoIterator<Item = (&'a String, &'a StorePath)>,
 ) -> Vec<(PathBuf, StorePath)> {
     outputs
         .into_iter()
-        .map(|(name, path)| {
-            let link = if name == "out" {
-                root.to_owned()
-            } else {
-                let mut link = root.as_os_str().to_owned();
-                link.push("-");
-                link.push(name);
-                PathBuf::from(link)
-            };
-            (link, path.clone())
-        })
+        .map(|(name, path)| (output_link(root, name), path.clone()))
         .collect()
 }
 
@@ -246,6 +254,21 @@ mod tests {
         assert_eq!(
             links,
             [PathBuf::from("/r/job-dev"), PathBuf::from("/r/job")]
+        );
+    }
+
+    #[test]
+    fn output_link_should_name_out_bare_and_others_with_a_dash_suffix() {
+        let root = Path::new("/s/gcroots/gl/group%2Fproj/3/packages.x86_64-linux.hello");
+        assert_eq!(output_link(root, "out"), root);
+        assert_eq!(
+            output_link(root, "dev"),
+            Path::new("/s/gcroots/gl/group%2Fproj/3/packages.x86_64-linux.hello-dev")
+        );
+        // An output named like a suffix is still a suffix: `out` alone is special.
+        assert_eq!(
+            output_link(root, "out-bin"),
+            Path::new(&format!("{}-out-bin", root.display()))
         );
     }
 
