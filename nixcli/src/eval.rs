@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use reconix_spec::names::{AttrPath, StorePath, System};
@@ -25,11 +26,12 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::cli::{Finished, NixCli, os_args};
+use crate::config::Config;
 use crate::deps::job_deps;
 use crate::parse::aterm::parse_derivation;
 use crate::parse::eval::{AttrNames, RawDrv, RawJob, parse_jobs, parse_names};
 use crate::port::{EvalJob, EvalOutcome, EvalRequest, JobDrv};
+use crate::process::{Finished, os_args};
 use crate::{Error, Result};
 
 const NAMES_NIX: &str = include_str!("expr/names.nix");
@@ -79,7 +81,7 @@ enum Slot {
 }
 
 /// Runs the whole evaluation (see the module docs).
-pub(crate) async fn evaluate(cli: &NixCli, req: EvalRequest) -> Result<EvalOutcome> {
+pub(crate) async fn evaluate(cli: &Arc<Config>, req: EvalRequest) -> Result<EvalOutcome> {
     let started = Instant::now();
     let mut calls = 0_u32;
     let base = json!({
@@ -90,9 +92,7 @@ pub(crate) async fn evaluate(cli: &NixCli, req: EvalRequest) -> Result<EvalOutco
 
     // 1. List the attributes.
     calls += 1;
-    let listed = cli
-        .run(&cli.config.nix, &eval_args(&names_expr(&base)))
-        .await?;
+    let listed = cli.run(&cli.nix, &eval_args(&names_expr(&base))).await?;
     if !listed.success() {
         return Err(Error::FlakeEval {
             message: listed.message(),
@@ -230,19 +230,19 @@ pub(crate) async fn evaluate(cli: &NixCli, req: EvalRequest) -> Result<EvalOutco
 /// Runs `nix` once per queued `(key, args)`, at most `eval_parallelism` at a time, handing each
 /// finished process to `done`, which may queue more work. Returns how many processes ran.
 async fn run_queue<K: Send + 'static>(
-    cli: &NixCli,
+    cli: &Arc<Config>,
     mut queue: VecDeque<(K, Vec<OsString>)>,
     mut done: impl FnMut(K, Finished, &mut VecDeque<(K, Vec<OsString>)>) -> Result<()>,
 ) -> Result<u32> {
     let mut tasks = JoinSet::new();
     let mut calls = 0;
     loop {
-        while tasks.len() < cli.config.eval_parallelism
+        while tasks.len() < cli.eval_parallelism
             && let Some((key, args)) = queue.pop_front()
         {
             let cli = cli.clone();
             tasks.spawn(async move {
-                let finished = cli.run(&cli.config.nix, &args).await;
+                let finished = cli.run(&cli.nix, &args).await;
                 (key, finished)
             });
         }

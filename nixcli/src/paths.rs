@@ -1,4 +1,5 @@
-//! Questions about valid store paths (`nix path-info`) and copies to binary caches (`nix copy`).
+//! Questions about valid store paths (`nix-store --check-validity`, `nix path-info`) and copies
+//! to binary caches (`nix copy`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -6,11 +7,13 @@ use std::ffi::OsString;
 use reconix_spec::names::StorePath;
 use serde::Deserialize;
 
-use crate::cli::{NixCli, command_line, os_args};
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::port::PathSize;
-use crate::{Error, Result};
+use crate::process::{command_line, os_args};
 
-/// How many paths one `nix path-info` or `nix copy` gets (keeps argv small).
+/// How many paths one `nix path-info`, `nix copy` or `nix-store --check-validity` gets (keeps
+/// argv small).
 const CHUNK: usize = 1000;
 
 /// A path as `nix path-info --json` prints it.
@@ -48,19 +51,34 @@ pub(crate) fn nix_args(command: &[&str], paths: &[&str], recursive: bool) -> Vec
 
 /// Runs `nix` with `args` and parses what it prints as JSON.
 pub(crate) async fn nix_json<T: serde::de::DeserializeOwned>(
-    local: &NixCli,
+    local: &Config,
     args: &[OsString],
 ) -> Result<T> {
-    let stdout = local.run_ok(&local.config.nix, args).await?;
+    let stdout = local.run_ok(&local.nix, args).await?;
     serde_json::from_str(&stdout).map_err(|e| Error::Output {
-        command: command_line(&local.config.nix, args),
+        command: command_line(&local.nix, args),
         reason: e.to_string(),
     })
 }
 
-/// [`Nix::closure`](crate::Nix::closure) for [`NixCli`].
+/// [`Nix::is_valid`](crate::Nix::is_valid) for `NixCli`.
+pub(crate) async fn is_valid(config: &Config, paths: &[StorePath]) -> Result<Vec<bool>> {
+    let mut invalid = std::collections::HashSet::new();
+    for chunk in paths.chunks(CHUNK) {
+        let mut args = os_args(["--check-validity", "--print-invalid"]);
+        args.extend(chunk.iter().map(|p| OsString::from(p.as_str())));
+        let stdout = config.run_ok(&config.nix_store, &args).await?;
+        invalid.extend(stdout.lines().map(str::to_owned));
+    }
+    Ok(paths
+        .iter()
+        .map(|p| !invalid.contains(p.as_str()))
+        .collect())
+}
+
+/// [`Nix::closure`](crate::Nix::closure) for `NixCli`.
 pub(crate) async fn closure(
-    cli: &NixCli,
+    cli: &Config,
     paths: &[StorePath],
 ) -> Result<BTreeMap<StorePath, PathSize>> {
     let mut closure = BTreeMap::new();
@@ -69,7 +87,7 @@ pub(crate) async fn closure(
         let args = nix_args(&["path-info", "--json"], &names, true);
         let shown: Vec<ShownPathInfo> = nix_json(cli, &args).await?;
         let bad = |reason: String| Error::Output {
-            command: command_line(&cli.config.nix, &args),
+            command: command_line(&cli.nix, &args),
             reason,
         };
         for p in shown {
@@ -95,9 +113,9 @@ pub(crate) async fn closure(
     Ok(closure)
 }
 
-/// [`Nix::copy_to`](crate::Nix::copy_to) for [`NixCli`].
+/// [`Nix::copy_to`](crate::Nix::copy_to) for `NixCli`.
 pub(crate) async fn copy_to(
-    cli: &NixCli,
+    cli: &Config,
     to: &str,
     paths: &[StorePath],
     closure: bool,
@@ -121,7 +139,7 @@ pub(crate) async fn copy_to(
             args.push("--no-recursive".into());
         }
         args.extend(chunk.iter().map(|p| OsString::from(p.as_str())));
-        cli.run_ok(&cli.config.nix, &args).await?;
+        cli.run_ok(&cli.nix, &args).await?;
     }
     Ok(())
 }

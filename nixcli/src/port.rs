@@ -57,11 +57,11 @@ pub trait Nix: Send + Sync + 'static {
     /// When Nix cannot be run or fails.
     fn collect_garbage(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// Builds `drv_path` on the store behind `client` (see [`crate::serve::build_remote`]) and
+    /// Builds `drv_path` on the store behind `client` (see [`crate::build_remote`]) and
     /// copies its outputs into this store.
     ///
     /// # Errors
-    /// As [`crate::serve::build_remote`]: a failed or timed-out build is an outcome, not an
+    /// As [`crate::build_remote`]: a failed or timed-out build is an outcome, not an
     /// error, and after an error the connection must be dropped.
     fn build_remote<R, W>(
         &self,

@@ -27,37 +27,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use reconix_spec::names::{STORE_DIR, StorePath};
 use tracing::debug;
 
-use crate::cli::{NixCli, os_args};
-use crate::{Error, Result};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::process::os_args;
 
-/// Returns the links of a build's outputs as `nix-store --add-root ROOT` names them: `ROOT` for
-/// `out` and `ROOT-<output>` for every other output (verified with Nix 2.8).
+/// Returns the GC-root link of the output `output` of a build rooted at `root`, as
+/// `nix-store --add-root ROOT` names it: `ROOT` for `out` and `ROOT-<output>` for every other
+/// output (verified with Nix 2.8).
+///
+/// The only place reconix forms these names: channel builds and the daemon's remote builds root
+/// their outputs under them (process-mode builds get the same names from `nix-store --add-root`
+/// itself), and the `gcroots` loop deletes every link under its directory whose name it does not
+/// form here, so a second spelling would delete live roots and add them again.
+pub fn output_link(root: &Path, output: &str) -> PathBuf {
+    if output == "out" {
+        root.to_owned()
+    } else {
+        let mut link = root.as_os_str().to_owned();
+        link.push("-");
+        link.push(output);
+        PathBuf::from(link)
+    }
+}
+
+/// Returns the links of a build's outputs ([`output_link`]) with the paths they keep alive.
 pub(crate) fn output_links<'a>(
     root: &Path,
     outputs: impl IntoIterator<Item = (&'a String, &'a StorePath)>,
 ) -> Vec<(PathBuf, StorePath)> {
     outputs
         .into_iter()
-        .map(|(name, path)| {
-            let link = if name == "out" {
-                root.to_owned()
-            } else {
-                let mut link = root.as_os_str().to_owned();
-                link.push("-");
-                link.push(name);
-                PathBuf::from(link)
-            };
-            (link, path.clone())
-        })
+        .map(|(name, path)| (output_link(root, name), path.clone()))
         .collect()
 }
 
-/// Returns the `gcroots/auto` directory of the store `NixCli` uses, or `None` when that store's
+/// Returns the `gcroots/auto` directory of the store `config` uses, or `None` when that store's
 /// state is not a local directory (a store URL other than `daemon`/`local`/`auto`).
 ///
 /// The store is `--store` (`NixCli::with_store`), else `NIX_REMOTE` (from `with_env`, then the
 /// environment), else the default; the default state directory honours `NIX_STATE_DIR`.
-pub(crate) fn auto_dir(cli: &NixCli) -> Option<PathBuf> {
+pub(crate) fn auto_dir(cli: &Config) -> Option<PathBuf> {
     let store = cli.effective_store();
     match store.as_deref().map(OsStr::as_bytes) {
         None | Some(b"auto" | b"daemon" | b"local") => {
@@ -95,7 +104,7 @@ fn fnv1a_128(bytes: &[u8]) -> u128 {
 /// [`Error::Io`] when a link or registration cannot be written, or a link exists and is not a
 /// symlink into the store (Nix refuses to clobber those too); the errors of `nix-store` on the
 /// fallback path.
-pub(crate) async fn register(cli: &NixCli, links: Vec<(PathBuf, StorePath)>) -> Result<()> {
+pub(crate) async fn register(cli: &Config, links: Vec<(PathBuf, StorePath)>) -> Result<()> {
     if links.is_empty() {
         return Ok(());
     }
@@ -124,14 +133,14 @@ pub(crate) async fn register(cli: &NixCli, links: Vec<(PathBuf, StorePath)>) -> 
 
 /// Registers one root by running `nix-store --add-root LINK --indirect --realise PATH`.
 pub(crate) async fn add_root_with_nix_store(
-    cli: &NixCli,
+    cli: &Config,
     link: &Path,
     path: &StorePath,
 ) -> Result<()> {
     let mut args = os_args(["--add-root"]);
     args.push(link.as_os_str().to_owned());
     args.extend(os_args(["--indirect", "--realise", path.as_str()]));
-    cli.run_ok(&cli.config.nix_store, &args).await.map(drop)
+    cli.run_ok(&cli.nix_store, &args).await.map(drop)
 }
 
 /// Points `link` at `target` and registers it in `auto` (blocking IO).
@@ -249,10 +258,26 @@ mod tests {
     }
 
     #[test]
+    fn output_link_should_name_out_bare_and_others_with_a_dash_suffix() {
+        let root = Path::new("/s/gcroots/gl/group%2Fproj/3/packages.x86_64-linux.hello");
+        assert_eq!(output_link(root, "out"), root);
+        assert_eq!(
+            output_link(root, "dev"),
+            Path::new("/s/gcroots/gl/group%2Fproj/3/packages.x86_64-linux.hello-dev")
+        );
+        // An output named like a suffix is still a suffix: `out` alone is special.
+        assert_eq!(
+            output_link(root, "out-bin"),
+            Path::new(&format!("{}-out-bin", root.display()))
+        );
+    }
+
+    #[test]
     fn auto_dir_should_follow_the_store_setting() {
-        let nix = NixCli::new()
+        let nix = crate::NixCli::new()
             .with_env("NIX_REMOTE", "")
             .with_env("NIX_STATE_DIR", "");
+        let auto_dir = |nix: &crate::NixCli| auto_dir(&nix.config);
         assert_eq!(
             auto_dir(&nix),
             Some(PathBuf::from("/nix/var/nix/gcroots/auto"))

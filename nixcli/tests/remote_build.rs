@@ -1,4 +1,4 @@
-//! `serve::build_remote` against the real Nix on this machine, with two chroot stores that share
+//! `build_remote` against the real Nix on this machine, with two chroot stores that share
 //! nothing: LOCAL (the coordinator's, through `NixCli::with_store`) and REMOTE (served by a
 //! spawned `nix-store --serve --write --store REMOTE`, whose stdin and stdout are the
 //! connection and whose stderr is the build log). Also the NAR walker on archives written by
@@ -27,9 +27,8 @@ use std::time::{Duration, Instant};
 use reconix_nixcli::serve::nar::{NarError, NarLimits, copy_export, copy_nar};
 use reconix_nixcli::serve::{
     BuildResultStatus, BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient,
-    build_remote,
 };
-use reconix_nixcli::{Nix, NixCli};
+use reconix_nixcli::{Nix, NixCli, build_remote};
 use reconix_spec::names::StorePath;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWrite, BufReader};

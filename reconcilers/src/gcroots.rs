@@ -45,7 +45,8 @@ pub fn repo_root_dir(state_dir: &Path, repo: &RepoKey) -> PathBuf {
         .join(repo.repo.as_str().replace('/', "%2F"))
 }
 
-/// Returns the root link of one output of one job.
+/// Returns the root link of one output of one job: `<repo dir>/<eval>/<attr>` named for the
+/// output by [`reconix_nixcli::output_link`], the one place these names are formed.
 pub fn root_link(
     state_dir: &Path,
     repo: &RepoKey,
@@ -53,14 +54,10 @@ pub fn root_link(
     attr: &str,
     output: &str,
 ) -> PathBuf {
-    let name = if output == "out" {
-        attr.to_owned()
-    } else {
-        format!("{attr}-{output}")
-    };
-    repo_root_dir(state_dir, repo)
+    let root = repo_root_dir(state_dir, repo)
         .join(evaluation.to_string())
-        .join(name)
+        .join(attr);
+    reconix_nixcli::output_link(&root, output)
 }
 
 /// A succeeded job's outputs, as the loop needs them.

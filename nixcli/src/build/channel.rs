@@ -1,5 +1,5 @@
 //! [`BuildMode::Channel`](super::BuildMode::Channel): a build is one `cmdBuildPaths` on a pooled
-//! `nix-store --serve --write` channel (`crate::pool`).
+//! `nix-store --serve --write` channel ([`super::pool`]).
 //!
 //! - The command names every output of the derivation, `drv!out,dev`, read from the `.drv`
 //!   (which also gives the output paths reported on success). A `.drv` that does not exist is
@@ -21,20 +21,22 @@ use reconix_spec::names::StorePath;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::exit::classify_realise_exit;
+use super::pool::{BuildPool, Ended, OpenError};
 use super::{Log, cancelled, known_outputs, read_derivation, whole_seconds};
-use crate::cli::NixCli;
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::parse::aterm::Derivation;
-use crate::parse::exit::classify_realise_exit;
 use crate::parse::stderr::first_error_line;
-use crate::pool::{Ended, OpenError, stderr_message};
 use crate::port::{BuildOutcome, BuildRequest, BuildStatus};
+use crate::process::failure_message;
 use crate::roots::{output_links, register};
 use crate::serve::{BuildPathsReply, BuildSettings};
-use crate::{Error, Result};
 
 /// Builds `req.drv_path` on a pooled channel (see the module docs).
 pub(super) async fn realise(
-    cli: &NixCli,
+    cli: &Config,
+    pool: &BuildPool,
     req: &BuildRequest,
     mut log: Log,
     cancel: CancellationToken,
@@ -54,7 +56,7 @@ pub(super) async fn realise(
             let opened = tokio::select! {
                 biased;
                 () = cancel.cancelled() => None,
-                opened = cli.pool.acquire(cli) => Some(opened),
+                opened = pool.acquire(cli) => Some(opened),
             };
             let mut channel = match opened {
                 None => {
@@ -82,7 +84,7 @@ pub(super) async fn realise(
             // visible when it was handed out (its pipes still open for a moment).
             let reused = channel.uses() > 0;
             let ended = channel
-                .build(&target, &settings, &mut log, &cancel, cli.config.kill_grace)
+                .build(&target, &settings, &mut log, &cancel, cli.kill_grace)
                 .await?;
             match ended {
                 Ended::Replied(BuildPathsReply::Built) => {
@@ -95,7 +97,7 @@ pub(super) async fn realise(
                         Some(root) => register(cli, output_links(root, &outputs)).await,
                         None => Ok(()),
                     };
-                    cli.pool.release(channel);
+                    pool.release(channel);
                     break match rooted {
                         Ok(()) => BuildOutcome {
                             status: BuildStatus::Succeeded,
@@ -111,7 +113,7 @@ pub(super) async fn realise(
                     };
                 }
                 Ended::Replied(BuildPathsReply::Failed { status, message }) => {
-                    cli.pool.release(channel);
+                    pool.release(channel);
                     let text = message.trim_end();
                     log.text(text).await?;
                     let code = i32::try_from(status).ok();
@@ -146,7 +148,7 @@ pub(super) async fn realise(
                     stderr,
                     ..
                 } => {
-                    let message = stderr_message(&stderr)
+                    let message = failure_message(&stderr)
                         .unwrap_or_else(|| format!("nix-store --serve failed: {error}"));
                     log.text(&format!("reconix: the build channel broke: {error}"))
                         .await?;

@@ -1,4 +1,7 @@
-//! `NixCli::realise`: builds one derivation, in one of two [`BuildMode`]s.
+//! Building: `NixCli::realise` builds one derivation here, in one of two [`BuildMode`]s
+//! ([`channel`] on pooled `nix-store --serve` processes, [`pool`]; or [`process`], one
+//! `nix-store --realise` each), and [`remote`] builds one on a store that does not share the
+//! local one, over the serve protocol. [`exit`] reads what Nix's exit status says about a build.
 //!
 //! **Why channels.** Starting `nix-store` costs about 25 ms of CPU per process (loading the
 //! store, settings, the database). Measured on 2 cores with 200 trivial derivations: already
@@ -7,9 +10,9 @@
 //! 1.8× raw `nix build` (`nix-lab.md`, addendum). The product target is 1.15× raw Nix. So by
 //! default builds go through long-lived channels: `nix-store --serve --write` processes, one
 //! build at a time each, spoken to with the serve protocol ([`crate::serve`], the same client a
-//! remote builder over SSH will use), kept in a pool and reused (`crate::pool`). A build then
+//! remote builder over SSH will use), kept in a pool and reused ([`pool`]). A build then
 //! costs a protocol round trip, not a process. Channels also replace Nix's build hook, which
-//! Nix would otherwise start for every serve command (`crate::pool` explains).
+//! Nix would otherwise start for every serve command ([`pool`] explains).
 //!
 //! Measured with `examples/realise_throughput.rs` (200 fresh trivial derivations, 2 concurrent
 //! callers, 2 cores, median of 5 rounds; one raw `nix-store --realise` of all 200 with
@@ -36,22 +39,26 @@
 //!   after a bounded number of builds, and `collect_garbage` closes the idle ones first.
 
 mod channel;
+pub(crate) mod exit;
+mod pool;
 mod process;
+pub(crate) mod remote;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reconix_spec::names::StorePath;
-use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{NixCli, create_parent};
+pub(crate) use self::pool::{BuildPool, OpenError};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fs::create_parent;
 use crate::parse::aterm::{Derivation, parse_derivation};
 use crate::parse::log::{LogLine, parse_log_line};
 use crate::port::{BuildOutcome, BuildRequest, BuildStatus};
-use crate::{Error, Result};
 
 /// How [`NixCli::realise`](crate::Nix::realise) runs a build (see the module docs of
 /// `crate::build` for the trade-offs).
@@ -69,9 +76,11 @@ pub enum BuildMode {
     Process,
 }
 
-/// Builds `req.drv_path` in the runner's [`BuildMode`].
+/// Builds `req.drv_path` in `mode`, on a channel of `pool` for [`BuildMode::Channel`].
 pub(crate) async fn realise(
-    cli: &NixCli,
+    cli: &Config,
+    pool: &BuildPool,
+    mode: BuildMode,
     req: BuildRequest,
     cancel: CancellationToken,
 ) -> Result<BuildOutcome> {
@@ -86,8 +95,8 @@ pub(crate) async fn realise(
         log.flush().await?;
         return Ok(cancelled());
     }
-    match cli.config.build_mode {
-        BuildMode::Channel => channel::realise(cli, &req, log, cancel).await,
+    match mode {
+        BuildMode::Channel => channel::realise(cli, pool, &req, log, cancel).await,
         BuildMode::Process => process::realise(cli, &req, log, cancel).await,
     }
 }
@@ -108,39 +117,8 @@ fn whole_seconds(d: Duration) -> u64 {
     secs.max(1)
 }
 
-/// Sends `signal` to the process group, ignoring errors (it may be gone already).
-pub(crate) fn signal_group(group: Option<Pid>, signal: Signal) {
-    if let Some(group) = group {
-        let _ = kill_process_group(group, signal);
-    }
-}
-
-/// Returns the process group id of a child started with `process_group(0)`.
-pub(crate) fn group_of(child: &tokio::process::Child) -> Option<Pid> {
-    child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(Pid::from_raw)
-}
-
-/// Stops a child and its process group: `SIGTERM` (Nix then stops its builder, whose sandbox
-/// is in another session, and cleans up: measured at under 10 ms), `SIGKILL` after `grace`.
-pub(crate) async fn terminate(
-    child: &mut tokio::process::Child,
-    group: Option<Pid>,
-    grace: Duration,
-) -> std::io::Result<std::process::ExitStatus> {
-    signal_group(group, Signal::TERM);
-    if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
-        return status;
-    }
-    signal_group(group, Signal::KILL);
-    child.kill().await?;
-    child.wait().await
-}
-
 /// Reads and parses a `.drv` file (below the chroot store's root when there is one).
-async fn read_derivation(cli: &NixCli, drv_path: &StorePath) -> Result<Derivation> {
+async fn read_derivation(cli: &Config, drv_path: &StorePath) -> Result<Derivation> {
     let text = tokio::fs::read(cli.physical(drv_path))
         .await
         .map_err(|source| Error::DrvRead {
@@ -228,6 +206,7 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NixCli;
 
     fn request(log_file: PathBuf) -> BuildRequest {
         BuildRequest {
@@ -256,7 +235,9 @@ mod tests {
             let req = request(dir.path().join("logs/a.log"));
             let cancel = CancellationToken::new();
             cancel.cancel();
-            let outcome = realise(&cli, req.clone(), cancel).await.unwrap();
+            let outcome = realise(&cli.config, &cli.pool, mode, req.clone(), cancel)
+                .await
+                .unwrap();
             assert_eq!(outcome.status, BuildStatus::Cancelled, "{mode:?}");
             let log = std::fs::read_to_string(&req.log_file).unwrap();
             assert!(log.contains("cancelled"), "{mode:?}: {log}");
@@ -274,7 +255,7 @@ mod tests {
                 gc_root: Some(dir.path().join("roots/a")),
                 ..request(dir.path().join("a.log"))
             };
-            let err = realise(&cli, req, CancellationToken::new())
+            let err = realise(&cli.config, &cli.pool, mode, req, CancellationToken::new())
                 .await
                 .unwrap_err();
             assert!(

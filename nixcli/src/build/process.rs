@@ -17,7 +17,7 @@
 //! - `max-jobs` defaults to 1 so that one reconix build slot is one Nix build at a time.
 //!
 //! The process runs in its own process group. On cancellation the group gets `SIGTERM`, and
-//! `SIGKILL` after a grace period if it is still there (see [`super::terminate`]).
+//! `SIGKILL` after a grace period if it is still there (see `crate::process::terminate`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -30,13 +30,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{
-    Log, group_of, known_outputs, read_derivation, signal_group, terminate, whole_seconds,
-};
-use crate::cli::{NixCli, command_line, os_args, spawn_error, status_text};
-use crate::parse::exit::classify_realise_exit;
+use super::exit::classify_realise_exit;
+use super::{Log, known_outputs, read_derivation, whole_seconds};
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::port::{BuildOutcome, BuildRequest, BuildStatus};
-use crate::{Error, Result};
+use crate::process::{
+    command_line, group_of, os_args, signal_group, spawn_error, status_text, terminate,
+};
 
 /// How long to keep reading output after `nix-store` exited (a process it started could hold
 /// the pipes open).
@@ -44,14 +45,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Builds `req.drv_path` with its own `nix-store --realise` (see the module docs).
 pub(super) async fn realise(
-    cli: &NixCli,
+    cli: &Config,
     req: &BuildRequest,
     mut log: Log,
     cancel: CancellationToken,
 ) -> Result<BuildOutcome> {
     let started = Instant::now();
-    let program = &cli.config.nix_store;
-    let args = realise_args(req, cli.config.max_jobs);
+    let program = &cli.nix_store;
+    let args = realise_args(req, cli.max_jobs);
     let mut child = cli
         .command(program, &args)
         .stdout(Stdio::piped())
@@ -77,7 +78,7 @@ pub(super) async fn realise(
             biased;
             () = cancel.cancelled() => {
                 cancelled = true;
-                break terminate(&mut child, group, cli.config.kill_grace).await;
+                break terminate(&mut child, group, cli.kill_grace).await;
             }
             status = child.wait() => break status,
             Some(line) = lines.recv() => log.json_line(&line).await?,

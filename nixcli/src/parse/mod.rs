@@ -4,6 +4,5 @@
 
 pub mod aterm;
 pub mod eval;
-pub mod exit;
 pub mod log;
 pub mod stderr;

@@ -25,7 +25,7 @@ pub enum BuildPathsReply {
     /// Building failed. Nix 2.8 sends `e.status, e.msg()`.
     Failed {
         /// The status Nix would exit with: 100 build failure, 101 timeout, 102 hash mismatch,
-        /// 1 any other error (`crate::parse::exit` explains the bits).
+        /// 1 any other error (`crate::build::exit` explains the bits).
         status: u64,
         /// Nix's message with its ANSI colour codes removed, e.g.
         /// `error: builder for '/nix/store/…-x.drv' failed with exit code 3`.

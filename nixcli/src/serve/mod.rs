@@ -7,21 +7,26 @@
 //! `cmdImportPaths`, `cmdExportPaths`, `cmdBuildPaths`, `cmdQueryClosure`,
 //! `cmdBuildDerivation` and `cmdAddToStoreNar` (`nix-lab.md` §5 lists the others). The server writes build logs as
 //! plain text to its *stderr*, which is not part of the protocol: the caller reads it (see
-//! `crate::pool` for how a local channel attributes it to the right build).
+//! `crate::build::pool` for how a local channel attributes it to the right build).
 //!
 //! [`wire`] holds the framing (pure encoders, small decoders); [`nar`] the streaming NAR and
-//! export-stream walkers; [`ServeClient`] the commands; [`build_remote`] builds a derivation on
-//! a server that does not share the local store, copying closures both ways.
+//! export-stream walkers; `dump` writes a NAR from a store path's files; [`ServeClient`] the
+//! commands; `remote` what a build on a server that does not share the local store ended with
+//! ([`RemoteBuildOutcome`]).
+//!
+//! This module is the protocol only: it starts no process and uses no other module of the crate
+//! but the pure parsers. The build on such a server, which runs local Nix commands to copy
+//! closures both ways, is [`build_remote`](crate::build_remote) (`crate::build::remote`).
 
 mod client;
-mod dump;
+pub(crate) mod dump;
 pub mod nar;
-mod remote;
+pub(crate) mod remote;
 pub mod wire;
 
 pub use client::{BuildPathsReply, ServeClient};
 pub use nar::{NarError, NarLimits};
-pub use remote::{RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings, build_remote};
+pub use remote::{RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings};
 pub use wire::{
     BasicDerivation, BuildResult, BuildResultStatus, BuildSettings, DerivationOutput, NarInfo,
 };

@@ -408,13 +408,7 @@ async fn build_on_agent<N: Nix>(
     match outcome.status {
         RemoteBuildStatus::Built => {
             for (name, path) in &outcome.outputs {
-                let link = if name == "out" {
-                    attempt.gc_root.clone()
-                } else {
-                    let mut link = attempt.gc_root.clone().into_os_string();
-                    link.push(format!("-{name}"));
-                    PathBuf::from(link)
-                };
+                let link = reconix_nixcli::output_link(&attempt.gc_root, name);
                 if let Err(err) = nix.add_root(&link, path).await {
                     return Ended::nix_error(&format!("cannot root {path}: "), &err);
                 }

@@ -3,7 +3,7 @@
 //! The bench is the coordinator (`reconix_agent::coordinator`, a [`Listener`] on 127.0.0.1:0)
 //! and spawns the real `reconix-agent` binary, which dials it and serves
 //! `nix-store --serve --write --store REMOTE` over SSH. Builds go through
-//! `reconix_nixcli::serve::build_remote`, as the daemon's do. Both sides of every measurement use
+//! `reconix_nixcli::build_remote`, as the daemon's do. Both sides of every measurement use
 //! chroot stores on this machine (nix-lab §5): LOCAL (the coordinator's) and a builder's store.
 //!
 //! - **Setup overhead**: `--remote-builds` trivial derivations per side, each with a fresh salt,
@@ -36,11 +36,10 @@ use reconix_agent::coordinator::{
     AgentConn, CoordinatorKey, Limits, Listener, ServeChannel, ServeExit, ServeReader, ServeWriter,
 };
 use reconix_e2e::tail;
-use reconix_nixcli::NixCli;
 use reconix_nixcli::serve::{
     BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings, ServeClient,
-    build_remote,
 };
+use reconix_nixcli::{NixCli, build_remote};
 use reconix_spec::names::StorePath;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};

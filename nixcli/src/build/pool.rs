@@ -1,7 +1,7 @@
 //! Build channels and their pool, for [`BuildMode::Channel`](crate::BuildMode::Channel).
 //!
 //! A [`BuildChannel`] is one `nix-store --serve --write --option max-jobs 1` process (through
-//! `NixCli::command`, so `--store` applies) in its own process group, after the serve-protocol
+//! `Config::command`, so `--store` applies) in its own process group, after the serve-protocol
 //! handshake. It runs one build at a time.
 //!
 //! **Logs.** The serve process prints build output on its *stderr*, outside the protocol, in
@@ -47,12 +47,12 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::build::{Log, group_of, signal_group, terminate};
-use crate::cli::{NixCli, os_args, spawn_error};
+use super::Log;
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::parse::log::render_lines;
-use crate::parse::stderr::{first_error_line, last_line};
+use crate::process::{failure_message, group_of, os_args, signal_group, spawn_error, terminate};
 use crate::serve::{BuildPathsReply, BuildSettings, ServeClient, ServeError};
-use crate::{Error, Result};
 
 /// How many idle channels the pool keeps; more are closed when returned.
 pub(crate) const MAX_IDLE: usize = 8;
@@ -104,7 +104,7 @@ impl OpenError {
     pub(crate) fn message(&self) -> String {
         match self {
             Self::Spawn(err) => err.to_string(),
-            Self::Handshake { error, stderr, .. } => stderr_message(stderr)
+            Self::Handshake { error, stderr, .. } => failure_message(stderr)
                 .unwrap_or_else(|| format!("nix-store --serve failed: {error}")),
         }
     }
@@ -139,25 +139,18 @@ pub(crate) enum Ended {
     },
 }
 
-/// Returns the message of a process's stderr: its first `error:` line, else its last line.
-pub(crate) fn stderr_message(stderr: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(stderr);
-    first_error_line(&text).or_else(|| last_line(&text))
-}
-
 impl BuildChannel {
-    /// Starts `nix-store --serve --write` and performs the handshake.
-    pub(crate) async fn open(cli: &NixCli) -> Result<Self, OpenError> {
-        let program = &cli.config.nix_store;
+    /// Starts `nix-store --serve --write` (with `hook` as its build hook, when given) and
+    /// performs the handshake.
+    async fn open(cli: &Config, hook: Option<&Path>) -> Result<Self, OpenError> {
+        let program = &cli.nix_store;
         // Nix strips colour codes from builder output on a plain stderr that is not a terminal;
         // its JSON log keeps them (see the module docs).
         let mut args = os_args(["--log-format", "internal-json", "--serve", "--write"]);
-        if let Some(n) = cli.config.max_jobs {
+        if let Some(n) = cli.max_jobs {
             args.extend(os_args(["--option", "max-jobs", &n.to_string()]));
         }
-        if builds_in_process(cli)
-            && let Some(hook) = cli.pool.decline_hook()
-        {
+        if let Some(hook) = hook {
             args.extend(os_args(["--option", "build-hook"]));
             args.push(hook.as_os_str().to_owned());
         }
@@ -341,9 +334,9 @@ impl Drop for BuildChannel {
     }
 }
 
-/// Returns whether builds run inside the `nix-store` process `NixCli` starts (a local or chroot
+/// Returns whether builds run inside the `nix-store` process `cli` starts (a local or chroot
 /// store) rather than in a daemon, which has its own hook setting and may not see our files.
-fn builds_in_process(cli: &NixCli) -> bool {
+fn builds_in_process(cli: &Config) -> bool {
     match cli.effective_store().as_deref() {
         Some(store) if Path::new(store).is_absolute() => true,
         Some(store) if store == "local" => true,
@@ -590,12 +583,22 @@ impl BuildPool {
             .map(HookFile::path)
     }
 
+    /// Opens a new channel, with the decline hook when its builds run in its own process.
+    async fn open(&self, cli: &Config) -> Result<BuildChannel, OpenError> {
+        let hook = if builds_in_process(cli) {
+            self.decline_hook()
+        } else {
+            None
+        };
+        BuildChannel::open(cli, hook.as_deref()).await
+    }
+
     /// Returns an idle channel that is still alive, or opens a new one.
-    pub(crate) async fn acquire(&self, cli: &NixCli) -> Result<BuildChannel, OpenError> {
+    pub(crate) async fn acquire(&self, cli: &Config) -> Result<BuildChannel, OpenError> {
         loop {
             let idle = self.idle().pop();
             let Some(mut channel) = idle else {
-                return BuildChannel::open(cli).await;
+                return self.open(cli).await;
             };
             if channel.is_alive() {
                 return Ok(channel);
@@ -632,6 +635,7 @@ impl BuildPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NixCli;
 
     #[test]
     fn complete_lines_should_hold_back_an_unfinished_line() {
@@ -689,6 +693,7 @@ mod tests {
     #[test]
     fn builds_in_process_should_hold_for_local_and_chroot_stores_only() {
         let cli = NixCli::new().with_env("NIX_REMOTE", "");
+        let builds_in_process = |cli: &NixCli| builds_in_process(&cli.config);
         assert!(builds_in_process(
             &cli.clone().with_store("/var/lib/ci-store")
         ));
@@ -701,16 +706,6 @@ mod tests {
             builds_in_process(&cli),
             rustix::process::geteuid().is_root()
         );
-    }
-
-    #[test]
-    fn stderr_message_should_prefer_the_error_line() {
-        assert_eq!(
-            stderr_message(b"warning: x\nerror: \x1b[31mbad store\x1b[0m\nmore\n").as_deref(),
-            Some("bad store")
-        );
-        assert_eq!(stderr_message(b"one\ntwo\n").as_deref(), Some("two"));
-        assert_eq!(stderr_message(b""), None);
     }
 
     /// A fake `nix-store` that answers the handshake, then prints `count` numbered lines on
@@ -745,7 +740,7 @@ done
     async fn build_should_capture_each_builds_stderr_exactly_into_its_own_log() {
         let dir = tempfile::tempdir().unwrap();
         let cli = NixCli::new().with_nix_store_program(fake_nix_store(dir.path()));
-        let mut channel = match BuildChannel::open(&cli).await {
+        let mut channel = match cli.pool.open(&cli.config).await {
             Ok(channel) => channel,
             Err(err) => panic!("{}", err.message()),
         };
@@ -788,7 +783,7 @@ done
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let cli = NixCli::new().with_nix_store_program(&script);
-        let Err(err) = BuildChannel::open(&cli).await else {
+        let Err(err) = cli.pool.open(&cli.config).await else {
             panic!("opened a channel to a dead server")
         };
         assert_eq!(err.message(), "bad store");
@@ -802,20 +797,20 @@ done
     async fn acquire_should_discard_a_channel_that_died_while_idle() {
         let dir = tempfile::tempdir().unwrap();
         let cli = NixCli::new().with_nix_store_program(fake_nix_store(dir.path()));
-        let Ok(mut channel) = cli.pool.acquire(&cli).await else {
+        let Ok(mut channel) = cli.pool.acquire(&cli.config).await else {
             panic!("no channel")
         };
         let first = channel.child.id();
         signal_group(channel.group, Signal::KILL);
         channel.child.wait().await.unwrap();
         cli.pool.release(channel);
-        let Ok(mut second) = cli.pool.acquire(&cli).await else {
+        let Ok(mut second) = cli.pool.acquire(&cli.config).await else {
             panic!("no channel")
         };
         assert_ne!(second.child.id(), first);
         assert!(second.is_alive());
         cli.pool.release(second);
-        let Ok(third) = cli.pool.acquire(&cli).await else {
+        let Ok(third) = cli.pool.acquire(&cli.config).await else {
             panic!("no channel")
         };
         assert_eq!(third.uses, 0);

@@ -7,13 +7,13 @@
 //! in practice) is an error that is not a build failure: a missing `.drv`, a store problem, an
 //! interrupt.
 
-use crate::BuildStatus;
+use crate::port::BuildStatus;
 
 /// Returns the build status for an exit code of `nix-store --realise` (`None`: killed by a
 /// signal).
 ///
 /// Never returns [`BuildStatus::Cancelled`]: cancellation is known to the caller, not to Nix.
-pub fn classify_realise_exit(code: Option<i32>) -> BuildStatus {
+pub(crate) fn classify_realise_exit(code: Option<i32>) -> BuildStatus {
     match code {
         Some(0) => BuildStatus::Succeeded,
         Some(code) if (0x64..=0x6f).contains(&code) => {
