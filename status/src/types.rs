@@ -104,6 +104,7 @@ macro_rules! state_enum {
         }
     };
 }
+pub(crate) use state_enum;
 
 state_enum!(
     /// Says where an evaluation is in `queued → evaluating → building → finished`, or whether it
@@ -167,6 +168,18 @@ state_enum!(
         Cancelled => "cancelled",
     }
 );
+
+impl JobState {
+    /// Returns true for the states that count as a failure of the job, hence of its
+    /// evaluation: `failed`, `dependency-failed` and `eval-failed`. `cancelled` is neither a
+    /// failure nor a success.
+    pub const fn is_failing(self) -> bool {
+        matches!(
+            self,
+            Self::Failed | Self::DependencyFailed | Self::EvalFailed
+        )
+    }
+}
 
 impl BuildState {
     /// Returns true for `succeeded` and `failed`: the result is final for the drv and later
@@ -435,6 +448,24 @@ mod tests {
         assert!(BuildState::TimedOut.is_terminal());
         assert!(!BuildState::TimedOut.is_final());
         assert!(BuildState::Failed.is_final());
+    }
+
+    #[test]
+    fn failing_job_states_should_be_failed_dependency_failed_and_eval_failed() {
+        let failing: Vec<_> = JobState::ALL.iter().filter(|s| s.is_failing()).collect();
+        assert_eq!(
+            failing,
+            [
+                &JobState::Failed,
+                &JobState::DependencyFailed,
+                &JobState::EvalFailed
+            ]
+        );
+        assert!(
+            JobState::ALL
+                .iter()
+                .all(|s| !s.is_failing() || s.is_terminal())
+        );
     }
 
     #[test]
