@@ -4,8 +4,8 @@
 //! Key: a repository on a hosted forge. Webhooks write heads as they arrive; this loop resyncs
 //! them from the forge's API every `poll-interval`, so a lost delivery is caught within one
 //! interval, and looks up the permission of pull request authors whose [`Trust`] is unknown
-//! (the PR trust gate). Observed:
-//! the API's view and the database's. Steps: record what differs.
+//! (the PR trust gate). Observed: the API's view and the database's. Steps: record what
+//! differs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
