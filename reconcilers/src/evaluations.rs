@@ -1,13 +1,14 @@
 //! The `evaluations` loop: the newest head of every watched branch (and trusted pull request)
 //! has an evaluation.
 //!
-//! Key: a repository. Observed: the heads — for `local` forges read from the git checkout; for
-//! hosted forges the branch heads and open pull requests that webhooks and the `heads` loop
-//! recorded in the database, pull requests only when their author is trusted (write permission
-//! or the allowlist) — and the repository's evaluations. Steps: evaluate a head that has no
-//! finished evaluation yet (hosted code is first fetched into a bare mirror, pull requests
-//! through the forge's PR ref), and supersede an unfinished evaluation whose branch or pull
-//! request moved on or vanished (cancel-on-push).
+//! Key: a repository. Observed: the branch heads — for `local` forges read from the git
+//! checkout; for hosted forges those that webhooks and the `heads` loop recorded in the
+//! database — the open pull requests recorded for hosted forges, and the repository's
+//! evaluations. The plan adds the head of every pull request whose author is trusted
+//! ([`Trust`]) to the branch heads. Steps: evaluate a head that has no finished evaluation yet
+//! (hosted code is first fetched into a bare mirror, pull requests through the forge's PR ref),
+//! and supersede an unfinished evaluation whose branch or pull request moved on or vanished
+//! (cancel-on-push).
 //!
 //! `StartEvaluation` both creates the row (idempotent on repo, ref and rev) and runs the
 //! evaluation, so a daemon killed mid-evaluation simply evaluates again on restart: the row is
@@ -18,13 +19,15 @@ use std::time::Duration;
 
 use reconix_nixcli::{EvalOutcome, EvalRequest, Nix};
 use reconix_spec::{AttrPath, ForgeKind, RepoKey, Spec, Timestamp};
-use reconix_status::{EvaluationId, EvaluationState, JobState, NewJob};
+use reconix_status::{EvaluationId, EvaluationState, JobState, NewJob, PullRequestRow};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::context::{Ctx, Ports};
 use crate::git::{self, Head};
+use crate::heads::builds_branch;
 use crate::runtime::{Action, Plan, Reconciler};
+use crate::trust::Trust;
 use crate::{Error, Result};
 
 /// The `evaluations` reconciler.
@@ -49,6 +52,8 @@ pub struct Observed {
     pub fetch_url: Option<String>,
     /// Heads of the branches the spec asks for.
     pub heads: Vec<Head>,
+    /// For hosted forges: the open pull requests as recorded, trusted or not.
+    pub pull_requests: Vec<PullRequestRow>,
     /// Evaluations of this repository, oldest first.
     pub evaluations: Vec<ObservedEvaluation>,
 }
@@ -118,6 +123,25 @@ fn is_unfinished(state: EvaluationState) -> bool {
     )
 }
 
+/// Returns the heads to evaluate: the observed branch heads, then the head of every open pull
+/// request whose author is trusted, when the repository builds pull requests.
+fn heads(key: &RepoKey, desired: &Spec, observed: &Observed) -> Vec<Head> {
+    let mut heads = observed.heads.clone();
+    if let Some((forge, repo)) = desired.repo(key).filter(|(_, repo)| repo.pull_requests) {
+        heads.extend(
+            observed
+                .pull_requests
+                .iter()
+                .filter(|p| Trust::of_row(p, &repo.allowlist) == Trust::Trusted)
+                .map(|p| Head {
+                    git_ref: reconix_forge::pull_request_ref(forge.kind, p.number),
+                    rev: p.head_sha.clone(),
+                }),
+        );
+    }
+    heads
+}
+
 /// Plans the `evaluations` loop for one repository (pure).
 pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
     let _ = now;
@@ -132,8 +156,8 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
             then: Action::await_change(),
         };
     };
-    let heads: BTreeMap<&str, &str> = observed
-        .heads
+    let all_heads = heads(key, desired, observed);
+    let heads: BTreeMap<&str, &str> = all_heads
         .iter()
         .map(|h| (h.git_ref.as_str(), h.rev.as_str()))
         .collect();
@@ -141,7 +165,7 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
     // old jobs, and the builds loop then cancels every running build no live job needs. Were the
     // old evaluation superseded first, a build both commits share would be cancelled and redone.
     let mut steps = Vec::new();
-    for head in &observed.heads {
+    for head in &all_heads {
         let done = observed.evaluations.iter().any(|e| {
             e.git_ref == head.git_ref
                 && e.rev == head.rev
@@ -194,12 +218,14 @@ impl<P: Ports> Reconciler for Evaluations<P> {
     async fn observe(&self, key: &RepoKey, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
         let repo_cfg = spec.repo(key);
         let mut fetch_url = None;
+        let mut pull_requests = Vec::new();
         let (heads, path) = match repo_cfg {
             Some((forge, repo)) if forge.kind != ForgeKind::Local => {
                 fetch_url = forge
                     .web_url_or_default()
                     .map(|web| format!("{web}/{}.git", key.repo));
-                let heads = hosted_heads(key, forge.kind, repo, cx).await?;
+                let (heads, prs) = hosted_heads(key, repo, cx).await?;
+                pull_requests = prs;
                 (heads, Some(mirror_path(&spec.state_dir, key)))
             }
             Some((_, repo)) => {
@@ -229,6 +255,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
             path,
             fetch_url,
             heads,
+            pull_requests,
             evaluations: evaluations
                 .into_iter()
                 .map(|e| ObservedEvaluation {
@@ -303,14 +330,13 @@ pub fn mirror_path(state_dir: &std::path::Path, key: &RepoKey) -> std::path::Pat
         .join(format!("{}.git", key.repo.as_str().replace('/', "%2F")))
 }
 
-/// Reads the heads of a hosted repository from the database: the built branches and the open
-/// pull requests whose author is trusted.
+/// Reads the heads of a hosted repository from the database: the built branches, and the open
+/// pull requests as recorded (the plan decides which are trusted).
 async fn hosted_heads<P: Ports>(
     key: &RepoKey,
-    kind: ForgeKind,
     repo: &reconix_spec::Repo,
     cx: &Ctx<P>,
-) -> Result<Vec<Head>> {
+) -> Result<(Vec<Head>, Vec<PullRequestRow>)> {
     let k = key.clone();
     let (default_branch, refs, prs) = cx
         .status
@@ -323,38 +349,19 @@ async fn hosted_heads<P: Ports>(
             None => Ok((None, Vec::new(), Vec::new())),
         })
         .await?;
-    let mut heads: Vec<Head> = refs
+    let heads: Vec<Head> = refs
         .into_iter()
         .filter(|r| {
-            r.name.strip_prefix("refs/heads/").is_some_and(|b| {
-                if repo.follows_default_branch() {
-                    default_branch.as_deref() == Some(b)
-                } else {
-                    repo.matches_branch(b)
-                }
-            })
+            r.name
+                .strip_prefix("refs/heads/")
+                .is_some_and(|b| builds_branch(repo, b, default_branch.as_deref()))
         })
         .map(|r| Head {
             git_ref: r.name,
             rev: r.rev,
         })
         .collect();
-    if repo.pull_requests {
-        heads.extend(
-            prs.into_iter()
-                .filter(|p| {
-                    p.author_can_write == Some(true)
-                        || p.author
-                            .as_ref()
-                            .is_some_and(|a| repo.allowlist.contains(a))
-                })
-                .map(|p| Head {
-                    git_ref: reconix_forge::pull_request_ref(kind, p.number),
-                    rev: p.head_sha,
-                }),
-        );
-    }
-    Ok(heads)
+    Ok((heads, prs))
 }
 
 /// Fetches `git_ref` of a hosted repository into its mirror, authenticated with the forge's
@@ -528,6 +535,7 @@ mod tests {
             path: Some("/srv/demo".into()),
             fetch_url: None,
             heads,
+            pull_requests: Vec::new(),
             evaluations,
         }
     }
@@ -649,5 +657,99 @@ mod tests {
         let p = plan(&key(), &spec(), &o, Timestamp(0));
         assert!(p.steps.is_empty());
         assert_eq!(p.then, Action::await_change());
+    }
+
+    fn hosted_spec(repo_yaml: &str) -> Spec {
+        let yaml = format!(
+            "external-url: https://ci.example.org\nforges:\n  gl:\n    kind: gitlab\n    token-file: /t\n    webhook-secret-file: /s\n    poll-interval: 1m\n    repos:\n      a/b:\n{repo_yaml}"
+        );
+        reconix_spec::parse(&yaml, std::path::Path::new("t.yaml")).unwrap()
+    }
+
+    fn pr(number: u64, sha: &str, author: &str, can_write: Option<bool>) -> PullRequestRow {
+        PullRequestRow {
+            number,
+            head_sha: sha.to_owned(),
+            head_ref: "feature".to_owned(),
+            base_ref: "main".to_owned(),
+            author: Some(author.to_owned()),
+            from_fork: true,
+            open: true,
+            author_can_write: can_write,
+            observed_at: Timestamp(0),
+        }
+    }
+
+    fn started(p: &Plan<Step>) -> Vec<(&str, &str)> {
+        p.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::StartEvaluation { git_ref, rev, .. } => {
+                    Some((git_ref.as_str(), rev.as_str()))
+                }
+                Step::Supersede { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_trusted_pull_requests_should_be_evaluated_through_their_ref() {
+        let key = RepoKey::parse("gl/a/b").unwrap();
+        let mut o = observed(vec![head("aaa")], vec![]);
+        o.pull_requests = vec![
+            pr(1, "p01", "alice", Some(true)),
+            pr(2, "p02", "mallory", Some(false)),
+            pr(3, "p03", "bob", None),
+            pr(4, "p04", "renovate", Some(false)),
+        ];
+        let p = plan(
+            &key,
+            &hosted_spec("        allowlist: [renovate]\n"),
+            &o,
+            Timestamp(0),
+        );
+        assert_eq!(
+            started(&p),
+            [
+                ("refs/heads/main", "aaa"),
+                ("refs/merge-requests/1/head", "p01"),
+                ("refs/merge-requests/4/head", "p04"),
+            ]
+        );
+    }
+
+    #[test]
+    fn pull_request_whose_author_lost_trust_should_be_superseded() {
+        let key = RepoKey::parse("gl/a/b").unwrap();
+        let mut o = observed(
+            vec![],
+            vec![ObservedEvaluation {
+                git_ref: "refs/merge-requests/2/head".to_owned(),
+                ..eval(1, "p02", EvaluationState::Building)
+            }],
+        );
+        o.pull_requests = vec![pr(2, "p02", "mallory", Some(false))];
+        let p = plan(&key, &hosted_spec(""), &o, Timestamp(0));
+        assert_eq!(
+            p.steps,
+            [Step::Supersede {
+                evaluation: EvaluationId(1),
+                by_rev: None
+            }]
+        );
+    }
+
+    #[test]
+    fn pull_requests_should_not_be_evaluated_when_the_repo_does_not_build_them() {
+        let key = RepoKey::parse("gl/a/b").unwrap();
+        let mut o = observed(vec![], vec![]);
+        o.pull_requests = vec![pr(1, "p01", "alice", Some(true))];
+        let p = plan(
+            &key,
+            &hosted_spec("        pull-requests: false\n"),
+            &o,
+            Timestamp(0),
+        );
+        assert!(p.steps.is_empty(), "{:?}", p.steps);
     }
 }

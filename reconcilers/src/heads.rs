@@ -3,8 +3,9 @@
 //!
 //! Key: a repository on a hosted forge. Webhooks write heads as they arrive; this loop resyncs
 //! them from the forge's API every `poll-interval`, so a lost delivery is caught within one
-//! interval, and looks up the permission of pull request authors (the PR trust gate). Observed:
-//! the API's view and the database's. Steps: record what differs.
+//! interval, and looks up the permission of pull request authors whose [`Trust`] is unknown
+//! (the PR trust gate). Observed: the API's view and the database's. Steps: record what
+//! differs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tracing::info;
 use crate::context::{Ctx, Ports};
 use crate::forge_clients::{Gate, gate, record_api_error};
 use crate::runtime::{Action, Plan, Reconciler};
+use crate::trust::Trust;
 use crate::{Error, Result};
 
 /// The `heads` reconciler.
@@ -110,8 +112,9 @@ pub enum Step {
     },
 }
 
-/// Returns true when the spec builds branch `name` given the default branch.
-fn builds_branch(repo: &reconix_spec::Repo, name: &str, default: Option<&str>) -> bool {
+/// Returns true when the spec builds branch `name` given the default branch (also the branch
+/// filter of the `evaluations` loop).
+pub(crate) fn builds_branch(repo: &reconix_spec::Repo, name: &str, default: Option<&str>) -> bool {
     if repo.follows_default_branch() {
         default == Some(name)
     } else {
@@ -198,8 +201,9 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
                     from_fork: pr.from_fork,
                 });
             }
-            let trust_known = same && row.is_some_and(|r| r.author_can_write.is_some());
-            if !trust_known && !repo.allowlist.iter().any(|a| a == &pr.author) {
+            // A looked-up permission holds for the recorded head and author only.
+            let can_write = row.filter(|_| same).and_then(|r| r.author_can_write);
+            if Trust::of(Some(&pr.author), can_write, &repo.allowlist) == Trust::Unknown {
                 steps.push(Step::CheckTrust {
                     number: pr.number,
                     head_sha: pr.head_sha.clone(),

@@ -23,6 +23,7 @@ pub mod registry;
 pub mod retention;
 pub mod s3;
 pub mod statuses;
+pub mod trust;
 pub mod webhooks;
 
 pub use context::{Ctx, LivePorts, Ports, WakerSet, Wakers};

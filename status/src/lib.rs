@@ -47,7 +47,7 @@ pub use metrics::{
     ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, STORAGE_ALARM, StateCounts,
 };
 pub use mutations::{CANCELLED_ERROR, Cancelled, Rebuilt, Rerun};
-pub use posted_statuses::PostedStatus;
+pub use posted_statuses::{PostedState, PostedStatus};
 pub use pull_requests::{PullRequestRow, PullRequestUpdate};
 pub use retention::RetentionEval;
 pub use types::{

@@ -91,7 +91,8 @@ impl JobGroup {
         }
     }
 
-    /// Returns true for the groups that count as a failure of the evaluation.
+    /// Returns true for the groups that count as a failure of the evaluation: the groups of the
+    /// job states [`JobState::is_failing`] names (a test keeps the two in step).
     pub const fn is_failure(self) -> bool {
         matches!(
             self,
@@ -660,5 +661,19 @@ mod tests {
         let list = db.repo_evaluations(repo, 2).unwrap();
         assert_eq!(list.len(), 2);
         assert!(list[0].id > list[1].id);
+    }
+
+    #[test]
+    fn failure_groups_should_be_the_groups_of_failing_job_states() {
+        let builds = std::iter::once(None).chain(BuildState::ALL.iter().copied().map(Some));
+        for build in builds {
+            for state in JobState::ALL {
+                assert_eq!(
+                    JobGroup::of(*state, build).is_failure(),
+                    state.is_failing(),
+                    "{state:?} {build:?}"
+                );
+            }
+        }
     }
 }

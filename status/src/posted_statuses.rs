@@ -1,13 +1,38 @@
 //! Commit statuses the daemon posted (`posted_statuses`), and the evaluations whose statuses are
 //! settled.
 
+use std::fmt;
+use std::str::FromStr;
+
 use reconix_spec::names::Timestamp;
 use rusqlite::params;
+use serde::{Deserialize, Serialize};
 
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
-use crate::row::{get, non_negative, to_i64};
-use crate::types::{EvaluationId, RepoId};
+use crate::row::{get, non_negative, parse, to_i64};
+use crate::types::{EvaluationId, ParseStateError, RepoId, state_enum};
+
+state_enum!(
+    /// Says what a posted status (or check run) showed, in reconix's vocabulary; the forge
+    /// client maps it to each forge's own.
+    PostedState, "posted status state",
+    terminal: [Success, Failure, Error, Cancelled],
+    {
+        /// Waiting to start.
+        Pending => "pending",
+        /// Running.
+        Running => "running",
+        /// Finished successfully.
+        Success => "success",
+        /// Finished, and the code is at fault.
+        Failure => "failure",
+        /// Could not finish for reasons outside the code.
+        Error => "error",
+        /// Stopped before finishing, e.g. superseded.
+        Cancelled => "cancelled",
+    }
+);
 
 /// A status the `statuses` loop posted (or a check run it created or updated).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,9 +41,8 @@ pub struct PostedStatus {
     pub sha: String,
     /// The context (check run: its name).
     pub context: String,
-    /// The state in reconix's vocabulary: `pending`, `running`, `success`, `failure`, `error`,
-    /// `cancelled`.
-    pub state: String,
+    /// The state posted.
+    pub state: PostedState,
     /// The description.
     pub description: Option<String>,
     /// The link.
@@ -33,7 +57,7 @@ impl StatusDb {
     /// Records a posted status (or check run), replacing the previous one for its context.
     ///
     /// # Errors
-    /// Returns [`crate::Error::Query`] when SQLite fails (e.g. an unknown state).
+    /// Returns [`crate::Error::Query`] when SQLite fails.
     pub fn record_posted_status(&mut self, repo: RepoId, status: &PostedStatus) -> Result<()> {
         let check_run = status
             .check_run_id
@@ -53,7 +77,7 @@ impl StatusDb {
                     repo.0,
                     status.sha,
                     status.context,
-                    status.state,
+                    status.state.as_str(),
                     status.description,
                     status.target_url,
                     check_run,
@@ -67,7 +91,8 @@ impl StatusDb {
     /// Returns what was posted on the given commits of `repo`.
     ///
     /// # Errors
-    /// Returns [`crate::Error::Query`] when SQLite fails.
+    /// Returns [`crate::Error::Query`] when SQLite fails and [`crate::Error::Corrupt`] for a
+    /// row whose state is not a [`PostedState`].
     pub fn posted_statuses(&self, repo: RepoId, shas: &[String]) -> Result<Vec<PostedStatus>> {
         const OP: &str = "posted_statuses";
         let mut stmt = self
@@ -84,7 +109,7 @@ impl StatusDb {
                 out.push(PostedStatus {
                     sha: get(row, 0, OP)?,
                     context: get(row, 1, OP)?,
-                    state: get(row, 2, OP)?,
+                    state: parse("posted_statuses", "state", get(row, 2, OP)?)?,
                     description: get(row, 3, OP)?,
                     target_url: get(row, 4, OP)?,
                     check_run_id: get::<Option<i64>>(row, 5, OP)?
@@ -144,29 +169,81 @@ mod tests {
         let mut s = PostedStatus {
             sha: "aaa".to_owned(),
             context: "ci/summary".to_owned(),
-            state: "running".to_owned(),
+            state: PostedState::Running,
             description: Some("1/2".to_owned()),
             target_url: None,
             check_run_id: Some(42),
             posted_at: T0,
         };
         db.record_posted_status(repo, &s).unwrap();
-        s.state = "success".to_owned();
+        s.state = PostedState::Success;
         s.check_run_id = None;
         s.posted_at = at(5);
         db.record_posted_status(repo, &s).unwrap();
         let rows = db.posted_statuses(repo, &["aaa".to_owned()]).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
-            (
-                rows[0].state.as_str(),
-                rows[0].check_run_id,
-                rows[0].posted_at
-            ),
-            ("success", Some(42), at(5))
+            (rows[0].state, rows[0].check_run_id, rows[0].posted_at),
+            (PostedState::Success, Some(42), at(5))
         );
-        s.state = "bogus".to_owned();
-        assert!(db.record_posted_status(repo, &s).is_err());
+        // The table's CHECK still refuses states outside the enum.
+        let bogus = db.conn.execute(
+            "INSERT INTO posted_statuses (repo_id, sha, context, state, posted_at) \
+             VALUES (?1, 'aaa', 'ci/x', 'bogus', 0)",
+            [repo.0],
+        );
+        assert!(bogus.is_err());
+    }
+
+    #[test]
+    fn every_posted_state_should_be_stored_and_read_back() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let repo = db.upsert_repo(&repo_key("gh/a/b")).unwrap();
+        for (i, state) in PostedState::ALL.iter().enumerate() {
+            let s = PostedStatus {
+                sha: "aaa".to_owned(),
+                context: format!("ci/{i}"),
+                state: *state,
+                description: None,
+                target_url: None,
+                check_run_id: None,
+                posted_at: T0,
+            };
+            db.record_posted_status(repo, &s).unwrap();
+        }
+        let states: Vec<PostedState> = db
+            .posted_statuses(repo, &["aaa".to_owned()])
+            .unwrap()
+            .into_iter()
+            .map(|p| p.state)
+            .collect();
+        assert_eq!(states, PostedState::ALL);
+    }
+
+    #[test]
+    fn posted_status_with_an_unknown_state_should_be_reported_corrupt() {
+        let db = StatusDb::open_memory().unwrap();
+        // The CHECK constraint keeps such rows out; an older or hand-edited database could
+        // still hold one, and it must surface instead of being dropped.
+        db.conn
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON; \
+                 INSERT INTO repos (id, forge, name) VALUES (1, 'gh', 'a/b'); \
+                 INSERT INTO posted_statuses (repo_id, sha, context, state, posted_at) \
+                 VALUES (1, 'aaa', 'ci/x', 'done', 0);",
+            )
+            .unwrap();
+        let err = db
+            .posted_statuses(RepoId(1), &["aaa".to_owned()])
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                crate::Error::Corrupt { table: "posted_statuses", column: "state", value, .. }
+                    if value == "done"
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ macro_rules! state_enum {
                 static LIST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     let unfinished: Vec<$name> =
                         $name::ALL.iter().copied().filter(|s| !s.is_terminal()).collect();
-                    sql_list(&unfinished)
+                    $crate::types::sql_list(&unfinished)
                 });
                 &LIST
             }
@@ -122,6 +122,7 @@ macro_rules! state_enum {
         }
     };
 }
+pub(crate) use state_enum;
 
 state_enum!(
     /// Says where an evaluation is in `queued → evaluating → building → finished`, or whether it
@@ -185,6 +186,18 @@ state_enum!(
         Cancelled => "cancelled",
     }
 );
+
+impl JobState {
+    /// Returns true for the states that count as a failure of the job, hence of its
+    /// evaluation: `failed`, `dependency-failed` and `eval-failed`. `cancelled` is neither a
+    /// failure nor a success.
+    pub const fn is_failing(self) -> bool {
+        matches!(
+            self,
+            Self::Failed | Self::DependencyFailed | Self::EvalFailed
+        )
+    }
+}
 
 impl BuildState {
     /// The ended states a rebuild resets to `queued`: every terminal state but `succeeded`.
@@ -475,6 +488,24 @@ mod tests {
         assert!(BuildState::TimedOut.is_terminal());
         assert!(!BuildState::TimedOut.is_final());
         assert!(BuildState::Failed.is_final());
+    }
+
+    #[test]
+    fn failing_job_states_should_be_failed_dependency_failed_and_eval_failed() {
+        let failing: Vec<_> = JobState::ALL.iter().filter(|s| s.is_failing()).collect();
+        assert_eq!(
+            failing,
+            [
+                &JobState::Failed,
+                &JobState::DependencyFailed,
+                &JobState::EvalFailed
+            ]
+        );
+        assert!(
+            JobState::ALL
+                .iter()
+                .all(|s| !s.is_failing() || s.is_terminal())
+        );
     }
 
     #[test]

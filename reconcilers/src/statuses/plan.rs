@@ -1,24 +1,34 @@
 //! The pure plan of the `statuses` loop: which forge commit statuses (and GitHub check runs)
 //! every evaluated commit should carry, diffed against what was last posted and batched per
-//! commit by a debounce window.
+//! commit by a debounce window, and which evaluations are settled.
 //!
-//! [`desired`] says what each commit should show; [`plan`] keeps the entries that differ from
-//! [`Posted`] and withholds a commit's entries while its debounce window is open. Each commit is
-//! planned on its own: nothing about one sha depends on another sha's evaluations or rows.
+//! [`plan`] is the loop's whole decision. From the rows as stored ([`Observed`]) it derives the
+//! [`Inputs`] — which open pull requests are untrusted ([`Trust`]) and, for each
+//! `dependency-failed` job, which dependency failed — then [`desired`] says what each commit
+//! should show, and [`plan_inputs`] keeps the entries that differ from what was posted,
+//! withholds a commit's entries while its debounce window is open, and settles the terminal
+//! evaluations whose commits show everything. Each commit is planned on its own: nothing about
+//! one sha depends on another sha's evaluations or rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use reconix_forge::{
     CheckConclusion, CheckOutput, CheckRunSpec, CheckStatus, CommitStatus, StatusState,
 };
-use reconix_spec::Timestamp;
-use reconix_status::{EvaluationId, EvaluationState, JobId, JobState};
+use reconix_spec::{ForgeKind, RepoKey, Spec, Timestamp};
+use reconix_status::{
+    Evaluation, EvaluationId, EvaluationState, Job, JobState, PostedState, PostedStatus,
+    PullRequestRow,
+};
+use serde::Serialize;
 
+use super::describe::{evaluation_status, job_status, truncate};
+use super::inputs::{EvalInput, Inputs, JobInput, Settings, UntrustedPr};
 use super::summary::{self, Counts};
-
-/// GitHub's cap on a status description, in characters (the other forges allow more).
-const MAX_DESCRIPTION_CHARS: usize = 140;
+use crate::forge_clients::Gate;
+use crate::runtime::{Action, Plan};
+use crate::trust::Trust;
 
 /// The context name (after `<prefix>/`) of the evaluation's own status.
 const EVAL_CONTEXT: &str = "eval";
@@ -26,120 +36,178 @@ const EVAL_CONTEXT: &str = "eval";
 /// The context name (after `<prefix>/`) of a collapsed evaluation's rolling summary.
 const SUMMARY_CONTEXT: &str = "summary";
 
-/// How the loop is configured for one forge.
+/// What `observe` saw for one repository: rows as the database has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// The first part of every context, e.g. `reconix`: contexts are `<prefix>/<attr>`,
-    /// `<prefix>/eval` and `<prefix>/summary`.
-    pub context_prefix: String,
-    /// An evaluation with more jobs than this gets one rolling summary instead of one status
-    /// per job.
-    pub collapse_threshold: usize,
-    /// The batching window per commit: after a post on a commit, its next changes wait until
-    /// this much time has passed.
-    pub debounce: Duration,
-    /// True on GitHub: the collapsed summary is a check run (with a markdown body), not a
-    /// commit status.
-    pub check_runs: bool,
-    /// The daemon's base URL, without a trailing slash.
-    pub external_url: String,
-}
-
-impl Settings {
-    /// Returns the page of an evaluation, `<external_url>/evaluations/<id>`.
-    pub fn evaluation_url(&self, id: EvaluationId) -> String {
-        format!("{}/evaluations/{id}", self.external_url)
-    }
-
-    /// Returns the page of a job, `<external_url>/jobs/<id>`.
-    pub fn job_url(&self, id: JobId) -> String {
-        format!("{}/jobs/{id}", self.external_url)
-    }
-
-    /// Returns the full context `<prefix>/<name>`.
-    pub fn context(&self, name: &str) -> String {
-        format!("{}/{name}", self.context_prefix)
-    }
-}
-
-/// What the loop observed for one repository.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Evaluations whose commits may need statuses.
-    pub evaluations: Vec<EvalInput>,
-    /// Open pull requests whose author may not write to the repository, hence not evaluated.
-    pub untrusted: Vec<UntrustedPr>,
-    /// What was last posted per `(sha, context)`.
-    pub posted: Vec<Posted>,
+    /// Whether the forge may be called.
+    pub gate: Gate,
+    /// The evaluations whose statuses are not settled yet, oldest first.
+    pub evaluations: Vec<ObservedEvaluation>,
+    /// The open pull requests, trusted or not.
+    pub pull_requests: Vec<PullRequestRow>,
+    /// What was last posted on the commits of the evaluations and pull requests.
+    pub posted: Vec<PostedStatus>,
 }
 
-/// One evaluation and its jobs.
+impl Observed {
+    /// Returns an observation with nothing in it behind `gate`.
+    pub fn empty(gate: Gate) -> Self {
+        Self {
+            gate,
+            evaluations: Vec::new(),
+            pull_requests: Vec::new(),
+            posted: Vec::new(),
+        }
+    }
+}
+
+/// One unsettled evaluation as stored, with its jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvalInput {
-    /// Its id; the highest id speaks for a commit evaluated on several refs.
-    pub id: EvaluationId,
-    /// The evaluated commit.
-    pub sha: String,
-    /// The ref it was evaluated for, e.g. `refs/heads/main`.
-    pub git_ref: String,
-    /// Where it stands.
-    pub state: EvaluationState,
-    /// Why the evaluation as a whole failed, when it did.
-    pub error: Option<String>,
-    /// The commit that superseded it, when it is superseded and that commit is known.
+pub struct ObservedEvaluation {
+    /// The evaluation row.
+    pub evaluation: Evaluation,
+    /// The rev of the evaluation that superseded it, when that one is still stored.
     pub superseded_by_rev: Option<String>,
-    /// Its jobs.
-    pub jobs: Vec<JobInput>,
+    /// Its jobs, in id order.
+    pub jobs: Vec<Job>,
 }
 
-/// One job of an evaluation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobInput {
-    /// Its id.
-    pub id: JobId,
-    /// Its attribute path, the last part of its context.
-    pub attr: String,
-    /// Where it stands.
-    pub state: JobState,
-    /// Its build or evaluation error, when there is one.
-    pub error: Option<String>,
-    /// The attribute of a failed dependency, for `dependency-failed` jobs.
-    pub failed_dependency: Option<String>,
+/// Returns the loop's settings for forge kind `kind` under `spec`.
+pub fn settings(spec: &Spec, kind: ForgeKind) -> Settings {
+    Settings {
+        context_prefix: spec.statuses.context_prefix.clone(),
+        collapse_threshold: usize::try_from(spec.statuses.collapse_threshold).unwrap_or(usize::MAX),
+        debounce: spec.statuses.debounce.to_std(),
+        check_runs: kind == ForgeKind::Github,
+        external_url: spec
+            .external_url
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_owned(),
+    }
 }
 
-/// An open pull request that is not evaluated because its author is not trusted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UntrustedPr {
-    /// Its head commit.
-    pub sha: String,
-    /// Its number.
-    pub number: u64,
-    /// Its author's login.
-    pub author: String,
+/// Plans the `statuses` loop for one repository (pure): nothing while the forge may not be
+/// called, else the steps of [`plan_inputs`] over the [`inputs`] derived from `observed`.
+pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
+    let Some((forge, repo)) = desired.repo(key) else {
+        return Plan {
+            steps: Vec::new(),
+            then: Action::await_change(),
+        };
+    };
+    match observed.gate {
+        Gate::Wait(d) => {
+            return Plan {
+                steps: Vec::new(),
+                then: Action::requeue(d),
+            };
+        }
+        Gate::Paused => {
+            return Plan {
+                steps: Vec::new(),
+                then: Action::await_change(),
+            };
+        }
+        Gate::Open => {}
+    }
+    let planned = plan_inputs(
+        &settings(desired, forge.kind),
+        &inputs(observed, &repo.allowlist),
+        now,
+    );
+    Plan {
+        steps: planned.steps,
+        then: planned
+            .wake_after
+            .map_or(Action::await_change(), Action::requeue),
+    }
 }
 
-/// What was last posted for one `(sha, context)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Posted {
-    /// The commit.
-    pub sha: String,
-    /// The full context, e.g. `reconix/eval`.
-    pub context: String,
-    /// The state posted.
-    pub state: StatusState,
-    /// The description posted (for a check run: its output title).
-    pub description: Option<String>,
-    /// The link posted (for a check run: its details URL).
-    pub target_url: Option<String>,
-    /// The GitHub check run carrying this context, when it is one.
-    pub check_run_id: Option<u64>,
-    /// When it was posted.
-    pub posted_at: Timestamp,
+/// Derives what the plan works from: every observed evaluation with, for each
+/// `dependency-failed` job, the attribute of its first dependency (in id order) that did not
+/// succeed; and every open pull request whose author is [`Trust::Untrusted`] under `allowlist`
+/// on a commit no observed evaluation is for.
+pub fn inputs(observed: &Observed, allowlist: &[String]) -> Inputs {
+    let evaluations: Vec<EvalInput> = observed.evaluations.iter().map(eval_input).collect();
+    let evaluated: BTreeSet<&str> = evaluations.iter().map(|e| e.sha.as_str()).collect();
+    let untrusted = observed
+        .pull_requests
+        .iter()
+        .filter(|p| {
+            Trust::of_row(p, allowlist) == Trust::Untrusted
+                && !evaluated.contains(p.head_sha.as_str())
+        })
+        .map(|p| UntrustedPr {
+            sha: p.head_sha.clone(),
+            number: p.number,
+            author: p.author.clone().unwrap_or_default(),
+        })
+        .collect();
+    Inputs {
+        evaluations,
+        untrusted,
+        posted: observed.posted.clone(),
+    }
 }
 
-/// One call to the forge. The apply side records `(state, description, target_url)` (and the
-/// check run id) as a [`Posted`] row once it succeeds, so the next plan sees it as posted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Returns the plan's view of one observed evaluation (see [`inputs`]).
+fn eval_input(observed: &ObservedEvaluation) -> EvalInput {
+    let e = &observed.evaluation;
+    let by_id: HashMap<_, _> = observed
+        .jobs
+        .iter()
+        .map(|j| (j.id, (j.attr.as_str(), j.state)))
+        .collect();
+    let failed_dependency = |j: &Job| {
+        j.deps.iter().find_map(|d| {
+            by_id
+                .get(d)
+                .and_then(|(attr, state)| (*state != JobState::Succeeded).then_some(*attr))
+        })
+    };
+    EvalInput {
+        id: e.id,
+        sha: e.rev.clone(),
+        git_ref: e.ref_name.clone(),
+        state: e.state,
+        error: e.error.clone(),
+        superseded_by_rev: observed.superseded_by_rev.clone(),
+        jobs: observed
+            .jobs
+            .iter()
+            .map(|j| JobInput {
+                id: j.id,
+                attr: j.attr.to_string(),
+                state: j.state,
+                error: j.error.clone(),
+                failed_dependency: (j.state == JobState::DependencyFailed)
+                    .then(|| failed_dependency(j).map(str::to_owned))
+                    .flatten(),
+            })
+            .collect(),
+    }
+}
+
+/// Returns the state recorded for a posted status: the forge's [`StatusState`] and the stored
+/// [`PostedState`] name the same six states.
+pub fn posted_state(state: StatusState) -> PostedState {
+    match state {
+        StatusState::Pending => PostedState::Pending,
+        StatusState::Running => PostedState::Running,
+        StatusState::Success => PostedState::Success,
+        StatusState::Failure => PostedState::Failure,
+        StatusState::Error => PostedState::Error,
+        StatusState::Cancelled => PostedState::Cancelled,
+    }
+}
+
+/// One call to the forge, or the end of an evaluation's statuses. The apply side records
+/// `(state, description, target_url)` (and the check run id) as a [`PostedStatus`] row once a
+/// call succeeds, so the next plan sees it as posted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
     /// Posts a commit status.
     Post {
@@ -168,18 +236,24 @@ pub enum Step {
         context: String,
         /// The state to record.
         state: StatusState,
-        /// The check run's id, from the [`Posted`] row.
+        /// The check run's id, from the posted row.
         id: u64,
         /// The check run; its output title is the description to record, its details URL the
         /// target URL.
         spec: CheckRunSpec,
     },
+    /// Marks an evaluation's statuses final: the loop no longer observes it.
+    Settle {
+        /// The evaluation.
+        evaluation: EvaluationId,
+    },
 }
 
-/// The steps of one pass and when to look again.
+/// The steps of one pass over the [`Inputs`] and when to look again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusPlan {
-    /// The calls to make, by sha, then eval context, summary, and attributes in order.
+    /// The calls to make, by sha, then eval context, summary, and attributes in order; then the
+    /// evaluations to settle, in the order observed.
     pub steps: Vec<Step>,
     /// The earliest time a debounced commit may post again, when one is waiting.
     pub wake_after: Option<Duration>,
@@ -218,25 +292,22 @@ impl Desired {
     /// Returns true when `posted` already shows this entry: state, description and target URL
     /// for a status; state and description for a check run (its body follows the counts that
     /// the description carries).
-    pub fn is_posted(&self, posted: Option<&Posted>) -> bool {
+    pub fn is_posted(&self, posted: Option<&PostedStatus>) -> bool {
         let Some(p) = posted else {
             return false;
         };
+        let state = p.state == posted_state(self.state);
         match self.kind {
             DesiredKind::Status => {
-                p.state == self.state
-                    && p.description == self.description
-                    && p.target_url == self.target_url
+                state && p.description == self.description && p.target_url == self.target_url
             }
-            DesiredKind::CheckRun { .. } => {
-                p.state == self.state && p.description == self.description
-            }
+            DesiredKind::CheckRun { .. } => state && p.description == self.description,
         }
     }
 
     /// Returns the call that makes the forge show this entry: a check run is updated when
     /// `posted` carries its id, created otherwise.
-    fn into_step(self, posted: Option<&Posted>) -> Step {
+    fn into_step(self, posted: Option<&PostedStatus>) -> Step {
         match self.kind {
             DesiredKind::Status => Step::Post {
                 sha: self.sha,
@@ -279,7 +350,7 @@ enum Speaker<'a> {
 ///
 /// A commit shows its highest-id evaluation; a commit without evaluation but with an
 /// untrusted pull request shows a pending `<prefix>/eval` saying who may not write.
-pub fn desired(settings: &Settings, observed: &Observed) -> Vec<Desired> {
+pub fn desired(settings: &Settings, observed: &Inputs) -> Vec<Desired> {
     let mut speakers: BTreeMap<&str, Speaker<'_>> = BTreeMap::new();
     for eval in &observed.evaluations {
         let newer = match speakers.get(eval.sha.as_str()) {
@@ -323,14 +394,16 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Vec<Desired> {
     out
 }
 
-/// Plans one pass (pure): the [`desired`] entries that differ from [`Observed::posted`], except
-/// for commits whose debounce window is still open.
+/// Plans one pass over the [`Inputs`]: the [`desired`] entries that differ from
+/// [`Inputs::posted`], except for commits whose debounce window is still open; then a
+/// [`Step::Settle`] for every terminal evaluation whose commit shows everything it should.
 ///
 /// A commit's window opens at the newest `posted_at` among its rows and lasts
 /// [`Settings::debounce`]; a commit never posted before posts at once. While a window holds back
-/// differences, [`StatusPlan::wake_after`] is the shortest remaining wait.
-pub fn plan(settings: &Settings, observed: &Observed, now: Timestamp) -> StatusPlan {
-    let mut posted: BTreeMap<(&str, &str), &Posted> = BTreeMap::new();
+/// differences, [`StatusPlan::wake_after`] is the shortest remaining wait. A commit that still
+/// differs (posted now or held back) settles none of its evaluations.
+pub fn plan_inputs(settings: &Settings, observed: &Inputs, now: Timestamp) -> StatusPlan {
+    let mut posted: BTreeMap<(&str, &str), &PostedStatus> = BTreeMap::new();
     let mut last: BTreeMap<&str, Timestamp> = BTreeMap::new();
     for row in &observed.posted {
         let slot = posted
@@ -346,6 +419,7 @@ pub fn plan(settings: &Settings, observed: &Observed, now: Timestamp) -> StatusP
 
     let mut steps = Vec::new();
     let mut wake_after: Option<Duration> = None;
+    let mut unsettled: BTreeSet<&str> = BTreeSet::new();
     let all = desired(settings, observed);
     // `desired` groups entries by sha, so each chunk is one commit.
     for commit in all.chunk_by(|a, b| a.sha == b.sha) {
@@ -356,6 +430,7 @@ pub fn plan(settings: &Settings, observed: &Observed, now: Timestamp) -> StatusP
         let Some(first) = changed.first() else {
             continue;
         };
+        unsettled.insert(first.sha.as_str());
         if let Some(last) = last.get(first.sha.as_str()) {
             let open = last.plus(settings.debounce);
             if now < open {
@@ -370,6 +445,13 @@ pub fn plan(settings: &Settings, observed: &Observed, now: Timestamp) -> StatusP
                 .map(|d| d.clone().into_step(posted_row(d))),
         );
     }
+    steps.extend(
+        observed
+            .evaluations
+            .iter()
+            .filter(|e| e.state.is_terminal() && !unsettled.contains(e.sha.as_str()))
+            .map(|e| Step::Settle { evaluation: e.id }),
+    );
     StatusPlan { steps, wake_after }
 }
 
@@ -469,101 +551,10 @@ fn check_status(state: StatusState) -> (CheckStatus, Option<CheckConclusion>) {
     }
 }
 
-/// Returns the state and description of `<prefix>/eval`.
-fn evaluation_status(eval: &EvalInput) -> (StatusState, String) {
-    let (state, description) = match eval.state {
-        EvaluationState::Queued => (StatusState::Pending, "queued".to_owned()),
-        EvaluationState::Evaluating => (StatusState::Running, "evaluating".to_owned()),
-        EvaluationState::Building | EvaluationState::Finished => {
-            let n = eval.jobs.len();
-            let mut text = format!("{n} job{}", if n == 1 { "" } else { "s" });
-            let eval_failed = eval
-                .jobs
-                .iter()
-                .filter(|j| j.state == JobState::EvalFailed)
-                .count();
-            if eval_failed > 0 {
-                text.push_str(&format!(", {eval_failed} failed to evaluate"));
-            }
-            (StatusState::Success, text)
-        }
-        EvaluationState::Failed => (
-            StatusState::Failure,
-            with_detail(
-                "evaluation failed",
-                eval.error.as_deref().and_then(first_line),
-            ),
-        ),
-        EvaluationState::Superseded => (StatusState::Cancelled, superseded(eval)),
-    };
-    (state, truncate(description))
-}
-
-/// Returns the state and description of one job's context (also the line of a failing job in
-/// the markdown summary).
-pub(crate) fn job_status(eval: &EvalInput, job: &JobInput) -> (StatusState, String) {
-    let error = job.error.as_deref().and_then(first_line);
-    let (state, description) = match job.state {
-        JobState::Queued => (StatusState::Pending, "queued".to_owned()),
-        JobState::Building => (StatusState::Running, "building".to_owned()),
-        JobState::Succeeded => (StatusState::Success, "built".to_owned()),
-        JobState::Failed => (StatusState::Failure, with_detail("build failed", error)),
-        JobState::DependencyFailed => (
-            StatusState::Failure,
-            with_detail(
-                "dependency failed",
-                job.failed_dependency.as_deref().and_then(first_line),
-            ),
-        ),
-        JobState::EvalFailed => (
-            StatusState::Failure,
-            with_detail("evaluation failed", error),
-        ),
-        JobState::Cancelled if eval.state == EvaluationState::Superseded => {
-            (StatusState::Cancelled, superseded(eval))
-        }
-        JobState::Cancelled => (StatusState::Cancelled, "cancelled".to_owned()),
-    };
-    (state, truncate(description))
-}
-
-/// Returns `superseded by <first 8 characters of the rev>`, or `superseded`.
-fn superseded(eval: &EvalInput) -> String {
-    match eval.superseded_by_rev.as_deref().map(str::trim) {
-        Some(rev) if !rev.is_empty() => {
-            let short: String = rev.chars().take(8).collect();
-            format!("superseded by {short}")
-        }
-        _ => "superseded".to_owned(),
-    }
-}
-
-/// Returns `<what>: <detail>`, or `<what>` without detail.
-fn with_detail(what: &str, detail: Option<&str>) -> String {
-    match detail {
-        Some(detail) => format!("{what}: {detail}"),
-        None => what.to_owned(),
-    }
-}
-
-/// Returns the first non-blank line of `text`, trimmed; `None` when all of it is blank.
-fn first_line(text: &str) -> Option<&str> {
-    text.lines().map(str::trim).find(|l| !l.is_empty())
-}
-
-/// Cuts a description to [`MAX_DESCRIPTION_CHARS`] characters, ending with `…` when cut. GitHub
-/// rejects longer descriptions, which would leave a stale status on the commit.
-fn truncate(text: String) -> String {
-    if text.chars().count() <= MAX_DESCRIPTION_CHARS {
-        return text;
-    }
-    let mut cut: String = text.chars().take(MAX_DESCRIPTION_CHARS - 1).collect();
-    cut.push('…');
-    cut
-}
-
 #[cfg(test)]
 mod tests {
+    use reconix_status::JobId;
+
     use super::*;
 
     const SHA_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -664,22 +655,22 @@ mod tests {
         }
     }
 
-    fn observed(evaluations: Vec<EvalInput>) -> Observed {
-        Observed {
+    fn observed(evaluations: Vec<EvalInput>) -> Inputs {
+        Inputs {
             evaluations,
-            ..Observed::default()
+            ..Inputs::default()
         }
     }
 
     /// Records every desired entry as posted at `at`, as the apply side would.
-    fn posted_all(settings: &Settings, observed: &Observed, at: Timestamp) -> Vec<Posted> {
+    fn posted_all(settings: &Settings, observed: &Inputs, at: Timestamp) -> Vec<PostedStatus> {
         desired(settings, observed)
             .into_iter()
-            .map(|d| Posted {
+            .map(|d| PostedStatus {
                 check_run_id: matches!(d.kind, DesiredKind::CheckRun { .. }).then_some(99),
                 sha: d.sha,
                 context: d.context,
-                state: d.state,
+                state: posted_state(d.state),
                 description: d.description,
                 target_url: d.target_url,
                 posted_at: at,
@@ -688,9 +679,10 @@ mod tests {
     }
 
     /// Applies steps to the posted rows as the apply side would; check runs get ids from 1000.
-    fn apply(steps: &[Step], posted: &mut Vec<Posted>, now: Timestamp) {
+    fn apply(steps: &[Step], posted: &mut Vec<PostedStatus>, now: Timestamp) {
         for step in steps {
             let (sha, context, state, description, target_url, id) = match step {
+                Step::Settle { .. } => continue,
                 Step::Post { sha, status } => (
                     sha,
                     &status.context,
@@ -728,10 +720,10 @@ mod tests {
                 ),
             };
             posted.retain(|p| !(p.sha == *sha && p.context == *context));
-            posted.push(Posted {
+            posted.push(PostedStatus {
                 sha: sha.clone(),
                 context: context.clone(),
-                state,
+                state: posted_state(state),
                 description,
                 target_url,
                 check_run_id: id,
@@ -756,7 +748,7 @@ mod tests {
     }
 
     fn only_status(settings: &Settings, eval: EvalInput, context: &str) -> CommitStatus {
-        let plan = plan(settings, &observed(vec![eval]), at(0));
+        let plan = plan_inputs(settings, &observed(vec![eval]), at(0));
         plan.steps
             .into_iter()
             .find_map(|s| match s {
@@ -935,7 +927,7 @@ mod tests {
     #[test]
     fn evaluation_at_the_threshold_should_post_one_status_per_job() {
         let eval = EvalInput::test(1, SHA_A).jobs(3, JobState::Queued);
-        let plan = plan(&settings(), &observed(vec![eval]), at(0));
+        let plan = plan_inputs(&settings(), &observed(vec![eval]), at(0));
         let contexts: Vec<&str> = statuses(&plan).iter().map(|s| s.1).collect();
         assert_eq!(
             contexts,
@@ -954,7 +946,7 @@ mod tests {
             .jobs(2, JobState::Succeeded)
             .jobs(1, JobState::Failed)
             .jobs(1, JobState::Building);
-        let plan = plan(&settings(), &observed(vec![eval]), at(0));
+        let plan = plan_inputs(&settings(), &observed(vec![eval]), at(0));
         assert_eq!(
             statuses(&plan),
             [
@@ -1029,7 +1021,7 @@ mod tests {
         let eval = EvalInput::test(1, SHA_A)
             .jobs(3, JobState::Succeeded)
             .job(JobInput::test(9, "broken").state(JobState::Failed));
-        let plan = plan(&github(), &observed(vec![eval]), at(0));
+        let plan = plan_inputs(&github(), &observed(vec![eval]), at(0));
         assert_eq!(plan.steps.len(), 2);
         assert!(
             matches!(&plan.steps[0], Step::Post { status, .. } if status.context == "reconix/eval")
@@ -1093,7 +1085,7 @@ mod tests {
                 .jobs(1, JobState::Building),
         ]);
         after.posted = posted_all(&s, &before, at(0));
-        let plan = plan(&s, &after, at(60));
+        let plan = plan_inputs(&s, &after, at(60));
         let [
             Step::UpdateCheckRun {
                 sha,
@@ -1131,7 +1123,7 @@ mod tests {
                 .collect(),
             ..eval
         }];
-        let plan = plan(&s, &obs, at(60));
+        let plan = plan_inputs(&s, &obs, at(60));
         assert!(
             matches!(plan.steps.as_slice(), [Step::CreateCheckRun { .. }]),
             "{:?}",
@@ -1148,7 +1140,7 @@ mod tests {
             ]);
             obs.posted = posted_all(&s, &obs, at(0));
             assert_eq!(
-                plan(&s, &obs, at(100)),
+                plan_inputs(&s, &obs, at(100)),
                 StatusPlan {
                     steps: Vec::new(),
                     wake_after: None
@@ -1167,7 +1159,7 @@ mod tests {
                 p.target_url = None;
             }
         }
-        assert!(plan(&s, &obs, at(100)).steps.is_empty());
+        assert!(plan_inputs(&s, &obs, at(100)).steps.is_empty());
     }
 
     #[test]
@@ -1176,12 +1168,12 @@ mod tests {
         let mut obs = observed(vec![EvalInput::test(1, SHA_A)]);
         obs.posted = posted_all(&s, &obs, at(0));
         obs.posted[0].target_url = Some("https://old.example.org/evaluations/1".to_owned());
-        assert_eq!(plan(&s, &obs, at(100)).steps.len(), 1);
+        assert_eq!(plan_inputs(&s, &obs, at(100)).steps.len(), 1);
     }
 
     #[test]
     fn first_post_of_a_commit_should_be_immediate() {
-        let plan = plan(
+        let plan = plan_inputs(
             &settings(),
             &observed(vec![
                 EvalInput::test(1, SHA_A).state(EvaluationState::Queued),
@@ -1205,7 +1197,7 @@ mod tests {
             EvalInput::test(1, SHA_A).state(EvaluationState::Evaluating),
         ]);
         obs.posted = posted_all(&s, &before, at(100));
-        let plan = plan(&s, &obs, Timestamp(103_500));
+        let plan = plan_inputs(&s, &obs, Timestamp(103_500));
         assert!(plan.steps.is_empty());
         assert_eq!(plan.wake_after, Some(Duration::from_millis(6_500)));
     }
@@ -1220,7 +1212,7 @@ mod tests {
             EvalInput::test(1, SHA_A).state(EvaluationState::Evaluating),
         ]);
         obs.posted = posted_all(&s, &before, at(100));
-        let plan = plan(&s, &obs, at(110));
+        let plan = plan_inputs(&s, &obs, at(110));
         assert_eq!(
             statuses(&plan),
             [(SHA_A, "reconix/eval", StatusState::Running, "evaluating")]
@@ -1243,7 +1235,7 @@ mod tests {
         }
         obs.posted = posted_all(&s, &before, at(100));
         // SHA_A: rows at 96 and 98; the newer one sets the window (ends at 108, wait 4 s).
-        obs.posted.push(Posted {
+        obs.posted.push(PostedStatus {
             context: "reconix/other".to_owned(),
             posted_at: at(98),
             ..obs.posted[0].clone()
@@ -1251,7 +1243,7 @@ mod tests {
         obs.posted[0].posted_at = at(96);
         // SHA_B: window ended at 100, so it posts; the third sha's ends at 110 (wait 6 s).
         obs.posted[1].posted_at = at(90);
-        let plan = plan(&s, &obs, at(104));
+        let plan = plan_inputs(&s, &obs, at(104));
         assert_eq!(
             statuses(&plan),
             [(SHA_B, "reconix/eval", StatusState::Running, "evaluating")]
@@ -1277,7 +1269,7 @@ mod tests {
                 author: "eve".to_owned(),
             },
         ];
-        let plan = plan(&settings(), &obs, at(0));
+        let plan = plan_inputs(&settings(), &obs, at(0));
         assert_eq!(
             plan.steps,
             [
@@ -1317,7 +1309,7 @@ mod tests {
             vec![branch.clone(), pr.clone()],
             vec![pr.clone(), branch.clone()],
         ] {
-            let plan = plan(&settings(), &observed(evaluations), at(0));
+            let plan = plan_inputs(&settings(), &observed(evaluations), at(0));
             let Step::Post { status, .. } = &plan.steps[0] else {
                 panic!("expected a status");
             };
@@ -1341,7 +1333,7 @@ mod tests {
                 .job(JobInput::test(2, "a")),
             EvalInput::test(1, SHA_A).job(JobInput::test(3, "m")),
         ]);
-        let plan = plan(&settings(), &obs, at(0));
+        let plan = plan_inputs(&settings(), &obs, at(0));
         let order: Vec<(&str, &str)> = statuses(&plan).iter().map(|s| (s.0, s.1)).collect();
         assert_eq!(
             order,
@@ -1360,8 +1352,8 @@ mod tests {
         let s = settings();
         let a = EvalInput::test(1, SHA_A).jobs(2, JobState::Building);
         let b = EvalInput::test(2, SHA_B).jobs(5, JobState::Failed);
-        let alone = plan(&s, &observed(vec![a.clone()]), at(0));
-        let together = plan(&s, &observed(vec![a, b]), at(0));
+        let alone = plan_inputs(&s, &observed(vec![a.clone()]), at(0));
+        let together = plan_inputs(&s, &observed(vec![a, b]), at(0));
         let of_a: Vec<&Step> = together
             .steps
             .iter()
@@ -1373,7 +1365,7 @@ mod tests {
     #[test]
     fn descriptions_should_never_exceed_140_characters() {
         let long = "é🦀x".repeat(200);
-        let obs = Observed {
+        let obs = Inputs {
             evaluations: vec![
                 EvalInput::test(1, SHA_A)
                     .state(EvaluationState::Failed)
@@ -1428,7 +1420,7 @@ mod tests {
             ..github()
         };
         let mut eval = EvalInput::test(1, SHA_A).state(EvaluationState::Queued);
-        let mut posted: Vec<Posted> = Vec::new();
+        let mut posted: Vec<PostedStatus> = Vec::new();
         let mut calls_per_window = Vec::new();
         let mut started = 0;
 
@@ -1465,12 +1457,12 @@ mod tests {
                     }
                     _ => {}
                 }
-                let obs = Observed {
+                let obs = Inputs {
                     evaluations: vec![eval.clone()],
                     untrusted: Vec::new(),
                     posted: posted.clone(),
                 };
-                let plan = plan(&s, &obs, now);
+                let plan = plan_inputs(&s, &obs, now);
                 calls += plan.steps.len();
                 if let Some(wake) = plan.wake_after {
                     assert!(wake <= s.debounce && wake > Duration::ZERO);
@@ -1502,18 +1494,20 @@ mod tests {
         }
         eval.state = EvaluationState::Finished;
         let end = at(WINDOWS * TICKS + 10);
-        let obs = |posted: &[Posted]| Observed {
+        let obs = |posted: &[PostedStatus]| Inputs {
             evaluations: vec![eval.clone()],
             untrusted: Vec::new(),
             posted: posted.to_vec(),
         };
-        let last = plan(&s, &obs(&posted), end);
+        let last = plan_inputs(&s, &obs(&posted), end);
         assert!(last.steps.len() <= 2);
         apply(&last.steps, &mut posted, end);
-        assert!(
-            plan(&s, &obs(&posted), end.plus(s.debounce))
-                .steps
-                .is_empty()
+        // Nothing left to post: the finished evaluation is settled.
+        assert_eq!(
+            plan_inputs(&s, &obs(&posted), end.plus(s.debounce)).steps,
+            [Step::Settle {
+                evaluation: EvaluationId(1)
+            }]
         );
 
         let failing = Counts::of(&eval.jobs).failing();
@@ -1521,14 +1515,14 @@ mod tests {
             .iter()
             .find(|p| p.context == "reconix/summary")
             .unwrap();
-        assert_eq!(summary.state, StatusState::Failure);
+        assert_eq!(summary.state, PostedState::Failure);
         assert_eq!(
             summary.description.as_deref(),
             Some(format!("{}/10000 built, {failing} failed", JOBS - failing).as_str())
         );
         assert!(summary.check_run_id.is_some());
         let eval_status = posted.iter().find(|p| p.context == "reconix/eval").unwrap();
-        assert_eq!(eval_status.state, StatusState::Success);
+        assert_eq!(eval_status.state, PostedState::Success);
         assert_eq!(eval_status.description.as_deref(), Some("10000 jobs"));
         assert_eq!(posted.len(), 2, "no per-job statuses in collapsed mode");
         // One check run, created once and then updated.
@@ -1537,7 +1531,7 @@ mod tests {
 
     #[test]
     fn untrusted_commit_with_several_pull_requests_should_name_the_lowest_numbered_author() {
-        let obs = Observed {
+        let obs = Inputs {
             untrusted: vec![
                 UntrustedPr {
                     sha: SHA_A.to_owned(),
@@ -1550,7 +1544,7 @@ mod tests {
                     author: "mallory".to_owned(),
                 },
             ],
-            ..Observed::default()
+            ..Inputs::default()
         };
         let all = desired(&settings(), &obs);
         assert_eq!(all.len(), 1);
@@ -1558,5 +1552,295 @@ mod tests {
             all[0].description.as_deref(),
             Some("waiting for a trusted push: mallory may not write to this repository")
         );
+    }
+
+    /// Tests of [`plan`] itself: the gate, and the decisions made on the observed rows.
+    mod observed_rows {
+        use std::collections::BTreeMap;
+
+        use reconix_spec::AttrPath;
+        use reconix_status::{Evaluation, Job, RepoId};
+
+        use super::*;
+
+        fn spec(repo_yaml: &str) -> Spec {
+            let yaml = format!(
+                "external-url: https://ci.example.org\nforges:\n  gh:\n    kind: gitea\n    api-url: https://git.example.org/api/v1\n    token-file: /t\n    webhook-secret-file: /s\n    repos:\n      a/b:\n{repo_yaml}"
+            );
+            reconix_spec::parse(&yaml, std::path::Path::new("t.yaml")).unwrap()
+        }
+
+        fn key() -> RepoKey {
+            RepoKey::parse("gh/a/b").unwrap()
+        }
+
+        fn evaluation(id: i64, sha: &str, state: EvaluationState) -> ObservedEvaluation {
+            ObservedEvaluation {
+                evaluation: Evaluation {
+                    id: EvaluationId(id),
+                    repo_id: RepoId(1),
+                    repo: key(),
+                    ref_name: "refs/heads/main".to_owned(),
+                    rev: sha.to_owned(),
+                    flake_ref: "git+file:///m".to_owned(),
+                    state,
+                    error: None,
+                    created_at: Timestamp(0),
+                    started_at: None,
+                    finished_at: None,
+                    superseded_by: None,
+                },
+                superseded_by_rev: None,
+                jobs: Vec::new(),
+            }
+        }
+
+        fn job(id: i64, attr: &str, state: JobState, deps: &[i64]) -> Job {
+            Job {
+                id: JobId(id),
+                evaluation_id: EvaluationId(1),
+                attr: AttrPath::new(attr.to_owned()).unwrap(),
+                name: attr.to_owned(),
+                system: None,
+                drv_path: None,
+                outputs: BTreeMap::new(),
+                deps: deps.iter().map(|d| JobId(*d)).collect(),
+                state,
+                error: None,
+                created_at: Timestamp(0),
+                started_at: None,
+                finished_at: None,
+            }
+        }
+
+        fn pr(number: u64, sha: &str, author: &str, can_write: Option<bool>) -> PullRequestRow {
+            PullRequestRow {
+                number,
+                head_sha: sha.to_owned(),
+                head_ref: "feature".to_owned(),
+                base_ref: "main".to_owned(),
+                author: Some(author.to_owned()),
+                from_fork: true,
+                open: true,
+                author_can_write: can_write,
+                observed_at: Timestamp(0),
+            }
+        }
+
+        fn observed(
+            evaluations: Vec<ObservedEvaluation>,
+            pull_requests: Vec<PullRequestRow>,
+        ) -> Observed {
+            Observed {
+                evaluations,
+                pull_requests,
+                ..Observed::empty(Gate::Open)
+            }
+        }
+
+        fn eval_contexts(plan: &Plan<Step>) -> Vec<(&str, Option<&str>)> {
+            plan.steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Post { sha, status } if status.context == "reconix/eval" => {
+                        Some((sha.as_str(), status.description.as_deref()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        #[test]
+        fn only_untrusted_pull_requests_should_wait_for_a_trusted_push() {
+            let obs = observed(
+                vec![evaluation(1, SHA_B, EvaluationState::Queued)],
+                vec![
+                    pr(1, SHA_A, "mallory", Some(false)),
+                    // Evaluated commit: its evaluation speaks.
+                    pr(2, SHA_B, "eve", Some(false)),
+                    pr(
+                        3,
+                        "cccccccccccccccccccccccccccccccccccccccc",
+                        "alice",
+                        Some(true),
+                    ),
+                    pr(4, "dddddddddddddddddddddddddddddddddddddddd", "bob", None),
+                    pr(
+                        5,
+                        "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
+                        "renovate",
+                        Some(false),
+                    ),
+                ],
+            );
+            let p = plan(
+                &key(),
+                &spec("        allowlist: [renovate]\n"),
+                &obs,
+                at(0),
+            );
+            assert_eq!(
+                eval_contexts(&p),
+                [
+                    (
+                        SHA_A,
+                        Some(
+                            "waiting for a trusted push: mallory may not write to this repository"
+                        )
+                    ),
+                    (SHA_B, Some("queued")),
+                ]
+            );
+        }
+
+        #[test]
+        fn dependency_failed_job_should_name_its_first_dependency_that_did_not_succeed() {
+            let mut e = evaluation(1, SHA_A, EvaluationState::Building);
+            e.jobs = vec![
+                job(1, "ok", JobState::Succeeded, &[]),
+                job(2, "broken", JobState::Failed, &[]),
+                job(3, "also", JobState::DependencyFailed, &[1, 2]),
+                job(4, "after", JobState::DependencyFailed, &[3, 2]),
+                // Its dependency is not stored any more: no name to give.
+                job(5, "orphan", JobState::DependencyFailed, &[99]),
+            ];
+            let inputs = inputs(&observed(vec![e], Vec::new()), &[]);
+            let failed: Vec<(&str, Option<&str>)> = inputs.evaluations[0]
+                .jobs
+                .iter()
+                .map(|j| (j.attr.as_str(), j.failed_dependency.as_deref()))
+                .collect();
+            assert_eq!(
+                failed,
+                [
+                    ("ok", None),
+                    ("broken", None),
+                    ("also", Some("broken")),
+                    ("after", Some("also")),
+                    ("orphan", None),
+                ]
+            );
+        }
+
+        #[test]
+        fn terminal_evaluation_should_settle_once_its_commit_shows_everything() {
+            let s = spec("");
+            let settings = super::super::settings(&s, ForgeKind::Gitea);
+            let mut obs = observed(
+                vec![
+                    evaluation(1, SHA_A, EvaluationState::Finished),
+                    evaluation(2, SHA_B, EvaluationState::Building),
+                ],
+                Vec::new(),
+            );
+            // Nothing posted yet: the finished evaluation's status goes out first.
+            let first = plan(&key(), &s, &obs, at(0));
+            assert!(
+                !first
+                    .steps
+                    .iter()
+                    .any(|st| matches!(st, Step::Settle { .. }))
+            );
+            obs.posted = posted_all(&settings, &inputs(&obs, &[]), at(0));
+            let then = plan(&key(), &s, &obs, at(100));
+            assert_eq!(
+                then.steps,
+                [Step::Settle {
+                    evaluation: EvaluationId(1)
+                }]
+            );
+            assert_eq!(then.then, Action::await_change());
+        }
+
+        #[test]
+        fn older_terminal_evaluation_should_settle_when_a_newer_one_speaks_for_its_commit() {
+            let s = spec("");
+            let settings = super::super::settings(&s, ForgeKind::Gitea);
+            let mut obs = observed(
+                vec![
+                    evaluation(1, SHA_A, EvaluationState::Superseded),
+                    evaluation(2, SHA_A, EvaluationState::Building),
+                ],
+                Vec::new(),
+            );
+            obs.posted = posted_all(&settings, &inputs(&obs, &[]), at(0));
+            assert_eq!(
+                plan(&key(), &s, &obs, at(100)).steps,
+                [Step::Settle {
+                    evaluation: EvaluationId(1)
+                }]
+            );
+        }
+
+        #[test]
+        fn debounced_commit_should_not_settle() {
+            let s = spec("");
+            let settings = super::super::settings(&s, ForgeKind::Gitea);
+            let before = observed(
+                vec![evaluation(1, SHA_A, EvaluationState::Evaluating)],
+                Vec::new(),
+            );
+            let mut obs = observed(
+                vec![evaluation(1, SHA_A, EvaluationState::Failed)],
+                Vec::new(),
+            );
+            obs.posted = posted_all(&settings, &inputs(&before, &[]), at(100));
+            // The eval status changed while the window is open: nothing posted, nothing settled.
+            let p = plan(&key(), &s, &obs, at(101));
+            assert!(p.steps.is_empty(), "{:?}", p.steps);
+            assert_eq!(
+                p.then,
+                Action::requeue(settings.debounce - Duration::from_secs(1))
+            );
+        }
+
+        #[test]
+        fn closed_gate_should_plan_nothing() {
+            let mut obs = observed(
+                vec![evaluation(1, SHA_A, EvaluationState::Queued)],
+                Vec::new(),
+            );
+            obs.gate = Gate::Wait(Duration::from_secs(7));
+            let p = plan(&key(), &spec(""), &obs, at(0));
+            assert!(p.steps.is_empty());
+            assert_eq!(p.then, Action::requeue(Duration::from_secs(7)));
+            obs.gate = Gate::Paused;
+            let p = plan(&key(), &spec(""), &obs, at(0));
+            assert!(p.steps.is_empty());
+            assert_eq!(p.then, Action::await_change());
+        }
+
+        #[test]
+        fn repository_gone_from_the_spec_should_plan_nothing() {
+            let obs = observed(
+                vec![evaluation(1, SHA_A, EvaluationState::Queued)],
+                Vec::new(),
+            );
+            let other = RepoKey::parse("gh/c/d").unwrap();
+            let p = plan(&other, &spec(""), &obs, at(0));
+            assert!(p.steps.is_empty());
+            assert_eq!(p.then, Action::await_change());
+        }
+
+        #[test]
+        fn every_forge_state_should_be_recorded_under_its_own_name() {
+            let all = [
+                StatusState::Pending,
+                StatusState::Running,
+                StatusState::Success,
+                StatusState::Failure,
+                StatusState::Error,
+                StatusState::Cancelled,
+            ];
+            let recorded: Vec<PostedState> = all.iter().map(|s| posted_state(*s)).collect();
+            assert_eq!(recorded, PostedState::ALL);
+            for s in all {
+                assert_eq!(
+                    serde_json::to_value(s).unwrap(),
+                    posted_state(s).as_str(),
+                    "{s:?}"
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,8 @@
 
 use reconix_status::JobState;
 
-use super::plan::{EvalInput, JobInput, Settings, job_status};
+use super::describe::job_status;
+use super::inputs::{EvalInput, JobInput, Settings};
 
 /// GitHub's cap on a check run's `output.summary`, in characters.
 pub(crate) const MAX_SUMMARY_LEN: usize = 65_535;
@@ -45,23 +46,33 @@ impl Counts {
             ..Self::default()
         };
         for job in jobs {
-            let slot = match job.state {
-                JobState::Queued => &mut counts.queued,
-                JobState::Building => &mut counts.running,
-                JobState::Succeeded => &mut counts.succeeded,
-                JobState::Failed => &mut counts.failed,
-                JobState::DependencyFailed => &mut counts.dependency_failed,
-                JobState::Cancelled => &mut counts.cancelled,
-                JobState::EvalFailed => &mut counts.eval_failed,
-            };
-            *slot += 1;
+            *counts.slot(job.state) += 1;
         }
         counts
     }
 
-    /// Returns the number of jobs that failed in any way (build, dependency, evaluation).
+    /// Returns the counter of the jobs in `state`.
+    fn slot(&mut self, state: JobState) -> &mut usize {
+        match state {
+            JobState::Queued => &mut self.queued,
+            JobState::Building => &mut self.running,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Failed => &mut self.failed,
+            JobState::DependencyFailed => &mut self.dependency_failed,
+            JobState::Cancelled => &mut self.cancelled,
+            JobState::EvalFailed => &mut self.eval_failed,
+        }
+    }
+
+    /// Returns the number of jobs that failed in any way: those in a state
+    /// [`JobState::is_failing`] names (build, dependency, evaluation).
     pub(crate) fn failing(&self) -> usize {
-        self.failed + self.dependency_failed + self.eval_failed
+        let mut counts = *self;
+        JobState::ALL
+            .iter()
+            .filter(|s| s.is_failing())
+            .map(|s| *counts.slot(*s))
+            .sum()
     }
 
     /// Returns the one-line description of the rolling summary, e.g.
@@ -118,12 +129,7 @@ pub(crate) fn markdown(settings: &Settings, evaluation: &EvalInput) -> String {
     let mut failing: Vec<&JobInput> = evaluation
         .jobs
         .iter()
-        .filter(|j| {
-            matches!(
-                j.state,
-                JobState::Failed | JobState::DependencyFailed | JobState::EvalFailed
-            )
-        })
+        .filter(|j| j.state.is_failing())
         .collect();
     if failing.is_empty() {
         return cap(out);

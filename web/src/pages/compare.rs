@@ -34,14 +34,6 @@ pub(crate) struct PullComparison {
     pub unfinished: u64,
 }
 
-/// Returns true for the job states that count as a failure in a comparison.
-fn failing(state: JobState) -> bool {
-    matches!(
-        state,
-        JobState::Failed | JobState::DependencyFailed | JobState::EvalFailed
-    )
-}
-
 /// Compares the jobs of a pull request's evaluation (`head`) with those of its base branch's
 /// (`base`) by attribute path. Each list in the result is sorted by attribute.
 ///
@@ -63,7 +55,7 @@ pub(crate) fn compare_evaluations(base: &[JobOutcome], head: &[JobOutcome]) -> P
             base: (*b).clone(),
             head: h.clone(),
         };
-        match (failing(b.state), failing(h.state)) {
+        match (b.state.is_failing(), h.state.is_failing()) {
             (false, true) => out.newly_failing.push(change()),
             (true, true) => out.still_failing.push(change()),
             (true, false) if h.state == JobState::Succeeded => out.fixed.push(change()),
