@@ -15,11 +15,10 @@
 //!
 //! A refused agent is told why on its control channel, in the background: refusals never hold
 //! up the agents behind them. Nothing is recorded for it. Admitted connections live in
-//! [`Agents`] until they drop; each heartbeat is recorded and wakes the `builders` loop, which
+//! [`Agents`] (the registry in `connected`, which `Ctx` holds) until they drop; each heartbeat is recorded and wakes the `builders` loop, which
 //! disconnects an agent that [`admission`] would no longer admit, or whose heartbeats stopped.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use reconix_agent::coordinator::{AgentConn, Listener, Pending, token_matches};
 use reconix_agent::protocol::Refusal;
@@ -31,49 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::Wakers;
-
-/// The connected, admitted agents by name.
-#[derive(Debug, Clone, Default)]
-pub struct Agents {
-    inner: Arc<Mutex<HashMap<String, Arc<AgentConn>>>>,
-}
-
-impl Agents {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AgentConn>>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Returns the connection of agent `name`, if it is connected.
-    pub fn get(&self, name: &str) -> Option<Arc<AgentConn>> {
-        self.lock().get(name).cloned()
-    }
-
-    /// Returns the names of the connected agents, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.lock().keys().cloned().collect();
-        names.sort();
-        names
-    }
-
-    /// Registers a connection; returns the one it replaces (the same agent reconnected).
-    fn insert(&self, conn: Arc<AgentConn>) -> Option<Arc<AgentConn>> {
-        self.lock().insert(conn.name().to_string(), conn)
-    }
-
-    /// Forgets `conn` unless a newer connection of the same agent replaced it; returns
-    /// whether it did.
-    fn remove(&self, conn: &Arc<AgentConn>) -> bool {
-        let mut map = self.lock();
-        if map
-            .get(conn.name().as_str())
-            .is_some_and(|c| Arc::ptr_eq(c, conn))
-        {
-            map.remove(conn.name().as_str());
-            return true;
-        }
-        false
-    }
-}
+pub use crate::connected::Agents;
 
 /// What an agent offers, as recorded in the `agents` table.
 #[derive(Debug, Clone)]

@@ -5,7 +5,8 @@
 //! state database says about its name and key. Step: disconnect it — when the enrolment rule
 //! ([`crate::agents::admission`]) would no longer admit it (its key or name was revoked, or its
 //! key replaced; it is told why) or when it sent no heartbeat for
-//! `builders.heartbeat-timeout`. Disconnecting ends its serve channels, so the
+//! `builders.heartbeat-timeout` ([`reconix_spec::Builders::liveness`], the rule placement and
+//! the builders' views use too). Disconnecting ends its serve channels, so the
 //! builds running there end as transient failures and the `builds` loop requeues them on other
 //! builders.
 //!
@@ -15,7 +16,7 @@
 use std::time::Duration;
 
 use reconix_agent::protocol::Refusal;
-use reconix_spec::{BuilderName, Spec, Timestamp};
+use reconix_spec::{BuilderName, Liveness, Spec, Timestamp};
 use reconix_status::AgentCredentials;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -89,24 +90,25 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
             then: Action::await_change(),
         };
     }
-    let timeout = desired.builders.heartbeat_timeout.to_std();
-    let quiet = observed.last_seen.map_or(timeout, |seen| now.since(seen));
-    if quiet >= timeout {
-        return Plan {
-            steps: vec![Step::Disconnect {
-                reason: format!(
-                    "no heartbeat for {}s (heartbeat-timeout {}s)",
-                    quiet.as_secs(),
-                    timeout.as_secs()
-                ),
-                refusal: None,
-            }],
-            then: Action::await_change(),
-        };
-    }
-    Plan {
-        steps: Vec::new(),
-        then: Action::requeue(timeout - quiet + Duration::from_millis(1)),
+    match desired.builders.liveness(now, observed.last_seen) {
+        Liveness::Alive { left } => Plan {
+            steps: Vec::new(),
+            then: Action::requeue(left + Duration::from_millis(1)),
+        },
+        Liveness::Silent { quiet } => {
+            let timeout = desired.builders.heartbeat_timeout.to_std();
+            Plan {
+                steps: vec![Step::Disconnect {
+                    reason: format!(
+                        "no heartbeat for {}s (heartbeat-timeout {}s)",
+                        quiet.unwrap_or(timeout).as_secs(),
+                        timeout.as_secs()
+                    ),
+                    refusal: None,
+                }],
+                then: Action::await_change(),
+            }
+        }
     }
 }
 
@@ -120,16 +122,11 @@ impl<P: Ports> Reconciler for BuildersLoop<P> {
     type Error = Error;
 
     async fn keys(&self, _spec: &Spec, cx: &Ctx<P>) -> Result<Vec<BuilderName>> {
-        Ok(cx
-            .agents
-            .names()
-            .iter()
-            .filter_map(|n| BuilderName::new(n).ok())
-            .collect())
+        Ok(cx.agents.names())
     }
 
     async fn observe(&self, key: &BuilderName, _spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
-        let Some(conn) = cx.agents.get(key.as_str()).filter(|c| !c.is_closed()) else {
+        let Some(conn) = cx.agents.get(key).filter(|c| !c.is_closed()) else {
             return Ok(Observed {
                 connected: false,
                 last_seen: None,
@@ -137,18 +134,18 @@ impl<P: Ports> Reconciler for BuildersLoop<P> {
                 credentials: AgentCredentials::default(),
             });
         };
-        let (name, fingerprint) = (key.to_string(), conn.fingerprint().to_string());
+        let (name, fingerprint) = (key.clone(), conn.fingerprint().to_string());
         let fp = fingerprint.clone();
         let (row, credentials) = cx
             .status
             .call(move |db| {
                 let row = db.agents()?.into_iter().find(|a| a.name == name);
-                Ok((row, db.agent_credentials(&name, &fp)?))
+                Ok((row, db.agent_credentials(name.as_str(), &fp)?))
             })
             .await?;
         Ok(Observed {
             connected: true,
-            last_seen: row.and_then(|r| r.last_heartbeat_at.max(r.connected_at)),
+            last_seen: row.and_then(|r| r.last_seen()),
             key: fingerprint,
             credentials,
         })
@@ -160,7 +157,7 @@ impl<P: Ports> Reconciler for BuildersLoop<P> {
 
     async fn apply(&self, key: &BuilderName, step: Step, cx: &Ctx<P>) -> Result<()> {
         let Step::Disconnect { reason, refusal } = step;
-        if let Some(conn) = cx.agents.get(key.as_str()) {
+        if let Some(conn) = cx.agents.get(key) {
             warn!(agent = %key, %reason, "disconnecting agent");
             match refusal {
                 Some(refusal) => conn.refuse(refusal, &reason).await,

@@ -9,9 +9,9 @@ use reconix_spec::{BuilderName, RepoKey, Spec};
 use reconix_status::{Metrics, Status};
 use tokio::sync::watch;
 
-use crate::agents::Agents;
-use crate::builds::RunningBuilds;
+use crate::connected::Agents;
 use crate::forge_clients::ForgeClients;
+use crate::running::{Placement, RunningBuilds};
 use crate::runtime::{Handle, Tasks};
 
 /// The bundle of ports (one trait per boundary) the loops are generic over.
@@ -127,7 +127,7 @@ pub struct Wakers {
 #[derive(Debug)]
 pub struct WakerSet {
     /// The `builds` loop.
-    pub builds: Handle<BuilderName>,
+    pub builds: Handle<Placement>,
     /// The `gcroots` loop.
     pub gcroots: Handle<RepoKey>,
     /// The `evaluations` loop.
@@ -148,7 +148,7 @@ impl Wakers {
     /// Installs the handles of the core loops; later calls are ignored.
     pub fn set(
         &self,
-        builds: Handle<BuilderName>,
+        builds: Handle<Placement>,
         gcroots: Handle<RepoKey>,
         evaluations: Handle<RepoKey>,
     ) {

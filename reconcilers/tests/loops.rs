@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reconix_nixcli::{BuildOutcome, BuildStatus, Call, EvalJob, FakeEvaluation, FakeNix, JobDrv};
-use reconix_reconcilers::builds::{Builds, Step as BuildStep};
+use reconix_reconcilers::builds::{Builds, Placement, Step as BuildStep};
 use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::gcroots::GcRoots;
 use reconix_reconcilers::runtime::{Controller, Reconciler};
@@ -253,13 +253,10 @@ async fn dispatch_of_a_drv_whose_build_already_ended_should_do_nothing() {
         max_silent: Duration::from_secs(60),
     });
     Builds::new()
-        .apply(&BuilderName::local(), step.clone(), &w.ctx)
+        .apply(&Placement, step.clone(), &w.ctx)
         .await
         .unwrap();
-    Builds::new()
-        .apply(&BuilderName::local(), step, &w.ctx)
-        .await
-        .unwrap();
+    Builds::new().apply(&Placement, step, &w.ctx).await.unwrap();
     assert!(w.nix.calls().iter().all(|c| !matches!(c, Call::Realise(_))));
     assert!(w.ctx.running.is_empty());
 }

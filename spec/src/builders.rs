@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{BuilderName, Duration, SecretFile, System};
+use crate::{BuilderName, Duration, SecretFile, System, Timestamp};
 
 /// The machines that run builds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -154,7 +154,7 @@ impl RemoteBuilder {
 }
 
 /// What a builder offers: systems, features and build slots.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Offer {
     /// The systems it builds for.
     pub systems: Vec<System>,
@@ -189,6 +189,50 @@ impl Builders {
             features: self.local.features.clone(),
             max_jobs: self.local.max_jobs,
         }
+    }
+
+    /// Returns whether a connected agent last heard from at `last_seen` (its last heartbeat,
+    /// or its connection before the first one) is alive at `now`: the one liveness rule, used
+    /// by the `builders` loop (which disconnects a silent agent), by placement (which uses only
+    /// alive ones) and by the builders' views.
+    ///
+    /// An agent is alive while it has been quiet for less than `heartbeat-timeout`; at exactly
+    /// the timeout it is silent. One never heard from is silent.
+    pub fn liveness(&self, now: Timestamp, last_seen: Option<Timestamp>) -> Liveness {
+        let timeout = self.heartbeat_timeout.to_std();
+        let Some(seen) = last_seen else {
+            return Liveness::Silent { quiet: None };
+        };
+        let quiet = now.since(seen);
+        if quiet < timeout {
+            Liveness::Alive {
+                left: timeout - quiet,
+            }
+        } else {
+            Liveness::Silent { quiet: Some(quiet) }
+        }
+    }
+}
+
+/// Whether a connected agent is alive, as [`Builders::liveness`] decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Heard from within `heartbeat-timeout`; it turns silent once `left` has passed.
+    Alive {
+        /// How long until it turns silent (never zero).
+        left: std::time::Duration,
+    },
+    /// Quiet for `heartbeat-timeout` or longer, or never heard from.
+    Silent {
+        /// How long it has been quiet; `None` when it was never heard from.
+        quiet: Option<std::time::Duration>,
+    },
+}
+
+impl Liveness {
+    /// Returns whether the agent is alive.
+    pub const fn is_alive(self) -> bool {
+        matches!(self, Self::Alive { .. })
     }
 }
 
@@ -225,5 +269,56 @@ mod tests {
         assert!(capped.can_build(&sys("aarch64-linux"), &["kvm".to_owned()]));
         assert!(!capped.can_build(&sys("aarch64-linux"), &["big-parallel".to_owned()]));
         assert!(!capped.can_build(&sys("x86_64-linux"), &[]));
+    }
+
+    #[test]
+    fn an_agent_should_be_alive_until_exactly_the_heartbeat_timeout() {
+        let builders = Builders {
+            heartbeat_timeout: Duration::from_secs(10),
+            ..Builders::default()
+        };
+        let seen = Some(Timestamp(1_000));
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(
+            builders.liveness(Timestamp(10_999), seen),
+            Liveness::Alive { left: ms(1) },
+            "one ms before the timeout"
+        );
+        assert_eq!(
+            builders.liveness(Timestamp(11_000), seen),
+            Liveness::Silent {
+                quiet: Some(ms(10_000))
+            },
+            "at exactly the timeout"
+        );
+        assert_eq!(
+            builders.liveness(Timestamp(11_001), seen),
+            Liveness::Silent {
+                quiet: Some(ms(10_001))
+            },
+            "one ms after the timeout"
+        );
+        assert!(builders.liveness(Timestamp(10_999), seen).is_alive());
+        assert!(!builders.liveness(Timestamp(11_000), seen).is_alive());
+    }
+
+    #[test]
+    fn an_agent_never_heard_from_should_be_silent() {
+        let builders = Builders::default();
+        assert_eq!(
+            builders.liveness(Timestamp(0), None),
+            Liveness::Silent { quiet: None }
+        );
+    }
+
+    #[test]
+    fn a_sign_of_life_from_the_future_should_count_as_just_now() {
+        let builders = Builders::default();
+        assert_eq!(
+            builders.liveness(Timestamp(0), Some(Timestamp(5_000))),
+            Liveness::Alive {
+                left: std::time::Duration::from_secs(30)
+            }
+        );
     }
 }

@@ -26,7 +26,7 @@ mod spec;
 mod validate;
 mod values;
 
-pub use builders::{Builders, Enrollment, LocalBuilder, Offer, RemoteBuilder};
+pub use builders::{Builders, Enrollment, Liveness, LocalBuilder, Offer, RemoteBuilder};
 pub use cache::{Cache, CacheKind};
 pub use error::{Result, SpecError, SpecErrors};
 pub use forge::{AttrKind, Forge, ForgeKind, Repo};

@@ -35,7 +35,7 @@ pub mod views;
 mod testing;
 
 pub use agents::{AgentCredentials, AgentHello, AgentRow};
-pub use agents::{BuilderKind, BuilderState, BuilderView, RunningBuild, RunningJob, builder_views};
+pub use agents::{BuilderKind, RunningBuild, RunningJob};
 pub use caches::{CacheBacklog, CachePushSummary};
 pub use db::{Checkpointer, OpenMode, SCHEMA_VERSION, Status, StatusDb};
 pub use deliveries::{DeliveryEffect, DeliveryOutcome, NewDelivery};

@@ -9,6 +9,7 @@
 
 mod api;
 mod auth;
+mod builders;
 mod error;
 mod metrics;
 mod pages;
@@ -24,13 +25,12 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::routing::{get, post};
 use reconix_spec::{Builders, ForgeKind, Spec, Timestamp};
 use reconix_status::views::{EvaluationDetail, EvaluationSummary, LoopSummary, StatusOverview};
-use reconix_status::{
-    BuilderView, DriftRow, EvaluationId, ForgeHealth, ForgeHealthState, Status, builder_views,
-};
+use reconix_status::{DriftRow, EvaluationId, ForgeHealth, ForgeHealthState, Status};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+pub use builders::{BuilderState, BuilderView, builder_views};
 pub use error::ApiError;
 pub use pages::cache::CacheView;
 pub use server::{ServerConfig, bind, connection_cap};

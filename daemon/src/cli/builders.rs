@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use reconix_spec::{Spec, Timestamp};
-use reconix_status::{BuilderState, BuilderView, OpenMode, StatusDb, builder_views};
+use reconix_status::{OpenMode, StatusDb};
+use reconix_web::{BuilderState, BuilderView, builder_views};
 
 use super::serve::load_spec_or_report;
 use super::{Output, SpecArgs};
@@ -240,7 +241,7 @@ fn note(view: &BuilderView, now: Timestamp) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use reconix_spec::{AttrPath, Builders, StorePath};
+    use reconix_spec::{AttrPath, BuilderName, Builders, Offer, StorePath, System};
     use reconix_status::{AgentRow, EvaluationId, JobId, RunningBuild, RunningJob};
 
     use super::*;
@@ -268,11 +269,13 @@ mod tests {
 
     fn views() -> Vec<BuilderView> {
         let row = AgentRow {
-            name: "arm1".to_owned(),
+            name: BuilderName::new("arm1").unwrap(),
             key_fingerprint: "SHA256:abc".to_owned(),
-            systems: vec!["aarch64-linux".to_owned()],
-            features: vec!["big-parallel".to_owned()],
-            max_jobs: 2,
+            offer: Offer {
+                systems: vec![System::new("aarch64-linux").unwrap()],
+                features: vec!["big-parallel".to_owned()],
+                max_jobs: 2,
+            },
             enrolled_at: Timestamp(0),
             revoked_at: None,
             connected_at: Some(Timestamp(0)),
@@ -284,12 +287,12 @@ mod tests {
             key_revoked: false,
         };
         let mut revoked = row.clone();
-        revoked.name = "old".to_owned();
+        revoked.name = BuilderName::new("old").unwrap();
         revoked.revoked_at = Some(Timestamp(1));
         revoked.revoked_by = Some("alice".to_owned());
         revoked.key_revoked = true;
         let mut admitted = row.clone();
-        admitted.name = "older".to_owned();
+        admitted.name = BuilderName::new("older").unwrap();
         admitted.connected_at = None;
         admitted.admitted_at = Some(Timestamp(2_000));
         admitted.admitted_by = Some("bob".to_owned());

@@ -78,30 +78,55 @@ pub(super) fn wait_backoff(waits: u32) -> Duration {
     )
 }
 
+/// What is recorded for an attempt that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// The build's result, final for this attempt.
+    Finish {
+        state: BuildState,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    },
+    /// Requeued after a transient failure (the attempt counts), with the reason.
+    Retry(String),
+    /// Requeued to wait for room on a full disk (the attempt does not count), with the reason.
+    Wait(String),
+}
+
+impl Verdict {
+    /// Returns the recorded result's state, when there is one (for the metrics).
+    fn state(&self) -> Option<BuildState> {
+        match self {
+            Self::Finish { state, .. } => Some(*state),
+            Self::Retry(_) | Self::Wait(_) => None,
+        }
+    }
+}
+
 /// What to record for `ended` after attempt number `attempts` (1-based), with `retries` more
-/// attempts allowed after transient failures. `None`: requeue.
-pub(super) fn verdict(
-    ended: Ended,
-    attempts: u32,
-    retries: u32,
-) -> Option<(BuildState, Option<i32>, Option<String>)> {
+/// attempts allowed after transient failures.
+pub(super) fn verdict(ended: Ended, attempts: u32, retries: u32) -> Verdict {
     match ended {
         Ended::Result {
             state,
             exit_code,
             error,
-        } => Some((state, exit_code, error)),
-        Ended::Transient(_) | Ended::Waiting(_) if attempts <= retries => None,
+        } => Verdict::Finish {
+            state,
+            exit_code,
+            error,
+        },
         // A wait never uses up attempts: it is requeued whatever the count.
-        Ended::Waiting(_) => None,
-        Ended::Transient(reason) => Some((
-            BuildState::Failed,
-            None,
-            Some(format!(
+        Ended::Waiting(reason) => Verdict::Wait(reason),
+        Ended::Transient(reason) if attempts <= retries => Verdict::Retry(reason),
+        Ended::Transient(reason) => Verdict::Finish {
+            state: BuildState::Failed,
+            exit_code: None,
+            error: Some(format!(
                 "gave up after {attempts} attempt{}: {reason}",
                 if attempts == 1 { "" } else { "s" }
             )),
-        )),
+        },
     }
 }
 
@@ -114,7 +139,7 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
     let conn = if attempt.builder.is_local() {
         None
     } else {
-        match cx.agents.get(attempt.builder.as_str()) {
+        match cx.agents.get(&attempt.builder) {
             Some(conn) if !conn.is_closed() => Some(conn),
             _ => {
                 cx.running.finish(&drv_path);
@@ -187,24 +212,23 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
             ),
         };
         let (drv, builder) = (attempt.drv_path.clone(), attempt.builder.clone());
-        let outcome = verdict(ended.clone(), attempts, retries);
-        metrics.record_build(kind, outcome.as_ref().map(|o| o.0), since.elapsed());
-        match (&outcome, &ended) {
-            (Some((state, _, error)), _) => {
+        let outcome = verdict(ended, attempts, retries);
+        metrics.record_build(kind, outcome.state(), since.elapsed());
+        match &outcome {
+            Verdict::Finish { state, error, .. } => {
                 info!(drv = %drv, builder = %builder, state = state.as_str(), error = error.as_deref().unwrap_or(""), "build ended");
             }
-            (None, Ended::Transient(reason)) => {
+            Verdict::Retry(reason) => {
                 warn!(drv = %drv, builder = %builder, attempt = attempts, %reason, "build interrupted: requeued");
             }
-            (None, Ended::Waiting(reason)) => {
+            Verdict::Wait(reason) => {
                 metrics.record_storage_full(Timestamp::now());
                 warn!(drv = %drv, builder = %builder, waits = waits + 1, %reason, "build waits for room on a full disk");
             }
-            (None, Ended::Result { .. }) => {}
         }
-        let succeeded = matches!(outcome, Some((BuildState::Succeeded, ..)));
+        let succeeded = outcome.state() == Some(BuildState::Succeeded);
         let retry_at = Timestamp::now().plus(wait_backoff(waits));
-        record(&status, drv.clone(), builder, outcome, ended, retry_at).await;
+        record(&status, drv.clone(), builder, outcome, retry_at).await;
         // Record first, then leave the running set (see the module docs).
         running.finish(&drv);
         wakers.builds();
@@ -254,28 +278,28 @@ async fn record(
     status: &Status,
     drv: StorePath,
     builder: BuilderName,
-    outcome: Option<(BuildState, Option<i32>, Option<String>)>,
-    ended: Ended,
+    outcome: Verdict,
     retry_at: Timestamp,
 ) {
     let mut tries = 0u32;
     loop {
-        let (d, b, o, e) = (drv.clone(), builder.clone(), outcome.clone(), ended.clone());
+        let (d, b, o) = (drv.clone(), builder.clone(), outcome.clone());
         let recorded = status
             .call(move |db| {
                 let now = Timestamp::now();
-                match (o, e) {
-                    (Some((state, exit_code, error)), _) => db
+                match o {
+                    Verdict::Finish {
+                        state,
+                        exit_code,
+                        error,
+                    } => db
                         .finish_build(&d, state, exit_code, error.as_deref(), None, now)
                         .map(drop),
-                    (None, Ended::Waiting(reason)) => db
+                    Verdict::Wait(reason) => db
                         .requeue_build(&d, &b, &reason, Requeue::Wait { retry_at }, now)
                         .map(drop),
-                    (None, Ended::Transient(reason)) => db
+                    Verdict::Retry(reason) => db
                         .requeue_build(&d, &b, &reason, Requeue::Retry, now)
-                        .map(drop),
-                    (None, Ended::Result { .. }) => db
-                        .requeue_build(&d, &b, "interrupted", Requeue::Retry, now)
                         .map(drop),
                 }
             })

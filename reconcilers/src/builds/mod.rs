@@ -1,17 +1,22 @@
 //! The `builds` loop: every job of a live evaluation is built once, DAG-gated, on a builder
 //! that can build it, within capacity.
 //!
-//! Key: one (`local`, for historical reasons); placement is global, across the local builder
-//! and the connected agents. Observed: the unfinished jobs of live evaluations with their
-//! dependencies' states and the build of their drv, the builds this process is running (and
-//! where), and the enrolled agents with their offer and liveness. Steps: dispatch a drv to a
+//! Key: one, [`Placement`] (shown as `all`): placement is global, across the local builder and
+//! the connected agents. Observed, as the database has them: the unfinished jobs of live
+//! evaluations with their dependencies' states and the build of their drv
+//! ([`reconix_status::SchedJob`]; a row that does not parse fails the observation with
+//! [`reconix_status::Error::Corrupt`] instead of being skipped), the builds this process is
+//! running (and where), and the enrolled agents with their offer, revocation and last sign of
+//! life. Steps: dispatch a drv to a
 //! builder, cancel a running build nobody needs any more, move a job to the state its build (or a
 //! failed dependency) implies, and close evaluations whose jobs are all done.
 //!
 //! **Placement.** A drv goes to a builder offering its system and every feature it requires
 //! (`requiredSystemFeatures`), with a free slot, least loaded first (running / max-jobs; the
-//! local builder wins ties). An agent is usable while it is connected and its last heartbeat
-//! is younger than `builders.heartbeat-timeout`; a `builders.remote` entry caps what it offers.
+//! local builder wins ties). An agent is usable while it is unrevoked, connected and alive
+//! ([`reconix_spec::Builders::liveness`]: heard from within `builders.heartbeat-timeout`, the
+//! rule the `builders` loop disconnects by); a `builders.remote` entry caps what it offers
+//! ([`reconix_spec::Builders::agent_offer`]).
 //! A drv no known builder can build fails at once when no agent can enrol (no
 //! `builders.enrollment`); otherwise it waits for one.
 //!
@@ -28,14 +33,14 @@
 //! the database is full is recorded again with backoff before the build leaves the running set.
 //!
 //! Builds are keyed by drv path, so a drv shared by several jobs (or by several evaluations) is
-//! built once. A running build is a task owned by [`RunningBuilds`]; it writes its result to the
+//! built once. A running build is a task owned by [`RunningBuilds`] (in `running`, a leaf
+//! module `Ctx` names too); it writes its result to the
 //! database *before* leaving the running set, so a plan never sees a finished build as lost.
 //! After a restart the running set is empty and a build row still marked `running` is simply
 //! dispatched again: Nix finds outputs that were completed and does not rebuild them.
 
 mod apply;
 mod plan;
-mod running;
 #[cfg(test)]
 mod tests;
 
@@ -43,8 +48,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reconix_spec::{BuilderName, Offer, RepoKey, Spec, StorePath, System, Timestamp};
-use reconix_status::{BuildState, EvaluationId, JobId, JobState};
+use reconix_spec::{BuilderName, Offer, Spec, StorePath, Timestamp};
+use reconix_status::{EvaluationId, JobId, JobState, SchedJob};
 use serde::Serialize;
 use tracing::info;
 
@@ -52,8 +57,8 @@ use crate::context::{Ctx, Ports};
 use crate::runtime::{Plan, Reconciler};
 use crate::{Error, Result};
 
+pub use crate::running::{Placement, RunningBuilds};
 pub use plan::plan;
-pub use running::RunningBuilds;
 
 /// The `builds` reconciler.
 #[derive(Debug, Default)]
@@ -66,67 +71,15 @@ impl<P> Builds<P> {
     }
 }
 
-/// The builder key this loop reconciles for local builds.
-pub fn local_builder() -> BuilderName {
-    BuilderName::local()
-}
-
-/// An unfinished job as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchedJob {
-    /// The job.
-    pub id: JobId,
-    /// Its evaluation.
-    pub evaluation: EvaluationId,
-    /// Its repository (for timeouts and GC-root paths).
-    pub repo: RepoKey,
-    /// Its attribute path.
-    pub attr: String,
-    /// The drv to build.
-    pub drv_path: StorePath,
-    /// The drv's system.
-    pub system: Option<System>,
-    /// The system features the drv requires.
-    pub required_features: Vec<String>,
-    /// `queued` or `building`.
-    pub state: JobState,
-    /// The jobs it depends on: id, attribute path and state.
-    pub deps: Vec<(JobId, String, JobState)>,
-    /// The recorded build of its drv, if any.
-    pub build: Option<BuildView>,
-}
-
-/// The recorded build of a drv, as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildView {
-    /// Its state.
-    pub state: BuildState,
-    /// Why it failed, or why its last attempt was requeued.
-    pub error: Option<String>,
-    /// The builder of its last attempt.
-    pub builder: Option<BuilderName>,
-    /// How many attempts it had.
-    pub attempts: u32,
-    /// While it waits for room on a full disk: when it may be dispatched again.
-    pub retry_at: Option<Timestamp>,
-    /// How many times in a row it had to wait for room.
-    pub waits: u32,
-}
-
-impl BuildView {
-    /// Returns whether it is queued but waiting for room on a full disk at `now`.
-    pub fn waiting(&self, now: Timestamp) -> bool {
-        self.state == BuildState::Queued && self.retry_at.is_some_and(|at| at > now)
-    }
-}
-
-/// An enrolled, unrevoked agent as the scheduler sees it.
+/// An enrolled agent as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentSlot {
     /// Its name.
     pub name: BuilderName,
     /// What it offers (before the spec's caps).
     pub offer: Offer,
+    /// Whether its name is revoked (it gets nothing, and the `builders` loop disconnects it).
+    pub revoked: bool,
     /// Whether it is connected now.
     pub connected: bool,
     /// Its last sign of life: the last heartbeat, or the connection when none came yet.
@@ -140,7 +93,7 @@ pub struct Observed {
     pub jobs: Vec<SchedJob>,
     /// Drvs this process is building right now, with their builder.
     pub running: BTreeMap<StorePath, BuilderName>,
-    /// The enrolled, unrevoked agents.
+    /// The enrolled agents.
     pub agents: Vec<AgentSlot>,
     /// Evaluations in state `building` whose jobs are all in a terminal state.
     pub finishable: Vec<EvaluationId>,
@@ -196,16 +149,16 @@ impl<P: Ports> Reconciler for Builds<P> {
     const NAME: &'static str = "builds";
     type Spec = Spec;
     type Context = Ctx<P>;
-    type Key = BuilderName;
+    type Key = Placement;
     type Observed = Observed;
     type Step = Step;
     type Error = Error;
 
-    async fn keys(&self, _spec: &Spec, _cx: &Ctx<P>) -> Result<Vec<BuilderName>> {
-        Ok(vec![local_builder()])
+    async fn keys(&self, _spec: &Spec, _cx: &Ctx<P>) -> Result<Vec<Placement>> {
+        Ok(vec![Placement])
     }
 
-    async fn observe(&self, _key: &BuilderName, _spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
+    async fn observe(&self, _key: &Placement, _spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
         // The running set is read BEFORE the database. A build task records its result and only
         // then leaves the set, so a drv missing from this snapshot has its final state in the
         // rows read next. The other order could see a `running` row for a build that has just
@@ -221,52 +174,17 @@ impl<P: Ports> Reconciler for Builds<P> {
                 ))
             })
             .await?;
-        let jobs = jobs
-            .into_iter()
-            .map(|j| SchedJob {
-                id: j.id,
-                evaluation: j.evaluation_id,
-                repo: j.repo,
-                attr: j.attr.into_string(),
-                drv_path: j.drv_path,
-                system: Some(j.system),
-                required_features: j.required_features,
-                state: j.state,
-                deps: j
-                    .deps
-                    .into_iter()
-                    .map(|d| (d.id, d.attr.into_string(), d.state))
-                    .collect(),
-                build: j.build.map(|b| BuildView {
-                    state: b.state,
-                    error: b.error,
-                    builder: b.builder,
-                    attempts: b.attempts,
-                    retry_at: b.retry_at,
-                    waits: b.waits,
-                }),
-            })
-            .collect();
         let agents = agents
             .into_iter()
-            .filter(|a| a.revoked_at.is_none())
-            .filter_map(|a| {
-                let name = BuilderName::new(&a.name).ok()?;
-                let connected = cx.agents.get(name.as_str()).is_some_and(|c| !c.is_closed());
-                Some(AgentSlot {
-                    offer: Offer {
-                        systems: a
-                            .systems
-                            .iter()
-                            .filter_map(|s| System::new(s).ok())
-                            .collect(),
-                        features: a.features,
-                        max_jobs: a.max_jobs,
-                    },
-                    connected: connected && a.connected_at.is_some(),
-                    last_seen: a.last_heartbeat_at.max(a.connected_at),
-                    name,
-                })
+            .map(|a| {
+                let open = cx.agents.get(&a.name).is_some_and(|c| !c.is_closed());
+                AgentSlot {
+                    connected: open && a.connected_at.is_some(),
+                    last_seen: a.last_seen(),
+                    revoked: a.revoked_at.is_some(),
+                    name: a.name,
+                    offer: a.offer,
+                }
             })
             .collect();
         Ok(Observed {
@@ -277,11 +195,11 @@ impl<P: Ports> Reconciler for Builds<P> {
         })
     }
 
-    fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
+    fn plan(key: &Placement, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
         plan(key, desired, observed, now)
     }
 
-    async fn apply(&self, key: &BuilderName, step: Step, cx: &Ctx<P>) -> Result<()> {
+    async fn apply(&self, _key: &Placement, step: Step, cx: &Ctx<P>) -> Result<()> {
         match step {
             Step::SetJobState { job, state, error } => {
                 cx.status
@@ -312,10 +230,7 @@ impl<P: Ports> Reconciler for Builds<P> {
                 cx.running.cancel(&drv_path);
                 Ok(())
             }
-            Step::Dispatch(attempt) => {
-                let _ = key;
-                apply::dispatch(cx, attempt).await
-            }
+            Step::Dispatch(attempt) => apply::dispatch(cx, attempt).await,
         }
     }
 }

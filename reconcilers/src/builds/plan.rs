@@ -5,13 +5,18 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use reconix_spec::{BuilderName, Offer, Spec, StorePath, System, Timestamp};
-use reconix_status::{BuildState, JobState};
+use reconix_spec::{BuilderName, Liveness, Offer, Spec, StorePath, System, Timestamp};
+use reconix_status::{Build, BuildState, JobState, SchedJob};
 
 use crate::gcroots::root_link;
 use crate::runtime::{Action, Plan};
 
-use super::{Dispatch, Observed, SchedJob, Step};
+use super::{Dispatch, Observed, Placement, Step};
+
+/// Returns whether `build` is queued but waiting for room on a full disk at `now`.
+fn waiting(build: &Build, now: Timestamp) -> bool {
+    build.state == BuildState::Queued && build.retry_at.is_some_and(|at| at > now)
+}
 
 fn is_bad(state: JobState) -> bool {
     matches!(
@@ -44,10 +49,9 @@ impl Slot {
     }
 }
 
-/// The builders of the spec and the observation: local first, then agents by name.
+/// The builders of the spec and the observation: local first, then unrevoked agents by name.
 fn slots(desired: &Spec, observed: &Observed, now: Timestamp) -> Vec<Slot> {
     let builders = &desired.builders;
-    let timeout = builders.heartbeat_timeout.to_std();
     let mut running: HashMap<&BuilderName, u32> = HashMap::new();
     for builder in observed.running.values() {
         *running.entry(builder).or_default() += 1;
@@ -59,12 +63,12 @@ fn slots(desired: &Spec, observed: &Observed, now: Timestamp) -> Vec<Slot> {
         offer: builders.local_offer(),
         ready: true,
     }];
-    let mut agents: Vec<_> = observed.agents.iter().collect();
+    let mut agents: Vec<_> = observed.agents.iter().filter(|a| !a.revoked).collect();
     agents.sort_by(|a, b| a.name.cmp(&b.name));
     slots.extend(agents.into_iter().map(|a| Slot {
         name: a.name.clone(),
         offer: builders.agent_offer(&a.name, a.offer.clone()),
-        ready: a.connected && a.last_seen.is_some_and(|seen| now.since(seen) <= timeout),
+        ready: a.connected && builders.liveness(now, a.last_seen).is_alive(),
         running: running.get(&a.name).copied().unwrap_or(0),
     }));
     slots
@@ -80,8 +84,7 @@ fn needs(system: &System, features: &[String]) -> String {
 }
 
 /// Plans the `builds` loop (pure).
-pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
-    let _ = key;
+pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
     let mut slots = slots(desired, observed, now);
     let enrollment_open = desired.builders.enrollment.is_some();
     let mut steps = Vec::new();
@@ -111,24 +114,23 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
             state,
             error,
         };
-        if let Some((_, dep, dep_state)) = job.deps.iter().find(|(_, _, s)| is_bad(*s)) {
+        if let Some(dep) = job.deps.iter().find(|d| is_bad(d.state)) {
             steps.push(set(
                 JobState::DependencyFailed,
-                Some(format!("dependency {dep} {}", dep_state.as_str())),
+                Some(format!("dependency {} {}", dep.attr, dep.state.as_str())),
             ));
             continue;
         }
-        if let Some(system) = &job.system
-            && !enrollment_open
-            && !slots
-                .iter()
-                .any(|s| s.offer.max_jobs > 0 && s.offer.can_build(system, &job.required_features))
+        if !enrollment_open
+            && !slots.iter().any(|s| {
+                s.offer.max_jobs > 0 && s.offer.can_build(&job.system, &job.required_features)
+            })
         {
             steps.push(set(
                 JobState::Failed,
                 Some(format!(
                     "no builder for {}",
-                    needs(system, &job.required_features)
+                    needs(&job.system, &job.required_features)
                 )),
             ));
             continue;
@@ -150,9 +152,9 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
                 steps.push(set(JobState::Queued, b.error.clone()));
             }
             // Waiting for room on a full disk: not before its time.
-            Some(b) if b.waiting(now) => {}
+            Some(b) if waiting(b, now) => {}
             // Never built, queued, cancelled earlier, or `running` in a previous process.
-            _ if job.deps.iter().all(|(_, _, s)| *s == JobState::Succeeded) => {
+            _ if job.deps.iter().all(|d| d.state == JobState::Succeeded) => {
                 let i = *index.entry(&job.drv_path).or_insert_with(|| {
                     dispatch.push((&job.drv_path, Vec::new()));
                     dispatch.len() - 1
@@ -168,9 +170,7 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
             break;
         }
         let first = jobs[0];
-        let Some(system) = &first.system else {
-            continue;
-        };
+        let system = &first.system;
         let capable = |s: &&Slot| {
             s.ready && s.offer.max_jobs > 0 && s.offer.can_build(system, &first.required_features)
         };
@@ -201,8 +201,8 @@ pub fn plan(key: &BuilderName, desired: &Spec, observed: &Observed, now: Timesta
             gc_root: root_link(
                 &desired.state_dir,
                 &first.repo,
-                first.evaluation,
-                &first.attr,
+                first.evaluation_id,
+                first.attr.as_str(),
                 "out",
             ),
             timeout,
@@ -236,7 +236,7 @@ fn next_retry(observed: &Observed, now: Timestamp) -> Duration {
         .jobs
         .iter()
         .filter_map(|j| j.build.as_ref())
-        .filter(|b| b.waiting(now))
+        .filter(|b| waiting(b, now))
         .filter_map(|b| b.retry_at)
         .map(|at| at.since(now) + Duration::from_millis(1))
         .min()
@@ -245,14 +245,14 @@ fn next_retry(observed: &Observed, now: Timestamp) -> Duration {
 
 /// How long until a connected agent's heartbeat deadline passes (at most a minute).
 fn next_liveness_change(desired: &Spec, observed: &Observed, now: Timestamp) -> Duration {
-    let timeout = desired.builders.heartbeat_timeout.to_std();
     observed
         .agents
         .iter()
-        .filter(|a| a.connected)
-        .filter_map(|a| a.last_seen)
-        .map(|seen| timeout.saturating_sub(now.since(seen)))
-        .filter(|left| !left.is_zero())
+        .filter(|a| a.connected && !a.revoked)
+        .filter_map(|a| match desired.builders.liveness(now, a.last_seen) {
+            Liveness::Alive { left } => Some(left),
+            Liveness::Silent { .. } => None,
+        })
         .min()
         .map_or(Duration::from_secs(60), |left| {
             left.min(Duration::from_secs(60)) + Duration::from_millis(1)

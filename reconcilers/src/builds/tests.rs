@@ -1,5 +1,8 @@
 //! Table-driven tests of the `builds` plan.
 
+use reconix_spec::{AttrPath, RepoKey, System};
+use reconix_status::{Build, BuildId, BuildState, SchedDep};
+
 use super::*;
 use crate::runtime::Action;
 
@@ -17,17 +20,43 @@ fn drv(n: u32) -> StorePath {
     StorePath::new(format!("/nix/store/{n:0>32}-job{n}.drv")).unwrap()
 }
 
+fn local_builder() -> BuilderName {
+    BuilderName::local()
+}
+
+/// The recorded build of a job's drv, as the database returns it.
+fn build_row(state: BuildState, error: Option<String>, builder: Option<BuilderName>) -> Build {
+    Build {
+        id: BuildId(1),
+        drv_path: drv(0),
+        builder,
+        state,
+        exit_code: None,
+        error,
+        log_path: None,
+        log_size_bytes: None,
+        log_updated_at: None,
+        attempts: 0,
+        queued_at: Timestamp(0),
+        started_at: None,
+        finished_at: None,
+        closure_size_bytes: None,
+        retry_at: None,
+        waits: 0,
+    }
+}
+
 struct J(SchedJob);
 
 impl J {
     fn new(id: i64, drv_n: u32) -> Self {
         Self(SchedJob {
             id: JobId(id),
-            evaluation: EvaluationId(1),
+            evaluation_id: EvaluationId(1),
             repo: RepoKey::parse("here/demo").unwrap(),
-            attr: format!("packages.x86_64-linux.p{id}"),
+            attr: AttrPath::new(format!("packages.x86_64-linux.p{id}")).unwrap(),
             drv_path: drv(drv_n),
-            system: Some(System::new("x86_64-linux").unwrap()),
+            system: System::new("x86_64-linux").unwrap(),
             required_features: Vec::new(),
             state: JobState::Queued,
             deps: Vec::new(),
@@ -35,45 +64,48 @@ impl J {
         })
     }
     fn dep(mut self, id: i64, state: JobState) -> Self {
-        self.0
-            .deps
-            .push((JobId(id), format!("packages.x86_64-linux.p{id}"), state));
+        self.0.deps.push(SchedDep {
+            attr: AttrPath::new(format!("packages.x86_64-linux.p{id}")).unwrap(),
+            id: JobId(id),
+            state,
+        });
         self
     }
     fn build(mut self, state: BuildState) -> Self {
-        self.0.build = Some(BuildView {
-            state,
-            error: (state == BuildState::Failed).then(|| "boom".to_owned()),
-            builder: None,
+        self.0.build = Some(Build {
             attempts: u32::from(state != BuildState::Queued),
-            retry_at: None,
-            waits: 0,
+            ..build_row(
+                state,
+                (state == BuildState::Failed).then(|| "boom".to_owned()),
+                None,
+            )
         });
         self
     }
     /// Requeued after a transient failure on `builder`.
     fn requeued_from(mut self, builder: &str) -> Self {
         self.0.state = JobState::Building;
-        self.0.build = Some(BuildView {
-            state: BuildState::Queued,
-            error: Some(format!("agent {builder}: connection lost")),
-            builder: Some(BuilderName::new(builder).unwrap()),
+        self.0.build = Some(Build {
             attempts: 1,
-            retry_at: None,
-            waits: 0,
+            ..build_row(
+                BuildState::Queued,
+                Some(format!("agent {builder}: connection lost")),
+                Some(BuilderName::new(builder).unwrap()),
+            )
         });
         self
     }
     /// Requeued to wait for room on a full disk until `retry_at` (ms), its `waits`-th wait.
     fn waiting_until(mut self, retry_at: i64, waits: u32) -> Self {
         self.0.state = JobState::Building;
-        self.0.build = Some(BuildView {
-            state: BuildState::Queued,
-            error: Some("waiting: state directory full: cannot write x.log".to_owned()),
-            builder: Some(local_builder()),
-            attempts: 0,
+        self.0.build = Some(Build {
             retry_at: Some(Timestamp(retry_at)),
             waits,
+            ..build_row(
+                BuildState::Queued,
+                Some("waiting: state directory full: cannot write x.log".to_owned()),
+                Some(local_builder()),
+            )
         });
         self
     }
@@ -86,7 +118,7 @@ impl J {
         self
     }
     fn system(mut self, s: &str) -> Self {
-        self.0.system = Some(System::new(s).unwrap());
+        self.0.system = System::new(s).unwrap();
         self
     }
 }
@@ -109,6 +141,7 @@ fn agent(name: &str, systems: &[&str], features: &[&str], max_jobs: u32) -> Agen
             features: features.iter().map(|s| (*s).to_owned()).collect(),
             max_jobs,
         },
+        revoked: false,
         connected: true,
         last_seen: Some(Timestamp(0)),
     }
@@ -126,7 +159,7 @@ fn placed(p: &Plan<Step>) -> Vec<(StorePath, String)> {
 }
 
 fn run(o: &Observed, max_jobs: u32) -> Plan<Step> {
-    plan(&local_builder(), &spec(max_jobs), o, Timestamp(0))
+    plan(&Placement, &spec(max_jobs), o, Timestamp(0))
 }
 
 fn dispatched(p: &Plan<Step>) -> Vec<StorePath> {
@@ -140,8 +173,8 @@ fn dispatched(p: &Plan<Step>) -> Vec<StorePath> {
 }
 
 #[test]
-fn local_builder_name_should_be_valid() {
-    assert_eq!(local_builder().as_str(), "local");
+fn the_one_key_should_show_as_all() {
+    assert_eq!(Placement.to_string(), "all");
 }
 
 #[test]
@@ -374,7 +407,7 @@ fn a_job_no_known_builder_can_build_should_wait_when_agents_can_enrol() {
         reconix_spec::SecretFile::new("/run/token"),
     ));
     let o = observed(vec![J::new(1, 1).features(&["kvm"])], &[]);
-    let p = plan(&local_builder(), &spec, &o, Timestamp(0));
+    let p = plan(&Placement, &spec, &o, Timestamp(0));
     assert!(p.steps.is_empty(), "{p:?}");
     // Without enrollment nothing could ever build it.
     let p = run(&o, 2);
@@ -393,10 +426,10 @@ fn an_agent_with_a_late_heartbeat_or_disconnected_should_get_nothing() {
     gone.connected = false;
     o.agents = vec![late, gone];
     // 31 s later: past the default 30 s heartbeat timeout.
-    let p = plan(&local_builder(), &spec(0), &o, Timestamp(31_000));
+    let p = plan(&Placement, &spec(0), &o, Timestamp(31_000));
     assert!(placed(&p).is_empty(), "{p:?}");
     // 10 s later `late` is fine, and the plan looks again when its deadline passes.
-    let p = plan(&local_builder(), &spec(0), &o, Timestamp(10_000));
+    let p = plan(&Placement, &spec(0), &o, Timestamp(10_000));
     assert_eq!(placed(&p).len(), 2);
     assert_eq!(p.then, Action::requeue(Duration::from_millis(20_001)));
 }
@@ -446,7 +479,7 @@ fn a_build_waiting_for_room_should_show_why_and_be_dispatched_only_after_its_tim
         Action::requeue(Duration::from_millis(4_001)),
         "the plan looks again when the wait is over"
     );
-    let p = plan(&local_builder(), &spec(4), &o, Timestamp(4_000));
+    let p = plan(&Placement, &spec(4), &o, Timestamp(4_000));
     assert_eq!(dispatched(&p), vec![drv(1), drv(2)], "its time has come");
 }
 
@@ -463,30 +496,36 @@ fn a_spec_entry_should_cap_an_agent() {
     );
     let mut o = observed(vec![J::new(1, 1), J::new(2, 2)], &[]);
     o.agents = vec![agent("a1", &["x86_64-linux"], &[], 8)];
-    let p = plan(&local_builder(), &spec, &o, Timestamp(0));
+    let p = plan(&Placement, &spec, &o, Timestamp(0));
     assert_eq!(placed(&p), vec![(drv(1), "a1".to_owned())]);
 }
 
 #[test]
 fn transient_failures_should_be_retried_up_to_the_limit_and_real_ones_never() {
-    use super::apply::{Ended, verdict};
+    use super::apply::{Ended, Verdict, verdict};
     let waits: Vec<u64> = (0..7)
         .map(|w| super::apply::wait_backoff(w).as_secs())
         .collect();
     assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30], "1 s doubling to 30 s");
     let full = || Ended::Waiting("waiting: state directory full: cannot write x.log".to_owned());
-    assert_eq!(verdict(full(), 1, 2), None);
-    assert_eq!(verdict(full(), 3, 0), None, "a wait never uses up attempts");
+    let wait = || Verdict::Wait("waiting: state directory full: cannot write x.log".to_owned());
+    assert_eq!(verdict(full(), 1, 2), wait());
+    assert_eq!(
+        verdict(full(), 3, 0),
+        wait(),
+        "a wait never uses up attempts"
+    );
     let lost = || Ended::Transient("agent a1: connection lost".to_owned());
-    assert_eq!(verdict(lost(), 1, 2), None);
-    assert_eq!(verdict(lost(), 2, 2), None);
+    let retry = || Verdict::Retry("agent a1: connection lost".to_owned());
+    assert_eq!(verdict(lost(), 1, 2), retry());
+    assert_eq!(verdict(lost(), 2, 2), retry());
     assert_eq!(
         verdict(lost(), 3, 2),
-        Some((
-            BuildState::Failed,
-            None,
-            Some("gave up after 3 attempts: agent a1: connection lost".to_owned())
-        ))
+        Verdict::Finish {
+            state: BuildState::Failed,
+            exit_code: None,
+            error: Some("gave up after 3 attempts: agent a1: connection lost".to_owned())
+        }
     );
     let failed = Ended::Result {
         state: BuildState::Failed,
@@ -495,10 +534,10 @@ fn transient_failures_should_be_retried_up_to_the_limit_and_real_ones_never() {
     };
     assert_eq!(
         verdict(failed, 1, 2),
-        Some((
-            BuildState::Failed,
-            Some(1),
-            Some("builder failed".to_owned())
-        ))
+        Verdict::Finish {
+            state: BuildState::Failed,
+            exit_code: Some(1),
+            error: Some("builder failed".to_owned())
+        }
     );
 }

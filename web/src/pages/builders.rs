@@ -5,10 +5,9 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use reconix_spec::{Builders, Timestamp};
-use reconix_status::{BuilderView, builder_views};
 
 use super::{PageError, render, time};
-use crate::{AppState, ListQuery};
+use crate::{AppState, BuilderView, ListQuery, builder_views};
 
 /// A job waiting on a running build, linked.
 pub(super) struct JobLink {

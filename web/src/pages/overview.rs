@@ -5,11 +5,11 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 use reconix_spec::{Builders, Timestamp};
-use reconix_status::{ForgeHealthState, builder_views};
+use reconix_status::ForgeHealthState;
 
 use super::builders::BuilderRow;
 use super::{EvalRow, PageError, render, repo_href, time};
-use crate::{AppState, forge_views};
+use crate::{AppState, builder_views, forge_views};
 
 /// How many evaluations the overview lists.
 const EVALUATIONS: u32 = 25;

@@ -1,10 +1,28 @@
-//! The builds this process runs: drv path → the builder it runs on and its cancellation token.
+//! What the `builds` loop shares with the rest of the crate through [`crate::Ctx`]: the builds
+//! this process runs (drv path → the builder it runs on and its cancellation token) and the
+//! loop's key, [`Placement`].
+//!
+//! A leaf module: `context` names these types, and the `builds` loop uses `context`, so they
+//! live here rather than in `builds` (which would make the two import each other).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use reconix_spec::{BuilderName, StorePath};
 use tokio_util::sync::CancellationToken;
+
+/// The one key of the `builds` loop: placement is global (every job of every live evaluation,
+/// across the local builder and the agents), so one run of the loop reconciles all of it.
+/// Shown as `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Placement;
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("all")
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -29,7 +47,7 @@ impl RunningBuilds {
 
     /// Registers a build on `builder`; returns its cancellation token, or `None` when the drv
     /// already runs.
-    pub(super) fn start(
+    pub(crate) fn start(
         &self,
         drv: &StorePath,
         builder: &BuilderName,
@@ -49,13 +67,13 @@ impl RunningBuilds {
         Some(cancel)
     }
 
-    pub(super) fn cancel(&self, drv: &StorePath) {
+    pub(crate) fn cancel(&self, drv: &StorePath) {
         if let Some(e) = self.lock().get(drv) {
             e.cancel.cancel();
         }
     }
 
-    pub(super) fn finish(&self, drv: &StorePath) {
+    pub(crate) fn finish(&self, drv: &StorePath) {
         self.lock().remove(drv);
     }
 
