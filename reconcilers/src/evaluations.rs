@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reconix_nixcli::{EvalOutcome, EvalRequest, Nix};
-use reconix_spec::{AttrPath, ForgeKind, RepoKey, Spec, Timestamp};
+use reconix_spec::{AttrPath, RepoKey, Spec, Timestamp};
 use reconix_status::{EvaluationId, EvaluationState, JobState, NewJob, PullRequestRow};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -220,7 +220,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
         let mut fetch_url = None;
         let mut pull_requests = Vec::new();
         let (heads, path) = match repo_cfg {
-            Some((forge, repo)) if forge.kind != ForgeKind::Local => {
+            Some((forge, repo)) if forge.is_hosted() => {
                 fetch_url = forge
                     .web_url_or_default()
                     .map(|web| format!("{web}/{}.git", key.repo));

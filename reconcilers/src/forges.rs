@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reconix_forge::{ApiError, Forge as _};
-use reconix_spec::{ForgeKind, ForgeName, Spec, Timestamp};
+use reconix_spec::{ForgeName, Spec, Timestamp};
 use reconix_status::{ForgeHealth, ForgeHealthState};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -92,12 +92,7 @@ impl<P: Ports> Reconciler for ForgeHealthLoop<P> {
     type Error = Error;
 
     async fn keys(&self, spec: &Spec, _cx: &Ctx<P>) -> Result<Vec<ForgeName>> {
-        Ok(spec
-            .forges
-            .iter()
-            .filter(|(_, f)| f.kind != ForgeKind::Local)
-            .map(|(n, _)| n.clone())
-            .collect())
+        Ok(spec.hosted_forges().cloned().collect())
     }
 
     async fn observe(

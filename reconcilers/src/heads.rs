@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use reconix_forge::api::PullRequest;
 use reconix_forge::{Branch, Forge as _};
-use reconix_spec::{ForgeKind, RepoKey, Spec, Timestamp};
+use reconix_spec::{RepoKey, Spec, Timestamp};
 use reconix_status::{PullRequestRow, PullRequestUpdate};
 use serde::Serialize;
 use tracing::info;
@@ -236,11 +236,7 @@ impl<P: Ports> Reconciler for Heads<P> {
     type Error = Error;
 
     async fn keys(&self, spec: &Spec, _cx: &Ctx<P>) -> Result<Vec<RepoKey>> {
-        Ok(spec
-            .repos()
-            .filter(|(_, forge, _)| forge.kind != ForgeKind::Local)
-            .map(|(key, _, _)| key)
-            .collect())
+        Ok(spec.hosted_repos().map(|(key, _, _)| key).collect())
     }
 
     async fn observe(&self, key: &RepoKey, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use reconix_forge::{Forge as _, Hook, HookEvent, HookSpec};
-use reconix_spec::{ForgeKind, RepoKey, Spec, Timestamp};
+use reconix_spec::{RepoKey, Spec, Timestamp};
 use reconix_status::{HookRow, NewDrift};
 use serde::Serialize;
 use tracing::info;
@@ -229,18 +229,9 @@ impl<P: Ports> Reconciler for Webhooks<P> {
     type Error = Error;
 
     async fn keys(&self, spec: &Spec, cx: &Ctx<P>) -> Result<Vec<RepoKey>> {
-        let mut keys: BTreeSet<RepoKey> = spec
-            .repos()
-            .filter(|(_, forge, _)| forge.kind != ForgeKind::Local)
-            .map(|(key, _, _)| key)
-            .collect();
+        let mut keys: BTreeSet<RepoKey> = spec.hosted_repos().map(|(key, _, _)| key).collect();
         // Repositories that left the spec but still have our hook, on forges still configured.
-        let hosted: Vec<_> = spec
-            .forges
-            .iter()
-            .filter(|(_, f)| f.kind != ForgeKind::Local)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let hosted: Vec<_> = spec.hosted_forges().cloned().collect();
         let with_hooks = cx
             .status
             .call(move |db| {

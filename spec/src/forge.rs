@@ -46,6 +46,12 @@ fn default_poll_interval() -> Duration {
 }
 
 impl Forge {
+    /// Returns true for a hosted forge (GitHub, GitLab, Gitea): one with an API, webhooks and
+    /// commit statuses, unlike `local` checkouts.
+    pub fn is_hosted(&self) -> bool {
+        self.kind != ForgeKind::Local
+    }
+
     /// Returns the API base URL: the configured one or the kind's default.
     pub fn api_url_or_default(&self) -> Option<&str> {
         self.api_url.as_deref().or(self.kind.default_api_url())

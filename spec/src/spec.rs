@@ -73,6 +73,19 @@ impl Spec {
         })
     }
 
+    /// Returns every repo of a hosted forge ([`Forge::is_hosted`]), as [`Spec::repos`] does.
+    pub fn hosted_repos(&self) -> impl Iterator<Item = (RepoKey, &Forge, &Repo)> + '_ {
+        self.repos().filter(|(_, forge, _)| forge.is_hosted())
+    }
+
+    /// Returns the names of the hosted forges ([`Forge::is_hosted`]).
+    pub fn hosted_forges(&self) -> impl Iterator<Item = &ForgeName> + '_ {
+        self.forges
+            .iter()
+            .filter(|(_, f)| f.is_hosted())
+            .map(|(n, _)| n)
+    }
+
     /// Returns the repo named by `key` and its forge, if the spec has it.
     pub fn repo(&self, key: &RepoKey) -> Option<(&Forge, &Repo)> {
         let forge = self.forges.get(&key.forge)?;

@@ -174,6 +174,19 @@ fn accessors_should_find_repos_by_key() {
 }
 
 #[test]
+fn hosted_repos_and_forges_should_leave_local_checkouts_out() {
+    let both = format!(
+        "{GITHUB}  here:\n    kind: local\n    repos:\n      demo:\n        path: /srv/demo\n"
+    );
+    let spec = spec(&both);
+    assert_eq!(spec.repos().count(), 2);
+    let hosted: Vec<String> = spec.hosted_repos().map(|(k, _, _)| k.to_string()).collect();
+    assert_eq!(hosted, ["gh/acme/widgets"]);
+    let forges: Vec<&str> = spec.hosted_forges().map(|f| f.as_str()).collect();
+    assert_eq!(forges, ["gh"]);
+}
+
+#[test]
 fn errors_should_display_as_file_line_col_message() {
     let err = parse("listen: nope\n", Path::new("spec.yaml")).unwrap_err();
     assert_eq!(

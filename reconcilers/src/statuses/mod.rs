@@ -20,7 +20,7 @@ mod summary;
 use std::collections::BTreeSet;
 
 use reconix_forge::{CheckRunSpec, Forge as _, StatusState};
-use reconix_spec::{ForgeKind, RepoKey, Spec, Timestamp};
+use reconix_spec::{RepoKey, Spec, Timestamp};
 use reconix_status::PostedStatus;
 use tracing::debug;
 
@@ -52,20 +52,13 @@ impl<P: Ports> Reconciler for Statuses<P> {
     type Error = Error;
 
     async fn keys(&self, spec: &Spec, _cx: &Ctx<P>) -> Result<Vec<RepoKey>> {
-        Ok(spec
-            .repos()
-            .filter(|(_, forge, _)| forge.kind != ForgeKind::Local)
-            .map(|(key, _, _)| key)
-            .collect())
+        Ok(spec.hosted_repos().map(|(key, _, _)| key).collect())
     }
 
     async fn observe(&self, key: &RepoKey, spec: &Spec, cx: &Ctx<P>) -> Result<Observed> {
         let gate = gate(&cx.status, &key.forge, Timestamp::now()).await?;
         // Other loops wake this one for every repository; a local forge has no statuses.
-        let hosted = spec
-            .forges
-            .get(&key.forge)
-            .is_some_and(|f| f.kind != ForgeKind::Local);
+        let hosted = spec.forges.get(&key.forge).is_some_and(|f| f.is_hosted());
         if !hosted {
             return Ok(Observed::empty(gate));
         }
