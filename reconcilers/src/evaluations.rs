@@ -659,25 +659,13 @@ mod tests {
         assert_eq!(p.then, Action::await_change());
     }
 
+    use crate::testing::pull_request as pr;
+
     fn hosted_spec(repo_yaml: &str) -> Spec {
         let yaml = format!(
             "external-url: https://ci.example.org\nforges:\n  gl:\n    kind: gitlab\n    token-file: /t\n    webhook-secret-file: /s\n    poll-interval: 1m\n    repos:\n      a/b:\n{repo_yaml}"
         );
         reconix_spec::parse(&yaml, std::path::Path::new("t.yaml")).unwrap()
-    }
-
-    fn pr(number: u64, sha: &str, author: &str, can_write: Option<bool>) -> PullRequestRow {
-        PullRequestRow {
-            number,
-            head_sha: sha.to_owned(),
-            head_ref: "feature".to_owned(),
-            base_ref: "main".to_owned(),
-            author: Some(author.to_owned()),
-            from_fork: true,
-            open: true,
-            author_can_write: can_write,
-            observed_at: Timestamp(0),
-        }
     }
 
     fn started(p: &Plan<Step>) -> Vec<(&str, &str)> {

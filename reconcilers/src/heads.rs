@@ -413,15 +413,8 @@ mod tests {
 
     fn row(number: u64, sha: &str, author: &str, trust: Option<bool>) -> PullRequestRow {
         PullRequestRow {
-            number,
-            head_sha: sha.to_owned(),
-            head_ref: "feature".to_owned(),
-            base_ref: "main".to_owned(),
-            author: Some(author.to_owned()),
             from_fork: false,
-            open: true,
-            author_can_write: trust,
-            observed_at: Timestamp(0),
+            ..crate::testing::pull_request(number, sha, author, trust)
         }
     }
 

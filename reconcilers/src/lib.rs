@@ -25,6 +25,8 @@ pub mod retention;
 pub mod running;
 pub mod s3;
 pub mod statuses;
+#[cfg(test)]
+mod testing;
 pub mod trust;
 pub mod webhooks;
 

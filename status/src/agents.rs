@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{QueryExt, Result};
 use crate::row::{get, non_negative, parse};
-use crate::types::{EvaluationId, JobId};
+use crate::types::{EvaluationId, JobId, JobState};
 use crate::{Error, StatusDb};
 
 /// An enrolled agent.
@@ -372,14 +372,15 @@ impl StatusDb {
         const OP: &str = "running_builds";
         let mut stmt = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT COALESCE(b.builder, 'local'), b.drv_path, b.started_at, b.attempts, \
                  j.id, j.evaluation_id, j.attr \
                  FROM builds b LEFT JOIN jobs j ON j.drv_path = b.drv_path \
-                 AND j.state IN ('queued', 'building') \
+                 AND j.state IN {} \
                  WHERE b.state = 'running' \
                  ORDER BY 1, b.started_at, b.drv_path, j.id",
-            )
+                JobState::unfinished_sql()
+            ))
             .op(OP)?;
         let mut rows = stmt.query([]).op(OP)?;
         let mut out: BTreeMap<String, Vec<RunningBuild>> = BTreeMap::new();

@@ -16,7 +16,7 @@ use crate::pull_requests::PullRequestRow;
 use crate::row::{get, non_negative, parse, parse_opt};
 use crate::types::{
     Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, Job, JobId, JobState,
-    RepoId,
+    RepoId, sql_list,
 };
 use crate::views::{BuildView, EvaluationSummary};
 
@@ -224,6 +224,7 @@ impl StatusDb {
             }
         }
         // The page is cut in the CTE; the dependency lookup then runs for its rows only.
+        let blocking = sql_list(JobState::BLOCKING);
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
@@ -239,7 +240,7 @@ impl StatusDb {
                  LEFT JOIN jobs d ON j.state = 'dependency-failed' AND d.id = ( \
                    SELECT x.id FROM job_deps jd JOIN jobs x ON x.id = jd.dep_job_id \
                    WHERE jd.job_id = j.id \
-                     AND x.state IN ('failed', 'eval-failed', 'dependency-failed', 'cancelled') \
+                     AND x.state IN {blocking} \
                    ORDER BY x.state = 'dependency-failed', x.id LIMIT 1) \
                  ORDER BY page.rank, j.id"
             ))

@@ -197,6 +197,20 @@ impl JobState {
             Self::Failed | Self::DependencyFailed | Self::EvalFailed
         )
     }
+
+    /// The states that end a job without outputs, so a job depending on it can never build
+    /// (it becomes `dependency-failed`): every terminal state but `succeeded`.
+    pub const BLOCKING: &'static [Self] = &[
+        Self::Failed,
+        Self::DependencyFailed,
+        Self::Cancelled,
+        Self::EvalFailed,
+    ];
+
+    /// Returns true when a job in this state blocks its dependents ([`Self::BLOCKING`]).
+    pub const fn blocks_dependents(self) -> bool {
+        self.is_terminal() && !matches!(self, Self::Succeeded)
+    }
 }
 
 impl BuildState {
@@ -488,6 +502,20 @@ mod tests {
         assert!(BuildState::TimedOut.is_terminal());
         assert!(!BuildState::TimedOut.is_final());
         assert!(BuildState::Failed.is_final());
+    }
+
+    #[test]
+    fn blocking_job_states_should_be_every_terminal_state_but_succeeded() {
+        let blocking: Vec<JobState> = JobState::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.blocks_dependents())
+            .collect();
+        assert_eq!(blocking, JobState::BLOCKING);
+        assert_eq!(
+            sql_list(JobState::BLOCKING),
+            "('failed', 'dependency-failed', 'cancelled', 'eval-failed')"
+        );
     }
 
     #[test]

@@ -18,13 +18,6 @@ fn waiting(build: &Build, now: Timestamp) -> bool {
     build.state == BuildState::Queued && build.retry_at.is_some_and(|at| at > now)
 }
 
-fn is_bad(state: JobState) -> bool {
-    matches!(
-        state,
-        JobState::Failed | JobState::DependencyFailed | JobState::Cancelled | JobState::EvalFailed
-    )
-}
-
 /// A builder as placement sees it.
 #[derive(Debug)]
 struct Slot {
@@ -114,7 +107,7 @@ pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestam
             state,
             error,
         };
-        if let Some(dep) = job.deps.iter().find(|d| is_bad(d.state)) {
+        if let Some(dep) = job.deps.iter().find(|d| d.state.blocks_dependents()) {
             steps.push(set(
                 JobState::DependencyFailed,
                 Some(format!("dependency {} {}", dep.attr, dep.state.as_str())),

@@ -1562,6 +1562,7 @@ mod tests {
         use reconix_status::{Evaluation, Job, RepoId};
 
         use super::*;
+        use crate::testing::pull_request as pr;
 
         fn spec(repo_yaml: &str) -> Spec {
             let yaml = format!(
@@ -1610,20 +1611,6 @@ mod tests {
                 created_at: Timestamp(0),
                 started_at: None,
                 finished_at: None,
-            }
-        }
-
-        fn pr(number: u64, sha: &str, author: &str, can_write: Option<bool>) -> PullRequestRow {
-            PullRequestRow {
-                number,
-                head_sha: sha.to_owned(),
-                head_ref: "feature".to_owned(),
-                base_ref: "main".to_owned(),
-                author: Some(author.to_owned()),
-                from_fork: true,
-                open: true,
-                author_can_write: can_write,
-                observed_at: Timestamp(0),
             }
         }
 
