@@ -9,6 +9,8 @@
 //!    has failed alone (its stderr then holds its own message).
 //! 3. Each attribute `tryEval` caught is evaluated alone, without `tryEval`, for its message.
 //! 4. Dependencies come from the `.drv` files ([`crate::deps`]).
+//! 5. The constituents of aggregate jobs are resolved against the other jobs and added to
+//!    their dependencies (`crate::aggregates`).
 //!
 //! Every `nix eval` runs pure (the flake reference is locked) with the eval cache off: a cached
 //! failure hides the real message and parallel processes contend on its SQLite database.
@@ -26,6 +28,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::aggregates;
 use crate::config::Config;
 use crate::deps::job_deps;
 use crate::parse::aterm::parse_derivation;
@@ -203,25 +206,31 @@ pub(crate) async fn evaluate(cli: &Arc<Config>, req: EvalRequest) -> Result<Eval
     .map_err(Error::Task)??;
     let mut deps = deps.into_iter();
 
+    // 5. The constituents of aggregate jobs, resolved against the other jobs.
+    let mut raw_constituents = Vec::with_capacity(jobs.len());
     let jobs = jobs
         .into_iter()
         .map(|(target, result)| match result {
-            Ok(drv) => {
+            Ok(mut drv) => {
+                raw_constituents.push(drv.constituents.take());
                 let deps = deps.next().unwrap_or_default();
                 // Jobs sharing one derivation (aliases) all get its features.
                 let features = features.get(&drv.drv_path).cloned().unwrap_or_default();
                 job_from_drv(target, drv, deps, features)
             }
-            Err(message) => EvalJob {
-                attr: target.attr,
-                name: target.name,
-                system: target.system,
-                result: Err(message),
-            },
+            Err(message) => {
+                raw_constituents.push(None);
+                EvalJob {
+                    attr: target.attr,
+                    name: target.name,
+                    system: target.system,
+                    result: Err(message),
+                }
+            }
         })
         .collect();
     Ok(EvalOutcome {
-        jobs,
+        jobs: aggregates::resolve(jobs, &raw_constituents),
         duration: started.elapsed(),
         nix_calls: calls,
     })
@@ -283,6 +292,7 @@ fn job_from_drv(
                     outputs: drv.outputs,
                     deps,
                     required_features,
+                    constituents: None,
                 }),
             };
         }

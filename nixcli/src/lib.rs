@@ -20,6 +20,8 @@
 //! - `config` (the settings, building commands and running them) uses `process`, which holds
 //!   everything about a process: arguments, `Finished`, spawn errors, the message of a failed
 //!   process, stopping a process group. `fs` creates parent directories.
+//! - `aggregates` (resolving the constituents of aggregate jobs, pure) uses `port` and
+//!   [`parse`]; `eval` uses it.
 //! - `port` ([`Nix`] and its types) and `error` use [`serve`] for its types; [`serve`] (the
 //!   protocol only) and [`deps`] use only [`parse`], the pure parsers, which use nothing.
 //!
@@ -27,6 +29,7 @@
 //! list the attribute names, evaluate them all in one `nix eval` with `tryEval`, bisect on an
 //! uncatchable error, then evaluate each failed attribute alone for its own message.
 
+mod aggregates;
 mod build;
 mod cli;
 mod config;
@@ -49,8 +52,8 @@ pub use error::{Error, Result, is_storage_error, is_storage_message};
 #[cfg(feature = "testing")]
 pub use fake::{Call, FakeEvaluation, FakeNix};
 pub use port::{
-    BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, JobDrv, Nix,
-    PathSize, closure_size,
+    BuildOutcome, BuildRequest, BuildStatus, Constituent, EvalJob, EvalOutcome, EvalRequest,
+    JobDrv, Nix, PathSize, closure_size,
 };
 pub use roots::{TEMPORARY_ROOT_PREFIX, output_link};
 pub use serve::{

@@ -188,6 +188,22 @@ pub struct JobDrv {
     /// (`requiredSystemFeatures`, e.g. `kvm`): sorted, no duplicates, usually empty.
     #[serde(default)]
     pub required_features: Vec<String>,
+    /// For an aggregate job (Hydra's `_hydraAggregate = true`): its constituents, resolved.
+    /// Every constituent job is in `deps` too, so the aggregate builds only after all of them
+    /// succeeded. `None` for any other job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constituents: Option<Vec<Constituent>>,
+}
+
+/// One resolved constituent of an aggregate job.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Constituent {
+    /// A job of the same evaluation (named, matched by a glob, or whose derivation was given).
+    Job(AttrPath),
+    /// A derivation that is no job of the evaluation. As in Hydra it is not an error: it is
+    /// shown, and built only if the aggregate's own derivation needs it.
+    Derivation(StorePath),
 }
 
 /// What to build.

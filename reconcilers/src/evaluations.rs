@@ -17,9 +17,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use reconix_nixcli::{EvalOutcome, EvalRequest, Nix};
+use reconix_nixcli::{Constituent, EvalOutcome, EvalRequest, Nix};
 use reconix_spec::{AttrPath, RepoKey, Spec, Timestamp};
-use reconix_status::{EvaluationId, EvaluationState, JobState, NewJob, PullRequestRow};
+use reconix_status::{
+    EvaluationId, EvaluationState, JobState, NewConstituent, NewJob, PullRequestRow,
+};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -481,6 +483,14 @@ fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
                 required_features: drv.required_features.clone(),
                 state: JobState::Queued,
                 error: None,
+                constituents: drv.constituents.as_ref().map(|list| {
+                    list.iter()
+                        .map(|c| match c {
+                            Constituent::Job(attr) => NewConstituent::Job(attr.clone()),
+                            Constituent::Derivation(drv) => NewConstituent::Derivation(drv.clone()),
+                        })
+                        .collect()
+                }),
             },
             Err(message) => NewJob {
                 attr: j.attr.clone(),
@@ -492,6 +502,7 @@ fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
                 required_features: Vec::new(),
                 state: JobState::EvalFailed,
                 error: Some(message.clone()),
+                constituents: None,
             },
         })
         .collect()

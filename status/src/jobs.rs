@@ -14,7 +14,8 @@ use crate::row::{
     parse_features, parse_job, parse_repo_key,
 };
 use crate::types::{
-    EvaluationId, EvaluationState, Job, JobId, JobState, NewJob, SchedDep, SchedJob,
+    Constituent, EvaluationId, EvaluationState, Job, JobId, JobState, NewConstituent, NewJob,
+    SchedDep, SchedJob,
 };
 
 impl StatusDb {
@@ -63,7 +64,31 @@ impl StatusDb {
             }
         }
         let mut dep_edges = Vec::new();
+        // (aggregate, position, constituent job or derivation)
+        let mut constituents: Vec<(usize, usize, Result<usize, &StorePath>)> = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
+            for (position, c) in job.constituents.iter().flatten().enumerate() {
+                let c = match c {
+                    NewConstituent::Job(attr) if job.deps.contains(attr) => match index.get(attr) {
+                        Some(&d) => Ok(d),
+                        None => {
+                            return Err(invalid(format!(
+                                "aggregate `{}` has constituent `{attr}`, which is not a job of \
+                                 this evaluation",
+                                job.attr
+                            )));
+                        }
+                    },
+                    NewConstituent::Job(attr) => {
+                        return Err(invalid(format!(
+                            "aggregate `{}` has constituent `{attr}`, which is not among its deps",
+                            job.attr
+                        )));
+                    }
+                    NewConstituent::Derivation(drv) => Err(drv),
+                };
+                constituents.push((i, position, c));
+            }
             for dep in &job.deps {
                 let Some(&d) = index.get(dep) else {
                     return Err(invalid(format!(
@@ -90,8 +115,8 @@ impl StatusDb {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO jobs (evaluation_id, attr, name, system, drv_path, outputs, \
-                     state, error, created_at, finished_at, required_features) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     state, error, created_at, finished_at, required_features, aggregate) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .op(OP)?;
             for job in jobs {
@@ -109,6 +134,7 @@ impl StatusDb {
                         now.0,
                         finished_at,
                         features_json(&job.required_features),
+                        job.constituents.is_some(),
                     ])
                     .op(OP)?;
                 ids.push(tx.last_insert_rowid());
@@ -120,6 +146,26 @@ impl StatusDb {
                 .op(OP)?;
             for (job, dep) in dep_edges {
                 insert_dep.execute([ids[job], ids[dep]]).op(OP)?;
+            }
+            let mut insert_constituent = tx
+                .prepare_cached(
+                    "INSERT INTO job_constituents (job_id, position, constituent_job_id, \
+                     drv_path) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .op(OP)?;
+            for (job, position, c) in constituents {
+                let (constituent, drv) = match c {
+                    Ok(d) => (Some(ids[d]), None),
+                    Err(drv) => (None, Some(drv.as_str())),
+                };
+                insert_constituent
+                    .execute(params![
+                        ids[job],
+                        i64::try_from(position).unwrap_or(i64::MAX),
+                        constituent,
+                        drv
+                    ])
+                    .op(OP)?;
             }
         }
         let next = if jobs.iter().any(|j| !j.state.is_terminal()) {
@@ -195,6 +241,34 @@ impl StatusDb {
                     .push(JobId(get(row, 1, op)?));
             }
         }
+        let mut constituents: HashMap<i64, Vec<Constituent>> = HashMap::new();
+        {
+            let sql = format!(
+                "SELECT c.job_id, d.id, d.attr, d.state, c.drv_path FROM jobs j \
+                 JOIN evaluations e ON e.id = j.evaluation_id \
+                 JOIN job_constituents c ON c.job_id = j.id \
+                 LEFT JOIN jobs d ON d.id = c.constituent_job_id \
+                 WHERE {filter} ORDER BY c.job_id, c.position"
+            );
+            let mut stmt = tx.prepare_cached(&sql).op(op)?;
+            let mut rows = stmt.query(params).op(op)?;
+            while let Some(row) = rows.next().op(op)? {
+                let constituent = match get::<Option<i64>>(row, 1, op)? {
+                    Some(id) => Constituent::Job {
+                        id: JobId(id),
+                        attr: parse("jobs", "attr", get(row, 2, op)?)?,
+                        state: parse("jobs", "state", get(row, 3, op)?)?,
+                    },
+                    None => Constituent::Derivation {
+                        drv_path: parse("job_constituents", "drv_path", get(row, 4, op)?)?,
+                    },
+                };
+                constituents
+                    .entry(get(row, 0, op)?)
+                    .or_default()
+                    .push(constituent);
+            }
+        }
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs j JOIN evaluations e ON e.id = j.evaluation_id \
              WHERE {filter} ORDER BY j.id"
@@ -205,6 +279,9 @@ impl StatusDb {
         while let Some(row) = rows.next().op(op)? {
             let mut job = parse_job(row, op)?;
             job.deps = deps.remove(&job.id.0).unwrap_or_default();
+            if let Some(list) = &mut job.constituents {
+                *list = constituents.remove(&job.id.0).unwrap_or_default();
+            }
             jobs.push(job);
         }
         Ok(jobs)
@@ -386,7 +463,74 @@ mod tests {
     use std::collections::HashSet;
 
     use crate::testing::{T0, at, attr, building_eval, drv, eval, failed_job, job, with_deps};
-    use crate::{BuildState, Error, EvaluationState, JobId, JobState, SchedDep, StatusDb};
+    use crate::{
+        BuildState, Constituent, Error, EvaluationState, JobId, JobState, NewConstituent, SchedDep,
+        StatusDb,
+    };
+
+    #[test]
+    fn an_aggregate_should_keep_its_constituents_in_order_with_their_states() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let mut agg = with_deps(job(3, "agg"), &["b", "a"]);
+        agg.constituents = Some(vec![
+            NewConstituent::Job(attr("packages.x86_64-linux.b")),
+            NewConstituent::Derivation(drv(9)),
+            NewConstituent::Job(attr("packages.x86_64-linux.a")),
+        ]);
+        let mut empty = job(4, "empty");
+        empty.constituents = Some(Vec::new());
+        let id = building_eval(
+            &mut db,
+            "aaa",
+            &[job(1, "a"), failed_job("b", "boom"), agg, empty],
+        );
+        let stored = db.jobs_of_evaluation(id).unwrap();
+        let (a, b) = (&stored[0], &stored[1]);
+        db.set_job_state(a.id, JobState::Succeeded, None, at(2))
+            .unwrap();
+        let agg = db.job(stored[2].id).unwrap().unwrap();
+        assert_eq!(
+            agg.constituents,
+            Some(vec![
+                Constituent::Job {
+                    id: b.id,
+                    attr: b.attr.clone(),
+                    state: JobState::EvalFailed
+                },
+                Constituent::Derivation { drv_path: drv(9) },
+                Constituent::Job {
+                    id: a.id,
+                    attr: a.attr.clone(),
+                    state: JobState::Succeeded
+                },
+            ])
+        );
+        assert_eq!(agg.deps, [a.id, b.id]);
+        assert_eq!(
+            stored[3].constituents,
+            Some(Vec::new()),
+            "an empty aggregate"
+        );
+        assert_eq!(stored[0].constituents, None, "not an aggregate");
+        // The API's view carries them too.
+        let view = db.job_view(agg.id).unwrap().unwrap();
+        assert_eq!(view.job.constituents, agg.constituents);
+    }
+
+    #[test]
+    fn a_constituent_job_outside_the_aggregates_deps_should_be_refused() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let (_, id) = eval(&mut db, "aaa");
+        let mut agg = job(2, "agg");
+        agg.constituents = Some(vec![NewConstituent::Job(attr("packages.x86_64-linux.a"))]);
+        let err = db
+            .record_evaluation_result(id, &[job(1, "a"), agg], at(1))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { reason, .. } if reason.contains("not among its deps")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn recording_a_result_should_insert_jobs_with_resolved_deps_and_start_building() {

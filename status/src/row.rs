@@ -152,9 +152,11 @@ pub(crate) fn parse_evaluation(row: &Row<'_>, op: &'static str) -> Result<Evalua
 
 /// The select list read by [`parse_job`]; needs `jobs j`.
 pub(crate) const JOB_COLUMNS: &str = "j.id, j.evaluation_id, j.attr, j.name, j.system, \
-     j.drv_path, j.outputs, j.state, j.error, j.created_at, j.started_at, j.finished_at";
+     j.drv_path, j.outputs, j.state, j.error, j.created_at, j.started_at, j.finished_at, \
+     j.aggregate";
 
-/// Parses a row selected with [`JOB_COLUMNS`]; `deps` are filled in by the caller.
+/// Parses a row selected with [`JOB_COLUMNS`]; `deps` and the constituents of an aggregate
+/// (here an empty list) are filled in by the caller.
 pub(crate) fn parse_job(row: &Row<'_>, op: &'static str) -> Result<Job> {
     Ok(Job {
         id: JobId(get(row, 0, op)?),
@@ -170,6 +172,7 @@ pub(crate) fn parse_job(row: &Row<'_>, op: &'static str) -> Result<Job> {
         created_at: timestamp(row, 9, op)?,
         started_at: timestamp_opt(row, 10, op)?,
         finished_at: timestamp_opt(row, 11, op)?,
+        constituents: get::<bool>(row, 12, op)?.then(Vec::new),
     })
 }
 

@@ -306,6 +306,38 @@ pub struct Job {
     pub started_at: Option<Timestamp>,
     /// When it reached a terminal state.
     pub finished_at: Option<Timestamp>,
+    /// For an aggregate job: its constituents, in the order written; `None` for any other job.
+    pub constituents: Option<Vec<Constituent>>,
+}
+
+/// One constituent of an aggregate job, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Constituent {
+    /// A job of the same evaluation (also a dependency of the aggregate).
+    Job {
+        /// The constituent job.
+        id: JobId,
+        /// Its attribute path.
+        attr: AttrPath,
+        /// Where it stands.
+        state: JobState,
+    },
+    /// A derivation that is no job of the evaluation (Hydra accepts these too); it is built
+    /// only if the aggregate's own derivation needs it.
+    Derivation {
+        /// The derivation.
+        drv_path: StorePath,
+    },
+}
+
+/// One constituent of a new aggregate job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewConstituent {
+    /// A job of the same evaluation, by attribute path; it must be among the aggregate's deps.
+    Job(AttrPath),
+    /// A derivation that is no job of the evaluation.
+    Derivation(StorePath),
 }
 
 /// A job as produced by an evaluation, before it has an id.
@@ -330,6 +362,8 @@ pub struct NewJob {
     pub state: JobState,
     /// The attribute's evaluation error, for `eval-failed` jobs.
     pub error: Option<String>,
+    /// For an aggregate job: its constituents, in the order written; `None` for any other job.
+    pub constituents: Option<Vec<NewConstituent>>,
 }
 
 /// One realisation of a drv, shared by every job with that drv.

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
 use crate::row::{get, non_negative, parse, parse_opt, parse_repo_key};
-use crate::types::{BuildId, BuildState, EvaluationId, EvaluationState, JobId, JobState};
+use crate::types::{
+    BuildId, BuildState, Constituent, EvaluationId, EvaluationState, JobId, JobState,
+};
 
 /// One evaluation in a list: what ran, where it stands, and how many jobs are in each state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,10 @@ pub struct JobView {
     pub started_at: Option<Timestamp>,
     /// When it reached a terminal state.
     pub finished_at: Option<Timestamp>,
+    /// For an aggregate job: its constituents with their states, in the order written; absent
+    /// for any other job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constituents: Option<Vec<Constituent>>,
 }
 
 /// The build of a job's drv as shown by the API.
@@ -482,6 +488,7 @@ impl StatusDb {
                         build: build.map(|b| b.0),
                         started_at: job.started_at,
                         finished_at: job.finished_at,
+                        constituents: job.constituents,
                     },
                 }
             })

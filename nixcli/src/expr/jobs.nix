@@ -5,6 +5,8 @@
 # below Linux's 128 KiB limit on one argument, and needs no escaping.)
 # Result: one element per selected attribute, in order:
 #   { ok = { drvPath; name; system; outputs = { <name> = <path>; }; }; }
+#        an aggregate (Hydra's `_hydraAggregate = true`) also has
+#        constituents = [ { drvPath = <path>; } | { name = "<job name or glob>"; } … ]
 #   { error = "<message>"; }   the value is not a derivation
 #   "failed"                   (catch = true only) tryEval caught a throw, a failed assert or a
 #                              missing attribute on the way (e.g. a NixOS configuration without `config`)
@@ -37,7 +39,21 @@ let
             value = v.${o}.outPath;
           }) (v.outputs or [ "out" ])
         );
-      };
+      }
+      // aggregate;
+      # Hydra's aggregate jobs: derivation constituents are kept as their drvPath, job names and
+      # globs as given (the caller resolves them against the other jobs). Anything else throws, so
+      # the job fails with a message naming the constituent's type.
+      constituent =
+        c:
+        if builtins.isString c then
+          { name = c; }
+        else if builtins.isAttrs c && (c.type or null) == "derivation" then
+          { drvPath = c.drvPath; }
+        else
+          throw "aggregate constituent is neither a derivation nor a job name (a ${builtins.typeOf c})";
+      aggregate =
+        if (v._hydraAggregate or false) == true then { constituents = map constituent (v.constituents or [ ]); } else { };
     in
     if builtins.isAttrs v && (v.type or null) == "derivation" then
       # deepSeq is essential: tryEval only forces to weak head normal form.

@@ -45,6 +45,20 @@ pub struct RawDrv {
     pub system: String,
     /// Output name → output path.
     pub outputs: BTreeMap<String, StorePath>,
+    /// For an aggregate job (Hydra's `_hydraAggregate = true`): its constituents as written.
+    #[serde(default)]
+    pub constituents: Option<Vec<RawConstituent>>,
+}
+
+/// One constituent of an aggregate job as `jobs.nix` prints it, before it is resolved against
+/// the other jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum RawConstituent {
+    /// A derivation, by its `.drv` path.
+    DrvPath(StorePath),
+    /// A job name or a glob over job names (`"checks.x86_64-linux.*"`).
+    Name(String),
 }
 
 /// Parses the output of `jobs.nix`, checking it has one entry per requested attribute.
@@ -114,6 +128,27 @@ mod tests {
             RawJob::Error("not a derivation (a int)".to_owned())
         );
         assert_eq!(drv(19).name, "nixos-system-demo");
+    }
+
+    #[test]
+    fn parse_jobs_should_read_the_constituents_of_an_aggregate() {
+        let drv = "/nix/store/00000000000000000000000000000000-a.drv";
+        let out = "/nix/store/00000000000000000000000000000000-agg";
+        let json = format!(
+            r#"[{{"ok":{{"drvPath":"{drv}","name":"agg","system":"x86_64-linux","outputs":{{"out":"{out}"}},"constituents":[{{"drvPath":"{drv}"}},{{"name":"checks.*"}}]}}}}]"#
+        );
+        let jobs = parse_jobs(&json, 1).unwrap();
+        let RawJob::Ok(agg) = &jobs[0] else {
+            panic!("{jobs:?}")
+        };
+        assert_eq!(
+            agg.constituents,
+            Some(vec![
+                RawConstituent::DrvPath(StorePath::new(drv).unwrap()),
+                RawConstituent::Name("checks.*".to_owned()),
+            ])
+        );
+        assert!(parse_jobs(&json.replace("\"name\":\"checks", "\"nom\":\"checks"), 1).is_err());
     }
 
     #[test]

@@ -1611,6 +1611,7 @@ mod tests {
                 created_at: Timestamp(0),
                 started_at: None,
                 finished_at: None,
+                constituents: None,
             }
         }
 

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::response::Html;
 use reconix_spec::Timestamp;
 use reconix_status::pages::{JobGroup, JobRef};
-use reconix_status::{JobId, JobState};
+use reconix_status::{Constituent, JobId, JobState};
 
 use super::ansi::AnsiHtml;
 use super::log_stream::{LOG_PAGE_LIMIT, read_tail};
@@ -26,6 +26,31 @@ impl DepLink {
             href: format!("/jobs/{}", d.id),
             attr: d.attr.to_string(),
             state: d.state.as_str(),
+        }
+    }
+}
+
+/// One constituent of an aggregate job: a link to a job of the evaluation, or (no `href`) a
+/// derivation that is no job.
+struct ConstituentLink {
+    href: String,
+    name: String,
+    state: &'static str,
+}
+
+impl ConstituentLink {
+    fn new(c: &Constituent) -> Self {
+        match c {
+            Constituent::Job { id, attr, state } => Self {
+                href: format!("/jobs/{id}"),
+                name: attr.to_string(),
+                state: state.as_str(),
+            },
+            Constituent::Derivation { drv_path } => Self {
+                href: String::new(),
+                name: drv_path.to_string(),
+                state: "",
+            },
         }
     }
 }
@@ -75,6 +100,8 @@ struct JobPage {
     took: String,
     build: Option<BuildInfo>,
     dependencies: Vec<DepLink>,
+    /// For an aggregate job: its constituents.
+    constituents: Option<Vec<ConstituentLink>>,
     failed_dependency: Option<DepLink>,
     reproduce: String,
     log: LogView,
@@ -177,6 +204,10 @@ pub(super) async fn page(
             error: b.error.clone().unwrap_or_default(),
         }),
         dependencies: data.dependencies.iter().map(DepLink::new).collect(),
+        constituents: job
+            .constituents
+            .as_ref()
+            .map(|list| list.iter().map(ConstituentLink::new).collect()),
         failed_dependency: (job.state == JobState::DependencyFailed)
             .then(|| blame(&data.dependencies).map(DepLink::new))
             .flatten(),

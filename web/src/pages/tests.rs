@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use futures_util::StreamExt;
 use reconix_spec::{AttrPath, ForgeName, RepoKey, StorePath, System, Timestamp};
 use reconix_status::{
-    BuildState, EvaluationId, ForgeHealthState, JobId, JobState, NewDrift, NewJob,
+    BuildState, EvaluationId, ForgeHealthState, JobId, JobState, NewConstituent, NewDrift, NewJob,
     PullRequestUpdate, RepoId, Status, StatusDb,
 };
 use tower::ServiceExt;
@@ -34,6 +34,7 @@ fn job(n: u32, attr: &str, deps: &[&str]) -> NewJob {
         required_features: Vec::new(),
         state: JobState::Queued,
         error: None,
+        constituents: None,
     }
 }
 
@@ -636,4 +637,88 @@ async fn log_stream_should_resume_at_the_last_event_id() {
         next_event(&mut body).await.unwrap(),
         "event: end\ndata: end\n\n"
     );
+}
+
+#[tokio::test]
+async fn aggregate_job_page_and_api_should_list_the_constituents_with_their_states() {
+    let mut db = StatusDb::open_memory().unwrap();
+    let repo = db.upsert_repo(&RepoKey::parse("gh/o/r").unwrap()).unwrap();
+    let (eval, _) = db
+        .insert_evaluation(
+            repo,
+            "refs/heads/main",
+            &"d".repeat(40),
+            "git+https://x/o/r?rev=d",
+            T,
+        )
+        .unwrap();
+    let mut agg = job(3, &pkg("agg"), &[&pkg("a"), &pkg("b")]);
+    agg.constituents = Some(vec![
+        NewConstituent::Job(AttrPath::new(pkg("a")).unwrap()),
+        NewConstituent::Job(AttrPath::new(pkg("b")).unwrap()),
+        NewConstituent::Derivation(drv(9, "elsewhere")),
+    ]);
+    db.record_evaluation_result(
+        eval,
+        &[job(1, &pkg("a"), &[]), job(2, &pkg("b"), &[]), agg],
+        T,
+    )
+    .unwrap();
+    let a = finish(
+        &mut db,
+        eval,
+        &pkg("a"),
+        JobState::Succeeded,
+        Some(BuildState::Succeeded),
+        None,
+    );
+    let b = finish(
+        &mut db,
+        eval,
+        &pkg("b"),
+        JobState::Failed,
+        Some(BuildState::Failed),
+        Some("b broke"),
+    );
+    let agg = finish(
+        &mut db,
+        eval,
+        &pkg("agg"),
+        JobState::DependencyFailed,
+        None,
+        None,
+    );
+    let st = AppState::new(Status::new(db));
+
+    let (code, body) = get(&st, &format!("/jobs/{agg}")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("<h2>Constituents</h2>"), "{body}");
+    for (id, attr, state) in [(a, pkg("a"), "succeeded"), (b, pkg("b"), "failed")] {
+        let line = format!(
+            "<li><a href=\"/jobs/{id}\"><code>{attr}</code></a> <span class=\"{state}\">{state}</span></li>"
+        );
+        assert!(body.contains(&line), "{line} in {body}");
+    }
+    assert!(body.contains(&format!(
+        "<li><code>{}</code> <span class=\"muted\">not a job of this evaluation</span></li>",
+        drv(9, "elsewhere")
+    )));
+    // A job that is no aggregate has no such section.
+    let (_, body) = get(&st, &format!("/jobs/{a}")).await;
+    assert!(!body.contains("Constituents"));
+
+    let (code, body) = get(&st, &format!("/api/v1/jobs/{agg}")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json["constituents"],
+        serde_json::json!([
+            {"kind": "job", "id": a.0, "attr": pkg("a"), "state": "succeeded"},
+            {"kind": "job", "id": b.0, "attr": pkg("b"), "state": "failed"},
+            {"kind": "derivation", "drv_path": drv(9, "elsewhere").to_string()},
+        ])
+    );
+    let (_, body) = get(&st, &format!("/api/v1/jobs/{a}")).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(json.get("constituents").is_none(), "{json}");
 }
