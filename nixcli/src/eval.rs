@@ -283,6 +283,7 @@ fn job_from_drv(
                     outputs: drv.outputs,
                     deps,
                     required_features,
+                    meta: *drv.meta,
                 }),
             };
         }

@@ -37,6 +37,7 @@ fn job() -> EvalJob {
             outputs: BTreeMap::from([("out".to_owned(), sp(OUT))]),
             deps: vec![],
             required_features: vec![],
+            meta: reconix_spec::JobMeta::default(),
         }),
     }
 }

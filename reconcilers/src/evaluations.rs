@@ -481,6 +481,7 @@ fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
                 required_features: drv.required_features.clone(),
                 state: JobState::Queued,
                 error: None,
+                meta: drv.meta.clone(),
             },
             Err(message) => NewJob {
                 attr: j.attr.clone(),
@@ -492,6 +493,7 @@ fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
                 required_features: Vec::new(),
                 state: JobState::EvalFailed,
                 error: Some(message.clone()),
+                meta: reconix_spec::JobMeta::default(),
             },
         })
         .collect()

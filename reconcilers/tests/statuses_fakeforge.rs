@@ -37,6 +37,7 @@ fn jobs() -> Vec<NewJob> {
             required_features: Vec::new(),
             state: JobState::Queued,
             error: None,
+            meta: reconix_spec::JobMeta::default(),
         })
         .collect()
 }

@@ -58,6 +58,7 @@ pub(crate) fn job(n: u64, name: &str) -> NewJob {
         required_features: Vec::new(),
         state: JobState::Queued,
         error: None,
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 
@@ -82,6 +83,7 @@ pub(crate) fn failed_job(name: &str, error: &str) -> NewJob {
         required_features: Vec::new(),
         state: JobState::EvalFailed,
         error: Some(error.to_owned()),
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 

@@ -147,6 +147,7 @@ mod tests {
                 required_features: Vec::new(),
                 state: JobState::Queued,
                 error: None,
+                meta: reconix_spec::JobMeta::default(),
             })
             .collect();
         db.record_evaluation_result(eval, &jobs, now).unwrap();

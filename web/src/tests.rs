@@ -30,6 +30,7 @@ fn job(n: u32, name: &str, state: JobState, error: Option<&str>) -> NewJob {
         required_features: Vec::new(),
         state,
         error: error.map(str::to_owned),
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 

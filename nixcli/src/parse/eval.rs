@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::StorePath;
 use serde::Deserialize;
 
@@ -45,6 +46,10 @@ pub struct RawDrv {
     pub system: String,
     /// Output name → output path.
     pub outputs: BTreeMap<String, StorePath>,
+    /// What reconix uses of `meta` (absent in output of older expressions); boxed because it
+    /// is most of the size and usually empty.
+    #[serde(default)]
+    pub meta: Box<JobMeta>,
 }
 
 /// Parses the output of `jobs.nix`, checking it has one entry per requested attribute.

@@ -34,6 +34,7 @@ fn job(n: u32, attr: &str, deps: &[&str]) -> NewJob {
         required_features: Vec::new(),
         state: JobState::Queued,
         error: None,
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 

@@ -79,6 +79,7 @@ fn seed(path: &Path, n: usize) -> Result<i64> {
             required_features: Vec::new(),
             state: JobState::Queued,
             error: None,
+            meta: reconix_spec::JobMeta::default(),
         });
     }
     db.record_evaluation_result(id, &jobs, t)?;
