@@ -44,23 +44,25 @@ let
         else
           null;
       strings = names: x: builtins.filter builtins.isString (map (pick names) (listOf x));
-      field =
-        f: name:
+      # `none` when the field is missing or broken: null for values, [ ] for lists.
+      fieldOr =
+        none: f: name:
         let
           r = builtins.tryEval (
             let
-              value = if builtins.isAttrs m && builtins.hasAttr name m then f m.${name} else null;
+              value = if builtins.isAttrs m && builtins.hasAttr name m then f m.${name} else none;
             in
             builtins.deepSeq value value
           );
         in
-        if r.success then r.value else null;
+        if r.success then r.value else none;
+      field = fieldOr null;
     in
     {
       description = field str "description";
       homepage = field (h: str (first h)) "homepage";
-      license = field (strings [ "spdxId" "shortName" "fullName" ]) "license";
-      maintainers = field (strings [ "name" "github" "email" ]) "maintainers";
+      license = fieldOr [ ] (strings [ "spdxId" "shortName" "fullName" ]) "license";
+      maintainers = fieldOr [ ] (strings [ "name" "github" "email" ]) "maintainers";
       timeout = field int "timeout";
       maxSilent = field int "maxSilent";
       schedulingPriority = field int "schedulingPriority";
