@@ -296,6 +296,7 @@ mod tests {
                 deps: deps.iter().map(|d| AttrPath::new(*d).unwrap()).collect(),
                 required_features: Vec::new(),
                 constituents: None,
+                meta: reconix_spec::JobMeta::default(),
             }),
         }
     }

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::build::{BuildMode, BuildPool, OpenError};
 use crate::config::Config;
 use crate::fs::create_parent;
-use crate::port::{BuildOutcome, BuildRequest, EvalOutcome, EvalRequest, Nix, PathSize};
+use crate::port::{
+    BuildOutcome, BuildRequest, EvalOutcome, EvalRequest, Nix, OutputsReport, PathSize,
+};
 use crate::process::{command_line, os_args};
 use crate::roots;
 use crate::serve::{BuildSettings, RemoteBuildOutcome, ServeClient};
@@ -228,6 +230,10 @@ impl Nix for NixCli {
             .run_ok(&self.config.nix_store, &os_args(["--gc"]))
             .await
             .map(drop)
+    }
+
+    async fn inspect_outputs(&self, outputs: &[StorePath]) -> Result<OutputsReport> {
+        crate::outputs::inspect_outputs(&self.config, outputs).await
     }
 
     async fn version(&self) -> Result<String> {

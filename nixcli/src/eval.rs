@@ -293,6 +293,7 @@ fn job_from_drv(
                     deps,
                     required_features,
                     constituents: None,
+                    meta: *drv.meta,
                 }),
             };
         }

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fs::create_parent;
 use crate::port::{
-    BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, Nix, PathSize,
+    BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, Nix, OutputsReport,
+    PathSize,
 };
 use crate::serve::{BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient};
 use crate::{Error, Result};
@@ -50,6 +51,8 @@ pub enum Call {
     },
     /// [`Nix::collect_garbage`].
     CollectGarbage,
+    /// [`Nix::inspect_outputs`].
+    InspectOutputs(Vec<StorePath>),
     /// [`Nix::version`].
     Version,
 }
@@ -89,6 +92,8 @@ struct State {
     copy_failures: HashMap<String, String>,
     /// URL → paths copied there (closures included).
     copied: HashMap<String, BTreeSet<StorePath>>,
+    /// Output path → what its `nix-support/` says.
+    reports: HashMap<StorePath, OutputsReport>,
 }
 
 impl State {
@@ -226,6 +231,11 @@ impl FakeNix {
             }
             notified.await;
         }
+    }
+
+    /// Scripts what [`Nix::inspect_outputs`] finds in `output` (by default: nothing).
+    pub fn set_outputs_report(&self, output: StorePath, report: OutputsReport) {
+        self.state().reports.insert(output, report);
     }
 
     /// Waits until `realise` has been called for `drv`.
@@ -399,6 +409,23 @@ impl Nix for FakeNix {
     async fn collect_garbage(&self) -> Result<()> {
         self.record(Call::CollectGarbage);
         Ok(())
+    }
+
+    async fn inspect_outputs(&self, outputs: &[StorePath]) -> Result<OutputsReport> {
+        self.record(Call::InspectOutputs(outputs.to_vec()));
+        let state = self.state();
+        let mut report = OutputsReport::default();
+        for scripted in outputs.iter().filter_map(|o| state.reports.get(o)) {
+            report.failed |= scripted.failed;
+            report.products.extend(scripted.products.iter().cloned());
+            report
+                .rejected_products
+                .extend(scripted.rejected_products.iter().cloned());
+            if report.release_name.is_none() {
+                report.release_name.clone_from(&scripted.release_name);
+            }
+        }
+        Ok(report)
     }
 
     async fn version(&self) -> Result<String> {

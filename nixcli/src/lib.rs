@@ -15,7 +15,8 @@
 //!
 //! - `cli` ([`NixCli`], the front door) uses everything; nothing uses it.
 //! - `eval`, `build` (local builds on channels or processes, its channel `pool`, remote builds
-//!   and what `nix-store`'s exit status says), `roots`, `paths` do the work; they take the
+//!   and what `nix-store`'s exit status says), `roots`, `paths`, `outputs` (what outputs say in
+//!   `nix-support/`) do the work; they take the
 //!   settings (`config`), never `NixCli`. `build` uses `roots` and `paths`.
 //! - `config` (the settings, building commands and running them) uses `process`, which holds
 //!   everything about a process: arguments, `Finished`, spawn errors, the message of a failed
@@ -39,6 +40,7 @@ mod eval;
 #[cfg(feature = "testing")]
 mod fake;
 mod fs;
+mod outputs;
 pub mod parse;
 mod paths;
 mod port;
@@ -51,9 +53,10 @@ pub use cli::{NixCli, build_remote};
 pub use error::{Error, Result, is_storage_error, is_storage_message};
 #[cfg(feature = "testing")]
 pub use fake::{Call, FakeEvaluation, FakeNix};
+pub use parse::outputs::ProductLine;
 pub use port::{
     BuildOutcome, BuildRequest, BuildStatus, Constituent, EvalJob, EvalOutcome, EvalRequest,
-    JobDrv, Nix, PathSize, closure_size,
+    JobDrv, Nix, OutputsReport, PathSize, closure_size,
 };
 pub use roots::{TEMPORARY_ROOT_PREFIX, output_link};
 pub use serve::{

@@ -5,12 +5,14 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::{AttrPath, StorePath, System};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::parse::outputs::ProductLine;
 use crate::serve::{BuildSettings, RemoteBuildOutcome, ServeClient};
 
 /// Everything reconix asks of Nix. [`NixCli`](crate::NixCli) is the real implementation.
@@ -99,6 +101,18 @@ pub trait Nix: Send + Sync + 'static {
         closure: bool,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Reads what the (valid) `outputs` of a build say about it in `nix-support/`, Hydra's
+    /// conventions: whether any has a `failed` file (nixpkgs' `succeedOnFailure`), the lines of
+    /// their `hydra-build-products` and the `hydra-release-name`.
+    ///
+    /// # Errors
+    /// [`Error::StoreRead`](crate::Error::StoreRead) when a file exists but cannot be read (or
+    /// is larger than a products list can sensibly be).
+    fn inspect_outputs(
+        &self,
+        outputs: &[StorePath],
+    ) -> impl Future<Output = Result<OutputsReport>> + Send;
+
     /// Returns Nix's version number, e.g. `2.8.0`; the daemon calls it at start to fail early
     /// when Nix is missing.
     ///
@@ -134,6 +148,22 @@ pub fn closure_size(closure: &BTreeMap<StorePath, PathSize>, roots: &[StorePath]
         }
     }
     total
+}
+
+/// What a build's outputs say about it in `nix-support/` ([`Nix::inspect_outputs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutputsReport {
+    /// Some output has `nix-support/failed`: the builder succeeded but says the build failed
+    /// (nixpkgs' `succeedOnFailure`, test drivers), and kept its output for inspection.
+    pub failed: bool,
+    /// The products listed in the outputs' `nix-support/hydra-build-products`, in the order
+    /// the outputs were given, then file order.
+    pub products: Vec<ProductLine>,
+    /// Lines of those files that are not products (Hydra skips them too).
+    pub rejected_products: Vec<String>,
+    /// The first line of the first given output's `nix-support/hydra-release-name` that has
+    /// one.
+    pub release_name: Option<String>,
 }
 
 /// What to evaluate.
@@ -188,6 +218,9 @@ pub struct JobDrv {
     /// (`requiredSystemFeatures`, e.g. `kvm`): sorted, no duplicates, usually empty.
     #[serde(default)]
     pub required_features: Vec<String>,
+    /// What reconix uses of the derivation's `meta` (per-job limits, priority, description…).
+    #[serde(default)]
+    pub meta: JobMeta,
     /// For an aggregate job (Hydra's `_hydraAggregate = true`): its constituents, resolved.
     /// Every constituent job is in `deps` too, so the aggregate builds only after all of them
     /// succeeded. `None` for any other job.

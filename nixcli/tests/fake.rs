@@ -38,6 +38,7 @@ fn job() -> EvalJob {
             deps: vec![],
             required_features: vec![],
             constituents: None,
+            meta: reconix_spec::JobMeta::default(),
         }),
     }
 }

@@ -1064,3 +1064,116 @@ async fn closure_and_copy_to_should_size_and_sign_what_a_fresh_store_then_accept
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn evaluate_should_extract_meta_and_never_fail_a_job_on_a_broken_one() {
+    let flake = TestFlake::new(
+        r#"{ packages.${system} = {
+          withMeta = (mk "with-meta" "touch $out") // { meta = {
+            description = "says hello";
+            homepage = [ "https://example.org/a" "https://example.org/b" ];
+            license = [ { spdxId = "MIT"; shortName = "mit"; } { shortName = "bsd3"; } { fullName = "Custom"; } "WTFPL" 42 ];
+            maintainers = [ { name = "Alice"; github = "alice"; } { github = "bob"; } { email = "c@example.org"; } "dave" ];
+            timeout = 5; maxSilent = 2; schedulingPriority = 200;
+          }; };
+          single = (mk "single" "touch $out") // { meta = { license = { spdxId = "GPL-3.0-only"; }; maintainers = { name = "Erin"; }; homepage = "https://example.org/s"; }; };
+          brokenFields = (mk "broken-fields" "touch $out") // { meta = { description = throw "no"; license = [ (throw "no") ]; timeout = "soon"; maxSilent = 3; }; };
+          brokenMeta = (mk "broken-meta" "touch $out") // { meta = throw "no meta"; };
+          noMeta = mk "no-meta" "touch $out";
+        }; }"#,
+    );
+    let jobs = flake.evaluate(&["packages"]).await;
+    let meta = |name: &str| {
+        jobs[&format!("packages.x86_64-linux.{name}")]
+            .result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .meta
+            .clone()
+    };
+    let m = meta("withMeta");
+    assert_eq!(m.description.as_deref(), Some("says hello"));
+    assert_eq!(m.homepage.as_deref(), Some("https://example.org/a"));
+    assert_eq!(m.license, ["MIT", "bsd3", "Custom", "WTFPL"]);
+    assert_eq!(m.maintainers, ["Alice", "bob", "c@example.org", "dave"]);
+    assert_eq!(
+        (m.timeout, m.max_silent, m.scheduling_priority),
+        (Some(5), Some(2), Some(200))
+    );
+    let m = meta("single");
+    assert_eq!(
+        (m.license, m.maintainers),
+        (vec!["GPL-3.0-only".to_owned()], vec!["Erin".to_owned()])
+    );
+    assert_eq!(m.homepage.as_deref(), Some("https://example.org/s"));
+    let m = meta("brokenFields");
+    assert_eq!(
+        (m.description, m.timeout, m.max_silent),
+        (None, None, Some(3))
+    );
+    assert!(m.license.is_empty());
+    assert!(meta("brokenMeta").is_empty());
+    assert!(meta("noMeta").is_empty());
+}
+
+in_both_modes!(realise_should_leave_failed_output_products_and_release_name_to_inspect);
+
+/// A builder in the style of nixpkgs' `succeedOnFailure`: the check fails, the builder records
+/// it in `$out/nix-support/failed` and exits 0, so Nix sees a success.
+async fn realise_should_leave_failed_output_products_and_release_name_to_inspect(mode: BuildMode) {
+    let flake = TestFlake::new(
+        r#"{ packages.${system} = {
+          tested = mk "tested" ''
+            mkdir -p $out/nix-support $out/bin
+            echo report > $out/report.html
+            echo 'tests failed' >&2
+            echo 1 > $out/nix-support/failed
+            echo "file binary-dist $out/report.html" > $out/nix-support/hydra-build-products
+            echo "doc manual \"$out/my docs\"" >> $out/nix-support/hydra-build-products
+            echo "file source-dist /etc/passwd" >> $out/nix-support/hydra-build-products
+            echo 'two words' >> $out/nix-support/hydra-build-products
+            echo tested-1.0 > $out/nix-support/hydra-release-name
+          '';
+          fine = mk "fine" "mkdir -p $out; echo ok > $out/ok";
+        }; }"#,
+    );
+    let drvs = flake.drvs(&["tested", "fine"]).await;
+    let nix = NixCli::new().with_build_mode(mode);
+    let outcome = within(nix.realise(flake.build(&drvs[0], "tested"), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.status,
+        BuildStatus::Succeeded,
+        "Nix sees a success: {outcome:?}"
+    );
+    let out = outcome.outputs["out"].clone();
+    let report = within(nix.inspect_outputs(std::slice::from_ref(&out)))
+        .await
+        .unwrap();
+    assert!(report.failed);
+    assert_eq!(report.release_name.as_deref(), Some("tested-1.0"));
+    let products: Vec<(&str, &str, String)> = report
+        .products
+        .iter()
+        .map(|p| (p.kind.as_str(), p.subtype.as_str(), p.path.clone()))
+        .collect();
+    assert_eq!(
+        products,
+        [
+            ("file", "binary-dist", format!("{out}/report.html")),
+            ("doc", "manual", format!("{out}/my docs")),
+            // Listed as written: the web server refuses to serve it.
+            ("file", "source-dist", "/etc/passwd".to_owned()),
+        ]
+    );
+    assert_eq!(report.rejected_products, ["two words"]);
+
+    let fine = within(nix.realise(flake.build(&drvs[1], "fine"), CancellationToken::new()))
+        .await
+        .unwrap();
+    let report = within(nix.inspect_outputs(&fine.outputs.values().cloned().collect::<Vec<_>>()))
+        .await
+        .unwrap();
+    assert_eq!(report, reconix_nixcli::OutputsReport::default());
+}

@@ -491,6 +491,7 @@ fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
                         })
                         .collect()
                 }),
+                meta: drv.meta.clone(),
             },
             Err(message) => NewJob {
                 attr: j.attr.clone(),
@@ -503,6 +504,7 @@ fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
                 state: JobState::EvalFailed,
                 error: Some(message.clone()),
                 constituents: None,
+                meta: reconix_spec::JobMeta::default(),
             },
         })
         .collect()

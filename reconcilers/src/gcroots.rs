@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use reconix_nixcli::Nix;
 use reconix_spec::{RepoKey, Spec, StorePath, Timestamp};
-use reconix_status::{EvaluationId, JobId, JobState};
+use reconix_status::{EvaluationId, JobId};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -275,8 +275,8 @@ impl<P: Ports> Reconciler for GcRoots<P> {
                 // The job may have been purged since it was observed: look again under the
                 // lock `retention` purges under, so a purged evaluation is never rooted again.
                 let _roots = cx.roots.lock().await;
-                let current = cx.status.call(move |db| db.job(job)).await?;
-                if current.is_none_or(|j| j.state != JobState::Succeeded) {
+                let keeps = cx.status.call(move |db| db.job_keeps_outputs(job)).await?;
+                if !keeps {
                     debug!(link = %link.display(), "not rooting a job that is gone");
                     return Ok(());
                 }

@@ -39,6 +39,7 @@ fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
                 .collect(),
             required_features: Vec::new(),
             constituents: None,
+            meta: reconix_spec::JobMeta::default(),
         }),
     }
 }

@@ -38,6 +38,7 @@ fn jobs() -> Vec<NewJob> {
             state: JobState::Queued,
             error: None,
             constituents: None,
+            meta: reconix_spec::JobMeta::default(),
         })
         .collect()
 }

@@ -7,8 +7,8 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::StatusDb;
 use crate::error::{Error, QueryExt, Result};
-use crate::row::{BUILD_COLUMNS, parse, parse_build, path_text};
-use crate::types::{Build, BuildId, BuildState};
+use crate::row::{BUILD_COLUMNS, get, parse, parse_build, path_text};
+use crate::types::{Build, BuildId, BuildProduct, BuildState, BuiltOutputs, FAILED_WITH_OUTPUT};
 
 /// How a running build goes back to the queue ([`StatusDb::requeue_build`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +210,105 @@ impl StatusDb {
             })
             .op(OP)
             .map(BuildId)
+    }
+
+    /// Records that the build of `drv` succeeded as far as Nix goes (its outputs are valid)
+    /// with what its outputs say in `nix-support/`, in one transaction; returns its id.
+    ///
+    /// When an output has `nix-support/failed` the build keeps state `succeeded` (the outputs
+    /// exist: they are rooted and dependents may use them) with `failed_with_output` set and
+    /// [`FAILED_WITH_OUTPUT`] as its error; the builds loop then fails its jobs. The products
+    /// replace any recorded before. Like [`finish_build`](Self::finish_build), it creates the
+    /// row when there is none.
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails.
+    pub fn finish_built(
+        &mut self,
+        drv: &StorePath,
+        exit_code: Option<i32>,
+        outputs: &BuiltOutputs,
+        now: Timestamp,
+    ) -> Result<BuildId> {
+        const OP: &str = "finish_built";
+        let tx = self.write(OP)?;
+        let id: i64 = tx
+            .prepare_cached(
+                "INSERT INTO builds (drv_path, state, exit_code, error, attempts, queued_at, \
+                 finished_at, failed_with_output, release_name) \
+                 VALUES (?1, 'succeeded', ?2, ?3, 0, ?4, ?4, ?5, ?6) \
+                 ON CONFLICT (drv_path) DO UPDATE SET state = excluded.state, \
+                 exit_code = excluded.exit_code, error = excluded.error, \
+                 finished_at = excluded.finished_at, retry_at = NULL, waits = 0, \
+                 failed_with_output = excluded.failed_with_output, \
+                 release_name = excluded.release_name \
+                 RETURNING id",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        drv.as_str(),
+                        exit_code,
+                        outputs.failed.then_some(FAILED_WITH_OUTPUT),
+                        now.0,
+                        outputs.failed,
+                        outputs.release_name,
+                    ],
+                    |r| r.get(0),
+                )
+            })
+            .op(OP)?;
+        tx.execute("DELETE FROM build_products WHERE build_id = ?1", [id])
+            .op(OP)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO build_products (build_id, position, kind, subtype, path, \
+                     default_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .op(OP)?;
+            for (position, p) in outputs.products.iter().enumerate() {
+                insert
+                    .execute(params![
+                        id,
+                        i64::try_from(position).unwrap_or(i64::MAX),
+                        p.kind,
+                        p.subtype,
+                        p.path,
+                        p.default_path
+                    ])
+                    .op(OP)?;
+            }
+        }
+        tx.commit().op(OP)?;
+        Ok(BuildId(id))
+    }
+
+    /// Returns the build products recorded for the build of `drv`, in file order (none when
+    /// it has no build).
+    ///
+    /// # Errors
+    /// Returns [`Error::Query`] when SQLite fails.
+    pub fn build_products(&self, drv: &StorePath) -> Result<Vec<BuildProduct>> {
+        const OP: &str = "build_products";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT p.kind, p.subtype, p.path, p.default_path FROM build_products p \
+                 JOIN builds b ON b.id = p.build_id WHERE b.drv_path = ?1 ORDER BY p.position",
+            )
+            .op(OP)?;
+        let mut rows = stmt.query([drv.as_str()]).op(OP)?;
+        let mut products = Vec::new();
+        while let Some(row) = rows.next().op(OP)? {
+            products.push(BuildProduct {
+                kind: get(row, 0, OP)?,
+                subtype: get(row, 1, OP)?,
+                path: get(row, 2, OP)?,
+                default_path: get(row, 3, OP)?,
+            });
+        }
+        Ok(products)
     }
 
     /// Records the closure size of the outputs of the (succeeded) build of `drv`.
@@ -602,5 +701,45 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    fn product(path: &str) -> crate::BuildProduct {
+        crate::BuildProduct {
+            kind: "file".to_owned(),
+            subtype: "binary-dist".to_owned(),
+            path: path.to_owned(),
+            default_path: None,
+        }
+    }
+
+    #[test]
+    fn finish_built_should_record_failed_output_release_name_and_products_at_once() {
+        let mut db = StatusDb::open_memory().unwrap();
+        db.upsert_build(&drv(1), None, BuildState::Running, T0)
+            .unwrap();
+        let outputs = crate::BuiltOutputs {
+            failed: true,
+            release_name: Some("hello-1.0".to_owned()),
+            products: vec![product("/nix/store/a"), product("/nix/store/b c")],
+        };
+        db.finish_built(&drv(1), Some(0), &outputs, at(2)).unwrap();
+        let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
+        assert_eq!(build.state, BuildState::Succeeded, "the outputs exist");
+        assert!(build.failed_with_output);
+        assert_eq!(build.error.as_deref(), Some(crate::FAILED_WITH_OUTPUT));
+        assert_eq!(build.release_name.as_deref(), Some("hello-1.0"));
+        assert_eq!(db.build_products(&drv(1)).unwrap(), outputs.products);
+
+        // Recording again replaces, never appends; a plain success has no error.
+        let plain = crate::BuiltOutputs {
+            products: vec![product("/nix/store/z")],
+            ..crate::BuiltOutputs::default()
+        };
+        db.finish_built(&drv(1), Some(0), &plain, at(3)).unwrap();
+        let build = db.build_by_drv(&drv(1)).unwrap().unwrap();
+        assert!(!build.failed_with_output);
+        assert_eq!((build.error, build.release_name), (None, None));
+        assert_eq!(db.build_products(&drv(1)).unwrap(), plain.products);
+        assert!(db.build_products(&drv(2)).unwrap().is_empty());
     }
 }

@@ -19,6 +19,7 @@ const MIGRATION_LIST: &[M<'static>] = &[
     M::up(include_str!("../migrations/006_revocations.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/007_waiting.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/009_aggregates.sql")).foreign_key_check(),
+    M::up(include_str!("../migrations/010_outcomes.sql")).foreign_key_check(),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_LIST);

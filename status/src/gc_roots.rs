@@ -8,10 +8,11 @@ use rusqlite::params;
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
 use crate::row::{get, parse, path_text};
-use crate::types::{EvaluationId, EvaluationState, GcRoot, Job, JobId, RepoId};
+use crate::types::{EvaluationId, EvaluationState, GcRoot, Job, JobId, KEEPS_OUTPUTS_SQL, RepoId};
 
 impl StatusDb {
-    /// Returns the succeeded jobs of every (not purged) evaluation of `repo`, whatever the
+    /// Returns the jobs whose outputs are kept (the succeeded ones, and the failed ones whose
+    /// build failed with output) of every (not purged) evaluation of `repo`, whatever the
     /// evaluation's state, with their evaluation ids, in job id order: exactly what should be
     /// rooted.
     ///
@@ -21,7 +22,7 @@ impl StatusDb {
     pub fn succeeded_jobs_for_rooting(&self, repo: RepoId) -> Result<Vec<(Job, EvaluationId)>> {
         let jobs = self.select_jobs(
             "succeeded_jobs_for_rooting",
-            "e.repo_id = ?1 AND j.state = 'succeeded'",
+            &format!("e.repo_id = ?1 AND {KEEPS_OUTPUTS_SQL}"),
             [repo.0],
         )?;
         Ok(jobs
@@ -31,6 +32,21 @@ impl StatusDb {
                 (job, eval)
             })
             .collect())
+    }
+
+    /// Returns whether job `id` exists and its outputs are kept (see
+    /// [`succeeded_jobs_for_rooting`](Self::succeeded_jobs_for_rooting)).
+    ///
+    /// # Errors
+    /// Returns [`crate::Error::Query`] when SQLite fails.
+    pub fn job_keeps_outputs(&self, id: JobId) -> Result<bool> {
+        const OP: &str = "job_keeps_outputs";
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM jobs j WHERE j.id = ?1 AND {KEEPS_OUTPUTS_SQL})"
+            ))
+            .and_then(|mut stmt| stmt.query_row([id.0], |r| r.get(0)))
+            .op(OP)
     }
 
     /// Returns the evaluations of `repo` that are not finished (their builds may still be
@@ -211,5 +227,57 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 0, "{table}");
         }
+    }
+
+    #[test]
+    fn jobs_whose_build_failed_with_output_should_be_rooted_and_plain_failures_not() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let (repo, _) = eval(&mut db, "aaa");
+        db.conn.execute("DELETE FROM evaluations", []).unwrap();
+        let e = building_eval(
+            &mut db,
+            "bbb",
+            &[job(1, "kept"), job(2, "broken"), job(3, "ok")],
+        );
+        let jobs = db.jobs_of_evaluation(e).unwrap();
+        let kept = crate::BuiltOutputs {
+            failed: true,
+            ..crate::BuiltOutputs::default()
+        };
+        db.finish_built(jobs[0].drv_path.as_ref().unwrap(), Some(0), &kept, at(2))
+            .unwrap();
+        db.finish_build(
+            jobs[1].drv_path.as_ref().unwrap(),
+            crate::BuildState::Failed,
+            Some(100),
+            Some("boom"),
+            None,
+            at(2),
+        )
+        .unwrap();
+        db.finish_built(
+            jobs[2].drv_path.as_ref().unwrap(),
+            Some(0),
+            &crate::BuiltOutputs::default(),
+            at(2),
+        )
+        .unwrap();
+        for (i, state) in [JobState::Failed, JobState::Failed, JobState::Succeeded]
+            .into_iter()
+            .enumerate()
+        {
+            db.set_job_state(jobs[i].id, state, None, at(3)).unwrap();
+        }
+        let rooted: Vec<_> = db
+            .succeeded_jobs_for_rooting(repo)
+            .unwrap()
+            .into_iter()
+            .map(|(j, _)| j.name)
+            .collect();
+        assert_eq!(rooted, ["kept", "ok"]);
+        assert!(db.job_keeps_outputs(jobs[0].id).unwrap());
+        assert!(!db.job_keeps_outputs(jobs[1].id).unwrap());
+        assert!(db.job_keeps_outputs(jobs[2].id).unwrap());
+        assert!(!db.job_keeps_outputs(crate::JobId(99)).unwrap());
     }
 }

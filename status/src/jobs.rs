@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::{AttrPath, StorePath, System, Timestamp};
 use rusqlite::{OptionalExtension, Params, params};
 
@@ -10,8 +11,8 @@ use crate::StatusDb;
 use crate::error::{Error, QueryExt, Result};
 use crate::evaluations::evaluation_state;
 use crate::row::{
-    BUILD_COLUMNS, JOB_COLUMNS, features_json, get, outputs_json, parse, parse_build,
-    parse_features, parse_job, parse_repo_key,
+    BUILD_COLUMNS, JOB_COLUMNS, features_json, get, meta_json, outputs_json, parse, parse_build,
+    parse_features, parse_job, parse_meta, parse_repo_key,
 };
 use crate::types::{
     Constituent, EvaluationId, EvaluationState, Job, JobId, JobState, NewConstituent, NewJob,
@@ -115,8 +116,8 @@ impl StatusDb {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO jobs (evaluation_id, attr, name, system, drv_path, outputs, \
-                     state, error, created_at, finished_at, required_features, aggregate) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     state, error, created_at, finished_at, required_features, aggregate, meta) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .op(OP)?;
             for job in jobs {
@@ -135,6 +136,7 @@ impl StatusDb {
                         finished_at,
                         features_json(&job.required_features),
                         job.constituents.is_some(),
+                        meta_json(&job.meta),
                     ])
                     .op(OP)?;
                 ids.push(tx.last_insert_rowid());
@@ -214,6 +216,27 @@ impl StatusDb {
     ) -> Result<Vec<Job>> {
         let _snapshot = self.read(op)?;
         self.query_jobs(op, filter, params)
+    }
+
+    /// Returns the meta of the jobs (alias `j`) matching `filter`, by id.
+    pub(crate) fn query_job_metas<P: Params + Copy>(
+        &self,
+        op: &'static str,
+        filter: &str,
+        params: P,
+    ) -> Result<HashMap<JobId, JobMeta>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT j.id, j.meta FROM jobs j WHERE ({filter}) AND j.meta != '{{}}'"
+            ))
+            .op(op)?;
+        let mut rows = stmt.query(params).op(op)?;
+        let mut metas = HashMap::new();
+        while let Some(row) = rows.next().op(op)? {
+            metas.insert(JobId(get(row, 0, op)?), parse_meta(get(row, 1, op)?)?);
+        }
+        Ok(metas)
     }
 
     /// Does the work of [`select_jobs`](Self::select_jobs) without opening a transaction, for
@@ -354,10 +377,12 @@ impl StatusDb {
         {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT jd.job_id, jd.dep_job_id, d.state, d.attr FROM jobs j \
+                    "SELECT jd.job_id, jd.dep_job_id, d.state, d.attr, \
+                     coalesce(db.state = 'succeeded', 0) AND NOT j.aggregate FROM jobs j \
                      JOIN evaluations e ON e.id = j.evaluation_id \
                      JOIN job_deps jd ON jd.job_id = j.id \
                      JOIN jobs d ON d.id = jd.dep_job_id \
+                     LEFT JOIN builds db ON db.drv_path = d.drv_path \
                      WHERE {live} ORDER BY jd.job_id, jd.dep_job_id"
                 ))
                 .op(OP)?;
@@ -367,13 +392,14 @@ impl StatusDb {
                     id: JobId(get(row, 1, OP)?),
                     state: parse("jobs", "state", get(row, 2, OP)?)?,
                     attr: parse("jobs", "attr", get(row, 3, OP)?)?,
+                    has_output: get(row, 4, OP)?,
                 });
             }
         }
         let mut stmt = tx
             .prepare_cached(&format!(
                 "SELECT j.id, j.evaluation_id, j.attr, j.drv_path, j.system, j.state, \
-                 r.forge, r.name, j.required_features, {BUILD_COLUMNS} FROM jobs j \
+                 r.forge, r.name, j.required_features, j.meta, {BUILD_COLUMNS} FROM jobs j \
                  JOIN evaluations e ON e.id = j.evaluation_id \
                  JOIN repos r ON r.id = e.repo_id \
                  LEFT JOIN builds b ON b.drv_path = j.drv_path \
@@ -405,7 +431,8 @@ impl StatusDb {
                 state: parse("jobs", "state", get(row, 5, OP)?)?,
                 required_features: parse_features(get(row, 8, OP)?)?,
                 deps: deps.remove(&id).unwrap_or_default(),
-                build: parse_build(row, 9, OP)?,
+                meta: parse_meta(get(row, 9, OP)?)?,
+                build: parse_build(row, 10, OP)?,
             });
         }
         Ok(jobs)
@@ -806,7 +833,8 @@ mod tests {
             [SchedDep {
                 attr: jobs[0].attr.clone(),
                 id: jobs[0].id,
-                state: JobState::Building
+                state: JobState::Building,
+                has_output: false,
             }]
         );
     }
@@ -826,5 +854,80 @@ mod tests {
         let old = building_eval(&mut db, "bbb", &[job(3, "shared"), job(4, "gone")]);
         db.supersede_evaluation(old, newer, at(3)).unwrap();
         assert_eq!(db.live_drvs().unwrap(), HashSet::from([drv(1), drv(3)]));
+    }
+
+    #[test]
+    fn a_dependency_whose_build_failed_with_output_should_have_output_and_not_block() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let e = building_eval(
+            &mut db,
+            "aaa",
+            &[job(1, "lib"), with_deps(job(2, "app"), &["lib"])],
+        );
+        let jobs = db.jobs_of_evaluation(e).unwrap();
+        let outputs = crate::BuiltOutputs {
+            failed: true,
+            ..crate::BuiltOutputs::default()
+        };
+        db.finish_built(&drv(1), Some(0), &outputs, at(2)).unwrap();
+        db.set_job_state(jobs[0].id, JobState::Failed, Some("x"), at(2))
+            .unwrap();
+        let sched = db.schedulable_jobs().unwrap();
+        assert_eq!(sched.len(), 1);
+        let dep = &sched[0].deps[0];
+        assert_eq!((dep.state, dep.has_output), (JobState::Failed, true));
+        assert!(!dep.blocks() && dep.is_ready());
+    }
+
+    #[test]
+    fn an_aggregate_should_be_blocked_by_a_constituent_that_failed_with_output() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let aggregate = crate::NewJob {
+            constituents: Some(vec![NewConstituent::Job(attr("packages.x86_64-linux.lib"))]),
+            ..with_deps(job(2, "all"), &["lib"])
+        };
+        let e = building_eval(&mut db, "aaa", &[job(1, "lib"), aggregate]);
+        let jobs = db.jobs_of_evaluation(e).unwrap();
+        let outputs = crate::BuiltOutputs {
+            failed: true,
+            ..crate::BuiltOutputs::default()
+        };
+        db.finish_built(&drv(1), Some(0), &outputs, at(2)).unwrap();
+        db.set_job_state(jobs[0].id, JobState::Failed, Some("x"), at(2))
+            .unwrap();
+        let sched = db.schedulable_jobs().unwrap();
+        let dep = &sched[0].deps[0];
+        assert_eq!((dep.state, dep.has_output), (JobState::Failed, false));
+        assert!(
+            dep.blocks(),
+            "Hydra fails an aggregate whose constituent failed"
+        );
+    }
+
+    #[test]
+    fn meta_should_be_stored_with_the_job_and_reach_the_scheduler_and_the_api() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let meta = reconix_spec::JobMeta {
+            description: Some("says hello".to_owned()),
+            license: vec!["MIT".to_owned()],
+            timeout: Some(5),
+            scheduling_priority: Some(200),
+            ..reconix_spec::JobMeta::default()
+        };
+        let mut hello = job(1, "hello");
+        hello.meta = meta.clone();
+        let e = building_eval(&mut db, "aaa", &[hello, job(2, "plain")]);
+        let sched = db.schedulable_jobs().unwrap();
+        assert_eq!(sched[0].meta, meta);
+        assert!(sched[1].meta.is_empty());
+        let jobs = db.jobs_of_evaluation(e).unwrap();
+        let view = db.job_view(jobs[0].id).unwrap().unwrap();
+        assert_eq!(view.job.meta, meta);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["meta"]["schedulingPriority"], 200);
+        assert_eq!(json["meta"]["license"][0], "MIT");
+        let plain = serde_json::to_value(db.job_view(jobs[1].id).unwrap().unwrap()).unwrap();
+        assert!(plain.get("meta").is_none(), "{plain}");
+        assert_eq!(db.job_page(jobs[0].id).unwrap().unwrap().meta, meta);
     }
 }

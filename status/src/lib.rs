@@ -51,7 +51,7 @@ pub use posted_statuses::{PostedState, PostedStatus};
 pub use pull_requests::{PullRequestRow, PullRequestUpdate};
 pub use retention::RetentionEval;
 pub use types::{
-    Build, BuildId, BuildState, Constituent, Evaluation, EvaluationId, EvaluationState, GcRoot,
-    Job, JobId, JobState, LoopHealth, NewConstituent, NewJob, ParseStateError, RefHead, Repo,
-    RepoId, SchedDep, SchedJob,
+    Build, BuildId, BuildProduct, BuildState, BuiltOutputs, Constituent, Evaluation, EvaluationId,
+    EvaluationState, FAILED_WITH_OUTPUT, GcRoot, Job, JobId, JobState, LoopHealth, NewConstituent,
+    NewJob, ParseStateError, RefHead, Repo, RepoId, SchedDep, SchedJob,
 };

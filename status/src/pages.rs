@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::{AttrPath, System, Timestamp};
 use serde::Serialize;
 
@@ -15,8 +16,8 @@ use crate::error::{QueryExt, Result};
 use crate::pull_requests::PullRequestRow;
 use crate::row::{get, non_negative, parse, parse_opt};
 use crate::types::{
-    Build, BuildId, BuildState, Evaluation, EvaluationId, EvaluationState, Job, JobId, JobState,
-    RepoId, sql_list,
+    Build, BuildId, BuildProduct, BuildState, Evaluation, EvaluationId, EvaluationState, Job,
+    JobId, JobState, RepoId, sql_list,
 };
 use crate::views::{BuildView, EvaluationSummary};
 
@@ -173,6 +174,10 @@ pub struct JobPage {
     pub build: Option<Build>,
     /// Its dependencies, by id.
     pub dependencies: Vec<JobRef>,
+    /// What reconix uses of its derivation's `meta`.
+    pub meta: JobMeta,
+    /// The products its build's outputs list, in order (empty without a build).
+    pub products: Vec<BuildProduct>,
 }
 
 /// The state of one attribute in an evaluation (the pull request page compares them).
@@ -234,7 +239,7 @@ impl StatusDb {
                  SELECT j.id, j.attr, j.name, j.system, j.state, j.error, j.started_at, \
                    j.finished_at, page.rank, b.id, b.state, b.attempts, b.builder, b.exit_code, \
                    b.started_at, b.finished_at, b.log_path IS NOT NULL, d.id, d.attr, d.state, \
-                   b.closure_size_bytes \
+                   b.closure_size_bytes, b.failed_with_output, b.release_name \
                  FROM page JOIN jobs j ON j.id = page.id \
                  LEFT JOIN builds b ON b.drv_path = j.drv_path \
                  LEFT JOIN jobs d ON j.state = 'dependency-failed' AND d.id = ( \
@@ -263,6 +268,9 @@ impl StatusDb {
                     closure_size_bytes: get::<Option<i64>>(row, 20, OP)?
                         .map(|n| non_negative("builds", "closure_size_bytes", n))
                         .transpose()?,
+                    failed_with_output: get(row, 21, OP)?,
+                    release_name: get(row, 22, OP)?,
+                    products: Vec::new(),
                 }),
                 None => None,
             };
@@ -317,11 +325,21 @@ impl StatusDb {
              WHERE jd.job_id = ?1 ORDER BY d.id",
             id.0,
         )?;
+        let meta = self
+            .query_job_metas(OP, "j.id = ?1", [id.0])?
+            .remove(&id)
+            .unwrap_or_default();
+        let products = match &build {
+            Some(b) => self.build_products(&b.drv_path)?,
+            None => Vec::new(),
+        };
         Ok(Some(JobPage {
             job,
             evaluation,
             build,
             dependencies,
+            meta,
+            products,
         }))
     }
 

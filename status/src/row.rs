@@ -8,6 +8,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::{ForgeName, RepoKey, RepoName, StorePath, Timestamp};
 use rusqlite::Row;
 use rusqlite::types::FromSql;
@@ -91,6 +92,21 @@ pub(crate) fn outputs_json(
 /// Serialises a job's required system features (a JSON array of strings).
 pub(crate) fn features_json(features: &[String]) -> String {
     serde_json::to_string(features).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Serialises a job's meta (a JSON object, `{}` when empty).
+pub(crate) fn meta_json(meta: &JobMeta) -> String {
+    serde_json::to_string(meta).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Parses the `jobs.meta` column.
+pub(crate) fn parse_meta(value: String) -> Result<JobMeta> {
+    serde_json::from_str(&value).map_err(|e| Error::Corrupt {
+        table: "jobs",
+        column: "meta",
+        reason: e.to_string(),
+        value,
+    })
 }
 
 /// Parses the `jobs.required_features` column.
@@ -179,7 +195,8 @@ pub(crate) fn parse_job(row: &Row<'_>, op: &'static str) -> Result<Job> {
 /// The select list read by [`parse_build`]; needs `builds b` (may be a LEFT JOIN).
 pub(crate) const BUILD_COLUMNS: &str = "b.id, b.drv_path, b.builder, b.state, b.exit_code, \
      b.error, b.log_path, b.log_size_bytes, b.log_updated_at, b.attempts, b.queued_at, \
-     b.started_at, b.finished_at, b.closure_size_bytes, b.retry_at, b.waits";
+     b.started_at, b.finished_at, b.closure_size_bytes, b.retry_at, b.waits, \
+     b.failed_with_output, b.release_name";
 
 /// Parses a row selected with [`BUILD_COLUMNS`] starting at column `at`; returns `None` when
 /// the build id is NULL (no row on the right of a LEFT JOIN).
@@ -208,5 +225,7 @@ pub(crate) fn parse_build(row: &Row<'_>, at: usize, op: &'static str) -> Result<
             .transpose()?,
         retry_at: timestamp_opt(row, at + 14, op)?,
         waits: non_negative("builds", "waits", get(row, at + 15, op)?)?,
+        failed_with_output: get(row, at + 16, op)?,
+        release_name: get(row, at + 17, op)?,
     }))
 }

@@ -59,6 +59,7 @@ pub(crate) fn job(n: u64, name: &str) -> NewJob {
         state: JobState::Queued,
         error: None,
         constituents: None,
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 
@@ -84,6 +85,7 @@ pub(crate) fn failed_job(name: &str, error: &str) -> NewJob {
         state: JobState::EvalFailed,
         error: Some(error.to_owned()),
         constituents: None,
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::{AttrPath, BuilderName, RepoKey, StorePath, System, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -364,6 +365,8 @@ pub struct NewJob {
     pub error: Option<String>,
     /// For an aggregate job: its constituents, in the order written; `None` for any other job.
     pub constituents: Option<Vec<NewConstituent>>,
+    /// What reconix uses of its derivation's `meta`.
+    pub meta: JobMeta,
 }
 
 /// One realisation of a drv, shared by every job with that drv.
@@ -401,6 +404,47 @@ pub struct Build {
     pub retry_at: Option<Timestamp>,
     /// How many times in a row it had to wait for room (the backoff grows with it).
     pub waits: u32,
+    /// Its outputs exist but one has `nix-support/failed`: its jobs fail, its dependents
+    /// build (only with state `succeeded`).
+    pub failed_with_output: bool,
+    /// The first line of an output's `nix-support/hydra-release-name`.
+    pub release_name: Option<String>,
+}
+
+/// The message of a job whose build failed with output ([`Build::failed_with_output`]).
+pub const FAILED_WITH_OUTPUT: &str = "failed with output (nix-support/failed)";
+
+/// The SQL condition (on a job `j`) of the jobs whose outputs are kept: rooted and viewable.
+/// Those are the succeeded jobs and the failed ones whose build failed with output.
+pub(crate) const KEEPS_OUTPUTS_SQL: &str = "(j.state = 'succeeded' OR (j.state = 'failed' AND \
+     EXISTS (SELECT 1 FROM builds kb WHERE kb.drv_path = j.drv_path \
+     AND kb.state = 'succeeded' AND kb.failed_with_output = 1)))";
+
+/// One line of a build's `nix-support/hydra-build-products`, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildProduct {
+    /// Its type, e.g. `file`, `doc`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its subtype, e.g. `binary-dist`.
+    pub subtype: String,
+    /// Its path as the build wrote it (not checked: a download checks it).
+    pub path: String,
+    /// For a directory product, the file inside it to open first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_path: Option<String>,
+}
+
+/// What a succeeded build's outputs say about it in `nix-support/`, recorded with its result
+/// ([`crate::StatusDb::finish_built`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuiltOutputs {
+    /// An output has `nix-support/failed`.
+    pub failed: bool,
+    /// The first line of an output's `nix-support/hydra-release-name`.
+    pub release_name: Option<String>,
+    /// The lines of the outputs' `nix-support/hydra-build-products`.
+    pub products: Vec<BuildProduct>,
 }
 
 /// The state of one dependency of a [`SchedJob`].
@@ -412,6 +456,24 @@ pub struct SchedDep {
     pub id: JobId,
     /// Its state.
     pub state: JobState,
+    /// Whether the outputs of its drv exist (its build succeeded, possibly failing with
+    /// output): then it never blocks its dependents, whatever its own state. Always false for
+    /// the dependencies of an aggregate job, which succeeds only when every one succeeded.
+    pub has_output: bool,
+}
+
+impl SchedDep {
+    /// Returns true when this dependency makes its dependent `dependency-failed`: it ended
+    /// ([`JobState::blocks_dependents`]) without outputs.
+    pub const fn blocks(&self) -> bool {
+        self.state.blocks_dependents() && !self.has_output
+    }
+
+    /// Returns true when its dependent may be built as far as this dependency goes: it
+    /// succeeded, or its outputs exist all the same (a build that failed with output).
+    pub fn is_ready(&self) -> bool {
+        self.state == JobState::Succeeded || self.has_output
+    }
 }
 
 /// What the builds loop needs to know about one unfinished job of a live evaluation.
@@ -437,6 +499,8 @@ pub struct SchedJob {
     pub deps: Vec<SchedDep>,
     /// The build of its drv, if one was ever recorded.
     pub build: Option<Build>,
+    /// What reconix uses of its derivation's `meta` (limits, priority).
+    pub meta: JobMeta,
 }
 
 /// A GC root registered for one output of a succeeded job.

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::{AttrPath, BuilderName, RepoKey, StorePath, System, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,7 @@ use crate::StatusDb;
 use crate::error::{QueryExt, Result};
 use crate::row::{get, non_negative, parse, parse_opt, parse_repo_key};
 use crate::types::{
-    BuildId, BuildState, Constituent, EvaluationId, EvaluationState, JobId, JobState,
+    BuildId, BuildProduct, BuildState, Constituent, EvaluationId, EvaluationState, JobId, JobState,
 };
 
 /// One evaluation in a list: what ran, where it stands, and how many jobs are in each state.
@@ -77,6 +78,10 @@ pub struct JobView {
     pub deps: Vec<JobId>,
     /// The build of its drv, when there is one (shared by every job with the same drv).
     pub build: Option<BuildView>,
+    /// What reconix uses of its derivation's `meta` (description, homepage, license,
+    /// maintainers, timeout, maxSilent, schedulingPriority); absent when empty.
+    #[serde(default, skip_serializing_if = "JobMeta::is_empty")]
+    pub meta: JobMeta,
     /// Whether a build log can be fetched for it.
     pub log_available: bool,
     /// When it last entered `building`.
@@ -109,6 +114,17 @@ pub struct BuildView {
     /// The total NAR size of its outputs' closure in bytes, once it succeeded and was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closure_size_bytes: Option<u64>,
+    /// Its outputs exist but say the build failed (`nix-support/failed`): its jobs are
+    /// `failed`, its outputs kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed_with_output: bool,
+    /// The release name its outputs give (`nix-support/hydra-release-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_name: Option<String>,
+    /// The products its outputs list (`nix-support/hydra-build-products`), in order; the
+    /// n-th (from 0) is downloaded from `/api/v1/jobs/{id}/products/{n}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub products: Vec<BuildProduct>,
 }
 
 /// Everything `reconix status` shows: loop health, the newest evaluations, job counts.
@@ -446,7 +462,8 @@ impl StatusDb {
                 .conn
                 .prepare_cached(&format!(
                     "SELECT j.id, b.id, b.state, b.log_path IS NOT NULL, b.attempts, \
-                     b.exit_code, b.started_at, b.finished_at, b.builder, b.closure_size_bytes FROM jobs j \
+                     b.exit_code, b.started_at, b.finished_at, b.builder, b.closure_size_bytes, \
+                     b.failed_with_output, b.release_name FROM jobs j \
                      JOIN builds b ON b.drv_path = j.drv_path WHERE {filter}"
                 ))
                 .op(op)?;
@@ -464,10 +481,36 @@ impl StatusDb {
                     closure_size_bytes: get::<Option<i64>>(row, 9, op)?
                         .map(|n| non_negative("builds", "closure_size_bytes", n))
                         .transpose()?,
+                    failed_with_output: get(row, 10, op)?,
+                    release_name: get(row, 11, op)?,
+                    products: Vec::new(),
                 };
                 builds.insert(get(row, 0, op)?, (view, get(row, 3, op)?));
             }
         }
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT j.id, p.kind, p.subtype, p.path, p.default_path FROM jobs j \
+                     JOIN builds b ON b.drv_path = j.drv_path \
+                     JOIN build_products p ON p.build_id = b.id \
+                     WHERE {filter} ORDER BY j.id, p.position"
+                ))
+                .op(op)?;
+            let mut rows = stmt.query(params).op(op)?;
+            while let Some(row) = rows.next().op(op)? {
+                if let Some((build, _)) = builds.get_mut(&get::<i64>(row, 0, op)?) {
+                    build.products.push(BuildProduct {
+                        kind: get(row, 1, op)?,
+                        subtype: get(row, 2, op)?,
+                        path: get(row, 3, op)?,
+                        default_path: get(row, 4, op)?,
+                    });
+                }
+            }
+        }
+        let mut metas = self.query_job_metas(op, filter, params)?;
         Ok(jobs
             .into_iter()
             .map(|job| {
@@ -486,6 +529,7 @@ impl StatusDb {
                         deps: job.deps,
                         log_available: build.as_ref().is_some_and(|b| b.1),
                         build: build.map(|b| b.0),
+                        meta: metas.remove(&job.id).unwrap_or_default(),
                         started_at: job.started_at,
                         finished_at: job.finished_at,
                         constituents: job.constituents,

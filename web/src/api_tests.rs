@@ -34,6 +34,7 @@ fn job(n: u32, name: &str, deps: &[&str]) -> NewJob {
         state: JobState::Queued,
         error: None,
         constituents: None,
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 

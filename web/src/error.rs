@@ -54,6 +54,14 @@ pub enum ApiError {
         /// The endpoint's limit.
         limit: usize,
     },
+    /// The request names something the daemon refuses to serve (a build product outside its
+    /// job's outputs): answered 403 with the reason.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is well-formed but asks for something that cannot be served as asked
+    /// (a directory product): answered 400 with the reason.
+    #[error("{0}")]
+    BadRequest(String),
     /// The status database failed.
     #[error("status database: {0}")]
     Status(#[from] reconix_status::Error),
@@ -84,6 +92,8 @@ impl IntoResponse for ApiError {
                 (StatusCode::NOT_FOUND, self.to_string())
             }
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, self.to_string()),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, self.to_string()),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, self.to_string()),
             Self::TooLarge { .. } => {
                 // The body is not read: the connection closes after the answer.
                 let mut response = (

@@ -13,10 +13,12 @@ mod builders;
 mod error;
 mod metrics;
 mod pages;
+mod products;
 mod ratelimit;
 mod server;
 mod webhooks;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
@@ -56,6 +58,9 @@ pub struct AppState {
     /// Where background tasks (the webhook recorder) are spawned, so the daemon's shutdown
     /// waits for them.
     tasks: TaskTracker,
+    /// Where store paths are on this machine: `/`, or a chroot store's directory. Build
+    /// products are read below it.
+    store_root: PathBuf,
 }
 
 impl AppState {
@@ -70,7 +75,21 @@ impl AppState {
             refusals: Arc::default(),
             spec_error: None,
             tasks: TaskTracker::new(),
+            store_root: PathBuf::from("/"),
         }
+    }
+
+    /// Reads build products below `root` instead of `/`: the directory of the chroot store
+    /// the daemon's Nix uses (`--nix-store DIR`).
+    #[must_use]
+    pub fn with_store_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.store_root = root.into();
+        self
+    }
+
+    /// Returns where store paths are on this machine.
+    fn store_root(&self) -> PathBuf {
+        self.store_root.clone()
     }
 
     /// Spawns background tasks (the webhook recorder) on `tasks`, which the daemon waits for at
@@ -169,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/forges", get(forges))
         .route("/api/v1/builders", get(builders))
         .route("/api/v1/caches", get(pages::cache::api))
+        .route("/api/v1/jobs/{id}/products/{n}", get(products::download))
         .route(
             "/webhooks/{forge}",
             post(webhooks::receive)

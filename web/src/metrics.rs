@@ -148,6 +148,7 @@ mod tests {
                 state: JobState::Queued,
                 error: None,
                 constituents: None,
+                meta: reconix_spec::JobMeta::default(),
             })
             .collect();
         db.record_evaluation_result(eval, &jobs, now).unwrap();

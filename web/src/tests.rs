@@ -31,6 +31,7 @@ fn job(n: u32, name: &str, state: JobState, error: Option<&str>) -> NewJob {
         state,
         error: error.map(str::to_owned),
         constituents: None,
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 

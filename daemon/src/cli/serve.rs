@@ -298,11 +298,15 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         reconix_web::Wake::Evaluations(repo) => wakers.evaluations(repo),
         reconix_web::Wake::Statuses(repo) => wakers.statuses(repo),
     });
-    let app = reconix_web::AppState::new(status.clone())
+    let mut app = reconix_web::AppState::new(status.clone())
         .with_tasks(ctx.tasks.tracker().clone())
         .with_intake(spec_rx.clone(), wake)
         .with_spec_errors(spec_errors)
         .with_metrics(metrics.clone());
+    // Build products are read where the store's files are: below a chroot store's directory.
+    if let Some(root) = opts.nix_store.as_deref().filter(|s| s.starts_with('/')) {
+        app = app.with_store_root(root);
+    }
     let config = reconix_web::ServerConfig { fd_limit };
     let http = reconix_web::serve_with(listener, app, config, {
         let shutdown = shutdown.clone();

@@ -4,7 +4,7 @@
 # `all[from] … all[to - 1]`. (Passing indices rather than names keeps the command line small, far
 # below Linux's 128 KiB limit on one argument, and needs no escaping.)
 # Result: one element per selected attribute, in order:
-#   { ok = { drvPath; name; system; outputs = { <name> = <path>; }; }; }
+#   { ok = { drvPath; name; system; outputs = { <name> = <path>; }; meta = { … }; }; }
 #        an aggregate (Hydra's `_hydraAggregate = true`) also has
 #        constituents = [ { drvPath = <path>; } | { name = "<job name or glob>"; } … ]
 #   { error = "<message>"; }   the value is not a derivation
@@ -25,6 +25,50 @@ let
       builtins.getAttr name value
     else
       throw "attribute '${name}' missing (looking up '${builtins.concatStringsSep "." path}')";
+  # The parts of `meta` reconix uses, each under tryEval so that a broken meta never fails
+  # the job: strings and ints as they are, licenses (attrsets or strings, or lists of them) by
+  # SPDX id, short or full name, maintainers by name, GitHub handle or e-mail. Anything else is
+  # null (or left out of a list).
+  metaOf =
+    v:
+    let
+      m = v.meta or { };
+      str = x: if builtins.isString x then x else null;
+      int = x: if builtins.isInt x then x else null;
+      first = x: if builtins.isList x then (if x == [ ] then null else builtins.head x) else x;
+      listOf = x: if builtins.isList x then x else [ x ];
+      pick =
+        names: x:
+        if builtins.isString x then
+          x
+        else if builtins.isAttrs x then
+          builtins.foldl' (found: n: if found == null then str (x.${n} or null) else found) null names
+        else
+          null;
+      strings = names: x: builtins.filter builtins.isString (map (pick names) (listOf x));
+      # `none` when the field is missing or broken: null for values, [ ] for lists.
+      fieldOr =
+        none: f: name:
+        let
+          r = builtins.tryEval (
+            let
+              value = if builtins.isAttrs m && builtins.hasAttr name m then f m.${name} else none;
+            in
+            builtins.deepSeq value value
+          );
+        in
+        if r.success then r.value else none;
+      field = fieldOr null;
+    in
+    {
+      description = field str "description";
+      homepage = field (h: str (first h)) "homepage";
+      license = fieldOr [ ] (strings [ "spdxId" "shortName" "fullName" ]) "license";
+      maintainers = fieldOr [ ] (strings [ "name" "github" "email" ]) "maintainers";
+      timeout = field int "timeout";
+      maxSilent = field int "maxSilent";
+      schedulingPriority = field int "schedulingPriority";
+    };
   job =
     path:
     let
@@ -39,6 +83,7 @@ let
             value = v.${o}.outPath;
           }) (v.outputs or [ "out" ])
         );
+        meta = metaOf v;
       }
       // aggregate;
       # Hydra's aggregate jobs: derivation constituents are kept as their drvPath, job names and

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use reconix_spec::JobMeta;
 use reconix_spec::names::StorePath;
 use serde::Deserialize;
 
@@ -45,6 +46,10 @@ pub struct RawDrv {
     pub system: String,
     /// Output name → output path.
     pub outputs: BTreeMap<String, StorePath>,
+    /// What reconix uses of `meta` (absent in output of older expressions); boxed because it
+    /// is most of the size and usually empty.
+    #[serde(default)]
+    pub meta: Box<JobMeta>,
     /// For an aggregate job (Hydra's `_hydraAggregate = true`): its constituents as written.
     #[serde(default)]
     pub constituents: Option<Vec<RawConstituent>>,

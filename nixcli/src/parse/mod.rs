@@ -5,4 +5,5 @@
 pub mod aterm;
 pub mod eval;
 pub mod log;
+pub mod outputs;
 pub mod stderr;

@@ -2,15 +2,19 @@
 //! a task that records its result before it leaves the running set (see the module docs of
 //! `builds`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use reconix_agent::coordinator::AgentConn;
 use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
-use reconix_nixcli::{BuildRequest, BuildStatus, Nix, closure_size};
+use reconix_nixcli::{BuildRequest, BuildStatus, Nix, OutputsReport, closure_size};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
-use reconix_status::{BuildState, BuilderKind, JobState, Requeue, Status};
+use reconix_status::{
+    BuildProduct, BuildState, BuilderKind, BuiltOutputs, FAILED_WITH_OUTPUT, JobState, Requeue,
+    Status,
+};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -28,6 +32,13 @@ pub(super) enum Ended {
         state: BuildState,
         exit_code: Option<i32>,
         error: Option<String>,
+    },
+    /// The build succeeded as far as Nix goes (its outputs are valid, and rooted), with what
+    /// its outputs say about it in `nix-support/`: `outputs.failed` makes it a failure with
+    /// output.
+    Built {
+        exit_code: Option<i32>,
+        outputs: BuiltOutputs,
     },
     /// The builder, not the build, failed (connection lost, agent gone, store trouble).
     Transient(String),
@@ -68,6 +79,56 @@ impl Ended {
     }
 }
 
+/// Returns what is recorded for outputs whose `nix-support/` reads as `report`: the build
+/// fails with output when any has `nix-support/failed` (the message is
+/// [`reconix_status::FAILED_WITH_OUTPUT`]), and its products and release name are kept either
+/// way.
+pub(super) fn built_outputs(report: OutputsReport) -> BuiltOutputs {
+    BuiltOutputs {
+        failed: report.failed,
+        release_name: report.release_name,
+        products: report
+            .products
+            .into_iter()
+            .map(|p| BuildProduct {
+                kind: p.kind,
+                subtype: p.subtype,
+                path: p.path,
+                default_path: p.default_path,
+            })
+            .collect(),
+    }
+}
+
+/// Returns the outputs of a build in the order their `nix-support/` is read: `out` first (its
+/// release name wins), then by name.
+fn outputs_in_order(outputs: &BTreeMap<String, StorePath>) -> Vec<StorePath> {
+    let mut ordered: Vec<(&String, &StorePath)> = outputs.iter().collect();
+    ordered.sort_by_key(|(name, _)| name.as_str() != "out");
+    ordered.into_iter().map(|(_, path)| path.clone()).collect()
+}
+
+/// Ends an attempt whose build succeeded for Nix: reads what its outputs say in
+/// `nix-support/` (a failure to read them is a transient failure: the result is not known).
+async fn built<N: Nix>(
+    nix: &N,
+    exit_code: Option<i32>,
+    outputs: &BTreeMap<String, StorePath>,
+) -> Ended {
+    match nix.inspect_outputs(&outputs_in_order(outputs)).await {
+        Ok(report) => {
+            if !report.rejected_products.is_empty() {
+                warn!(lines = ?report.rejected_products, "ignoring malformed lines of nix-support/hydra-build-products");
+            }
+            Ended::Built {
+                exit_code,
+                outputs: built_outputs(report),
+            }
+        }
+        Err(err) => Ended::nix_error("cannot read the outputs' nix-support: ", &err),
+    }
+}
+
 /// Returns how long a build waits for room after its `waits`-th wait in a row: 1 s doubling up
 /// to 30 s, so it resumes soon after space returns without spinning while the disk is full.
 pub(super) fn wait_backoff(waits: u32) -> Duration {
@@ -87,6 +148,11 @@ pub(super) enum Verdict {
         exit_code: Option<i32>,
         error: Option<String>,
     },
+    /// The build succeeded for Nix, with what its outputs say.
+    Built {
+        exit_code: Option<i32>,
+        outputs: BuiltOutputs,
+    },
     /// Requeued after a transient failure (the attempt counts), with the reason.
     Retry(String),
     /// Requeued to wait for room on a full disk (the attempt does not count), with the reason.
@@ -98,6 +164,9 @@ impl Verdict {
     fn state(&self) -> Option<BuildState> {
         match self {
             Self::Finish { state, .. } => Some(*state),
+            // A failure with output counts as a failure.
+            Self::Built { outputs, .. } if outputs.failed => Some(BuildState::Failed),
+            Self::Built { .. } => Some(BuildState::Succeeded),
             Self::Retry(_) | Self::Wait(_) => None,
         }
     }
@@ -116,6 +185,7 @@ pub(super) fn verdict(ended: Ended, attempts: u32, retries: u32) -> Verdict {
             exit_code,
             error,
         },
+        Ended::Built { exit_code, outputs } => Verdict::Built { exit_code, outputs },
         // A wait never uses up attempts: it is requeued whatever the count.
         Ended::Waiting(reason) => Verdict::Wait(reason),
         Ended::Transient(reason) if attempts <= retries => Verdict::Retry(reason),
@@ -218,6 +288,10 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
             Verdict::Finish { state, error, .. } => {
                 info!(drv = %drv, builder = %builder, state = state.as_str(), error = error.as_deref().unwrap_or(""), "build ended");
             }
+            Verdict::Built { outputs, .. } => {
+                let error = if outputs.failed { FAILED_WITH_OUTPUT } else { "" };
+                info!(drv = %drv, builder = %builder, state = "succeeded", error, products = outputs.products.len(), "build ended");
+            }
             Verdict::Retry(reason) => {
                 warn!(drv = %drv, builder = %builder, attempt = attempts, %reason, "build interrupted: requeued");
             }
@@ -226,7 +300,8 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
                 warn!(drv = %drv, builder = %builder, waits = waits + 1, %reason, "build waits for room on a full disk");
             }
         }
-        let succeeded = outcome.state() == Some(BuildState::Succeeded);
+        // A failure with output has outputs too: their size is worth showing.
+        let succeeded = matches!(outcome, Verdict::Built { .. });
         let retry_at = Timestamp::now().plus(wait_backoff(waits));
         record(&status, drv.clone(), builder, outcome, retry_at).await;
         // Record first, then leave the running set (see the module docs).
@@ -295,6 +370,9 @@ async fn record(
                     } => db
                         .finish_build(&d, state, exit_code, error.as_deref(), None, now)
                         .map(drop),
+                    Verdict::Built { exit_code, outputs } => {
+                        db.finish_built(&d, exit_code, &outputs, now).map(drop)
+                    }
                     Verdict::Wait(reason) => db
                         .requeue_build(&d, &b, &reason, Requeue::Wait { retry_at }, now)
                         .map(drop),
@@ -337,7 +415,7 @@ async fn build_locally<N: Nix>(
     match nix.realise(request, cancel).await {
         Ok(o) => {
             let state = match o.status {
-                BuildStatus::Succeeded => BuildState::Succeeded,
+                BuildStatus::Succeeded => return built(nix, o.exit_code, &o.outputs).await,
                 BuildStatus::Failed => BuildState::Failed,
                 BuildStatus::TimedOut => BuildState::TimedOut,
                 BuildStatus::Cancelled => BuildState::Cancelled,
@@ -437,11 +515,7 @@ async fn build_on_agent<N: Nix>(
                     return Ended::nix_error(&format!("cannot root {path}: "), &err);
                 }
             }
-            Ended::Result {
-                state: BuildState::Succeeded,
-                exit_code: None,
-                error: None,
-            }
+            built(nix, None, &outcome.outputs).await
         }
         RemoteBuildStatus::Failed { status, message } if status.is_transient() => {
             Ended::Transient(format!("agent {agent}: {message}"))

@@ -207,7 +207,8 @@ impl<P: Ports> Reconciler for Builds<P> {
                         db.set_job_state(job, state, error.as_deref(), Timestamp::now())
                     })
                     .await?;
-                if state == JobState::Succeeded {
+                // A job that failed with output keeps its outputs rooted too.
+                if matches!(state, JobState::Succeeded | JobState::Failed) {
                     cx.wakers.gcroots();
                 }
                 cx.wakers.all_statuses();

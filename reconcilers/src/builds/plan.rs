@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use reconix_spec::{BuilderName, Liveness, Offer, Spec, StorePath, System, Timestamp};
-use reconix_status::{Build, BuildState, JobState, SchedJob};
+use reconix_status::{Build, BuildState, FAILED_WITH_OUTPUT, JobState, SchedDep, SchedJob};
 
 use crate::gcroots::root_link;
 use crate::runtime::{Action, Plan};
@@ -76,6 +76,21 @@ fn needs(system: &System, features: &[String]) -> String {
     }
 }
 
+/// Returns the state (and reason) of a job whose drv's build succeeded as far as Nix goes:
+/// `failed` when its outputs say the build failed (`nix-support/failed`, kept as Hydra keeps
+/// it), else `succeeded`.
+pub(super) fn built_job_state(build: &Build) -> (JobState, Option<String>) {
+    if build.failed_with_output {
+        let reason = build
+            .error
+            .clone()
+            .unwrap_or_else(|| FAILED_WITH_OUTPUT.to_owned());
+        (JobState::Failed, Some(reason))
+    } else {
+        (JobState::Succeeded, None)
+    }
+}
+
 /// Plans the `builds` loop (pure).
 pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestamp) -> Plan<Step> {
     let mut slots = slots(desired, observed, now);
@@ -107,7 +122,7 @@ pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestam
             state,
             error,
         };
-        if let Some(dep) = job.deps.iter().find(|d| d.state.blocks_dependents()) {
+        if let Some(dep) = job.deps.iter().find(|d| d.blocks()) {
             steps.push(set(
                 JobState::DependencyFailed,
                 Some(format!("dependency {} {}", dep.attr, dep.state.as_str())),
@@ -131,7 +146,8 @@ pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestam
         let running_here = observed.running.contains_key(&job.drv_path);
         match &job.build {
             Some(b) if b.state == BuildState::Succeeded => {
-                steps.push(set(JobState::Succeeded, None));
+                let (state, error) = built_job_state(b);
+                steps.push(set(state, error));
             }
             Some(b) if matches!(b.state, BuildState::Failed | BuildState::TimedOut) => {
                 steps.push(set(JobState::Failed, b.error.clone()));
@@ -147,7 +163,7 @@ pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestam
             // Waiting for room on a full disk: not before its time.
             Some(b) if waiting(b, now) => {}
             // Never built, queued, cancelled earlier, or `running` in a previous process.
-            _ if job.deps.iter().all(|d| d.state == JobState::Succeeded) => {
+            _ if job.deps.iter().all(SchedDep::is_ready) => {
                 let i = *index.entry(&job.drv_path).or_insert_with(|| {
                     dispatch.push((&job.drv_path, Vec::new()));
                     dispatch.len() - 1
@@ -158,6 +174,16 @@ pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestam
         }
     }
 
+    // Higher `meta.schedulingPriority` first; the sort is stable, so equal priorities keep
+    // the oldest evaluation first.
+    dispatch.sort_by_key(|(_, jobs)| {
+        std::cmp::Reverse(
+            jobs.iter()
+                .map(|j| j.meta.priority())
+                .max()
+                .unwrap_or_default(),
+        )
+    });
     for (drv, jobs) in dispatch {
         if !slots.iter().any(Slot::free) {
             break;
@@ -186,6 +212,12 @@ pub fn plan(_key: &Placement, desired: &Spec, observed: &Observed, now: Timestam
         let (timeout, max_silent) = desired.repo(&first.repo).map_or(
             (Duration::from_secs(3 * 3600), Duration::from_secs(3600)),
             |(_, r)| (r.timeout.to_std(), r.max_silent.to_std()),
+        );
+        // A job's `meta.timeout`/`meta.maxSilent` replace its repository's (NixOS tests set
+        // them); jobs sharing the drv are built once, with the first job's.
+        let (timeout, max_silent) = (
+            first.meta.timeout_or(timeout),
+            first.meta.max_silent_or(max_silent),
         );
         steps.push(Step::Dispatch(Dispatch {
             drv_path: drv.clone(),

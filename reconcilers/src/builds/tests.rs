@@ -43,6 +43,8 @@ fn build_row(state: BuildState, error: Option<String>, builder: Option<BuilderNa
         closure_size_bytes: None,
         retry_at: None,
         waits: 0,
+        failed_with_output: false,
+        release_name: None,
     }
 }
 
@@ -61,6 +63,7 @@ impl J {
             state: JobState::Queued,
             deps: Vec::new(),
             build: None,
+            meta: reconix_spec::JobMeta::default(),
         })
     }
     fn dep(mut self, id: i64, state: JobState) -> Self {
@@ -68,7 +71,32 @@ impl J {
             attr: AttrPath::new(format!("packages.x86_64-linux.p{id}")).unwrap(),
             id: JobId(id),
             state,
+            has_output: false,
         });
+        self
+    }
+    /// Depends on job `id` in `state` whose drv's outputs exist (its build failed with output).
+    fn dep_with_output(mut self, id: i64, state: JobState) -> Self {
+        self = self.dep(id, state);
+        if let Some(dep) = self.0.deps.last_mut() {
+            dep.has_output = true;
+        }
+        self
+    }
+    /// Its build succeeded for Nix but an output has `nix-support/failed`.
+    fn failed_with_output(mut self) -> Self {
+        self.0.build = Some(Build {
+            failed_with_output: true,
+            ..build_row(
+                BuildState::Succeeded,
+                Some(reconix_status::FAILED_WITH_OUTPUT.to_owned()),
+                None,
+            )
+        });
+        self
+    }
+    fn meta(mut self, meta: reconix_spec::JobMeta) -> Self {
+        self.0.meta = meta;
         self
     }
     fn build(mut self, state: BuildState) -> Self {
@@ -540,4 +568,135 @@ fn transient_failures_should_be_retried_up_to_the_limit_and_real_ones_never() {
             error: Some("builder failed".to_owned())
         }
     );
+}
+
+#[test]
+fn a_build_that_failed_with_output_should_fail_its_jobs_with_the_reason() {
+    let p = run(&observed(vec![J::new(1, 1).failed_with_output()], &[]), 2);
+    assert_eq!(
+        p.steps,
+        vec![Step::SetJobState {
+            job: JobId(1),
+            state: JobState::Failed,
+            error: Some("failed with output (nix-support/failed)".to_owned()),
+        }]
+    );
+    let ok = run(
+        &observed(vec![J::new(1, 1).build(BuildState::Succeeded)], &[]),
+        2,
+    );
+    assert!(
+        matches!(
+            &ok.steps[..],
+            [Step::SetJobState {
+                state: JobState::Succeeded,
+                error: None,
+                ..
+            }]
+        ),
+        "{ok:?}"
+    );
+}
+
+#[test]
+fn a_dependency_that_failed_with_output_should_not_gate_its_dependents() {
+    // Its outputs exist: the dependent builds, whether the dependency's job is already
+    // `failed` or not yet moved on.
+    for state in [JobState::Failed, JobState::Queued] {
+        let p = run(
+            &observed(vec![J::new(2, 2).dep_with_output(1, state)], &[]),
+            2,
+        );
+        assert_eq!(dispatched(&p), [drv(2)], "{state:?}: {p:?}");
+    }
+    // A plain failure still gates.
+    let p = run(
+        &observed(vec![J::new(2, 2).dep(1, JobState::Failed)], &[]),
+        2,
+    );
+    assert!(dispatched(&p).is_empty(), "{p:?}");
+}
+
+#[test]
+fn meta_timeout_and_max_silent_should_replace_the_repository_s() {
+    let meta = reconix_spec::JobMeta {
+        timeout: Some(7),
+        max_silent: Some(3),
+        ..reconix_spec::JobMeta::default()
+    };
+    let p = run(&observed(vec![J::new(1, 1).meta(meta)], &[]), 2);
+    let [Step::Dispatch(d)] = &p.steps[..] else {
+        panic!("{p:?}");
+    };
+    assert_eq!(
+        (d.timeout, d.max_silent),
+        (Duration::from_secs(7), Duration::from_secs(3))
+    );
+    // Without meta, the repository's (1h, 5m).
+    let p = run(&observed(vec![J::new(1, 1)], &[]), 2);
+    let [Step::Dispatch(d)] = &p.steps[..] else {
+        panic!("{p:?}");
+    };
+    assert_eq!(
+        (d.timeout, d.max_silent),
+        (Duration::from_secs(3600), Duration::from_secs(300))
+    );
+}
+
+#[test]
+fn a_higher_scheduling_priority_should_be_dispatched_first() {
+    let priority = |n| reconix_spec::JobMeta {
+        scheduling_priority: Some(n),
+        ..reconix_spec::JobMeta::default()
+    };
+    let jobs = || {
+        vec![
+            J::new(1, 1).meta(priority(50)),
+            J::new(2, 2),
+            J::new(3, 3).meta(priority(200)),
+            J::new(4, 4).meta(priority(200)),
+        ]
+    };
+    // One slot: the highest priority, oldest first among equals.
+    assert_eq!(dispatched(&run(&observed(jobs(), &[]), 1)), [drv(3)]);
+    // Room for all: every one, highest first, the default (100) above 50.
+    assert_eq!(
+        dispatched(&run(&observed(jobs(), &[]), 4)),
+        [drv(3), drv(4), drv(2), drv(1)]
+    );
+}
+
+#[test]
+fn outputs_that_say_failed_should_make_a_failure_with_output_keeping_products() {
+    use super::apply::{Ended, Verdict, built_outputs, verdict};
+    let report = reconix_nixcli::OutputsReport {
+        failed: true,
+        products: vec![reconix_nixcli::ProductLine {
+            kind: "file".to_owned(),
+            subtype: "binary-dist".to_owned(),
+            path: "/nix/store/x/a".to_owned(),
+            default_path: None,
+        }],
+        rejected_products: vec!["junk".to_owned()],
+        release_name: Some("x-1".to_owned()),
+    };
+    let outputs = built_outputs(report);
+    assert!(outputs.failed);
+    assert_eq!(outputs.release_name.as_deref(), Some("x-1"));
+    assert_eq!(outputs.products.len(), 1);
+    assert_eq!(outputs.products[0].path, "/nix/store/x/a");
+    let ended = Ended::Built {
+        exit_code: Some(0),
+        outputs: outputs.clone(),
+    };
+    let v = verdict(ended, 1, 2);
+    assert_eq!(
+        v,
+        Verdict::Built {
+            exit_code: Some(0),
+            outputs
+        }
+    );
+    let plain = built_outputs(reconix_nixcli::OutputsReport::default());
+    assert!(!plain.failed && plain.products.is_empty() && plain.release_name.is_none());
 }

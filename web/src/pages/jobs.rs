@@ -65,6 +65,16 @@ struct BuildInfo {
     took: String,
     closure: String,
     error: String,
+    /// Its outputs exist but say the build failed (`nix-support/failed`).
+    failed_with_output: bool,
+}
+
+/// One build product as the page lists it.
+struct ProductLink {
+    kind: String,
+    subtype: String,
+    path: String,
+    href: String,
 }
 
 /// What the page shows of the log.
@@ -99,6 +109,15 @@ struct JobPage {
     finished: String,
     took: String,
     build: Option<BuildInfo>,
+    /// `nix-support/hydra-release-name` of its build's outputs.
+    release_name: String,
+    products: Vec<ProductLink>,
+    description: String,
+    homepage: String,
+    license: String,
+    maintainers: String,
+    /// `meta.timeout`, `meta.maxSilent` and `meta.schedulingPriority`, as set.
+    meta_settings: String,
     dependencies: Vec<DepLink>,
     /// For an aggregate job: its constituents.
     constituents: Option<Vec<ConstituentLink>>,
@@ -202,7 +221,33 @@ pub(super) async fn page(
             took: duration(b.started_at, b.finished_at, now),
             closure: size(b.closure_size_bytes),
             error: b.error.clone().unwrap_or_default(),
+            failed_with_output: b.failed_with_output,
         }),
+        release_name: build
+            .and_then(|b| b.release_name.clone())
+            .unwrap_or_default(),
+        products: data
+            .products
+            .iter()
+            .enumerate()
+            .map(|(n, p)| ProductLink {
+                kind: p.kind.clone(),
+                subtype: p.subtype.clone(),
+                path: p.path.clone(),
+                href: format!("/api/v1/jobs/{id}/products/{n}"),
+            })
+            .collect(),
+        description: data.meta.description.clone().unwrap_or_default(),
+        homepage: data
+            .meta
+            .homepage
+            .clone()
+            // Only web links become links: a build chooses this text.
+            .filter(|h| h.starts_with("https://") || h.starts_with("http://"))
+            .unwrap_or_default(),
+        license: data.meta.license.join(", "),
+        maintainers: data.meta.maintainers.join(", "),
+        meta_settings: meta_settings(&data.meta),
         dependencies: data.dependencies.iter().map(DepLink::new).collect(),
         constituents: job
             .constituents
@@ -218,6 +263,21 @@ pub(super) async fn page(
         stream_href: format!("/jobs/{id}/log/stream?offset={offset}"),
     };
     render(&page)
+}
+
+/// Describes the meta fields that change how the job is built, e.g. `timeout 5 s, priority 200`.
+fn meta_settings(meta: &reconix_spec::JobMeta) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = meta.timeout {
+        parts.push(format!("timeout {t} s"));
+    }
+    if let Some(t) = meta.max_silent {
+        parts.push(format!("max-silent {t} s"));
+    }
+    if let Some(p) = meta.scheduling_priority {
+        parts.push(format!("priority {p}"));
+    }
+    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ fn job(n: u32, attr: &str, deps: &[&str]) -> NewJob {
         state: JobState::Queued,
         error: None,
         constituents: None,
+        meta: reconix_spec::JobMeta::default(),
     }
 }
 

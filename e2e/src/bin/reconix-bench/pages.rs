@@ -80,6 +80,7 @@ fn seed(path: &Path, n: usize) -> Result<i64> {
             state: JobState::Queued,
             error: None,
             constituents: None,
+            meta: reconix_spec::JobMeta::default(),
         });
     }
     db.record_evaluation_result(id, &jobs, t)?;
