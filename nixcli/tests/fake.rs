@@ -37,6 +37,7 @@ fn job() -> EvalJob {
             outputs: BTreeMap::from([("out".to_owned(), sp(OUT))]),
             deps: vec![],
             required_features: vec![],
+            skipped: None,
         }),
     }
 }
@@ -45,7 +46,7 @@ fn eval_request(flake_ref: &str) -> EvalRequest {
     EvalRequest {
         flake_ref: flake_ref.to_owned(),
         systems: vec![System::new("x86_64-linux").unwrap()],
-        attributes: vec!["packages".to_owned()],
+        roots: reconix_spec::Repo::default().job_roots(),
     }
 }
 

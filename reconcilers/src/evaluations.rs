@@ -404,11 +404,7 @@ async fn start_evaluation<P: Ports>(
     let request = EvalRequest {
         flake_ref: flake_ref.clone(),
         systems: repo_cfg.systems.clone(),
-        attributes: repo_cfg
-            .attributes
-            .iter()
-            .map(|a| a.as_str().to_owned())
-            .collect(),
+        roots: repo_cfg.job_roots(),
     };
     let k = key.clone();
     let (r, f) = (git_ref.clone(), flake_ref.clone());

@@ -38,6 +38,7 @@ fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
                 .map(|d| AttrPath::new(format!("packages.x86_64-linux.{d}")).unwrap())
                 .collect(),
             required_features: Vec::new(),
+            skipped: None,
         }),
     }
 }
