@@ -54,12 +54,17 @@ fn hydra_jobs_flake_should_end_with_the_job_states_hydra_gives() -> Result<()> {
             ("hydraJobs.hello.aarch64-linux", "skipped"),
             ("hydraJobs.hello.x86_64-linux", "succeeded"),
             ("hydraJobs.tests.\"foo/bar\".x86_64-linux", "succeeded"),
-            ("hydraJobs.tests.after-fails.x86_64-linux", "dependency-failed"),
+            (
+                "hydraJobs.tests.after-fails.x86_64-linux",
+                "dependency-failed"
+            ),
             ("hydraJobs.tests.fails.x86_64-linux", "failed"),
         ],
         "{detail:#}"
     );
-    let broken = jobs["hydraJobs.broken"]["error"].as_str().unwrap_or_default();
+    let broken = jobs["hydraJobs.broken"]["error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(broken.contains("this job set is broken"), "{broken}");
     let skipped = jobs["hydraJobs.hello.aarch64-linux"]["error"]
         .as_str()

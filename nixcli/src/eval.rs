@@ -257,6 +257,7 @@ pub(crate) async fn evaluate(cli: &Arc<Config>, req: EvalRequest) -> Result<Eval
         .collect();
     let failed_units: Vec<EvalJob> = unit_errors
         .into_iter()
+        .filter(|(i, _)| !seen.contains(&all_units[*i].path))
         .filter_map(|(i, message)| {
             let unit = &all_units[i];
             Some(EvalJob {
