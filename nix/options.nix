@@ -194,9 +194,9 @@ let
         description = "Users whose pull requests are built without checking their permission on the repository.\n\nreconix's default: `[]`.";
       };
       attributes = mkOption {
-        type = types.nullOr (types.listOf (types.enum [ "packages" "checks" "devShells" "nixosConfigurations" ]));
+        type = types.nullOr (types.listOf (types.str));
         default = null;
-        description = "Which flake outputs are built.\n\nreconix's default: `[\"packages\",\"checks\",\"devShells\",\"nixosConfigurations\"]`.";
+        description = "Where the jobs are: flake output paths. The categories `packages`, `checks`,\n`devShells` (`<category>.<system>.<name>` for each of `systems`; a nested set is walked\nwhen marked `recurseForDerivations = true`) and `nixosConfigurations` (each\nconfiguration's `config.system.build.toplevel`) keep their meaning. Any other path\n(`hydraJobs`, `ci.reconix`, `herculesCI.onPush.default.outputs`, a quoted\n`'hydraJobs.\"x/y\"'`) is walked as a tree, as Hydra does: every attribute set is\ndescended into, derivations are jobs, `null` is skipped and any other value is an\neval-failed job; under `legacyPackages` (walked for each of `systems`) only sets marked\n`recurseForDerivations` are descended into and other values are skipped. In a walked\ntree a job's system is its derivation's `system`; jobs for other systems than `systems`\nare recorded as `skipped`.\n\nreconix's default: `[\"packages\",\"checks\",\"devShells\",\"nixosConfigurations\"]`.";
       };
       branches = mkOption {
         type = types.nullOr (types.listOf (types.str));
@@ -217,6 +217,11 @@ let
         type = types.nullOr (types.bool);
         default = null;
         description = "Whether pull (merge) requests are built.\n\nreconix's default: `true`.";
+      };
+      recurse = mkOption {
+        type = types.nullOr (types.enum [ "all" "marked" ]);
+        default = null;
+        description = "Overrides which sets are descended into: `all` (every set) or `marked` (only sets with\n`recurseForDerivations = true`). Default: `marked` for the categories and\n`legacyPackages`, `all` for other paths.";
       };
       systems = mkOption {
         type = types.nullOr (types.listOf (types.str));

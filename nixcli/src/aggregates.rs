@@ -297,6 +297,7 @@ mod tests {
                 required_features: Vec::new(),
                 constituents: None,
                 meta: reconix_spec::JobMeta::default(),
+                skipped: None,
             }),
         }
     }

@@ -277,6 +277,7 @@ impl Nix for FakeNix {
                 jobs,
                 duration: Duration::ZERO,
                 nix_calls: 0,
+                flake_outputs: Vec::new(),
             }),
             Some(FakeEvaluation::FlakeError(message)) => Err(Error::FlakeEval { message }),
             None => Err(Error::FlakeEval {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reconix_spec::JobMeta;
+use reconix_spec::JobRoot;
 use reconix_spec::names::{AttrPath, StorePath, System};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -172,12 +173,11 @@ pub struct EvalRequest {
     /// A *locked* flake reference, e.g. `git+file:///src/x?ref=refs/heads/main&rev=<40 hex>`:
     /// evaluation runs in pure mode, where `builtins.getFlake` refuses unlocked references.
     pub flake_ref: String,
-    /// The systems whose per-system outputs (`packages.<system>.*`, …) are jobs.
+    /// The systems whose per-system outputs (`packages.<system>.*`, …) are jobs; jobs of a
+    /// walked tree for other systems are skipped ([`JobDrv::skipped`]).
     pub systems: Vec<System>,
-    /// The flake output categories to evaluate: `packages`, `checks`, `devShells` (or any other
-    /// per-system output) and `nixosConfigurations` (whose jobs are
-    /// `nixosConfigurations.<name>.config.system.build.toplevel`, whatever their system).
-    pub attributes: Vec<String>,
+    /// Where the jobs are and how each place is walked ([`reconix_spec::Repo::job_roots`]).
+    pub roots: Vec<JobRoot>,
 }
 
 /// The result of a successful evaluation.
@@ -189,6 +189,11 @@ pub struct EvalOutcome {
     pub duration: Duration,
     /// How many `nix` processes were run.
     pub nix_calls: u32,
+    /// The flake's top-level outputs (`hydraJobs`, `lib`, …), looked up only when the
+    /// evaluation found no job at all (for a message saying which `attributes` to set); empty
+    /// otherwise.
+    #[serde(default)]
+    pub flake_outputs: Vec<String>,
 }
 
 /// One attribute of an evaluation.
@@ -218,6 +223,10 @@ pub struct JobDrv {
     /// (`requiredSystemFeatures`, e.g. `kvm`): sorted, no duplicates, usually empty.
     #[serde(default)]
     pub required_features: Vec<String>,
+    /// Why the job is not built, when it is not: a job of a walked tree whose derivation's
+    /// system is not one of the requested systems. Such jobs are left out of every `deps`.
+    #[serde(default)]
+    pub skipped: Option<String>,
     /// What reconix uses of the derivation's `meta` (per-job limits, priority, description…).
     #[serde(default)]
     pub meta: JobMeta,

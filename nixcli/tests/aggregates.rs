@@ -19,7 +19,8 @@ use std::path::Path;
 use std::process::Command;
 
 use reconix_nixcli::{Constituent, EvalJob, EvalRequest, Nix, NixCli};
-use reconix_spec::names::System;
+use reconix_spec::names::{AttrPath, System};
+use reconix_spec::{JobRoot, Recurse, Walk};
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
@@ -92,7 +93,15 @@ async fn evaluate(outputs: &str) -> BTreeMap<String, EvalJob> {
             rev.trim()
         ),
         systems: vec![System::new("x86_64-linux").unwrap()],
-        attributes: vec!["checks".to_owned(), "packages".to_owned()],
+        roots: ["checks", "packages"]
+            .into_iter()
+            .map(|root| JobRoot {
+                path: AttrPath::new(root).unwrap(),
+                walk: Walk::Category {
+                    recurse: Recurse::Marked,
+                },
+            })
+            .collect(),
     };
     let outcome = within(NixCli::new().evaluate(request)).await.unwrap();
     outcome

@@ -39,6 +39,7 @@ fn job() -> EvalJob {
             required_features: vec![],
             constituents: None,
             meta: reconix_spec::JobMeta::default(),
+            skipped: None,
         }),
     }
 }
@@ -47,7 +48,7 @@ fn eval_request(flake_ref: &str) -> EvalRequest {
     EvalRequest {
         flake_ref: flake_ref.to_owned(),
         systems: vec![System::new("x86_64-linux").unwrap()],
-        attributes: vec!["packages".to_owned()],
+        roots: reconix_spec::Repo::default().job_roots(),
     }
 }
 

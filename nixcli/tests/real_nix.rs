@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use reconix_nixcli::{
     BuildMode, BuildRequest, BuildStatus, Error, EvalJob, EvalRequest, Nix, NixCli,
 };
-use reconix_spec::names::{StorePath, System};
+use reconix_spec::names::{AttrPath, StorePath, System};
+use reconix_spec::{Recurse, Repo};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -92,11 +93,30 @@ impl TestFlake {
         }
     }
 
+    /// Returns the request for the job roots `attributes` (as written in a spec; a name that
+    /// is no path is taken as one attribute name) on x86_64-linux.
     fn request(&self, attributes: &[&str]) -> EvalRequest {
+        self.request_for(attributes, &["x86_64-linux"], None)
+    }
+
+    fn request_for(
+        &self,
+        attributes: &[&str],
+        systems: &[&str],
+        recurse: Option<Recurse>,
+    ) -> EvalRequest {
+        let repo = Repo {
+            attributes: attributes
+                .iter()
+                .map(|a| AttrPath::new(*a).unwrap_or_else(|_| AttrPath::from_name(a)))
+                .collect(),
+            recurse,
+            ..Repo::default()
+        };
         EvalRequest {
             flake_ref: self.flake_ref.clone(),
-            systems: vec![System::new("x86_64-linux").unwrap()],
-            attributes: attributes.iter().map(|a| (*a).to_owned()).collect(),
+            systems: systems.iter().map(|s| System::new(*s).unwrap()).collect(),
+            roots: repo.job_roots(),
         }
     }
 
@@ -290,6 +310,7 @@ async fn evaluate_should_report_every_attribute_with_its_own_status_message_and_
         p("c"),
         p("default"),
         p("it's"),
+        p("\"has.dot\""),
         p("failing"),
         "checks.x86_64-linux.a-ok".to_owned(),
         "checks.x86_64-linux.b-ok".to_owned(),
@@ -301,7 +322,7 @@ async fn evaluate_should_report_every_attribute_with_its_own_status_message_and_
     let failed = [p("evalError"), p("abortMe"), p("typeError"), p("notDrv")];
     let mut expected: Vec<&String> = ok.iter().chain(&failed).collect();
     expected.sort();
-    // `has.dot` cannot be an attribute path: it is left out.
+    // `has.dot` is a job like any other, its name quoted as Nix prints it.
     assert_eq!(jobs.keys().collect::<Vec<_>>(), expected);
     for attr in &ok {
         let job = &jobs[attr];
@@ -345,7 +366,7 @@ async fn evaluate_should_report_every_attribute_with_its_own_status_message_and_
 
     // Dependencies stop at the first job: c lists b, not a.
     assert_eq!(deps(&jobs, &p("a")), Vec::<String>::new());
-    assert_eq!(deps(&jobs, &p("b")), [p("a"), p("it's")]);
+    assert_eq!(deps(&jobs, &p("b")), [p("\"has.dot\""), p("a"), p("it's")]);
     assert_eq!(deps(&jobs, &p("c")), [p("b")]);
     assert_eq!(deps(&jobs, &p("default")), [p("b")]);
     assert_eq!(
@@ -399,6 +420,206 @@ async fn evaluate_should_survive_quotes_and_dollars_in_its_arguments() {
         .unwrap();
     assert_eq!(outcome.jobs.len(), 1);
     assert_eq!(outcome.nix_calls, 2);
+}
+
+/// Job sets as Hydra, flake-parts and flake-utils users write them.
+const JOB_SETS: &str = r#"let
+      arm = "aarch64-linux";
+      mkFor = sys: name: derivation { inherit name salt; system = sys; builder = "/bin/sh"; args = [ "-c" "echo ${name} > $out" ]; };
+      scope = {
+        hello = mk "hello" "echo hello > $out";
+        lib = { id = x: x; text = "not a job"; };
+        callPackage = f: f;
+        override = args: args;
+        overrideDerivation = f: f;
+        version = "1.0";
+        nested = { recurseForDerivations = true; inner = mk "inner" "echo inner > $out"; };
+        unmarked = { hidden = mk "hidden" "echo hidden > $out"; };
+        python3Packages = { recurseForDerivations = true; requests = mk "requests" "echo r > $out"; override = x: x; };
+      };
+    in {
+      # Hydra: hydraJobs.<job>.<system>, nested further, with a throw and a null on the way.
+      hydraJobs = {
+        hello.${system} = a;
+        hello.${arm} = mkFor arm "hello-arm";
+        tests."foo/bar".${system} = b;
+        tests.broken = throw "this test set is broken";
+        tests.aborted = abort "this test aborts";
+        nothing = null;
+        notes = "a string";
+        fn = x: x;
+      };
+      # flake-parts' hydraJobs.<system>.packages.<name>.
+      fp.hydraJobs.${system}.packages.c = c;
+      legacyPackages.${system} = scope;
+      legacyPackages.${arm} = throw "no aarch64 package set";
+      packages.${system} = {
+        a = a;
+        "pkgset/nested" = b;
+        "v1.2" = c;
+        set = { recurseForDerivations = true; inner = a; deeper = { recurseForDerivations = true; x = b; }; };
+        plain = { d = a; };
+      };
+      packages.${arm} = throw "intentional: no aarch64 packages";
+    }"#;
+
+#[tokio::test]
+async fn walker_should_list_hydra_jobs_as_nix_prints_their_paths_and_skip_other_systems() {
+    let flake = TestFlake::new(JOB_SETS);
+    let outcome = within(NixCli::new().evaluate(flake.request(&["hydraJobs", "fp.hydraJobs"])))
+        .await
+        .unwrap();
+    let jobs: BTreeMap<String, EvalJob> = outcome
+        .jobs
+        .into_iter()
+        .map(|j| (j.attr.to_string(), j))
+        .collect();
+    assert_eq!(
+        jobs.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "fp.hydraJobs.x86_64-linux.packages.c",
+            "hydraJobs.fn",
+            "hydraJobs.hello.aarch64-linux",
+            "hydraJobs.hello.x86_64-linux",
+            "hydraJobs.notes",
+            "hydraJobs.tests.\"foo/bar\".x86_64-linux",
+            "hydraJobs.tests.aborted",
+            "hydraJobs.tests.broken",
+        ],
+        "null is skipped, everything else is a job"
+    );
+    let built = |attr: &str| {
+        jobs[attr]
+            .result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{attr}: {e}"))
+    };
+    assert_eq!(built("hydraJobs.hello.x86_64-linux").skipped, None);
+    assert_eq!(built("fp.hydraJobs.x86_64-linux.packages.c").skipped, None);
+    // A walked job's system is its derivation's; one outside `systems` is skipped, not built.
+    let arm = &jobs["hydraJobs.hello.aarch64-linux"];
+    assert_eq!(
+        arm.system.as_ref().map(System::as_str),
+        Some("aarch64-linux")
+    );
+    let reason = built("hydraJobs.hello.aarch64-linux")
+        .skipped
+        .clone()
+        .unwrap();
+    assert!(reason.contains("aarch64-linux"), "{reason}");
+    // The job with a `/` in its name depends on the job of `a` through its quoted path.
+    assert_eq!(
+        deps(&jobs, "hydraJobs.tests.\"foo/bar\".x86_64-linux"),
+        ["hydraJobs.hello.x86_64-linux"]
+    );
+    // Each failing branch costs only itself, with its own message.
+    assert!(error(&jobs, "hydraJobs.tests.broken").contains("this test set is broken"));
+    assert!(error(&jobs, "hydraJobs.tests.aborted").contains("this test aborts"));
+    assert_eq!(
+        error(&jobs, "hydraJobs.notes"),
+        "not a derivation (a string)"
+    );
+    assert_eq!(error(&jobs, "hydraJobs.fn"), "not a derivation (a lambda)");
+}
+
+#[tokio::test]
+async fn walker_should_descend_only_marked_sets_of_a_legacy_packages_scope() {
+    let flake = TestFlake::new(JOB_SETS);
+    let outcome = within(NixCli::new().evaluate(flake.request_for(
+        &["legacyPackages"],
+        &["x86_64-linux", "aarch64-linux"],
+        None,
+    )))
+    .await
+    .unwrap();
+    let jobs: BTreeMap<String, EvalJob> = outcome
+        .jobs
+        .into_iter()
+        .map(|j| (j.attr.to_string(), j))
+        .collect();
+    assert_eq!(
+        jobs.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "legacyPackages.aarch64-linux",
+            "legacyPackages.x86_64-linux.hello",
+            "legacyPackages.x86_64-linux.nested.inner",
+            "legacyPackages.x86_64-linux.python3Packages.requests",
+        ],
+        "functions, override helpers, lib and unmarked sets are skipped silently"
+    );
+    assert!(error(&jobs, "legacyPackages.aarch64-linux").contains("no aarch64 package set"));
+    assert!(jobs["legacyPackages.x86_64-linux.hello"].result.is_ok());
+
+    // `recurse: all` walks every set, so the unmarked one too (and `lib`'s values fail).
+    let outcome = within(NixCli::new().evaluate(flake.request_for(
+        &["legacyPackages.x86_64-linux.unmarked"],
+        &["x86_64-linux"],
+        Some(Recurse::All),
+    )))
+    .await
+    .unwrap();
+    let attrs: Vec<String> = outcome.jobs.iter().map(|j| j.attr.to_string()).collect();
+    assert_eq!(attrs, ["legacyPackages.x86_64-linux.unmarked.hidden"]);
+}
+
+#[tokio::test]
+async fn categories_should_walk_marked_sets_and_keep_a_throw_under_one_system_to_itself() {
+    let flake = TestFlake::new(JOB_SETS);
+    let outcome = within(NixCli::new().evaluate(flake.request_for(
+        &["packages"],
+        &["x86_64-linux", "aarch64-linux"],
+        None,
+    )))
+    .await
+    .unwrap();
+    let jobs: BTreeMap<String, EvalJob> = outcome
+        .jobs
+        .into_iter()
+        .map(|j| (j.attr.to_string(), j))
+        .collect();
+    assert_eq!(
+        jobs.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "packages.aarch64-linux",
+            "packages.x86_64-linux.\"pkgset/nested\"",
+            "packages.x86_64-linux.\"v1.2\"",
+            "packages.x86_64-linux.a",
+            "packages.x86_64-linux.plain",
+            "packages.x86_64-linux.set.deeper.x",
+            "packages.x86_64-linux.set.inner",
+        ]
+    );
+    for ok in [
+        "packages.x86_64-linux.\"pkgset/nested\"",
+        "packages.x86_64-linux.\"v1.2\"",
+        "packages.x86_64-linux.set.deeper.x",
+    ] {
+        assert!(jobs[ok].result.is_ok(), "{ok}");
+        assert_eq!(
+            jobs[ok].system.as_ref().map(System::as_str),
+            Some("x86_64-linux")
+        );
+    }
+    assert!(error(&jobs, "packages.aarch64-linux").contains("intentional: no aarch64 packages"));
+    assert_eq!(
+        jobs["packages.aarch64-linux"]
+            .system
+            .as_ref()
+            .map(System::as_str),
+        Some("aarch64-linux")
+    );
+    let plain = error(&jobs, "packages.x86_64-linux.plain");
+    assert!(plain.contains("recurseForDerivations = true"), "{plain}");
+}
+
+#[tokio::test]
+async fn evaluation_with_no_jobs_should_name_the_flake_outputs() {
+    let flake = TestFlake::new("{ hydraJobs.a = a; lib = { }; overlays = { }; }");
+    let outcome = within(NixCli::new().evaluate(flake.request(&["packages", "checks"])))
+        .await
+        .unwrap();
+    assert!(outcome.jobs.is_empty());
+    assert_eq!(outcome.flake_outputs, ["hydraJobs", "lib", "overlays"]);
 }
 
 /// Runs a test body once per [`BuildMode`], as `<name>::on_channels` and `<name>::on_processes`:

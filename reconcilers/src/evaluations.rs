@@ -406,11 +406,7 @@ async fn start_evaluation<P: Ports>(
     let request = EvalRequest {
         flake_ref: flake_ref.clone(),
         systems: repo_cfg.systems.clone(),
-        attributes: repo_cfg
-            .attributes
-            .iter()
-            .map(|a| a.as_str().to_owned())
-            .collect(),
+        roots: repo_cfg.job_roots(),
     };
     let k = key.clone();
     let (r, f) = (git_ref.clone(), flake_ref.clone());
@@ -436,8 +432,17 @@ async fn start_evaluation<P: Ports>(
                     .filter(|j| j.state == JobState::EvalFailed)
                     .count(),
             );
+            let nothing = no_jobs_message(repo_cfg, &jobs, &outcome.flake_outputs);
+            if let Some(message) = &nothing {
+                warn!(repo = %key, evaluation = %id, error = %message, "evaluation found no jobs");
+            }
             cx.status
-                .call(move |db| db.record_evaluation_result(id, &jobs, Timestamp::now()))
+                .call(move |db| match nothing {
+                    Some(message) => {
+                        db.record_evaluation_without_jobs(id, &jobs, &message, Timestamp::now())
+                    }
+                    None => db.record_evaluation_result(id, &jobs, Timestamp::now()),
+                })
                 .await?;
             info!(
                 repo = %key, evaluation = %id, jobs = total, eval_failed = failed,
@@ -467,6 +472,58 @@ async fn start_evaluation<P: Ports>(
     }
 }
 
+/// Returns why an evaluation that found nothing to build failed, when it did: no job at all,
+/// or only `skipped` ones. The message names where reconix looked, the flake's top-level
+/// outputs and the `attributes` to set, so that a flake written for Hydra (or for another
+/// system) does not look green with 0 jobs.
+pub fn no_jobs_message(
+    repo: &reconix_spec::Repo,
+    jobs: &[NewJob],
+    flake_outputs: &[String],
+) -> Option<String> {
+    if jobs.iter().any(|j| j.state != JobState::Skipped) {
+        return None;
+    }
+    let looked: Vec<&str> = repo.attributes.iter().map(AttrPath::as_str).collect();
+    let systems: Vec<&str> = repo.systems.iter().map(|s| s.as_str()).collect();
+    let mut message = format!(
+        "no jobs under {} for {}",
+        looked.join(", "),
+        systems.join(", ")
+    );
+    if !jobs.is_empty() {
+        message.push_str(&format!(
+            " ({} skipped: built for other systems; add them to `systems`)",
+            jobs.len()
+        ));
+    }
+    let outputs: Vec<&str> = flake_outputs.iter().map(String::as_str).collect();
+    if !outputs.is_empty() {
+        message.push_str(&format!("; this flake has: {}", outputs.join(", ")));
+    }
+    // Outputs that usually hold jobs and that `attributes` does not name yet.
+    let suggest: Vec<&str> = [
+        "hydraJobs",
+        "checks",
+        "packages",
+        "devShells",
+        "nixosConfigurations",
+        "herculesCI",
+        "legacyPackages",
+    ]
+    .into_iter()
+    .filter(|o| outputs.contains(o) && !looked.contains(o))
+    .collect();
+    match suggest.as_slice() {
+        [] if jobs.is_empty() => {
+            message.push_str(" — set `attributes` to the flake output paths that hold the jobs");
+        }
+        [] => {}
+        _ => message.push_str(&format!(" — set `attributes: [{}]`", suggest.join(", "))),
+    }
+    Some(message)
+}
+
 /// Converts Nix's evaluation result into rows for the status database.
 fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
     outcome
@@ -481,8 +538,12 @@ fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
                 outputs: drv.outputs.clone(),
                 deps: drv.deps.clone(),
                 required_features: drv.required_features.clone(),
-                state: JobState::Queued,
-                error: None,
+                state: if drv.skipped.is_some() {
+                    JobState::Skipped
+                } else {
+                    JobState::Queued
+                },
+                error: drv.skipped.clone(),
                 constituents: drv.constituents.as_ref().map(|list| {
                     list.iter()
                         .map(|c| match c {
@@ -670,6 +731,46 @@ mod tests {
         let p = plan(&key(), &spec(), &o, Timestamp(0));
         assert!(p.steps.is_empty());
         assert_eq!(p.then, Action::await_change());
+    }
+
+    fn new_job(attr: &str, state: JobState) -> NewJob {
+        NewJob {
+            attr: AttrPath::new(attr).unwrap(),
+            name: attr.to_owned(),
+            system: None,
+            drv_path: None,
+            outputs: BTreeMap::new(),
+            deps: Vec::new(),
+            required_features: Vec::new(),
+            state,
+            error: None,
+            constituents: None,
+            meta: reconix_spec::JobMeta::default(),
+        }
+    }
+
+    #[test]
+    fn no_jobs_should_fail_with_the_outputs_and_the_attributes_to_set() {
+        let spec = spec();
+        let (_, repo) = spec.repo(&key()).unwrap();
+        let outputs: Vec<String> = ["hydraJobs", "lib", "overlays"].map(str::to_owned).to_vec();
+        assert_eq!(
+            no_jobs_message(repo, &[], &outputs).as_deref(),
+            Some(
+                "no jobs under packages, checks, devShells, nixosConfigurations for x86_64-linux; \
+                 this flake has: hydraJobs, lib, overlays — set `attributes: [hydraJobs]`"
+            )
+        );
+        let message = no_jobs_message(repo, &[], &["lib".to_owned()]).unwrap();
+        assert!(message.ends_with("set `attributes` to the flake output paths that hold the jobs"));
+        let skipped = [new_job("hydraJobs.a.aarch64-linux", JobState::Skipped)];
+        let message = no_jobs_message(repo, &skipped, &[]).unwrap();
+        assert!(message.contains("1 skipped"), "{message}");
+        // One job to build or one eval-failed job is enough to say something.
+        for state in [JobState::Queued, JobState::EvalFailed] {
+            let jobs = [new_job("packages.x86_64-linux.a", state)];
+            assert_eq!(no_jobs_message(repo, &jobs, &outputs), None, "{state}");
+        }
     }
 
     use crate::testing::pull_request as pr;

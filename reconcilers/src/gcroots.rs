@@ -45,8 +45,9 @@ pub fn repo_root_dir(state_dir: &Path, repo: &RepoKey) -> PathBuf {
         .join(repo.repo.as_str().replace('/', "%2F"))
 }
 
-/// Returns the root link of one output of one job: `<repo dir>/<eval>/<attr>` named for the
-/// output by [`reconix_nixcli::output_link`], the one place these names are formed.
+/// Returns the root link of one output of one job: `<repo dir>/<eval>/<attr>` (with `%` and
+/// `/` in the job name percent-encoded, so it is one file name) named for the output by
+/// [`reconix_nixcli::output_link`], the one place these names are formed.
 pub fn root_link(
     state_dir: &Path,
     repo: &RepoKey,
@@ -54,9 +55,12 @@ pub fn root_link(
     attr: &str,
     output: &str,
 ) -> PathBuf {
+    // A job name may hold `/` (`hydraJobs."foo/bar"`): as a path it would make directories, or
+    // with `..` climb out of the evaluation's. `%` is encoded first so no two names share a link.
+    let file = attr.replace('%', "%25").replace('/', "%2F");
     let root = repo_root_dir(state_dir, repo)
         .join(evaluation.to_string())
-        .join(attr);
+        .join(file);
     reconix_nixcli::output_link(&root, output)
 }
 
@@ -360,6 +364,25 @@ mod tests {
                 "dev"
             ),
             PathBuf::from("/s/gcroots/gl/group%2Fproj/3/checks.x.y-dev")
+        );
+    }
+
+    #[test]
+    fn root_path_should_keep_a_job_name_with_slashes_in_one_file() {
+        let link = root_link(
+            Path::new("/s"),
+            &key(),
+            EvaluationId(3),
+            r#"hydraJobs."../../x/%2F".a"#,
+            "out",
+        );
+        assert_eq!(
+            link,
+            PathBuf::from(r#"/s/gcroots/gl/group%2Fproj/3/hydraJobs."..%2F..%2Fx%2F%252F".a"#)
+        );
+        assert_eq!(
+            link.parent(),
+            Some(Path::new("/s/gcroots/gl/group%2Fproj/3"))
         );
     }
 

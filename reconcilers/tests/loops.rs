@@ -40,6 +40,7 @@ fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
             required_features: Vec::new(),
             constituents: None,
             meta: reconix_spec::JobMeta::default(),
+            skipped: None,
         }),
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, RepoName, SecretFile, System};
+use crate::{AttrPath, Duration, RepoName, SecretFile, System};
 
 /// A source of repositories: a hosted forge reached over its API, or `local` git checkouts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -147,8 +147,23 @@ pub struct Repo {
     pub allowlist: Vec<String>,
     /// Systems whose outputs are built.
     pub systems: Vec<System>,
-    /// Which flake outputs are built.
-    pub attributes: Vec<AttrKind>,
+    /// Where the jobs are: flake output paths. The categories `packages`, `checks`,
+    /// `devShells` (`<category>.<system>.<name>` for each of `systems`; a nested set is walked
+    /// when marked `recurseForDerivations = true`) and `nixosConfigurations` (each
+    /// configuration's `config.system.build.toplevel`) keep their meaning. Any other path
+    /// (`hydraJobs`, `ci.reconix`, `herculesCI.onPush.default.outputs`, a quoted
+    /// `'hydraJobs."x/y"'`) is walked as a tree, as Hydra does: every attribute set is
+    /// descended into, derivations are jobs, `null` is skipped and any other value is an
+    /// eval-failed job; under `legacyPackages` (walked for each of `systems`) only sets marked
+    /// `recurseForDerivations` are descended into and other values are skipped. In a walked
+    /// tree a job's system is its derivation's `system`; jobs for other systems than `systems`
+    /// are recorded as `skipped`.
+    pub attributes: Vec<AttrPath>,
+    /// Overrides which sets are descended into: `all` (every set) or `marked` (only sets with
+    /// `recurseForDerivations = true`). Default: `marked` for the categories and
+    /// `legacyPackages`, `all` for other paths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recurse: Option<Recurse>,
     /// Longest time one build may take before it is stopped.
     pub timeout: Duration,
     /// Longest time one build may go without output before it is stopped.
@@ -163,7 +178,8 @@ impl Default for Repo {
             pull_requests: true,
             allowlist: Vec::new(),
             systems: vec![System::x86_64_linux()],
-            attributes: AttrKind::ALL.to_vec(),
+            attributes: AttrKind::ALL.iter().map(|k| k.path()).collect(),
+            recurse: None,
             timeout: Duration::from_secs(3 * 60 * 60),
             max_silent: Duration::from_secs(60 * 60),
         }
@@ -198,7 +214,96 @@ impl Repo {
     }
 }
 
-/// A kind of flake output that reconix evaluates and builds.
+/// Which attribute sets a walk descends into (`recurse`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recurse {
+    /// Every attribute set (`nix-eval-jobs --force-recurse`, `hydra-eval-jobs`).
+    All,
+    /// Only sets marked `recurseForDerivations = true` (nixpkgs' convention).
+    Marked,
+}
+
+impl Recurse {
+    /// Returns the value as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Marked => "marked",
+        }
+    }
+}
+
+/// How the value at a job root is turned into jobs ([`Repo::job_roots`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Walk {
+    /// `nixosConfigurations`: each configuration's `config.system.build.toplevel` is a job.
+    NixosConfigurations,
+    /// `packages`, `checks`, `devShells`: `<root>.<system>.<name>` for each repo system. A set
+    /// that is not a derivation is descended into as `recurse` says; a set that is not is an
+    /// eval-failed job whose message says how to include it. The system is the one in the path.
+    Category {
+        /// Which sets are descended into.
+        recurse: Recurse,
+    },
+    /// Any other path, walked Hydra-style. Under `Recurse::Marked` values that are neither
+    /// derivations nor marked sets are skipped silently (nixpkgs' convention); under
+    /// `Recurse::All` they are eval-failed jobs naming their type. `null` is always skipped,
+    /// and so are functions named `override`/`overrideDerivation` (the helpers `callPackage`
+    /// adds). The system is the derivation's.
+    Tree {
+        /// True for `legacyPackages`: its next level is taken from the repo's systems.
+        per_system: bool,
+        /// Which sets are descended into.
+        recurse: Recurse,
+    },
+}
+
+/// One place in a flake where jobs are found, with how it is walked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRoot {
+    /// The flake output path.
+    pub path: AttrPath,
+    /// How its value is turned into jobs.
+    pub walk: Walk,
+}
+
+impl Repo {
+    /// Returns the job roots of `attributes` and how each is walked: the one rule deciding
+    /// what a root name means (categories, `legacyPackages`, any other path) and the default
+    /// of `recurse`.
+    pub fn job_roots(&self) -> Vec<JobRoot> {
+        self.attributes
+            .iter()
+            .map(|path| {
+                let names = path.names();
+                let walk = match (AttrKind::of(path), names.first().map(String::as_str)) {
+                    (Some(AttrKind::NixosConfigurations), _) => Walk::NixosConfigurations,
+                    (Some(_), _) => Walk::Category {
+                        recurse: self.recurse.unwrap_or(Recurse::Marked),
+                    },
+                    (None, Some("legacyPackages")) => Walk::Tree {
+                        per_system: names.len() == 1,
+                        recurse: self.recurse.unwrap_or(Recurse::Marked),
+                    },
+                    (None, _) => Walk::Tree {
+                        per_system: false,
+                        recurse: self.recurse.unwrap_or(Recurse::All),
+                    },
+                };
+                JobRoot {
+                    path: path.clone(),
+                    walk,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A category of flake outputs whose meaning reconix knows (see [`Repo::attributes`]).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -231,6 +336,18 @@ impl AttrKind {
             Self::DevShells => "devShells",
             Self::NixosConfigurations => "nixosConfigurations",
         }
+    }
+
+    /// Returns the category a job root names, if it is one of the four (a one-name path).
+    pub fn of(path: &AttrPath) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| path.as_str() == kind.as_str())
+    }
+
+    /// Returns the category's name as a job root.
+    pub fn path(self) -> AttrPath {
+        AttrPath::from_name(self.as_str())
     }
 
     /// Returns true when the output is keyed by system first (`packages.<system>.<name>`);
@@ -286,6 +403,108 @@ mod tests {
             let yaml = serde_yaml::to_string(&kind).unwrap();
             assert_eq!(yaml.trim(), kind.as_str());
         }
+    }
+
+    fn roots(yaml: &str) -> Vec<(String, Walk)> {
+        let repo: Repo = serde_yaml::from_str(yaml).unwrap();
+        repo.job_roots()
+            .into_iter()
+            .map(|r| (r.path.to_string(), r.walk))
+            .collect()
+    }
+
+    #[test]
+    fn job_roots_should_keep_the_categories_and_walk_any_other_path() {
+        let marked = Recurse::Marked;
+        assert_eq!(
+            roots(
+                "attributes: [packages, nixosConfigurations, hydraJobs, 'herculesCI.onPush.default.outputs', legacyPackages, legacyPackages.x86_64-linux.python3Packages, 'ci.\"a/b\"']"
+            ),
+            [
+                ("packages".to_owned(), Walk::Category { recurse: marked }),
+                ("nixosConfigurations".to_owned(), Walk::NixosConfigurations),
+                (
+                    "hydraJobs".to_owned(),
+                    Walk::Tree {
+                        per_system: false,
+                        recurse: Recurse::All
+                    }
+                ),
+                (
+                    "herculesCI.onPush.default.outputs".to_owned(),
+                    Walk::Tree {
+                        per_system: false,
+                        recurse: Recurse::All
+                    }
+                ),
+                (
+                    "legacyPackages".to_owned(),
+                    Walk::Tree {
+                        per_system: true,
+                        recurse: marked
+                    }
+                ),
+                (
+                    "legacyPackages.x86_64-linux.python3Packages".to_owned(),
+                    Walk::Tree {
+                        per_system: false,
+                        recurse: marked
+                    }
+                ),
+                (
+                    "ci.\"a/b\"".to_owned(),
+                    Walk::Tree {
+                        per_system: false,
+                        recurse: Recurse::All
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn recurse_should_override_the_default_of_every_root() {
+        assert_eq!(
+            roots("attributes: [checks, hydraJobs, legacyPackages]\nrecurse: all"),
+            [
+                (
+                    "checks".to_owned(),
+                    Walk::Category {
+                        recurse: Recurse::All
+                    }
+                ),
+                (
+                    "hydraJobs".to_owned(),
+                    Walk::Tree {
+                        per_system: false,
+                        recurse: Recurse::All
+                    }
+                ),
+                (
+                    "legacyPackages".to_owned(),
+                    Walk::Tree {
+                        per_system: true,
+                        recurse: Recurse::All
+                    }
+                ),
+            ]
+        );
+        assert_eq!(
+            roots("attributes: [hydraJobs]\nrecurse: marked"),
+            [(
+                "hydraJobs".to_owned(),
+                Walk::Tree {
+                    per_system: false,
+                    recurse: Recurse::Marked
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn attributes_should_refuse_a_path_nix_could_not_name() {
+        let err = serde_yaml::from_str::<Repo>("attributes: [hydraJobs.a/b]").unwrap_err();
+        assert!(err.to_string().contains("must be quoted"), "{err}");
     }
 
     #[test]

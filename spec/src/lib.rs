@@ -30,7 +30,7 @@ mod values;
 pub use builders::{Builders, Enrollment, Liveness, LocalBuilder, Offer, RemoteBuilder};
 pub use cache::{Cache, CacheKind};
 pub use error::{Result, SpecError, SpecErrors};
-pub use forge::{AttrKind, Forge, ForgeKind, Repo};
+pub use forge::{AttrKind, Forge, ForgeKind, JobRoot, Recurse, Repo, Walk};
 pub use housekeeping::{Retention, Statuses};
 pub use http::Http;
 pub use limits::{MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_NODES};

@@ -165,18 +165,105 @@ string_newtype!(
 );
 
 fn check_attr_path(s: &str) -> Result<(), NameError> {
+    parse_attr_path(s).map(|_| ())
+}
+
+/// Nix's keywords: a name spelled like one is quoted, as Nix prints it.
+const NIX_KEYWORDS: [&str; 10] = [
+    "if", "then", "else", "assert", "with", "let", "in", "rec", "inherit", "or",
+];
+
+/// Returns true when Nix prints `name` bare in an attribute path: a Nix identifier
+/// (`[A-Za-z_][A-Za-z0-9_'-]*`) that is not a keyword.
+fn is_bare_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_'-".contains(&b))
+        && !NIX_KEYWORDS.contains(&name)
+}
+
+/// Appends `name` to `out` as Nix prints an attribute name: bare when it is an identifier, else
+/// as a Nix string (`"foo/bar"`, with `\"`, `\\`, `\n`, `\r`, `\t` and `\${` escaped).
+fn push_name(out: &mut String, name: &str) {
+    if is_bare_name(name) {
+        out.push_str(name);
+        return;
+    }
+    out.push('"');
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '$' if chars.peek() == Some(&'{') => out.push_str("\\$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Splits a printed attribute path into its names (the inverse of [`push_name`] joined by `.`).
+fn parse_attr_path(s: &str) -> Result<Vec<String>, NameError> {
     const KIND: &str = "attribute path";
-    if s.is_empty() || s.split('.').any(str::is_empty) {
-        return Err(name_error(KIND, s, "must be dot-separated non-empty names"));
+    let mut names = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let mut name = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(name_error(KIND, s, "has an unterminated quoted name")),
+                    Some('"') => break,
+                    Some('\\') => match chars.next() {
+                        Some('n') => name.push('\n'),
+                        Some('r') => name.push('\r'),
+                        Some('t') => name.push('\t'),
+                        Some(c) => name.push(c),
+                        None => {
+                            return Err(name_error(KIND, s, "has an unterminated quoted name"));
+                        }
+                    },
+                    Some(c) => name.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if c == '"' || c == '/' || c.is_control() || c.is_whitespace() {
+                    return Err(name_error(
+                        KIND,
+                        s,
+                        "a name with `\"`, `/`, spaces or control characters must be quoted",
+                    ));
+                }
+                name.push(c);
+                chars.next();
+            }
+            if name.is_empty() {
+                return Err(name_error(KIND, s, "must be dot-separated non-empty names"));
+            }
+        }
+        names.push(name);
+        match chars.next() {
+            None => return Ok(names),
+            Some('.') => {}
+            Some(_) => {
+                return Err(name_error(
+                    KIND,
+                    s,
+                    "a quoted name must be followed by `.` or the end",
+                ));
+            }
+        }
     }
-    if s.chars().any(|c| c.is_control() || c == '/') {
-        return Err(name_error(
-            KIND,
-            s,
-            "must not contain control characters or `/`",
-        ));
-    }
-    Ok(())
 }
 
 impl System {
@@ -187,13 +274,68 @@ impl System {
 }
 
 string_newtype!(
-    /// A full flake attribute path of a job, e.g. `packages.x86_64-linux.hello`.
+    /// A full flake attribute path of a job, written as Nix prints it:
+    /// `packages.x86_64-linux.hello`, `hydraJobs.tests."foo/bar".x86_64-linux`.
     ///
-    /// Attribute names containing dots are not supported (they are rare in flakes and would make
-    /// the path ambiguous).
+    /// A name that is not a Nix identifier (it contains `.`, `/`, spaces…, starts with a digit or
+    /// is a keyword) is quoted as a Nix string, so every list of names has exactly one spelling
+    /// ([`AttrPath::from_names`]) and the spelling gives the names back ([`AttrPath::names`]).
+    /// Spellings that quote an identifier needlessly are accepted too.
     AttrPath,
     check_attr_path
 );
+
+impl AttrPath {
+    /// Returns the path of `names` as Nix prints it (see the type's docs).
+    ///
+    /// # Errors
+    /// Returns a [`NameError`] when `names` is empty.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, NameError> {
+        if names.is_empty() {
+            return Err(name_error(
+                "attribute path",
+                "",
+                "must have at least one name",
+            ));
+        }
+        let mut out = String::new();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            push_name(&mut out, name.as_ref());
+        }
+        Ok(Self(out))
+    }
+
+    /// Returns the path of the single attribute `name`, as Nix prints it.
+    pub fn from_name(name: &str) -> Self {
+        let mut out = String::new();
+        push_name(&mut out, name);
+        Self(out)
+    }
+
+    /// Returns the attribute names of the path, unquoted.
+    pub fn names(&self) -> Vec<String> {
+        // A value exists only once validated, so parsing again cannot fail.
+        parse_attr_path(&self.0).unwrap_or_default()
+    }
+
+    /// Returns the path as the fragment of a flake reference (`<flake>#<fragment>`): Nix 2.8
+    /// reads the fragment's quoted names and percent-decodes it, so bytes a URL fragment may
+    /// not hold (`%`, `#`, `{`, non-ASCII, …) are percent-encoded.
+    pub fn to_flake_fragment(&self) -> String {
+        let mut out = String::with_capacity(self.0.len());
+        for b in self.0.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/? \"^".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+}
 
 fn check_ident(kind: &'static str, s: &str, allow_slash: bool) -> Result<(), NameError> {
     if s.is_empty() || s.len() > 200 {
@@ -419,5 +561,48 @@ mod tests {
         assert!(AttrPath::new("packages.x86_64-linux.hello").is_ok());
         assert!(AttrPath::new("packages..hello").is_err());
         assert!(AttrPath::new("").is_err());
+    }
+
+    #[test]
+    fn attr_path_should_quote_names_as_nix_prints_them() {
+        let path =
+            AttrPath::from_names(&["hydraJobs", "tests", "foo/bar", "x86_64-linux"]).unwrap();
+        assert_eq!(path.as_str(), r#"hydraJobs.tests."foo/bar".x86_64-linux"#);
+        let odd = [
+            "a.b",
+            "with space",
+            "7zip",
+            "or",
+            "",
+            "q\"u\\o${x}\n",
+            "it's",
+            "_ok-1'",
+        ];
+        let path = AttrPath::from_names(&odd).unwrap();
+        assert_eq!(
+            path.as_str(),
+            r#""a.b"."with space"."7zip"."or".""."q\"u\\o\${x}\n".it's._ok-1'"#
+        );
+        assert_eq!(path.names(), odd);
+        assert_eq!(AttrPath::new(path.as_str()).unwrap(), path);
+        assert!(AttrPath::from_names::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn attr_path_should_refuse_unquoted_slashes_and_stray_quotes() {
+        assert!(AttrPath::new("packages.x86_64-linux.a/b").is_err());
+        assert!(AttrPath::new("a.\"b").is_err());
+        assert!(AttrPath::new("a.\"b\"c").is_err());
+        assert!(AttrPath::new("a b").is_err());
+        assert_eq!(AttrPath::new("a.\"b\".c").unwrap().names(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn attr_path_should_percent_encode_what_a_flake_fragment_cannot_hold() {
+        let path = AttrPath::from_names(&["hydraJobs", "p%q", "h#r", "x/y z", "é"]).unwrap();
+        assert_eq!(
+            path.to_flake_fragment(),
+            r#"hydraJobs."p%25q"."h%23r"."x/y z"."%C3%A9""#
+        );
     }
 }

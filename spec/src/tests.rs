@@ -83,7 +83,7 @@ fn omitted_keys_should_take_their_defaults() {
     assert!(repo.follows_default_branch());
     assert!(repo.pull_requests);
     assert_eq!(repo.systems, [System::x86_64_linux()]);
-    assert_eq!(repo.attributes, AttrKind::ALL);
+    assert_eq!(repo.attributes, AttrKind::ALL.map(AttrKind::path));
     assert_eq!(repo.timeout, Duration::from_secs(3 * 3600));
     assert_eq!(repo.max_silent, Duration::from_secs(3600));
     assert_eq!(spec.builders.local.max_jobs, 2);

@@ -18,6 +18,7 @@ const MIGRATION_LIST: &[M<'static>] = &[
     M::up(include_str!("../migrations/005_caches.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/006_revocations.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/007_waiting.sql")).foreign_key_check(),
+    M::up(include_str!("../migrations/008_skipped.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/009_aggregates.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/010_outcomes.sql")).foreign_key_check(),
 ];
@@ -358,6 +359,52 @@ mod tests {
         // The final schema is usable through the normal API.
         let mut db = StatusDb { conn };
         db.upsert_repo(&repo_key("gh/a/b")).unwrap();
+    }
+
+    #[test]
+    fn migration_008_should_keep_jobs_their_deps_and_roots_and_accept_skipped() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        MIGRATIONS.to_version(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO repos (id, forge, name) VALUES (1, 'gh', 'a/b');
+             INSERT INTO evaluations (id, repo_id, ref, rev, flake_ref, created_at)
+                 VALUES (1, 1, 'refs/heads/main', 'abc', 'git+file:///x', 0);
+             INSERT INTO jobs (id, evaluation_id, attr, name, system, drv_path, state, created_at,
+                               required_features)
+                 VALUES (1, 1, 'packages.x86_64-linux.a', 'a', 'x86_64-linux', '/nix/store/a.drv',
+                         'succeeded', 0, '[\"kvm\"]'),
+                        (2, 1, 'packages.x86_64-linux.b', 'b', 'x86_64-linux', '/nix/store/b.drv',
+                         'queued', 0, '[]');
+             INSERT INTO job_deps (job_id, dep_job_id) VALUES (2, 1);
+             INSERT INTO gc_roots (job_id, path, output, created_at) VALUES (1, '/r/a', 'out', 0);",
+        )
+        .unwrap();
+        MIGRATIONS.to_version(&mut conn, 8).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM jobs"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM job_deps WHERE job_id = 2 AND dep_job_id = 1"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM gc_roots WHERE job_id = 1"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM jobs WHERE required_features = '[\"kvm\"]'"),
+            1
+        );
+        conn.execute(
+            "INSERT INTO jobs (evaluation_id, attr, name, system, drv_path, state, created_at)
+             VALUES (1, 'hydraJobs.a.aarch64-linux', 'a', 'aarch64-linux', '/nix/store/c.drv',
+                     'skipped', 0)",
+            [],
+        )
+        .unwrap();
+        // The cascade still works on the rebuilt table.
+        conn.execute("DELETE FROM evaluations", []).unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM job_deps") + count("SELECT count(*) FROM gc_roots"),
+            0
+        );
     }
 
     #[test]

@@ -44,6 +44,33 @@ impl StatusDb {
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<bool> {
+        self.record_evaluation(id, jobs, None, now)
+    }
+
+    /// Records the jobs of an evaluation that found nothing to build (only `skipped` jobs, or
+    /// none) and ends it `failed` with `message`, in one transaction, as
+    /// [`record_evaluation_result`](Self::record_evaluation_result) otherwise does: an
+    /// evaluation with no job must not look green.
+    ///
+    /// # Errors
+    /// As [`record_evaluation_result`](Self::record_evaluation_result).
+    pub fn record_evaluation_without_jobs(
+        &mut self,
+        id: EvaluationId,
+        jobs: &[NewJob],
+        message: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        self.record_evaluation(id, jobs, Some(message), now)
+    }
+
+    fn record_evaluation(
+        &mut self,
+        id: EvaluationId,
+        jobs: &[NewJob],
+        failure: Option<&str>,
+        now: Timestamp,
+    ) -> Result<bool> {
         const OP: &str = "record_evaluation_result";
         let invalid = |reason: String| Error::Invalid { op: OP, reason };
         let mut index: HashMap<&AttrPath, usize> = HashMap::with_capacity(jobs.len());
@@ -52,13 +79,13 @@ impl StatusDb {
                 return Err(invalid(format!("duplicate job attribute `{}`", job.attr)));
             }
             match (job.state, &job.drv_path) {
-                (JobState::Queued, Some(_)) | (JobState::EvalFailed, _) => {}
-                (JobState::Queued, None) => {
+                (JobState::Queued | JobState::Skipped, Some(_)) | (JobState::EvalFailed, _) => {}
+                (JobState::Queued | JobState::Skipped, None) => {
                     return Err(invalid(format!("queued job `{}` has no drv", job.attr)));
                 }
                 (state, _) => {
                     return Err(invalid(format!(
-                        "job `{}` is {state}; new jobs are queued or eval-failed",
+                        "job `{}` is {state}; new jobs are queued, skipped or eval-failed",
                         job.attr
                     )));
                 }
@@ -170,19 +197,22 @@ impl StatusDb {
                     .op(OP)?;
             }
         }
-        let next = if jobs.iter().any(|j| !j.state.is_terminal()) {
+        let next = if failure.is_some() {
+            EvaluationState::Failed
+        } else if jobs.iter().any(|j| !j.state.is_terminal()) {
             EvaluationState::Building
         } else {
             EvaluationState::Finished
         };
         tx.execute(
             "UPDATE evaluations SET state = ?2, started_at = coalesce(started_at, ?3), \
-             finished_at = ?4 WHERE id = ?1",
+             finished_at = ?4, error = coalesce(?5, error) WHERE id = ?1",
             params![
                 id.0,
                 next.as_str(),
                 now.0,
-                next.is_terminal().then_some(now.0)
+                next.is_terminal().then_some(now.0),
+                failure
             ],
         )
         .op(OP)?;
@@ -597,6 +627,37 @@ mod tests {
         assert_eq!(broken.finished_at, Some(at(2)));
         assert_eq!(db.job(tool.id).unwrap().as_ref(), Some(tool));
         assert_eq!(db.job(JobId(999)).unwrap(), None);
+    }
+
+    #[test]
+    fn an_evaluation_without_jobs_to_build_should_fail_with_its_message_and_keep_skipped_jobs() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let (_, id) = eval(&mut db, "aaa");
+        db.set_evaluation_state(id, EvaluationState::Evaluating, None, at(1))
+            .unwrap();
+        let mut skipped = job(1, "arm");
+        skipped.state = JobState::Skipped;
+        skipped.error = Some("skipped: its system aarch64-linux is not built".to_owned());
+        assert!(
+            db.record_evaluation_without_jobs(id, &[skipped], "no jobs under packages", at(2))
+                .unwrap()
+        );
+        let e = db.evaluation(id).unwrap().unwrap();
+        assert_eq!(
+            (e.state, e.error.as_deref(), e.finished_at),
+            (
+                EvaluationState::Failed,
+                Some("no jobs under packages"),
+                Some(at(2))
+            )
+        );
+        let stored = db.jobs_of_evaluation(id).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            (stored[0].state, stored[0].finished_at),
+            (JobState::Skipped, Some(at(2)))
+        );
+        assert!(stored[0].drv_path.is_some());
     }
 
     #[test]

@@ -107,6 +107,11 @@ impl StatusDb {
                      {evaluation} instead"
                 )));
             }
+            JobState::Skipped => {
+                return Err(invalid(format!(
+                    "job {id} is skipped: its system is not one of the repository's `systems`"
+                )));
+            }
         }
         let eval_state = evaluation_state(&tx, evaluation, OP)?;
         match eval_state {

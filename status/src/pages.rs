@@ -42,6 +42,8 @@ pub enum JobGroup {
     Succeeded,
     /// Cancelled before it was built.
     Cancelled,
+    /// Not built on purpose (a system the repository does not build).
+    Skipped,
 }
 
 /// The SQL that ranks a job (alias `j`, its build `b`) by [`JobGroup`]; keep in step with
@@ -49,7 +51,7 @@ pub enum JobGroup {
 const GROUP_RANK: &str = "CASE j.state \
      WHEN 'failed' THEN (CASE WHEN b.state = 'timed-out' THEN 1 ELSE 0 END) \
      WHEN 'dependency-failed' THEN 2 WHEN 'eval-failed' THEN 3 WHEN 'building' THEN 4 \
-     WHEN 'queued' THEN 5 WHEN 'succeeded' THEN 6 ELSE 7 END";
+     WHEN 'queued' THEN 5 WHEN 'succeeded' THEN 6 WHEN 'skipped' THEN 8 ELSE 7 END";
 
 impl JobGroup {
     /// Lists every group in display order.
@@ -62,6 +64,7 @@ impl JobGroup {
         Self::Queued,
         Self::Succeeded,
         Self::Cancelled,
+        Self::Skipped,
     ];
 
     /// Returns the group of a job in `state` whose build is in `build`.
@@ -75,6 +78,7 @@ impl JobGroup {
             JobState::Queued => Self::Queued,
             JobState::Succeeded => Self::Succeeded,
             JobState::Cancelled => Self::Cancelled,
+            JobState::Skipped => Self::Skipped,
         }
     }
 
@@ -89,6 +93,7 @@ impl JobGroup {
             Self::Queued => "queued",
             Self::Succeeded => "succeeded",
             Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
         }
     }
 
@@ -525,6 +530,7 @@ mod tests {
                 with_deps(job(6, "depfail"), &["broken", "ok"]),
                 job(7, "slow"),
                 job(8, "broken"),
+                job(9, "other-system"),
             ],
         );
         let jobs = db.jobs_of_evaluation(id).unwrap();
@@ -538,6 +544,7 @@ mod tests {
         set(db, "depfail", JobState::DependencyFailed);
         set(db, "slow", JobState::Failed);
         set(db, "broken", JobState::Failed);
+        set(db, "other-system", JobState::Skipped);
         for (n, state) in [(7, BuildState::TimedOut), (8, BuildState::Failed)] {
             db.upsert_build(&drv(n), None, BuildState::Running, at(1))
                 .unwrap();
@@ -563,12 +570,13 @@ mod tests {
                 "running",
                 "waiting",
                 "ok",
-                "cancelled"
+                "cancelled",
+                "other-system"
             ]
         );
         let groups: Vec<_> = page.jobs.iter().map(|j| j.group).collect();
         assert_eq!(groups, JobGroup::ALL);
-        assert_eq!(page.total, 8);
+        assert_eq!(page.total, 9);
         assert_eq!(page.groups.get(&JobGroup::TimedOut), Some(&1));
         // The failing dependency is the one that failed, not the one that succeeded.
         let dep = page.jobs[2].failed_dependency.as_ref().unwrap();
@@ -586,7 +594,7 @@ mod tests {
         let second = db.evaluation_jobs_page(id, 3, 3).unwrap().unwrap();
         let names: Vec<_> = second.jobs.iter().map(|j| j.name.as_str()).collect();
         assert_eq!(names, ["evalfail", "running", "waiting"]);
-        assert_eq!(second.total, 8);
+        assert_eq!(second.total, 9);
         assert!(
             db.evaluation_jobs_page(id, 3, 30)
                 .unwrap()

@@ -149,7 +149,7 @@ state_enum!(
 state_enum!(
     /// Says where one job of an evaluation stands.
     JobState, "job state",
-    terminal: [Succeeded, Failed, DependencyFailed, Cancelled, EvalFailed],
+    terminal: [Succeeded, Failed, DependencyFailed, Cancelled, EvalFailed, Skipped],
     {
         /// Waiting for its dependencies or for a builder.
         Queued => "queued",
@@ -165,6 +165,10 @@ state_enum!(
         Cancelled => "cancelled",
         /// The attribute itself failed to evaluate; it has no drv.
         EvalFailed => "eval-failed",
+        /// Not built on purpose: a job of a walked tree for a system the repository does not
+        /// build (`error` says why). Visible, never a failure, and it blocks nobody: jobs that
+        /// depend on its drv build it as part of their closure.
+        Skipped => "skipped",
     }
 );
 
@@ -200,7 +204,8 @@ impl JobState {
     }
 
     /// The states that end a job without outputs, so a job depending on it can never build
-    /// (it becomes `dependency-failed`): every terminal state but `succeeded`.
+    /// (it becomes `dependency-failed`): every terminal state but `succeeded` and `skipped`
+    /// (a skipped job is no dependency of any job: evaluation leaves it out of every `deps`).
     pub const BLOCKING: &'static [Self] = &[
         Self::Failed,
         Self::DependencyFailed,
@@ -210,7 +215,7 @@ impl JobState {
 
     /// Returns true when a job in this state blocks its dependents ([`Self::BLOCKING`]).
     pub const fn blocks_dependents(self) -> bool {
-        self.is_terminal() && !matches!(self, Self::Succeeded)
+        self.is_terminal() && !matches!(self, Self::Succeeded | Self::Skipped)
     }
 }
 
@@ -592,7 +597,8 @@ mod tests {
                 &JobState::Failed,
                 &JobState::DependencyFailed,
                 &JobState::Cancelled,
-                &JobState::EvalFailed
+                &JobState::EvalFailed,
+                &JobState::Skipped
             ]
         );
         assert!(!EvaluationState::Building.is_terminal());

@@ -103,6 +103,11 @@ let
     if builtins.isAttrs v && (v.type or null) == "derivation" then
       # deepSeq is essential: tryEval only forces to weak head normal form.
       builtins.deepSeq info { ok = info; }
+    else if builtins.isAttrs v then
+      # names.nix lists a set only where it was not to be descended into.
+      {
+        error = "not a derivation (a set without `recurseForDerivations = true`: set it to build the derivations inside, or list this path in `attributes`)";
+      }
     else
       { error = "not a derivation (a ${builtins.typeOf v})"; };
   run =

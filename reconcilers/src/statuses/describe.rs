@@ -63,6 +63,13 @@ pub(crate) fn job_status(eval: &EvalInput, job: &JobInput) -> (StatusState, Stri
             (StatusState::Cancelled, superseded(eval))
         }
         JobState::Cancelled => (StatusState::Cancelled, "cancelled".to_owned()),
+        // Never a failure: a skipped job is not this repository's to build. Success, as
+        // GitHub counts a skipped check run, so a required context does not wait forever; the
+        // description says it was not built.
+        JobState::Skipped => (
+            StatusState::Success,
+            error.map_or_else(|| "skipped".to_owned(), str::to_owned),
+        ),
     };
     (state, truncate(description))
 }

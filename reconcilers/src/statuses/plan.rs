@@ -824,6 +824,13 @@ mod tests {
                 StatusState::Cancelled,
                 "cancelled",
             ),
+            (
+                JobInput::test(5, "x.y").state(JobState::Skipped).error(
+                    "skipped: its system aarch64-linux is not one of this repository's systems",
+                ),
+                StatusState::Success,
+                "skipped: its system aarch64-linux is not one of this repository's systems",
+            ),
         ];
         for (job, state, description) in cases {
             let status = job_post(job.clone());

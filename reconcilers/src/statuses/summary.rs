@@ -34,6 +34,8 @@ pub(crate) struct Counts {
     pub(crate) queued: usize,
     /// Jobs cancelled before they were built.
     pub(crate) cancelled: usize,
+    /// Jobs not built on purpose (a system the repository does not build).
+    pub(crate) skipped: usize,
     /// All jobs.
     pub(crate) total: usize,
 }
@@ -61,6 +63,7 @@ impl Counts {
             JobState::DependencyFailed => &mut self.dependency_failed,
             JobState::Cancelled => &mut self.cancelled,
             JobState::EvalFailed => &mut self.eval_failed,
+            JobState::Skipped => &mut self.skipped,
         }
     }
 
@@ -87,6 +90,7 @@ impl Counts {
             (self.running, "running"),
             (self.queued, "queued"),
             (self.cancelled, "cancelled"),
+            (self.skipped, "skipped"),
         ] {
             if n > 0 {
                 text.push_str(&format!(", {n} {label}"));
@@ -249,13 +253,14 @@ mod tests {
                 running: 1,
                 queued: 1,
                 cancelled: 1,
-                total: 7,
+                skipped: 1,
+                total: 8,
             }
         );
         assert_eq!(c.failing(), 3);
         assert_eq!(
             c.description(),
-            "1/7 built, 3 failed, 1 running, 1 queued, 1 cancelled"
+            "1/8 built, 3 failed, 1 running, 1 queued, 1 cancelled, 1 skipped"
         );
     }
 

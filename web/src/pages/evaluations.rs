@@ -71,7 +71,7 @@ impl JobRow {
                 .as_ref()
                 .map(|b| b.attempts.to_string())
                 .unwrap_or_default(),
-            reproduce: reproduce(flake_ref, j.attr.as_str()),
+            reproduce: reproduce(flake_ref, &j.attr),
             failed_dependency: j.failed_dependency.as_ref().map(|d| DepLink {
                 href: format!("/jobs/{}", d.id),
                 attr: d.attr.to_string(),

@@ -256,7 +256,7 @@ pub(super) async fn page(
         failed_dependency: (job.state == JobState::DependencyFailed)
             .then(|| blame(&data.dependencies).map(DepLink::new))
             .flatten(),
-        reproduce: reproduce(&eval.flake_ref, job.attr.as_str()),
+        reproduce: reproduce(&eval.flake_ref, &job.attr),
         log,
         log_limit_mib: LOG_PAGE_LIMIT >> 20,
         live,

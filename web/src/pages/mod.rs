@@ -25,7 +25,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use reconix_spec::{RepoKey, Timestamp};
+use reconix_spec::{AttrPath, RepoKey, Timestamp};
 use reconix_status::JobState;
 use reconix_status::views::EvaluationSummary;
 use tracing::error;
@@ -165,9 +165,14 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Returns the command that builds (or, for an eval-failed job, evaluates) a job locally.
-fn reproduce(flake_ref: &str, attr: &str) -> String {
-    format!("nix build {}", shell_quote(&format!("{flake_ref}#{attr}")))
+/// Returns the command that builds (or, for an eval-failed job, evaluates) a job locally: the
+/// job name as the flake reference's fragment ([`AttrPath::to_flake_fragment`]: quoted names
+/// kept, `%` and `#` encoded), quoted for the shell.
+fn reproduce(flake_ref: &str, attr: &AttrPath) -> String {
+    format!(
+        "nix build {}",
+        shell_quote(&format!("{flake_ref}#{}", attr.to_flake_fragment()))
+    )
 }
 
 /// A job-count badge.
@@ -222,6 +227,7 @@ mod helper_tests {
     use reconix_spec::Timestamp;
 
     use super::{duration, reproduce, shell_quote, size, time};
+    use reconix_spec::AttrPath;
 
     #[test]
     fn sizes_should_be_readable() {
@@ -251,9 +257,20 @@ mod helper_tests {
     #[test]
     fn reproduce_should_quote_for_the_shell() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let attr = |s: &str| AttrPath::new(s).unwrap();
         assert_eq!(
-            reproduce("git+https://x/r?rev=abc", "packages.x86_64-linux.hello"),
+            reproduce(
+                "git+https://x/r?rev=abc",
+                &attr("packages.x86_64-linux.hello")
+            ),
             "nix build 'git+https://x/r?rev=abc#packages.x86_64-linux.hello'"
+        );
+        assert_eq!(
+            reproduce(
+                "git+https://x/r?rev=abc",
+                &AttrPath::from_names(&["hydraJobs", "it's", "foo/bar", "p%q"]).unwrap()
+            ),
+            r#"nix build 'git+https://x/r?rev=abc#hydraJobs.it'\''s."foo/bar"."p%25q"'"#
         );
     }
 }

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use crate::{AppState, router};
 
 const T: Timestamp = Timestamp(1_700_000_000_000);
-const HOSTILE: &str = "packages.x86_64-linux.<img src=x onerror=alert(1)>";
+const HOSTILE: &str = "packages.x86_64-linux.\"<img src=x onerror=alert(1)>\"";
 
 fn drv(n: u32, name: &str) -> StorePath {
     StorePath::new(format!("/nix/store/{n:0>32}-{name}.drv")).unwrap()
