@@ -42,6 +42,15 @@ pub(crate) fn resolve(mut jobs: Vec<EvalJob>, raw: &[Option<Vec<RawConstituent>>
             .collect()
     };
     let cycles = cycles(&jobs, &resolved);
+    // A skipped job (its system is not built here) never succeeds, so an aggregate waiting on
+    // one would wait forever: it fails, naming the constituent.
+    let skipped: HashMap<AttrPath, String> = jobs
+        .iter()
+        .filter_map(|j| {
+            let why = j.result.as_ref().ok()?.skipped.as_ref()?;
+            Some((j.attr.clone(), why.clone()))
+        })
+        .collect();
     for ((job, resolved), cycle) in jobs.iter_mut().zip(resolved).zip(cycles) {
         let Some(resolved) = resolved else { continue };
         let resolved = match cycle {
@@ -51,6 +60,19 @@ pub(crate) fn resolve(mut jobs: Vec<EvalJob>, raw: &[Option<Vec<RawConstituent>>
             )),
             None => resolved,
         };
+        let aggregate_skipped = job.result.as_ref().is_ok_and(|drv| drv.skipped.is_some());
+        let resolved = resolved.and_then(|constituents| {
+            let never = constituents.iter().find_map(|c| match c {
+                Constituent::Job(attr) if !aggregate_skipped => {
+                    skipped.get(attr).map(|why| (attr, why))
+                }
+                _ => None,
+            });
+            match never {
+                Some((attr, why)) => Err(format!("constituent `{attr}` is skipped: {why}")),
+                None => Ok(constituents),
+            }
+        });
         match (resolved, &mut job.result) {
             (Ok(constituents), Ok(drv)) => {
                 let deps: BTreeSet<AttrPath> = drv
@@ -378,6 +400,23 @@ mod tests {
         // The dependency the derivation walk found stays, once.
         assert_eq!(deps(&out, AGG), [A, B, "packages.x86_64-linux.a"]);
         assert_eq!(find(&out, A).result.as_ref().unwrap().constituents, None);
+    }
+
+    #[test]
+    fn a_skipped_constituent_should_fail_the_aggregate_instead_of_holding_it_forever() {
+        let mut other = job("checks.aarch64-linux.a", &[]);
+        if let Ok(drv) = &mut other.result {
+            drv.skipped = Some("system aarch64-linux is not built here".to_owned());
+        }
+        let out = run(
+            vec![job(A, &[]), other, job(AGG, &[])],
+            &[(AGG, vec![name(A), name("checks.aarch64-linux.a")])],
+        );
+        assert_eq!(
+            error(&out, AGG),
+            "constituent `checks.aarch64-linux.a` is skipped: system aarch64-linux is not built here"
+        );
+        assert!(find(&out, A).result.is_ok(), "the other jobs stay");
     }
 
     #[test]
