@@ -225,7 +225,7 @@ mod tests {
 
     use super::*;
     use crate::JobState;
-    use crate::testing::{at, building_eval, job, repo_key};
+    use crate::testing::{at, building_eval, drv, job, repo_key};
 
     const CACHE: &str = "file:///srv/cache";
 
@@ -267,6 +267,30 @@ mod tests {
             db.cache_backlog("http://other", all, at(5)).unwrap().due,
             [out]
         );
+    }
+
+    #[test]
+    fn outputs_of_a_build_that_failed_with_output_should_not_be_pushed() {
+        let mut db = db();
+        let eval = building_eval(&mut db, "r1", &[job(1, "a")]);
+        let jobs = db.jobs_of_evaluation(eval).unwrap();
+        let outputs = crate::BuiltOutputs {
+            failed: true,
+            ..crate::BuiltOutputs::default()
+        };
+        db.finish_built(&drv(1), Some(0), &outputs, at(2)).unwrap();
+        db.set_job_state(
+            jobs[0].id,
+            JobState::Failed,
+            Some("failed with output"),
+            at(2),
+        )
+        .unwrap();
+        let backlog = db.cache_backlog(CACHE, |_: &RepoKey| true, at(3)).unwrap();
+        assert!(backlog.due.is_empty(), "{:?}", backlog.due);
+        // Its outputs are kept and rooted all the same.
+        let repo = db.repos().unwrap()[0].id;
+        assert_eq!(db.succeeded_jobs_for_rooting(repo).unwrap().len(), 1);
     }
 
     #[test]
