@@ -37,6 +37,15 @@ fn hydra_jobs_flake_should_end_with_the_job_states_hydra_gives() -> Result<()> {
         tests.after-fails.x86_64-linux = mk "after-fails" "cat ${fails} > $out";
         broken = throw "this job set is broken";
         unused = null;
+        # Aggregates: one over a derivation and a name, one over a glob that takes in a failure.
+        release = mk "release" "echo > $out" // {
+          _hydraAggregate = true;
+          constituents = [ hello "tests.\"foo/bar\".x86_64-linux" ];
+        };
+        release-broken = mk "release-broken" "echo > $out" // {
+          _hydraAggregate = true;
+          constituents = [ "tests.fails.*" ];
+        };
       };"#,
     );
     let rev = repo.commit_flake(&flake, "hydra jobs")?;
@@ -53,6 +62,8 @@ fn hydra_jobs_flake_should_end_with_the_job_states_hydra_gives() -> Result<()> {
             ("hydraJobs.broken", "eval-failed"),
             ("hydraJobs.hello.aarch64-linux", "skipped"),
             ("hydraJobs.hello.x86_64-linux", "succeeded"),
+            ("hydraJobs.release", "succeeded"),
+            ("hydraJobs.release-broken", "dependency-failed"),
             ("hydraJobs.tests.\"foo/bar\".x86_64-linux", "succeeded"),
             (
                 "hydraJobs.tests.after-fails.x86_64-linux",
