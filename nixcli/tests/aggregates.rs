@@ -12,28 +12,13 @@
 
 mod common;
 
-use common::{require_nix, salt, within};
+use common::{by_attr, commit_flake, require_nix, salt, within};
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 
 use reconix_nixcli::{Constituent, EvalJob, EvalRequest, Nix, NixCli};
 use reconix_spec::names::{AttrPath, System};
 use reconix_spec::{JobRoot, Recurse, Walk};
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Evaluates `checks` and `packages` of a flake whose `let` defines `a`, `b`, `p`, `q`,
 /// `notJob` and `agg name constituents`, with `outputs` as its outputs.
@@ -58,40 +43,9 @@ async fn evaluate(outputs: &str) -> BTreeMap<String, EvalJob> {
 }}
 "#
     );
-    let dir = tempfile::Builder::new()
-        .prefix("reconix-aggregates-")
-        .tempdir()
-        .unwrap();
-    std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
-    git(dir.path(), &["init", "-q", "-b", "main"]);
-    git(dir.path(), &["add", "flake.nix"]);
-    git(
-        dir.path(),
-        &[
-            "-c",
-            "user.name=reconix",
-            "-c",
-            "user.email=reconix@example.invalid",
-            "commit",
-            "-qm",
-            "test flake",
-        ],
-    );
-    let rev = String::from_utf8(
-        Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let (_dir, flake_ref) = commit_flake(&flake, "reconix-aggregates-");
     let request = EvalRequest {
-        flake_ref: format!(
-            "git+file://{}?ref=refs/heads/main&rev={}",
-            dir.path().display(),
-            rev.trim()
-        ),
+        flake_ref,
         systems: vec![System::new("x86_64-linux").unwrap()],
         roots: ["checks", "packages"]
             .into_iter()
@@ -103,12 +57,7 @@ async fn evaluate(outputs: &str) -> BTreeMap<String, EvalJob> {
             })
             .collect(),
     };
-    let outcome = within(NixCli::new().evaluate(request)).await.unwrap();
-    outcome
-        .jobs
-        .into_iter()
-        .map(|j| (j.attr.to_string(), j))
-        .collect()
+    by_attr(within(NixCli::new().evaluate(request)).await.unwrap())
 }
 
 fn constituents(jobs: &BTreeMap<String, EvalJob>, attr: &str) -> Vec<String> {

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{STEP, require_nix, salt, within};
+use common::{STEP, by_attr, commit_flake, require_nix, salt, within};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -61,31 +61,7 @@ impl TestFlake {
     }
 
     fn from_text(flake: &str, salt: String) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("reconix-nixcli-")
-            .tempdir()
-            .unwrap();
-        std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
-        git(dir.path(), &["init", "-q", "-b", "main"]);
-        git(dir.path(), &["add", "flake.nix"]);
-        git(
-            dir.path(),
-            &[
-                "-c",
-                "user.name=reconix",
-                "-c",
-                "user.email=reconix@example.invalid",
-                "commit",
-                "-qm",
-                "test flake",
-            ],
-        );
-        let rev = git(dir.path(), &["rev-parse", "HEAD"]);
-        let flake_ref = format!(
-            "git+file://{}?ref=refs/heads/main&rev={}",
-            dir.path().display(),
-            rev.trim()
-        );
+        let (dir, flake_ref) = commit_flake(flake, "reconix-nixcli-");
         Self {
             dir,
             flake_ref,
@@ -163,20 +139,6 @@ impl TestFlake {
             log_file: self.path(&format!("logs/{name}.log")),
         }
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn deps(jobs: &BTreeMap<String, EvalJob>, attr: &str) -> Vec<String> {
@@ -297,11 +259,7 @@ async fn evaluate_should_report_every_attribute_with_its_own_status_message_and_
     .await
     .unwrap();
     assert!(outcome.nix_calls >= 3, "bisecting needs calls: {outcome:?}");
-    let jobs: BTreeMap<String, EvalJob> = outcome
-        .jobs
-        .into_iter()
-        .map(|j| (j.attr.to_string(), j))
-        .collect();
+    let jobs = by_attr(outcome);
 
     let p = |n: &str| format!("packages.x86_64-linux.{n}");
     let ok = [
@@ -469,11 +427,7 @@ async fn walker_should_list_hydra_jobs_as_nix_prints_their_paths_and_skip_other_
     let outcome = within(NixCli::new().evaluate(flake.request(&["hydraJobs", "fp.hydraJobs"])))
         .await
         .unwrap();
-    let jobs: BTreeMap<String, EvalJob> = outcome
-        .jobs
-        .into_iter()
-        .map(|j| (j.attr.to_string(), j))
-        .collect();
+    let jobs = by_attr(outcome);
     assert_eq!(
         jobs.keys().map(String::as_str).collect::<Vec<_>>(),
         [
@@ -532,11 +486,7 @@ async fn walker_should_descend_only_marked_sets_of_a_legacy_packages_scope() {
     )))
     .await
     .unwrap();
-    let jobs: BTreeMap<String, EvalJob> = outcome
-        .jobs
-        .into_iter()
-        .map(|j| (j.attr.to_string(), j))
-        .collect();
+    let jobs = by_attr(outcome);
     assert_eq!(
         jobs.keys().map(String::as_str).collect::<Vec<_>>(),
         [
@@ -572,11 +522,7 @@ async fn categories_should_walk_marked_sets_and_keep_a_throw_under_one_system_to
     )))
     .await
     .unwrap();
-    let jobs: BTreeMap<String, EvalJob> = outcome
-        .jobs
-        .into_iter()
-        .map(|j| (j.attr.to_string(), j))
-        .collect();
+    let jobs = by_attr(outcome);
     assert_eq!(
         jobs.keys().map(String::as_str).collect::<Vec<_>>(),
         [

@@ -46,3 +46,57 @@ pub(crate) async fn within<T>(f: impl Future<Output = T>) -> T {
         .await
         .expect("nix took too long")
 }
+
+/// Runs `git args` in `dir` and returns its standard output; fails the test when git fails.
+pub(crate) fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Commits `flake` as `flake.nix` of a new git repository in a temporary directory named
+/// `prefix…`; returns the directory and the locked flake reference of that commit.
+pub(crate) fn commit_flake(flake: &str, prefix: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::write(dir.path().join("flake.nix"), flake).unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "flake.nix"]);
+    git(
+        dir.path(),
+        &[
+            "-c",
+            "user.name=reconix",
+            "-c",
+            "user.email=reconix@example.invalid",
+            "commit",
+            "-qm",
+            "test flake",
+        ],
+    );
+    let rev = git(dir.path(), &["rev-parse", "HEAD"]);
+    let flake_ref = format!(
+        "git+file://{}?ref=refs/heads/main&rev={}",
+        dir.path().display(),
+        rev.trim()
+    );
+    (dir, flake_ref)
+}
+
+/// The jobs of an evaluation by their attribute path as Nix prints it.
+pub(crate) fn by_attr(
+    outcome: reconix_nixcli::EvalOutcome,
+) -> std::collections::BTreeMap<String, reconix_nixcli::EvalJob> {
+    outcome
+        .jobs
+        .into_iter()
+        .map(|j| (j.attr.to_string(), j))
+        .collect()
+}
