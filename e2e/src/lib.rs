@@ -696,3 +696,21 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// Lists every symlink below `dir` (GC-root links, for instance); none when `dir` is missing.
+pub fn links_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_symlink() {
+            out.push(entry.path());
+        } else if ft.is_dir() {
+            out.extend(links_below(&entry.path())?);
+        }
+    }
+    Ok(out)
+}

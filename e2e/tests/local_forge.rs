@@ -1,10 +1,9 @@
 //! End to end with a `local` forge: a git repository on disk, the real daemon, real Nix.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use reconix_e2e::{DEADLINE, GitRepo, TestDaemon, jobs_by_attr, local_spec, salt};
+use reconix_e2e::{DEADLINE, GitRepo, TestDaemon, jobs_by_attr, links_below, local_spec, salt};
 use serde_json::Value;
 
 /// The test flake: no inputs, a dependency chain a → b → c, slow packages, a failing package with
@@ -60,24 +59,6 @@ fn state_of(jobs: &BTreeMap<String, Value>, attr: &str) -> String {
 
 const P: &str = "packages.x86_64-linux.";
 const NIXOS: &str = "nixosConfigurations.demo.config.system.build.toplevel";
-
-/// Lists every GC-root symlink below `dir`.
-fn links_below(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        if ft.is_symlink() {
-            out.push(entry.path());
-        } else if ft.is_dir() {
-            out.extend(links_below(&entry.path())?);
-        }
-    }
-    Ok(out)
-}
 
 #[test]
 fn local_flake_should_be_evaluated_built_rooted_and_rebuilt_incrementally() -> Result<()> {

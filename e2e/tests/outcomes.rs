@@ -1,33 +1,16 @@
 //! End to end with real Nix: what a build's outputs say (Hydra's `nix-support/` conventions)
 //! and what a job's `meta` says, through the daemon, the database and the API.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use reconix_e2e::{
-    DEADLINE, GitRepo, TestDaemon, http_request, jobs_by_attr, local_spec, salt, sh_flake,
+    DEADLINE, GitRepo, TestDaemon, http_request, jobs_by_attr, links_below, local_spec, salt,
+    sh_flake,
 };
 
 const P: &str = "packages.x86_64-linux.";
-
-/// Lists every symlink below `dir`.
-fn links_below(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        if ft.is_symlink() {
-            out.push(entry.path());
-        } else if ft.is_dir() {
-            out.extend(links_below(&entry.path())?);
-        }
-    }
-    Ok(out)
-}
 
 #[test]
 fn outputs_that_say_failed_products_and_meta_limits_should_take_effect_through_the_daemon()

@@ -191,8 +191,14 @@ fn push_name(out: &mut String, name: &str) {
         out.push_str(name);
         return;
     }
+    out.push_str(&nix_string(name));
+}
+
+/// Returns `s` as a double-quoted Nix string, with `\"`, `\\`, `\n`, `\r`, `\t` and `\${` escaped.
+pub(crate) fn nix_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
-    let mut chars = name.chars().peekable();
+    let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '"' => out.push_str("\\\""),
@@ -205,6 +211,7 @@ fn push_name(out: &mut String, name: &str) {
         }
     }
     out.push('"');
+    out
 }
 
 /// Splits a printed attribute path into its names (the inverse of [`push_name`] joined by `.`).

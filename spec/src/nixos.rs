@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::names::nix_string;
+
 /// The header of the generated file.
 const HEADER: &str = "# Generated from docs/spec.schema.json by `reconix schema --nixos-options`; do not edit.\n\
 # `make test` fails when it is stale (spec/tests/schema.rs); RECONIX_BLESS=1 rewrites it.\n";
@@ -231,26 +233,6 @@ fn nix_attr_name(name: &str) -> String {
     } else {
         nix_string(name)
     }
-}
-
-/// Returns `s` as a double-quoted Nix string.
-fn nix_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '$' if chars.peek() == Some(&'{') => out.push_str("\\$"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
