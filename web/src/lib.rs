@@ -190,6 +190,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/caches", get(pages::cache::api))
         .route("/api/v1/jobs/{id}/products/{n}", get(products::download))
         .route(
+            "/api/v1/jobs/{id}/products/{n}/{*file}",
+            get(products::download_within),
+        )
+        .route(
             "/webhooks/{forge}",
             post(webhooks::receive)
                 .layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT))

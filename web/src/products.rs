@@ -1,23 +1,37 @@
 //! `GET /api/v1/jobs/{id}/products/{n}`: downloads the n-th build product (from 0) of a job, as
-//! its build listed it in `nix-support/hydra-build-products`.
+//! its build listed it in `nix-support/hydra-build-products`; for a directory product (an HTML
+//! manual, say) `GET /api/v1/jobs/{id}/products/{n}/{file…}` serves the files below it, and the
+//! product itself redirects to its default file (the line's fourth field) or lists the
+//! directory.
 //!
 //! A build writes that list itself, so a product may name any path at all (`/etc/shadow`, a
-//! symlink out of the store, another job's output). Only a regular file inside one of *that
-//! job's* outputs is ever served: the path is checked as written ([`product_inside`], pure),
-//! then resolved on disk with every symlink followed and checked again against the outputs'
-//! own resolved locations. Anything else is refused with 403 and the reason.
+//! symlink out of the store, another job's output). Only a path inside one of *that job's*
+//! outputs is ever served: the path is checked as written ([`product_inside`], pure), then
+//! resolved on disk with every symlink followed and checked again against the outputs' own
+//! resolved locations. Anything else is refused with 403 and the reason.
+//!
+//! A product file is downloaded as an attachment; a file below a directory product is shown
+//! inline (with the type its extension says) so a manual can be read in place, but in a
+//! sandbox (`Content-Security-Policy: sandbox`, `X-Content-Type-Options: nosniff`): what a
+//! build wrote never runs scripts with the pages' origin.
 
+use std::fs::Metadata;
 use std::path::{Component, Path, PathBuf};
 
+use askama::Template;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reconix_spec::StorePath;
-use reconix_status::JobId;
+use reconix_status::{BuildProduct, JobId};
 use tokio_util::io::ReaderStream;
 
 use crate::{ApiError, AppState};
+
+/// At most this many entries of a directory are listed.
+const LISTED_ENTRIES: usize = 5_000;
 
 /// Returns the output a product path lies in, when the path, as written, is absolute, has no
 /// `.` or `..` component and is one of `outputs` or below one.
@@ -33,39 +47,87 @@ pub(crate) fn product_inside<'a>(path: &str, outputs: &'a [StorePath]) -> Option
     outputs.iter().find(|o| path.starts_with(o.as_str()))
 }
 
+/// Returns `file` when it is a plain relative path below a directory: not empty, not
+/// absolute, no `.` or `..` component.
+fn plain_relative(file: &str) -> Option<&str> {
+    let path = Path::new(file);
+    let plain = !file.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
+    plain.then_some(file.trim_end_matches('/'))
+}
+
 /// Returns where store path text `path` is on this machine: below `store_root` (a chroot
 /// store's directory, or `/`).
 fn physical(store_root: &Path, path: &str) -> PathBuf {
     store_root.join(path.trim_start_matches('/'))
 }
 
-/// `GET /api/v1/jobs/{id}/products/{n}`.
-pub(crate) async fn download(
-    State(st): State<AppState>,
-    UrlPath((id, n)): UrlPath<(i64, usize)>,
-) -> Result<Response, ApiError> {
+/// The characters percent-encoded in one path segment of a link.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// Returns the URL of `file` (relative, `/`-separated) below directory product `n` of job `id`.
+fn within_href(id: i64, n: usize, file: &str) -> String {
+    let mut href = format!("/api/v1/jobs/{id}/products/{n}");
+    for segment in file.split('/').filter(|s| !s.is_empty()) {
+        href.push('/');
+        href.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+    href
+}
+
+/// A product path found on disk inside the job's outputs.
+struct Found {
+    /// The product as its build listed it.
+    product: BuildProduct,
+    /// The path as written (the product's, with `file` appended).
+    written: String,
+    /// Where it is, every symlink resolved.
+    resolved: PathBuf,
+    meta: Metadata,
+}
+
+/// Finds product `n` of job `id`, or `file` below it, on disk, and checks it lies inside the
+/// job's outputs (as written and resolved).
+async fn find(st: &AppState, id: i64, n: usize, file: Option<&str>) -> Result<Found, ApiError> {
     let page = st
         .status
         .call(move |db| db.job_page(JobId(id)))
         .await?
         .ok_or(ApiError::NotFound("job"))?;
-    let product = page.products.get(n).ok_or(ApiError::NotFound("product"))?;
+    let product = page
+        .products
+        .get(n)
+        .cloned()
+        .ok_or(ApiError::NotFound("product"))?;
+    let written = match file {
+        None => product.path.clone(),
+        Some(f) => format!("{}/{f}", product.path.trim_end_matches('/')),
+    };
     let outputs: Vec<StorePath> = page.job.outputs.values().cloned().collect();
     let outside = || {
         ApiError::Forbidden(format!(
-            "product {n} ({}) is outside the outputs of job {id}",
-            product.path
+            "product {n} ({written}) is outside the outputs of job {id}"
         ))
     };
-    product_inside(&product.path, &outputs).ok_or_else(outside)?;
+    product_inside(&written, &outputs).ok_or_else(outside)?;
     // Resolve every symlink, the outputs' too (a chroot store may sit behind one), and check
     // again: a link inside the output may point anywhere.
     let root = st.store_root();
-    let resolved = tokio::fs::canonicalize(physical(&root, &product.path))
+    let resolved = tokio::fs::canonicalize(physical(&root, &written))
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ApiError::NotFound("product file"),
-            _ => ApiError::Internal(format!("product {}: {e}", product.path)),
+            _ => ApiError::Internal(format!("product {written}: {e}")),
         })?;
     let mut inside = false;
     for output in &outputs {
@@ -79,37 +141,188 @@ pub(crate) async fn download(
     if !inside {
         return Err(outside());
     }
-    let file = tokio::fs::File::open(&resolved)
+    let meta = tokio::fs::metadata(&resolved)
         .await
-        .map_err(|e| ApiError::Internal(format!("product {}: {e}", product.path)))?;
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::Internal(format!("product {}: {e}", product.path)))?;
-    if !meta.is_file() {
+        .map_err(|e| ApiError::Internal(format!("product {written}: {e}")))?;
+    Ok(Found {
+        product,
+        written,
+        resolved,
+        meta,
+    })
+}
+
+/// `GET /api/v1/jobs/{id}/products/{n}`: a file product as an attachment; a directory product
+/// redirects to its default file, or is listed.
+pub(crate) async fn download(
+    State(st): State<AppState>,
+    UrlPath((id, n)): UrlPath<(i64, usize)>,
+) -> Result<Response, ApiError> {
+    let found = find(&st, id, n, None).await?;
+    if found.meta.is_dir() {
+        if let Some(default) = found
+            .product
+            .default_path
+            .as_deref()
+            .and_then(plain_relative)
+        {
+            return Ok(redirect(&within_href(id, n, default)));
+        }
+        return listing(id, n, "", &found).await;
+    }
+    send_file(&found, true).await
+}
+
+/// `GET /api/v1/jobs/{id}/products/{n}/{file…}`: a file (shown inline, sandboxed) or a
+/// directory (listed) below directory product `n`.
+pub(crate) async fn download_within(
+    State(st): State<AppState>,
+    UrlPath((id, n, file)): UrlPath<(i64, usize, String)>,
+) -> Result<Response, ApiError> {
+    let Some(rel) = plain_relative(&file) else {
+        return Err(ApiError::Forbidden(format!(
+            "`{file}` is not a plain path below product {n} of job {id} (no `.`, `..` or leading `/`)"
+        )));
+    };
+    let product = find(&st, id, n, None).await?;
+    if !product.meta.is_dir() {
         return Err(ApiError::BadRequest(format!(
-            "product {n} ({}) is not a regular file (a directory product cannot be downloaded)",
-            product.path
+            "product {n} of job {id} is a file, not a directory: download it at {}",
+            within_href(id, n, "")
         )));
     }
-    let name = Path::new(&product.path)
+    let found = find(&st, id, n, Some(rel)).await?;
+    if found.meta.is_dir() {
+        return listing(id, n, rel, &found).await;
+    }
+    send_file(&found, false).await
+}
+
+fn redirect(to: &str) -> Response {
+    match HeaderValue::from_str(to) {
+        Ok(location) => (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Sends a regular file: as an attachment, or inline in a sandbox.
+async fn send_file(found: &Found, attachment: bool) -> Result<Response, ApiError> {
+    if !found.meta.is_file() {
+        return Err(ApiError::BadRequest(format!(
+            "{} is neither a regular file nor a directory",
+            found.written
+        )));
+    }
+    let file = tokio::fs::File::open(&found.resolved)
+        .await
+        .map_err(|e| ApiError::Internal(format!("product {}: {e}", found.written)))?;
+    let name = Path::new(&found.written)
         .file_name()
         .map(|n| n.to_string_lossy().replace(['"', '\\'], "_"))
         .unwrap_or_else(|| "product".to_owned());
-    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    let length = HeaderValue::from(found.meta.len());
+    let body = Body::from_stream(ReaderStream::new(file));
+    if attachment {
+        let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+        return Ok((
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (header::CONTENT_DISPOSITION, disposition),
+                (header::CONTENT_LENGTH, length),
+            ],
+            body,
+        )
+            .into_response());
+    }
+    let kind = mime_guess::from_path(&found.written).first_or_octet_stream();
+    let kind = HeaderValue::from_str(kind.essence_str())
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     Ok((
         [
+            (header::CONTENT_TYPE, kind),
+            (header::CONTENT_LENGTH, length),
             (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("sandbox"),
             ),
-            (header::CONTENT_DISPOSITION, disposition),
-            (header::CONTENT_LENGTH, HeaderValue::from(meta.len())),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
         ],
-        Body::from_stream(ReaderStream::new(file)),
+        body,
     )
         .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "product_dir.html")]
+struct Listing {
+    job: i64,
+    product: usize,
+    /// The directory, as its store path.
+    path: String,
+    /// The parent directory's link, below the product.
+    parent: Option<String>,
+    entries: Vec<Entry>,
+    /// Entries beyond [`LISTED_ENTRIES`], not listed.
+    more: usize,
+}
+
+struct Entry {
+    name: String,
+    href: String,
+    dir: bool,
+}
+
+/// Lists directory `rel` (relative, empty for the product itself) of directory product `n`.
+async fn listing(id: i64, n: usize, rel: &str, found: &Found) -> Result<Response, ApiError> {
+    let internal =
+        |e: std::io::Error| ApiError::Internal(format!("product {}: {e}", found.written));
+    let mut dir = tokio::fs::read_dir(&found.resolved)
+        .await
+        .map_err(internal)?;
+    let mut entries = Vec::new();
+    let mut more = 0;
+    while let Some(entry) = dir.next_entry().await.map_err(internal)? {
+        if entries.len() == LISTED_ENTRIES {
+            more += 1;
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_dir = tokio::fs::metadata(entry.path())
+            .await
+            .is_ok_and(|m| m.is_dir());
+        let below = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        entries.push(Entry {
+            href: within_href(id, n, &below),
+            name,
+            dir: is_dir,
+        });
+    }
+    entries.sort_by(|a, b| (!a.dir, &a.name).cmp(&(!b.dir, &b.name)));
+    let parent = (!rel.is_empty())
+        .then(|| within_href(id, n, rel.rsplit_once('/').map_or("", |(up, _)| up)));
+    let page = Listing {
+        job: id,
+        product: n,
+        path: found.written.clone(),
+        parent,
+        entries,
+        more,
+    };
+    let html = page
+        .render()
+        .map_err(|e| ApiError::Internal(format!("listing {}: {e}", found.written)))?;
+    Ok(Html(html).into_response())
 }
 
 #[cfg(test)]
@@ -159,9 +372,11 @@ mod tests {
     const T: Timestamp = Timestamp(1_700_000_000_000);
 
     /// A "store" in a temporary directory with one job whose output `out` holds `bin/hello`,
-    /// a directory `share/doc`, and `leak`, a symlink to a file outside the output; its
-    /// build lists `products` (each a path relative to the output, or absolute when it
-    /// starts with `/`).
+    /// a manual in `share/doc` (`index.html`, `style.css`, `img/logo.png`, `up`, a symlink
+    /// to the output's `bin`, and `leak`, a symlink to a file outside the output), and
+    /// `leak`, another such symlink; its build lists `products` (each a path relative to the
+    /// output, or absolute when it starts with `/`, then optionally a space and the default
+    /// file).
     struct Store {
         _dir: tempfile::TempDir,
         st: AppState,
@@ -178,10 +393,15 @@ mod tests {
         let out = out("hello");
         let phys = physical(dir.path(), out.as_str());
         std::fs::create_dir_all(phys.join("bin")).unwrap();
-        std::fs::create_dir_all(phys.join("share/doc")).unwrap();
+        std::fs::create_dir_all(phys.join("share/doc/img")).unwrap();
         std::fs::write(phys.join("bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+        std::fs::write(phys.join("share/doc/index.html"), "<h1>Manual</h1>").unwrap();
+        std::fs::write(phys.join("share/doc/style.css"), "h1 {}").unwrap();
+        std::fs::write(phys.join("share/doc/img/logo.png"), "PNG").unwrap();
         std::fs::write(dir.path().join("secret"), "secret").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), phys.join("leak")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), phys.join("share/doc/leak")).unwrap();
+        std::os::unix::fs::symlink(phys.join("bin"), phys.join("share/doc/up")).unwrap();
         let other = physical(dir.path(), self::out("other").as_str());
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("file"), "another job's").unwrap();
@@ -209,15 +429,21 @@ mod tests {
         let built = BuiltOutputs {
             products: products
                 .iter()
-                .map(|p| BuildProduct {
-                    kind: "file".to_owned(),
-                    subtype: "binary-dist".to_owned(),
-                    path: if p.starts_with('/') {
-                        (*p).to_owned()
-                    } else {
-                        format!("{}/{p}", out.as_str())
-                    },
-                    default_path: None,
+                .map(|p| {
+                    let (p, default) = match p.split_once(' ') {
+                        Some((p, default)) => (p, Some(default.to_owned())),
+                        None => (*p, None),
+                    };
+                    BuildProduct {
+                        kind: "file".to_owned(),
+                        subtype: "binary-dist".to_owned(),
+                        path: if p.starts_with('/') {
+                            p.to_owned()
+                        } else {
+                            format!("{}/{p}", out.as_str())
+                        },
+                        default_path: default,
+                    }
                 })
                 .collect(),
             release_name: release_name.map(str::to_owned),
@@ -282,18 +508,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_directory_missing_or_unknown_product_should_get_a_clear_4xx() {
-        let s = store(&["share/doc", "bin/missing"]);
-        let (status, body, _) = get(&s.st, &format!("/api/v1/jobs/{}/products/0", s.job)).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            String::from_utf8(body)
-                .unwrap()
-                .contains("not a regular file")
-        );
-        let (status, _, _) = get(&s.st, &format!("/api/v1/jobs/{}/products/1", s.job)).await;
+    async fn missing_or_unknown_products_should_get_a_clear_404() {
+        let s = store(&["bin/missing"]);
+        let (status, _, _) = get(&s.st, &format!("/api/v1/jobs/{}/products/0", s.job)).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        let (status, body, _) = get(&s.st, &format!("/api/v1/jobs/{}/products/2", s.job)).await;
+        let (status, body, _) = get(&s.st, &format!("/api/v1/jobs/{}/products/1", s.job)).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(
             String::from_utf8(body)
@@ -302,6 +521,112 @@ mod tests {
         );
         let (status, _, _) = get(&s.st, "/api/v1/jobs/999/products/0").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_directory_product_should_redirect_to_its_default_file_or_be_listed() {
+        let s = store(&["share/doc index.html", "share/doc"]);
+        let resp = router(s.st.clone())
+            .oneshot(
+                Request::get(format!("/api/v1/jobs/{}/products/0", s.job))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            resp.headers()[header::LOCATION],
+            format!("/api/v1/jobs/{}/products/0/index.html", s.job).as_str()
+        );
+        let (status, body, _) = get(&s.st, &format!("/api/v1/jobs/{}/products/1", s.job)).await;
+        assert_eq!(status, StatusCode::OK);
+        let page = String::from_utf8(body).unwrap();
+        let base = format!("/api/v1/jobs/{}/products/1", s.job);
+        for listed in [
+            format!("href=\"{base}/img\">img/</a>"),
+            format!("href=\"{base}/index.html\">index.html</a>"),
+            format!("href=\"{base}/style.css\">style.css</a>"),
+        ] {
+            assert!(page.contains(&listed), "{listed} missing: {page}");
+        }
+        assert!(page.find("img/").unwrap() < page.find("index.html").unwrap());
+        let (status, body, _) = get(&s.st, &format!("{base}/img")).await;
+        assert_eq!(status, StatusCode::OK);
+        let page = String::from_utf8(body).unwrap();
+        assert!(
+            page.contains(&format!("href=\"{base}/img/logo.png\"")),
+            "{page}"
+        );
+        assert!(page.contains(&format!("href=\"{base}\">../</a>")), "{page}");
+    }
+
+    #[tokio::test]
+    async fn files_below_a_directory_product_should_be_shown_inline_in_a_sandbox() {
+        let s = store(&["share/doc index.html"]);
+        let base = format!("/api/v1/jobs/{}/products/0", s.job);
+        for (file, kind, body) in [
+            ("index.html", "text/html", "<h1>Manual</h1>"),
+            ("style.css", "text/css", "h1 {}"),
+            ("img/logo.png", "image/png", "PNG"),
+        ] {
+            let resp = router(s.st.clone())
+                .oneshot(
+                    Request::get(format!("{base}/{file}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{file}");
+            let headers = resp.headers().clone();
+            assert_eq!(headers[header::CONTENT_TYPE], kind, "{file}");
+            assert_eq!(headers[header::CONTENT_SECURITY_POLICY], "sandbox");
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert!(headers.get(header::CONTENT_DISPOSITION).is_none());
+            let got = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(got, body.as_bytes(), "{file}");
+        }
+    }
+
+    #[tokio::test]
+    async fn paths_below_a_directory_product_should_not_escape_the_job_s_outputs() {
+        let s = store(&["share/doc", "bin/hello"]);
+        let base = format!("/api/v1/jobs/{}/products/0", s.job);
+        // A symlink out of the store, and one to another part of the same output (allowed).
+        let (status, body, _) = get(&s.st, &format!("{base}/leak")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!String::from_utf8(body).unwrap().contains("secret\""));
+        let (status, body, _) = get(&s.st, &format!("{base}/up/hello")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, b"#!/bin/sh\necho hello\n");
+        // `..`, encoded or not, is refused before anything is read.
+        for escape in [
+            "..%2F..%2F..%2Fsecret",
+            "img/..%2F..%2Fbin%2Fhello",
+            "%2E%2E",
+        ] {
+            let (status, body, _) = get(&s.st, &format!("{base}/{escape}")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{escape}");
+            assert!(
+                String::from_utf8(body)
+                    .unwrap()
+                    .contains("not a plain path"),
+                "{escape}"
+            );
+        }
+        let (status, _, _) = get(&s.st, &format!("{base}/nothing-here")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // A file product has nothing below it.
+        let (status, body, _) = get(
+            &s.st,
+            &format!("/api/v1/jobs/{}/products/1/anything", s.job),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8(body).unwrap().contains("is a file"));
     }
 
     #[tokio::test]
