@@ -1,5 +1,5 @@
 //! End to end with real Nix: what a build's outputs say (Hydra's `nix-support/` conventions)
-//! and what a job's `meta` says, through the daemon, the database and the API.
+//! and what a job's `meta` says (its `timeout` and `maxSilent` stop builds), through the daemon, the database and the API.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +25,9 @@ fn outputs_that_say_failed_products_and_meta_limits_should_take_effect_through_t
         echo 1 > $out/nix-support/failed
         echo "file binary-dist $out/report.html" > $out/nix-support/hydra-build-products
         echo "file source-dist /etc/passwd" >> $out/nix-support/hydra-build-products
+        mkdir -p $out/share/doc/manual
+        echo '<h1>manual</h1>' > $out/share/doc/manual/index.html
+        echo "doc manual $out/share/doc/manual index.html" >> $out/nix-support/hydra-build-products
         echo tested-1.0 > $out/nix-support/hydra-release-name
       '';"#;
     let outputs = r#"packages.x86_64-linux = {
@@ -34,16 +37,17 @@ fn outputs_that_say_failed_products_and_meta_limits_should_take_effect_through_t
           description = "has meta"; license = { spdxId = "MIT"; }; maintainers = [ { github = "alice"; } ];
         }; };
         slowWithMeta = (mk "slow-with-meta" "echo slow-start; sleep 120; touch $out") // { meta.timeout = 2; };
+        silentWithMeta = (mk "silent-with-meta" "echo silent-start; sleep 120; touch $out") // { meta.maxSilent = 2; };
       };"#;
     let rev = repo.commit_flake(&sh_flake(&salt(), tested, outputs), "outcomes")?;
-    // The repository's timeout is the default (hours): only `meta.timeout` can stop the
-    // sleeper within the test's time.
+    // The repository's timeout and max-silent are the defaults (hours): only `meta.timeout`
+    // and `meta.maxSilent` can stop the sleepers within the test's time.
     let d = TestDaemon::start(&local_spec(repo.path(), 2))?;
     let started = Instant::now();
     let detail = d.wait_evaluation(&rev, "finished")?;
     assert!(
         started.elapsed() < Duration::from_secs(100),
-        "the sleeper ran past its meta.timeout"
+        "a sleeper ran past its meta.timeout or meta.maxSilent"
     );
     let jobs = jobs_by_attr(&detail)?;
     let job = |name: &str| -> Result<serde_json::Value> {
@@ -83,7 +87,7 @@ fn outputs_that_say_failed_products_and_meta_limits_should_take_effect_through_t
     // 8. Products and the release name.
     assert_eq!(t["build"]["release_name"], "tested-1.0", "{t:#}");
     let products = t["build"]["products"].as_array().context("no products")?;
-    assert_eq!(products.len(), 2, "{t:#}");
+    assert_eq!(products.len(), 3, "{t:#}");
     assert_eq!(products[0]["path"], format!("{out}/report.html"));
     let id = &t["id"];
     let (code, body) = http_request(
@@ -100,6 +104,19 @@ fn outputs_that_say_failed_products_and_meta_limits_should_take_effect_through_t
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("outside the outputs"), "{body}");
     assert!(!body.contains("root:"), "{body}");
+    // A directory product (a manual) redirects to its default file, shown inline.
+    let (code, body) = http_request(
+        "GET",
+        &format!("{}/api/v1/jobs/{id}/products/2", d.url()),
+        None,
+    )?;
+    assert_eq!(code, 303, "{body}");
+    let (code, body) = http_request(
+        "GET",
+        &format!("{}/api/v1/jobs/{id}/products/2/index.html", d.url()),
+        None,
+    )?;
+    assert_eq!((code, body.as_str()), (200, "<h1>manual</h1>\n"));
     let page = d.get_text(&format!("/jobs/{id}"))?;
     assert!(
         page.contains("tested-1.0") && page.contains("Build products"),
@@ -115,5 +132,11 @@ fn outputs_that_say_failed_products_and_meta_limits_should_take_effect_through_t
     assert_eq!(s["state"], "failed", "{s:#}");
     assert_eq!(s["build"]["state"], "timed-out", "{s:#}");
     assert_eq!(s["meta"]["timeout"], 2, "{s:#}");
+    let s = job("silentWithMeta")?;
+    assert_eq!(s["state"], "failed", "{s:#}");
+    assert_eq!(s["build"]["state"], "timed-out", "{s:#}");
+    assert_eq!(s["meta"]["maxSilent"], 2, "{s:#}");
+    let log = d.get_text(&format!("/api/v1/jobs/{}/log", s["id"]))?;
+    assert!(log.contains("of silence"), "{log}");
     Ok(())
 }

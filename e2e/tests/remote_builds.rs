@@ -1,7 +1,8 @@
 //! Remote builds end to end: the real daemon builds nothing itself (`local.max-jobs: 0`); two
 //! real `reconix-agent`s on loopback, each with its own chroot store, do. Checks that outputs
 //! are built on the agents, arrive valid in the daemon's store and have retrievable logs; that a
-//! real failure is not retried; that a build whose agent is killed, or stops answering
+//! real failure is not retried; that a build failing with output (`nix-support/failed`) on an
+//! agent is failed, kept and rooted here; that a build whose agent is killed, or stops answering
 //! (SIGSTOP: heartbeats stop), finishes on the other agent; and that a peer sending garbage to
 //! the enrollment port is dropped while the daemon keeps working.
 
@@ -20,7 +21,9 @@ const P: &str = "packages.x86_64-linux.";
 
 /// The flake: `a`; `b` reads `a` (a job dependency, so `a`'s output is sent to whichever agent
 /// builds `b`); `c` uses `inter`, a derivation that is not a job and is never built by the
-/// daemon, and links to it; `a` prints in green; `fail` exits 3; `extra` lists more packages (`slow` ones sleep).
+/// daemon, and links to it; `a` prints in green; `fail` exits 3; `tested` fails with output
+/// (`nix-support/failed`, as nixpkgs' `succeedOnFailure` leaves it) and `usesTested` reads it;
+/// `extra` lists more packages (`slow` ones sleep).
 fn flake(salt: &str, extra: &str) -> String {
     r#"{
   outputs = { self }:
@@ -38,8 +41,10 @@ fn flake(salt: &str, extra: &str) -> String {
       inter = mk "inter" "echo building-inter; echo inter-content > $out";
       c = mk "c" "echo building-c; mkdir $out; read x < ${inter}; echo \"c-uses-$x\" > $out/c; ln -s ${inter} $out/inter";
       fail = mk "fail" "echo about-to-fail; exit 3";
+      tested = mk "tested" "mkdir -p $out/nix-support; echo report > $out/report.html; echo 1 > $out/nix-support/failed; echo \"file binary-dist $out/report.html\" > $out/nix-support/hydra-build-products";
+      usesTested = mk "uses-tested" "cat ${tested}/report.html > $out";
     in {
-      packages.${system} = { inherit a b c fail; @EXTRA@ };
+      packages.${system} = { inherit a b c fail tested usesTested; @EXTRA@ };
     };
 }
 "#
@@ -233,6 +238,39 @@ fn agents_should_build_everything_and_take_over_when_one_dies() -> Result<()> {
         fail["error"].as_str().is_some_and(|e| e.contains("exit")),
         "{fail}"
     );
+
+    // A build that fails with output on an agent: failed, once, with the reason; its output
+    // came back, is rooted here, gates nothing, and its product downloads from the daemon.
+    let tested = &jobs[&format!("{P}tested")];
+    ensure!(
+        tested["state"] == "failed"
+            && tested["error"] == "failed with output (nix-support/failed)"
+            && tested["build"]["failed_with_output"] == true
+            && tested["build"]["attempts"] == 1,
+        "{tested}"
+    );
+    let builder = builder_of(tested);
+    ensure!(
+        builder == "a1" || builder == "a2",
+        "tested was built on {builder}"
+    );
+    let out = out_path(tested)?;
+    d.nix_store(&["--verify-path", &out])?;
+    let links = reconix_e2e::links_below(&d.state_dir().join("gcroots"))?;
+    ensure!(
+        links
+            .iter()
+            .any(|l| std::fs::read_link(l).is_ok_and(|t| t == Path::new(&out))),
+        "tested's output is not rooted: {links:?}"
+    );
+    let uses = &jobs[&format!("{P}usesTested")];
+    ensure!(uses["state"] == "succeeded", "{uses}");
+    let (code, body) = reconix_e2e::http_request(
+        "GET",
+        &format!("{}/api/v1/jobs/{}/products/0", d.url(), tested["id"]),
+        None,
+    )?;
+    ensure!((code, body.as_str()) == (200, "report\n"), "{code}: {body}");
 
     // 2. An agent killed mid-build: the build finishes on the other one.
     let rev = lab.commit(r#"slow1 = slow "slow1";"#, "slow1")?;
