@@ -23,6 +23,39 @@ let
   enrollment = if cfg.settings.builders or null != null then cfg.settings.builders.enrollment or null else null;
   enrollmentPort =
     if enrollment != null then lib.toInt (lib.last (lib.splitString ":" enrollment.listen)) else null;
+  # A byte size as the spec reads it (`2 GiB`, `512MiB`, `1.5 GB`; units in any case, the
+  # trailing `B` optional), in bytes.
+  bytes =
+    text:
+    let
+      m = builtins.match " *([0-9]+)(\\.([0-9]+))? *([A-Za-z]*) *" text;
+      lower = builtins.replaceStrings [ "B" "K" "M" "G" "T" "P" "I" ] [ "b" "k" "m" "g" "t" "p" "i" ];
+      unit = lower (builtins.elemAt m 3);
+      bare = if unit != "b" && builtins.match ".+b" unit != null then builtins.substring 0 (builtins.stringLength unit - 1) unit else unit;
+      factors = {
+        "" = 1;
+        b = 1;
+        k = 1000;
+        m = 1000000;
+        g = 1000000000;
+        t = 1000000000000;
+        ki = 1024;
+        mi = 1048576;
+        gi = 1073741824;
+        ti = 1099511627776;
+      };
+      factor = factors.${bare} or (throw "services.reconix: cannot read the byte size `${text}`");
+      frac = builtins.elemAt m 2;
+      pow10 = n: if n == 0 then 1 else 10 * pow10 (n - 1);
+      fracBytes = if frac == null then 0 else lib.toInt frac * factor / pow10 (builtins.stringLength frac);
+    in
+    if m == null then throw "services.reconix: cannot read the byte size `${text}`" else lib.toInt (builtins.elemAt m 0) * factor + fracBytes;
+  evaluation = if cfg.settings.evaluation or null != null then cfg.settings.evaluation else { };
+  evalWorkers = evaluation.workers or null;
+  evalMaxMemory = if evaluation.max-memory or null != null then bytes evaluation.max-memory else bytes "2 GiB";
+  # The evaluators' budget (workers × max-memory) plus the daemon's own need (itself, git,
+  # build channels): 1 GiB. Unknown while `workers` follows the number of cores.
+  memoryMax = if evalWorkers == null then null else evalWorkers * evalMaxMemory + bytes "1 GiB";
 in
 {
   options.services.reconix = {
@@ -127,6 +160,9 @@ in
         # Many open sockets and build pipes: the daemon raises its soft limit to this hard one
         # at start-up and keeps its HTTP connections well below it.
         LimitNOFILE = 65536;
+        # Evaluator processes are the daemon's children: the whole service stays within their
+        # budget plus the daemon's own need (set only when `settings.evaluation.workers` is).
+        MemoryMax = lib.mkIf (memoryMax != null) (toString memoryMax);
         AmbientCapabilities = "";
         RestrictAddressFamilies = [
           "AF_UNIX"

@@ -86,6 +86,30 @@ let
       };
     };
   };
+  Evaluation = types.submodule {
+    options = {
+      allow-import-from-derivation = mkOption {
+        type = types.nullOr (types.bool);
+        default = null;
+        description = "Whether evaluation may build derivations to import their outputs (import from\nderivation). When false, an attribute that needs it is an eval-failed job with Nix's\nmessage.\n\nreconix's default: `false`.";
+      };
+      max-memory = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Memory one evaluator process may use: a worker that passes it between two attributes\nis restarted, and `workers × max-memory` is the budget for all evaluator processes\ntogether. When the budget is exceeded anyway the largest worker is stopped and its\nattributes are evaluated again; an attribute that does not fit even alone is an\neval-failed job.\n\nreconix's default: `\"2 GiB\"`.";
+      };
+      timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "An evaluation still running after this ends `failed`, keeping the jobs it had found.\nA repository may override it (`eval-timeout`).\n\nreconix's default: `\"1h\"`.";
+      };
+      workers = mkOption {
+        type = types.nullOr (types.ints.unsigned);
+        default = null;
+        description = "Evaluator processes at once, across all evaluations (they share them fairly). Default:\nthe number of cores.";
+      };
+    };
+  };
   Forge = types.submodule {
     options = {
       api-url = mkOption {
@@ -203,6 +227,11 @@ let
         default = null;
         description = "Globs over short branch names (`main`, `release/*`); `*` does not cross `/`. Empty means\nthe repository's default branch.\n\nreconix's default: `[]`.";
       };
+      eval-timeout = mkOption {
+        type = types.nullOr (types.str);
+        default = null;
+        description = "Longest time one evaluation may take; overrides `evaluation.timeout`.";
+      };
       max-silent = mkOption {
         type = types.nullOr (types.str);
         default = null;
@@ -302,6 +331,11 @@ in
       type = types.nullOr (types.listOf (Cache));
       default = null;
       description = "Binary caches that build results are pushed to.\n\nreconix's default: `[]`.";
+    };
+    evaluation = mkOption {
+      type = types.nullOr (Evaluation);
+      default = null;
+      description = "Evaluator processes: how many at once, their memory, how long an evaluation may take.\n\nreconix's default: `{\"allow-import-from-derivation\":false,\"max-memory\":\"2 GiB\",\"timeout\":\"1h\"}`.";
     };
     external-url = mkOption {
       type = types.nullOr (types.str);

@@ -283,6 +283,19 @@ fn every_example_should_render_to_a_spec_reconix_accepts_with_secrets_as_credent
         assert_eq!(module["NoNewPrivileges"], true);
         assert_eq!(module["CapabilityBoundingSet"], "");
         assert_eq!(module["LimitNOFILE"], 65536);
+        // MemoryMax: the evaluators' budget (workers × max-memory) plus 1 GiB, when workers
+        // is set (github.yaml: 2 × 1.5 GiB).
+        match settings["evaluation"]["workers"].as_u64() {
+            Some(_) => {
+                assert_eq!(name, "github");
+                assert_eq!(module["MemoryMax"]["condition"], true, "{name}");
+                assert_eq!(
+                    module["MemoryMax"]["content"],
+                    (2 * 3 * (1_u64 << 29) + (1 << 30)).to_string()
+                );
+            }
+            None => assert_eq!(module["MemoryMax"]["condition"], false, "{name}"),
+        }
         assert_eq!(module["enableOption"], "bool");
         // The enrollment port is opened exactly when the example enrols builders.
         let port = settings["builders"]["enrollment"]["listen"]

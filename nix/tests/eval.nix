@@ -52,7 +52,7 @@ in
     enableOption = module.options.services.reconix.enable.type.name;
     execStart = service.serviceConfig.ExecStart;
     specText = builtins.readFile (builtins.head (builtins.match ".* --spec ([^ ]+)" service.serviceConfig.ExecStart));
-    inherit (service.serviceConfig) LoadCredential User ProtectSystem NoNewPrivileges CapabilityBoundingSet LimitNOFILE;
+    inherit (service.serviceConfig) LoadCredential User ProtectSystem NoNewPrivileges CapabilityBoundingSet LimitNOFILE MemoryMax;
     trustedUsers = content.nix.settings.trusted-users;
     firewall = content.networking.firewall.allowedTCPPorts;
   };

@@ -168,6 +168,9 @@ pub struct Repo {
     pub timeout: Duration,
     /// Longest time one build may go without output before it is stopped.
     pub max_silent: Duration,
+    /// Longest time one evaluation may take; overrides `evaluation.timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_timeout: Option<Duration>,
 }
 
 impl Default for Repo {
@@ -182,6 +185,7 @@ impl Default for Repo {
             recurse: None,
             timeout: Duration::from_secs(3 * 60 * 60),
             max_silent: Duration::from_secs(60 * 60),
+            eval_timeout: None,
         }
     }
 }
@@ -195,6 +199,12 @@ pub(crate) const BRANCH_MATCH: glob::MatchOptions = glob::MatchOptions {
 };
 
 impl Repo {
+    /// Returns how long one evaluation of this repository may take: its `eval-timeout`, else
+    /// `default` (the spec's `evaluation.timeout`).
+    pub fn eval_timeout_or(&self, default: Duration) -> Duration {
+        self.eval_timeout.unwrap_or(default)
+    }
+
     /// Returns true when `branch` matches one of the `branches` globs.
     ///
     /// `branch` is a short name such as `main` or `release/1.0`; a full `refs/heads/…` name is

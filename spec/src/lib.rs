@@ -11,6 +11,7 @@
 mod builders;
 mod cache;
 mod error;
+mod evaluation;
 mod forge;
 mod housekeeping;
 mod http;
@@ -30,6 +31,7 @@ mod values;
 pub use builders::{Builders, Enrollment, Liveness, LocalBuilder, Offer, RemoteBuilder};
 pub use cache::{Cache, CacheKind};
 pub use error::{Result, SpecError, SpecErrors};
+pub use evaluation::Evaluation;
 pub use forge::{AttrKind, Forge, ForgeKind, JobRoot, Recurse, Repo, Walk};
 pub use housekeeping::{Retention, Statuses};
 pub use http::Http;

@@ -8,7 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Builders, Cache, Forge, ForgeName, Http, Repo, RepoKey, Retention, SecretFile, Statuses,
+    Builders, Cache, Evaluation, Forge, ForgeName, Http, Repo, RepoKey, Retention, SecretFile,
+    Statuses,
 };
 
 /// The desired state of one reconix daemon: what to build, where, and what to keep.
@@ -30,6 +31,8 @@ pub struct Spec {
     /// never need it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token_file: Option<SecretFile>,
+    /// Evaluator processes: how many at once, their memory, how long an evaluation may take.
+    pub evaluation: Evaluation,
     /// Forges by name; each lists the repositories to build.
     pub forges: BTreeMap<ForgeName, Forge>,
     /// Machines that run builds.
@@ -50,6 +53,7 @@ impl Default for Spec {
             http: Http::default(),
             external_url: None,
             api_token_file: None,
+            evaluation: Evaluation::default(),
             forges: BTreeMap::new(),
             builders: Builders::default(),
             caches: Vec::new(),

@@ -651,3 +651,47 @@ fn zero_pending_connections_per_source_should_be_an_error() {
     );
     assert_error(&text, "15:5", "max-pending-per-source must be at least 1");
 }
+
+#[test]
+fn evaluation_should_default_to_the_cores_2_gib_each_and_an_hour() {
+    let spec = spec(MINIMAL);
+    let e = &spec.evaluation;
+    assert_eq!(e.workers, None);
+    assert!(e.workers_or_cores() >= 1);
+    assert_eq!(e.max_memory, ByteSize(2 << 30));
+    assert_eq!(e.timeout, Duration::from_secs(3600));
+    assert!(!e.allow_import_from_derivation);
+    let (_, _, repo) = spec.repos().next().unwrap();
+    assert_eq!(repo.eval_timeout_or(e.timeout), Duration::from_secs(3600));
+}
+
+#[test]
+fn evaluation_settings_and_a_repo_s_eval_timeout_should_be_read() {
+    let text = format!(
+        "{MINIMAL}        eval-timeout: 10m\nevaluation:\n  workers: 3\n  max-memory: 1 GiB\n  timeout: 2h\n  allow-import-from-derivation: true\n"
+    );
+    let spec = spec(&text);
+    let e = &spec.evaluation;
+    assert_eq!(e.workers_or_cores(), 3);
+    assert_eq!(e.budget(), ByteSize(3 << 30));
+    assert!(e.allow_import_from_derivation);
+    let (_, _, repo) = spec.repos().next().unwrap();
+    assert_eq!(repo.eval_timeout_or(e.timeout), Duration::from_secs(600));
+}
+
+#[test]
+fn evaluation_settings_out_of_range_should_be_refused_where_they_are() {
+    let at = |extra: &str| format!("{MINIMAL}evaluation:\n{extra}");
+    assert_error(&at("  workers: 0\n"), "12:3", "workers must be at least 1");
+    assert_error(&at("  max-memory: 1 MiB\n"), "12:3", "at least 64 MiB");
+    assert_error(
+        &at("  timeout: 0s\n"),
+        "12:3",
+        "timeout must be longer than zero",
+    );
+    assert_error(
+        &format!("{MINIMAL}        eval-timeout: 0s\n"),
+        "11:9",
+        "eval-timeout must be longer than zero",
+    );
+}

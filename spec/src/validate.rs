@@ -111,6 +111,7 @@ impl Spec {
         c.absolute(&root.k("state-dir"), "state-dir", &self.state_dir);
         self.check_external_url(&mut c, &root);
         self.check_http(&mut c, &root.k("http"));
+        self.check_evaluation(&mut c, &root.k("evaluation"));
         c.secret(&root, "api-token-file", self.api_token_file.as_ref());
         self.check_forges(&mut c, &root);
         self.check_duplicate_repos(&mut c);
@@ -142,6 +143,20 @@ impl Spec {
                 "max-connections must be at least 16",
             );
         }
+    }
+
+    fn check_evaluation(&self, c: &mut Checker, at: &At) {
+        let evaluation = &self.evaluation;
+        if evaluation.workers == Some(0) {
+            c.report(&at.k("workers"), "workers must be at least 1");
+        }
+        if evaluation.max_memory.0 < 64 << 20 {
+            c.report(
+                &at.k("max-memory"),
+                "max-memory must be at least 64 MiB (one evaluator needs that much to start)",
+            );
+        }
+        c.positive(at, "timeout", evaluation.timeout);
     }
 
     fn check_external_url(&self, c: &mut Checker, root: &At) {
@@ -242,6 +257,9 @@ impl Spec {
                 }
                 c.positive(&at, "timeout", repo.timeout);
                 c.positive(&at, "max-silent", repo.max_silent);
+                if let Some(t) = repo.eval_timeout {
+                    c.positive(&at, "eval-timeout", t);
+                }
             }
         }
     }
