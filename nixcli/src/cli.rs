@@ -19,7 +19,7 @@ use crate::build::{BuildMode, BuildPool, OpenError};
 use crate::config::Config;
 use crate::fs::create_parent;
 use crate::port::{
-    BuildOutcome, BuildRequest, EvalOutcome, EvalRequest, Nix, OutputsReport, PathSize,
+    BuildOutcome, BuildRequest, EvalEvent, EvalOutcome, EvalRequest, Nix, OutputsReport, PathSize,
 };
 use crate::process::{command_line, os_args};
 use crate::roots;
@@ -160,8 +160,12 @@ impl NixCli {
 }
 
 impl Nix for NixCli {
-    async fn evaluate(&self, req: EvalRequest) -> Result<EvalOutcome> {
-        crate::eval::evaluate(&self.config, req).await
+    async fn evaluate_streaming(
+        &self,
+        req: EvalRequest,
+        events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
+    ) -> Result<EvalOutcome> {
+        crate::eval::evaluate(&self.config, req, events).await
     }
 
     async fn realise(&self, req: BuildRequest, cancel: CancellationToken) -> Result<BuildOutcome> {

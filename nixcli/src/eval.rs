@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::deps::job_deps;
 use crate::parse::aterm::parse_derivation;
 use crate::parse::eval::{AttrNames, RawDrv, RawJob, parse_jobs, parse_names};
-use crate::port::{EvalJob, EvalOutcome, EvalRequest, JobDrv};
+use crate::port::{EvalEvent, EvalJob, EvalOutcome, EvalRequest, JobDrv};
 use crate::process::{Finished, os_args};
 use crate::{Error, Result};
 
@@ -221,7 +221,11 @@ enum Slot {
 }
 
 /// Runs the whole evaluation (see the module docs).
-pub(crate) async fn evaluate(cli: &Arc<Config>, req: EvalRequest) -> Result<EvalOutcome> {
+pub(crate) async fn evaluate(
+    cli: &Arc<Config>,
+    req: EvalRequest,
+    _events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
+) -> Result<EvalOutcome> {
     let started = Instant::now();
     let mut calls = 0_u32;
     let mut units = Unit::of(&req.roots, &req.systems);

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fs::create_parent;
 use crate::port::{
-    BuildOutcome, BuildRequest, BuildStatus, EvalJob, EvalOutcome, EvalRequest, Nix, OutputsReport,
-    PathSize,
+    BuildOutcome, BuildRequest, BuildStatus, EvalEvent, EvalJob, EvalOutcome, EvalRequest, Nix,
+    OutputsReport, PathSize, StreamedJob,
 };
 use crate::serve::{BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, ServeClient};
 use crate::{Error, Result};
@@ -268,17 +268,38 @@ impl FakeNix {
 }
 
 impl Nix for FakeNix {
-    async fn evaluate(&self, req: EvalRequest) -> Result<EvalOutcome> {
+    /// Reports the scripted jobs as one event (each buildable when it has no dependency and
+    /// is no aggregate), then returns them.
+    async fn evaluate_streaming(
+        &self,
+        req: EvalRequest,
+        events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
+    ) -> Result<EvalOutcome> {
         let flake_ref = req.flake_ref.clone();
         self.record(Call::Evaluate(req));
         let scripted = self.state().evaluations.get(&flake_ref).cloned();
         match scripted {
-            Some(FakeEvaluation::Jobs(jobs)) => Ok(EvalOutcome {
-                jobs,
-                duration: Duration::ZERO,
-                nix_calls: 0,
-                flake_outputs: Vec::new(),
-            }),
+            Some(FakeEvaluation::Jobs(jobs)) => {
+                let _ = events.send(EvalEvent::Listed {
+                    attributes: jobs.len(),
+                });
+                let streamed = jobs
+                    .iter()
+                    .map(|job| StreamedJob {
+                        buildable: job.result.as_ref().is_ok_and(|d| {
+                            d.deps.is_empty() && d.constituents.is_none() && d.skipped.is_none()
+                        }),
+                        job: job.clone(),
+                    })
+                    .collect();
+                let _ = events.send(EvalEvent::Evaluated(streamed));
+                Ok(EvalOutcome {
+                    jobs,
+                    duration: Duration::ZERO,
+                    nix_calls: 0,
+                    flake_outputs: Vec::new(),
+                })
+            }
             Some(FakeEvaluation::FlakeError(message)) => Err(Error::FlakeEval { message }),
             None => Err(Error::FlakeEval {
                 message: format!("FakeNix: no evaluation scripted for {flake_ref}"),

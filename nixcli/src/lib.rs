@@ -55,8 +55,8 @@ pub use error::{Error, Result, is_storage_error, is_storage_message};
 pub use fake::{Call, FakeEvaluation, FakeNix};
 pub use parse::outputs::ProductLine;
 pub use port::{
-    BuildOutcome, BuildRequest, BuildStatus, Constituent, EvalJob, EvalOutcome, EvalRequest,
-    JobDrv, Nix, OutputsReport, PathSize, closure_size,
+    BuildOutcome, BuildRequest, BuildStatus, Constituent, EvalEvent, EvalJob, EvalOutcome,
+    EvalRequest, JobDrv, Nix, OutputsReport, PathSize, StreamedJob, closure_size,
 };
 pub use roots::{TEMPORARY_ROOT_PREFIX, output_link};
 pub use serve::{

@@ -26,7 +26,24 @@ pub trait Nix: Send + Sync + 'static {
     /// evaluated (no job can even be listed); other variants when Nix cannot be run or its
     /// output cannot be understood. A broken *attribute* is not an error: it is a job whose
     /// `result` is `Err(message)`.
-    fn evaluate(&self, req: EvalRequest) -> impl Future<Output = Result<EvalOutcome>> + Send;
+    fn evaluate(&self, req: EvalRequest) -> impl Future<Output = Result<EvalOutcome>> + Send {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        self.evaluate_streaming(req, events)
+    }
+
+    /// Evaluates as [`evaluate`](Self::evaluate) does, reporting on `events` while it runs:
+    /// first how many attributes were listed, then the jobs as their attributes are evaluated
+    /// ([`EvalEvent`]). The outcome returned at the end is authoritative (complete
+    /// dependencies, aggregates resolved). Dropping the future stops every evaluator process
+    /// it started. A closed `events` receiver is not an error.
+    ///
+    /// # Errors
+    /// As [`evaluate`](Self::evaluate).
+    fn evaluate_streaming(
+        &self,
+        req: EvalRequest,
+        events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
+    ) -> impl Future<Output = Result<EvalOutcome>> + Send;
 
     /// Builds one derivation, writing Nix's output to `req.log_file` as it arrives, until it
     /// finishes, times out or `cancel` fires.
@@ -178,6 +195,38 @@ pub struct EvalRequest {
     pub systems: Vec<System>,
     /// Where the jobs are and how each place is walked ([`reconix_spec::Repo::job_roots`]).
     pub roots: Vec<JobRoot>,
+    /// Whether evaluation may build derivations to import from them (Nix's
+    /// `allow-import-from-derivation`); when false an attribute that needs it is an
+    /// eval-failed job with Nix's message.
+    #[serde(default)]
+    pub allow_import_from_derivation: bool,
+}
+
+/// What an evaluation reports while it runs ([`Nix::evaluate_streaming`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalEvent {
+    /// The job roots are listed: this many attributes are to be evaluated (each becomes a
+    /// job, or several when a listed part of the tree fails as a whole).
+    Listed {
+        /// The number of attributes listed.
+        attributes: usize,
+    },
+    /// Some attributes are evaluated, in no particular order.
+    Evaluated(Vec<StreamedJob>),
+}
+
+/// A job reported while its evaluation still runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamedJob {
+    /// The job as known so far: its `deps` name only jobs reported before it (or in the same
+    /// event); an aggregate's constituents are resolved only in the final outcome.
+    pub job: EvalJob,
+    /// True when the job may be built before the evaluation ends: its closure holds no
+    /// derivation that could belong to a job not reported yet (each derivation in it is a
+    /// reported job's own, or its outputs are already valid), so building it now builds no
+    /// other job's derivation behind that job's back. Eval-failed and skipped jobs and
+    /// aggregates never are; every job becomes buildable when the evaluation ends.
+    pub buildable: bool,
 }
 
 /// The result of a successful evaluation.

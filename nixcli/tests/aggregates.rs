@@ -56,6 +56,7 @@ async fn evaluate(outputs: &str) -> BTreeMap<String, EvalJob> {
                 },
             })
             .collect(),
+        allow_import_from_derivation: false,
     };
     by_attr(within(NixCli::new().evaluate(request)).await.unwrap())
 }

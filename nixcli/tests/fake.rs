@@ -49,6 +49,7 @@ fn eval_request(flake_ref: &str) -> EvalRequest {
         flake_ref: flake_ref.to_owned(),
         systems: vec![System::new("x86_64-linux").unwrap()],
         roots: reconix_spec::Repo::default().job_roots(),
+        allow_import_from_derivation: false,
     }
 }
 

@@ -93,6 +93,7 @@ impl TestFlake {
             flake_ref: self.flake_ref.clone(),
             systems: systems.iter().map(|s| System::new(*s).unwrap()).collect(),
             roots: repo.job_roots(),
+            allow_import_from_derivation: false,
         }
     }
 

@@ -407,6 +407,7 @@ async fn start_evaluation<P: Ports>(
         flake_ref: flake_ref.clone(),
         systems: repo_cfg.systems.clone(),
         roots: repo_cfg.job_roots(),
+        allow_import_from_derivation: spec.evaluation.allow_import_from_derivation,
     };
     let k = key.clone();
     let (r, f) = (git_ref.clone(), flake_ref.clone());
