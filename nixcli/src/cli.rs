@@ -89,11 +89,27 @@ impl NixCli {
         self.with_config(|c| c.env.push(pair))
     }
 
-    /// Returns a runner that runs at most `n` (at least 1) evaluation processes at a time
-    /// while bisecting and collecting error messages.
+    /// Returns a runner that runs at most `n` (at least 1) evaluation processes at a time,
+    /// each of up to 2 GiB (see [`with_eval_workers`](Self::with_eval_workers)).
     #[must_use]
     pub fn with_eval_parallelism(self, n: usize) -> Self {
-        self.with_config(|c| c.eval_parallelism = n.max(1))
+        self.with_eval_workers(n, 2 << 30)
+    }
+
+    /// Returns a runner whose evaluations share at most `workers` (at least 1) evaluator
+    /// processes of `max_memory` bytes each, `workers × max_memory` being their budget
+    /// together (`evaluation.workers`, `evaluation.max-memory`).
+    #[must_use]
+    pub fn with_eval_workers(self, workers: usize, max_memory: u64) -> Self {
+        self.with_config(|c| {
+            c.eval_parallelism = workers.max(1);
+            c.eval_pool = Arc::new(crate::workers::EvalPool::new(workers, max_memory));
+        })
+    }
+
+    /// Returns the evaluator pool (its budget, and the peak memory its workers used).
+    pub fn eval_pool(&self) -> &crate::workers::EvalPool {
+        &self.config.eval_pool
     }
 
     /// Returns a runner that passes `--option max-jobs N` to each build (`None`: use

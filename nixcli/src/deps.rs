@@ -10,7 +10,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use reconix_spec::names::{AttrPath, StorePath};
 
-use crate::parse::aterm::Derivation;
+use std::path::Path;
+
+use crate::parse::aterm::{Derivation, parse_derivation};
+use crate::{Error, Result};
 
 /// Computes the dependencies of each job: `jobs` are (attribute, derivation) pairs; `load`
 /// reads a derivation (the jobs' own and every non-job derivation the walk passes through, each
@@ -93,6 +96,19 @@ impl Walker<'_> {
         }
         Ok(self.reach.get(start).cloned().unwrap_or_default())
     }
+}
+
+/// Reads and parses the derivation `path`, whose file is `file` (below a chroot store's
+/// directory, or the path itself).
+pub(crate) fn read_derivation(path: &StorePath, file: &Path) -> Result<Derivation> {
+    let text = std::fs::read(file).map_err(|source| Error::DrvRead {
+        path: path.to_string(),
+        source,
+    })?;
+    parse_derivation(&text).map_err(|source| Error::DrvParse {
+        path: path.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

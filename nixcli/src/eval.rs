@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,15 +37,14 @@ use tracing::debug;
 
 use crate::aggregates;
 use crate::config::Config;
-use crate::deps::job_deps;
-use crate::parse::aterm::parse_derivation;
-use crate::parse::eval::{AttrNames, RawDrv, RawJob, parse_jobs, parse_names};
+use crate::deps::{job_deps, read_derivation};
+use crate::parse::eval::{AttrNames, RawDrv, parse_names};
 use crate::port::{EvalEvent, EvalJob, EvalOutcome, EvalRequest, JobDrv};
 use crate::process::{Finished, os_args};
+use crate::stream::{Slot, Streamer, Target, run_workers, skip_reason};
 use crate::{Error, Result};
 
 const NAMES_NIX: &str = include_str!("expr/names.nix");
-const JOBS_NIX: &str = include_str!("expr/jobs.nix");
 
 /// One place `names.nix` lists jobs under: a job root, split by system when the root is per
 /// system.
@@ -161,22 +159,6 @@ impl Unit {
     }
 }
 
-/// One job attribute, as listed by `names.nix`.
-#[derive(Debug)]
-struct Target {
-    /// Index in the `names.nix` list (what `jobs.nix` is given).
-    index: usize,
-    attr: AttrPath,
-    /// The attribute's own name (`hello`, or the configuration name for NixOS).
-    name: String,
-    /// The system of its unit (none for NixOS configurations and walked trees, whose system is
-    /// their derivation's).
-    system: Option<System>,
-    /// True when it was found by walking a tree: its system is its derivation's and it is
-    /// skipped when that system was not asked for.
-    walked: bool,
-}
-
 impl Target {
     /// Returns the target of the listed `path`, found under the first of `units` whose path
     /// is a prefix of it; `None` for an empty path (which `names.nix` never lists).
@@ -197,34 +179,11 @@ impl Target {
     }
 }
 
-/// Returns why a job is not built, when it is not: a job of a walked tree whose derivation's
-/// `system` is not one of `systems` (Hydra builds such jobs on a machine of that system; the
-/// repository did not ask for it). Jobs of the categories carry their system in their path,
-/// so they are never skipped here.
-pub(crate) fn skip_reason(walked: bool, system: &System, systems: &[System]) -> Option<String> {
-    (walked && !systems.contains(system)).then(|| {
-        let asked: Vec<&str> = systems.iter().map(System::as_str).collect();
-        format!(
-            "skipped: its system {system} is not one of this repository's systems ({}); add it to `systems` to build it",
-            asked.join(", ")
-        )
-    })
-}
-
-/// What is known about one target while the evaluation proceeds.
-#[derive(Debug)]
-enum Slot {
-    Drv(RawDrv),
-    Error(String),
-    /// `tryEval` caught an error; the message is still to be fetched.
-    Caught,
-}
-
 /// Runs the whole evaluation (see the module docs).
 pub(crate) async fn evaluate(
     cli: &Arc<Config>,
     req: EvalRequest,
-    _events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
+    events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
 ) -> Result<EvalOutcome> {
     let started = Instant::now();
     let mut calls = 0_u32;
@@ -276,55 +235,23 @@ pub(crate) async fn evaluate(
         })
         .collect();
 
-    // 2. Bulk evaluation, bisecting on uncatchable errors.
-    let mut slots: BTreeMap<usize, Slot> = BTreeMap::new();
-    let all: Vec<usize> = targets.iter().map(|t| t.index).collect();
-    let bulk = |chunk: Vec<usize>| {
-        let args = eval_args(&jobs_expr(&base, true, &chunk));
-        (chunk, args)
-    };
-    let queue = if all.is_empty() {
-        VecDeque::new()
-    } else {
-        VecDeque::from([bulk(all)])
-    };
-    calls += run_queue(cli, queue, |chunk, finished, queue| {
-        if finished.success() {
-            for (index, raw) in chunk.iter().zip(parse_ok_jobs(&finished, chunk.len())?) {
-                slots.insert(*index, slot(raw));
-            }
-        } else if let [index] = chunk.as_slice() {
-            // Failed alone: its stderr holds its own message.
-            slots.insert(*index, Slot::Error(finished.message()));
-        } else {
-            debug!(attrs = chunk.len(), "bulk evaluation failed; bisecting");
-            let (left, right) = chunk.split_at(chunk.len() / 2);
-            queue.push_back(bulk(left.to_vec()));
-            queue.push_back(bulk(right.to_vec()));
-        }
-        Ok(())
-    })
+    // 2. The attributes, on the shared worker pool, reported as they are evaluated.
+    let _ = events.send(EvalEvent::Listed {
+        attributes: targets.len(),
+    });
+    let options = nix_options(req.allow_import_from_derivation);
+    let mut streamer = Streamer::new(events);
+    let (mut slots, worker_calls) = run_workers(
+        cli,
+        &req.flake_ref,
+        &options,
+        &names,
+        &targets,
+        &req.systems,
+        &mut streamer,
+    )
     .await?;
-
-    // 3. The message of each attribute tryEval caught, from evaluating it alone.
-    let queue: VecDeque<(usize, Vec<OsString>)> = slots
-        .iter()
-        .filter(|(_, s)| matches!(s, Slot::Caught))
-        .map(|(&index, _)| (index, eval_args(&jobs_expr(&base, false, &[index]))))
-        .collect();
-    calls += run_queue(cli, queue, |index, finished, _| {
-        let resolved = if finished.success() {
-            // It evaluated fine alone (the failure depended on something else): keep it.
-            parse_ok_jobs(&finished, 1)?
-                .pop()
-                .map_or_else(|| Slot::Error(finished.message()), slot)
-        } else {
-            Slot::Error(finished.message())
-        };
-        slots.insert(index, resolved);
-        Ok(())
-    })
-    .await?;
+    calls += worker_calls;
 
     // 4. Dependencies between the jobs.
     let jobs: Vec<(Target, std::result::Result<RawDrv, String>)> = targets
@@ -585,14 +512,6 @@ async fn run_queue<K: Send + 'static>(
     }
 }
 
-fn slot(raw: RawJob) -> Slot {
-    match raw {
-        RawJob::Ok(drv) => Slot::Drv(drv),
-        RawJob::Error(message) => Slot::Error(message),
-        RawJob::Failed => Slot::Caught,
-    }
-}
-
 fn job_from_drv(
     target: Target,
     drv: RawDrv,
@@ -631,22 +550,17 @@ fn job_from_drv(
     }
 }
 
-fn parse_ok_jobs(finished: &Finished, expected: usize) -> Result<Vec<RawJob>> {
-    parse_jobs(&finished.stdout, expected).map_err(|reason| Error::Output {
-        command: finished.command.clone(),
-        reason,
-    })
-}
-
-fn read_derivation(path: &StorePath, file: &Path) -> Result<crate::parse::aterm::Derivation> {
-    let text = std::fs::read(file).map_err(|source| Error::DrvRead {
-        path: path.to_string(),
-        source,
-    })?;
-    parse_derivation(&text).map_err(|source| Error::DrvParse {
-        path: path.to_string(),
-        source,
-    })
+/// Returns the Nix options of the evaluator workers besides the common ones: whether import
+/// from derivation is allowed (`evaluation.allow-import-from-derivation`).
+fn nix_options(allow_import_from_derivation: bool) -> Vec<(&'static str, &'static str)> {
+    vec![(
+        "allow-import-from-derivation",
+        if allow_import_from_derivation {
+            "true"
+        } else {
+            "false"
+        },
+    )]
 }
 
 /// The arguments of every evaluation. `accept-flake-config` is forced off: a flake's `nixConfig`
@@ -701,18 +615,6 @@ fn outputs_expr(base: &serde_json::Value) -> String {
 
 fn names_expr(base: &serde_json::Value) -> String {
     format!("{} ({NAMES_NIX}) args flake", prelude(base))
-}
-
-fn jobs_expr(base: &serde_json::Value, catch: bool, indices: &[usize]) -> String {
-    let mut args = base.clone();
-    if let Some(object) = args.as_object_mut() {
-        object.insert("catch".to_owned(), json!(catch));
-        object.insert("ranges".to_owned(), json!(ranges(indices)));
-    }
-    format!(
-        "{} ({JOBS_NIX}) args flake (({NAMES_NIX}) args flake)",
-        prelude(&args)
-    )
 }
 
 /// Compresses sorted indices into `[from, to)` ranges.

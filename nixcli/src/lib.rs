@@ -47,6 +47,8 @@ mod port;
 mod process;
 mod roots;
 pub mod serve;
+mod stream;
+mod workers;
 
 pub use build::BuildMode;
 pub use cli::{NixCli, build_remote};
@@ -63,3 +65,4 @@ pub use serve::{
     BuildResultStatus, BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings,
     ServeClient,
 };
+pub use workers::EvalPool;

@@ -1,23 +1,18 @@
-# Evaluates some job attributes of a flake to their derivations, writing the .drv files.
-# `args` is { catch = bool; ranges = [ [ from to ] … ]; … }, `flake` is `builtins.getFlake args.flake`
-# and `all` is the full attribute list computed by names.nix from the same arguments: the ranges select
-# `all[from] … all[to - 1]`. (Passing indices rather than names keeps the command line small, far
-# below Linux's 128 KiB limit on one argument, and needs no escaping.)
-# Result: one element per selected attribute, in order:
+# Evaluates one job attribute of a flake to its derivation, writing the .drv file.
+# `args` is { catch = bool; }, `flake` is `builtins.getFlake <locked ref>`, `path` the attribute
+# path as a list of names. crate::workers calls it for each attribute of a worker's chunk.
+# Result:
 #   { ok = { drvPath; name; system; outputs = { <name> = <path>; }; meta = { … }; }; }
 #        an aggregate (Hydra's `_hydraAggregate = true`) also has
 #        constituents = [ { drvPath = <path>; } | { name = "<job name or glob>"; } … ]
 #   { error = "<message>"; }   the value is not a derivation
 #   "failed"                   (catch = true only) tryEval caught a throw, a failed assert or a
 #                              missing attribute on the way (e.g. a NixOS configuration without `config`)
-# With catch = false a failing target makes the whole evaluation fail with that target's own error.
-# Errors tryEval cannot catch (abort, missing attribute, type error, ...) always fail the whole
-# evaluation: the caller bisects the target list.
-args: flake: all:
+# With catch = false a failing attribute fails the whole process with its own error.
+# Errors tryEval cannot catch (abort, type error, ...) always fail the process: the worker pool
+# then knows the failing attribute is the first one not reported.
+args: flake: path:
 let
-  targets = builtins.concatMap (
-    r: builtins.genList (i: builtins.elemAt all (builtins.elemAt r 0 + i)) (builtins.elemAt r 1 - builtins.elemAt r 0)
-  ) args.ranges;
   # A missing attribute would escape tryEval; a throw does not, and it keeps the path in the message.
   select =
     path: value: name:
@@ -120,4 +115,4 @@ let
     else
       job path;
 in
-map run targets
+run path
