@@ -23,8 +23,9 @@ use reconix_spec::names::System;
 
 const P: &str = "packages.x86_64-linux.";
 
-/// A flake whose `let` defines `mk name script` and `fat n` (a derivation whose evaluation
-/// holds a list of `n` strings: about 180 bytes each), with `packages` = `packages`.
+/// A flake whose `let` defines `mk name script`, `spin n` (about n × 0.1 s of evaluation) and
+/// `fat name n` (a derivation whose evaluation holds a list of `n` strings: about 180 bytes
+/// each), with `packages` = `packages`.
 fn flake(packages: &str) -> (tempfile::TempDir, String) {
     require_nix();
     let salt = salt();
@@ -35,6 +36,9 @@ fn flake(packages: &str) -> (tempfile::TempDir, String) {
       system = "x86_64-linux";
       salt = "{salt}";
       mk = name: script: derivation {{ inherit name system salt; builder = "/bin/sh"; args = [ "-c" script ]; }};
+      # About n × 0.1 s of evaluation in little memory, when the derivation is instantiated
+      # (listing the jobs does not force it).
+      spin = n: builtins.foldl' (x: _: x + builtins.foldl' (a: b: a + b) 0 (builtins.genList (i: i) 1000000)) 0 (builtins.genList (i: i) n);
       fat = name: n: let big = builtins.genList (i: toString i) n; in builtins.deepSeq big (mk name "echo ${{toString (builtins.length big)}} > $out");
     in
     {{ packages.${{system}} = {packages}; }};
@@ -178,11 +182,11 @@ async fn the_memory_budget_should_kill_requeue_and_fail_only_the_attribute_too_f
 
 #[tokio::test]
 async fn a_worker_killed_from_outside_should_be_recovered() {
-    // `slow` takes a few seconds of evaluation: long enough to be found and killed.
+    // `slow` takes about 3 s of evaluation: long enough to be found and killed.
     let (_dir, flake_ref) = flake(
         r#"{
           a = mk "a" "echo > $out";
-          slow = builtins.seq (builtins.foldl' (x: y: x + y) 0 (builtins.genList (i: i) 4000000)) (mk "slow" "echo > $out");
+          slow = mk "slow" "echo ${toString (spin 30)} > $out";
           z = mk "z" "echo > $out";
         }"#,
     );
@@ -277,13 +281,12 @@ async fn streaming_should_never_let_a_job_build_before_a_job_in_its_closure_is_s
 async fn a_dropped_evaluation_should_leave_no_evaluator_running() {
     let (_dir, flake_ref) = flake(
         r#"{
-          slow = builtins.seq (builtins.foldl' (x: y: x + y) 0 (builtins.genList (i: i) 6000000)) (mk "slow" "echo > $out");
+          slow = mk "slow" "echo ${toString (spin 100000)} > $out";
         }"#,
     );
     let nix = NixCli::new().with_eval_workers(2, 2 << 30);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let evaluation = nix.evaluate_streaming(request(&flake_ref), tx);
-    tokio::pin!(evaluation);
+    let mut evaluation = Box::pin(nix.evaluate_streaming(request(&flake_ref), tx));
     // Listed: the worker starts next; wait until it runs, then drop the evaluation.
     tokio::select! {
         _ = &mut evaluation => panic!("the slow attribute finished first"),
@@ -298,6 +301,7 @@ async fn a_dropped_evaluation_should_leave_no_evaluator_running() {
         }
     }
     drop(evaluation);
+    // `slow` would take hours: only a kill ends its worker.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !our_workers().is_empty() {
         assert!(
