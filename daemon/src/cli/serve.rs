@@ -192,7 +192,18 @@ pub(crate) async fn serve(opts: ServeOptions) -> Result<ExitCode> {
         ?mode,
         "build mode (channels unless binary caches are configured)"
     );
-    let nix = nix.with_build_mode(mode);
+    // The evaluator pool is sized once, at start: evaluations hold its workers while they run,
+    // so a reload that changes `evaluation.workers` or `max-memory` takes effect at restart.
+    let workers = usize::try_from(spec.evaluation.workers_or_cores()).unwrap_or(1);
+    info!(
+        workers,
+        max_memory = %spec.evaluation.max_memory,
+        budget = %spec.evaluation.budget(),
+        "evaluator pool"
+    );
+    let nix = nix
+        .with_build_mode(mode)
+        .with_eval_workers(workers, spec.evaluation.max_memory.0);
 
     std::fs::create_dir_all(&spec.state_dir)
         .with_context(|| format!("creating state dir {}", spec.state_dir.display()))?;
