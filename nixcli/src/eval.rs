@@ -7,11 +7,11 @@
 //!    An error `tryEval` cannot catch fails the listing: the roots (per system) are then
 //!    listed apart, bisecting, and a root that fails alone is one eval-failed job with its
 //!    message. Only when no root can be listed is the flake broken as a whole.
-//! 2. One bulk `nix eval` of `expr/jobs.nix` evaluates every listed path under `tryEval` +
-//!    `deepSeq`, printing each derivation (and writing the `.drv` files). An error `tryEval`
-//!    cannot catch (`abort`, missing attribute, type error…) fails the whole process: the
-//!    attribute list is then bisected, halves running concurrently, until each failing attribute
-//!    has failed alone (its stderr then holds its own message).
+//! 2. The listed attributes are evaluated by `expr/jobs.nix` on the shared evaluator pool
+//!    (`crate::stream` drives it, `crate::workers` runs the workers): each under `tryEval` +
+//!    `deepSeq`, reported as soon as it is evaluated (and streamed to the caller with its
+//!    dependencies so far). A worker that dies costs only the attribute it was on; an attribute
+//!    too fat for the memory budget even alone is its own eval-failed job.
 //! 3. Each attribute `tryEval` caught is evaluated alone, without `tryEval`, for its message.
 //! 4. Jobs of a walked tree for a system outside the request's are marked skipped
 //!    ([`skip_reason`]); dependencies come from the `.drv` files ([`crate::deps`]), walking
