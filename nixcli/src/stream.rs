@@ -35,7 +35,7 @@ use crate::{Error, Result};
 /// The most attributes one worker is given at once: small enough that several evaluations
 /// share the workers and the last chunks balance, large enough that starting workers costs
 /// little.
-const MAX_CHUNK: usize = 1000;
+const MAX_CHUNK: usize = 5000;
 
 /// How often evaluated jobs are reported.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -124,9 +124,10 @@ pub(crate) async fn run_workers(
                     alone: true,
                 }
             } else if !pending.is_empty() {
+                // The rest shared by the workers still free for this evaluation.
                 let n = pending
                     .len()
-                    .div_ceil(pool.workers())
+                    .div_ceil(pool.workers() - tasks.len())
                     .min(pool.chunk_cap())
                     .clamp(1, MAX_CHUNK);
                 Chunk {

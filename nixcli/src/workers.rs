@@ -373,7 +373,11 @@ impl EvalPool {
             chunk.targets.iter().map(|(i, _)| *i).collect();
         let mut ready = false;
         let mut other = String::new();
-        let mut last_rss: Option<u64> = None;
+        // Memory once ready, and the results reported since: the growth per attribute is
+        // learnt as an average over the worker's life (one attribute's step is lumpy: the
+        // garbage collector grows its heap in large steps).
+        let mut ready_rss: Option<u64> = None;
+        let mut reported = 0_u64;
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut killed = false;
@@ -400,7 +404,7 @@ impl EvalPool {
                     if message == "ready" {
                         ready = true;
                         self.learn(rss, None);
-                        last_rss = rss;
+                        ready_rss = rss;
                         other.clear();
                         continue;
                     }
@@ -413,8 +417,13 @@ impl EvalPool {
                     other.clear();
                     on_result(result.i, result.r);
                     if let Some(rss) = rss {
-                        self.learn(None, last_rss.map(|before| rss.saturating_sub(before)));
-                        last_rss = Some(rss);
+                        reported += 1;
+                        // Learnt every 64 results: enough to size chunks.
+                        if reported.is_multiple_of(64)
+                            && let Some(before) = ready_rss
+                        {
+                            self.learn(None, Some(rss.saturating_sub(before) / reported));
+                        }
                         self.sample(id, rss);
                         if rss > self.max_memory && !pending.is_empty() && !chunk.alone {
                             self.restart(id);

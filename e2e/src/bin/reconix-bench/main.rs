@@ -33,6 +33,7 @@ mod intake;
 mod pages;
 mod remote;
 mod report;
+mod scale;
 mod spec;
 
 use std::ffi::OsString;
@@ -64,7 +65,8 @@ const DEADLINE: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "\
 usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3]
-                     [--only eval|build|intake|remote|pages|spec] [--json PATH] [--idle-wait 120]
+                     [--only eval|evalscale|evalmem|build|intake|remote|pages|spec] [--json PATH]
+                     [--idle-wait 120] [--scale-attrs 20000]
                      [--deliveries 20000] [--concurrency 16] [--remote-builds 50] [--closure-mib 256]
                      [--page-jobs 10000] [--page-requests 30] [--spec-timeout 120] [--spec-mem-mib 4096]
        reconix-bench intake [--deliveries 20000] [--concurrency 16] [--runs 3] [--json PATH]
@@ -75,6 +77,12 @@ usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3]
 Compares reconix with raw Nix on generated flakes (p_i depends on p_(i/10)), fresh salts each time:
   eval N    daemon: commit seen -> jobs recorded     raw: one bulk `nix eval --json` (appendix B)
   build N   daemon: commit -> evaluation finished    raw: one `nix build --no-link --max-jobs 2`
+  evalscale --scale-attrs attributes of ~1 ms each, evaluation.workers 2: commit seen -> jobs
+            recorded, against one bulk `nix eval` and against two `nix eval`s of one half each,
+            started together (the raw limit of 2 workers)
+  evalmem   40 attributes of ~400 MB and one of ~4 GiB, workers 2, max-memory 1 GiB: the
+            evaluators' summed RSS (sampled every 50 ms) against the budget, the daemon's peak
+            RSS, and the jobs (no raw comparison: Nix has no budget)
 Each measurement runs --runs times; the table reports min and median. Progress goes to stderr.
 Before each measurement the bench waits (at most --idle-wait seconds, 0 = not at all) until the
 machine uses < 0.15 cores, and it warns when other processes used more during a measurement.
@@ -104,6 +112,8 @@ likewise, or $RECONIX_AGENT_BIN (without it the default run skips the remote ben
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Only {
     Eval,
+    EvalScale,
+    EvalMem,
     Build,
     Intake,
     Remote,
@@ -128,6 +138,7 @@ struct Opts {
     page_requests: usize,
     spec_timeout: Duration,
     spec_mem_mib: usize,
+    scale_attrs: usize,
 }
 
 fn parse_list(flag: &str, value: Option<String>) -> Result<Vec<usize>> {
@@ -163,6 +174,7 @@ impl Opts {
             page_requests: 30,
             spec_timeout: Duration::from_secs(120),
             spec_mem_mib: 4096,
+            scale_attrs: 20_000,
         };
         let mut args = args.into_iter().peekable();
         match args.peek().map(String::as_str) {
@@ -194,14 +206,16 @@ impl Opts {
                 "--only" => {
                     opts.only = match value().as_deref() {
                         Some("eval") => Some(Only::Eval),
+                        Some("evalscale") => Some(Only::EvalScale),
+                        Some("evalmem") => Some(Only::EvalMem),
                         Some("build") => Some(Only::Build),
                         Some("intake") => Some(Only::Intake),
                         Some("remote") => Some(Only::Remote),
                         Some("pages") => Some(Only::Pages),
                         Some("spec") => Some(Only::Spec),
                         other => bail!(
-                            "--only takes `eval`, `build`, `intake`, `remote`, `pages` or `spec`, \
-                             not {other:?}"
+                            "--only takes `eval`, `evalscale`, `evalmem`, `build`, `intake`, \
+                             `remote`, `pages` or `spec`, not {other:?}"
                         ),
                     }
                 }
@@ -213,7 +227,8 @@ impl Opts {
                     opts.idle_wait = Duration::from_secs(secs);
                 }
                 "--deliveries" | "--concurrency" | "--remote-builds" | "--closure-mib"
-                | "--page-jobs" | "--page-requests" | "--spec-timeout" | "--spec-mem-mib" => {
+                | "--page-jobs" | "--page-requests" | "--spec-timeout" | "--spec-mem-mib"
+                | "--scale-attrs" => {
                     let n = match parse_list(&flag, value())?.as_slice() {
                         [n] => *n,
                         _ => bail!("{flag} takes one positive number"),
@@ -226,6 +241,7 @@ impl Opts {
                         "--page-requests" => opts.page_requests = n,
                         "--spec-timeout" => opts.spec_timeout = Duration::from_secs(n as u64),
                         "--spec-mem-mib" => opts.spec_mem_mib = n,
+                        "--scale-attrs" => opts.scale_attrs = n,
                         _ => opts.closure_mib = n,
                     }
                 }
@@ -373,6 +389,20 @@ fn run() -> Result<ExitCode> {
             notes.push(r.note);
             rows.extend(r.rows);
         }
+    }
+    if opts.wants(Only::EvalScale) {
+        let r = scale::throughput(opts.scale_attrs, &opts)?;
+        commands.insert(format!("evalscale {}", opts.scale_attrs), json!(r.command));
+        details.push(r.details);
+        notes.push(r.note);
+        rows.extend(r.rows);
+    }
+    if opts.wants(Only::EvalMem) {
+        let r = scale::memory(&opts)?;
+        commands.insert("evalmem".to_owned(), json!(r.command));
+        details.push(r.details);
+        notes.push(r.note);
+        rows.extend(r.rows);
     }
     if opts.wants(Only::Build) {
         for &n in &opts.builds {
