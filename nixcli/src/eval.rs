@@ -187,8 +187,9 @@ pub(crate) async fn evaluate(
 ) -> Result<EvalOutcome> {
     let started = Instant::now();
     let mut calls = 0_u32;
+    let ifd = req.allow_import_from_derivation;
     let mut units = Unit::of(&req.roots, &req.systems);
-    let (listed, unit_errors, list_calls) = list(cli, &req.flake_ref, &mut units).await?;
+    let (listed, unit_errors, list_calls) = list(cli, &req.flake_ref, ifd, &mut units).await?;
     calls += list_calls;
     let all_units = units;
     let (units, names) = match listed {
@@ -199,7 +200,7 @@ pub(crate) async fn evaluate(
             // jobs.nix, which lists the same units again, sees the same list.
             calls += 1;
             let args = units_args(&req.flake_ref, &all_units, &ok);
-            let finished = cli.run(&cli.nix, &eval_args(&names_expr(&args))).await?;
+            let finished = cli.run(&cli.nix, &eval_args(&names_expr(&args), ifd)).await?;
             if !finished.success() {
                 return Err(Error::FlakeEval {
                     message: finished.message(),
@@ -336,7 +337,7 @@ pub(crate) async fn evaluate(
     let mut flake_outputs = Vec::new();
     if jobs.is_empty() {
         calls += 1;
-        let finished = cli.run(&cli.nix, &eval_args(&outputs_expr(&base))).await?;
+        let finished = cli.run(&cli.nix, &eval_args(&outputs_expr(&base), ifd)).await?;
         if finished.success() {
             flake_outputs = serde_json::from_str(&finished.stdout).map_err(|e| Error::Output {
                 command: finished.command.clone(),
@@ -383,6 +384,7 @@ enum ListKey {
 async fn list(
     cli: &Arc<Config>,
     flake_ref: &str,
+    ifd: bool,
     units: &mut Vec<Unit>,
 ) -> Result<(Listed, BTreeMap<usize, String>, u32)> {
     let mut errors: BTreeMap<usize, String> = BTreeMap::new();
@@ -393,7 +395,7 @@ async fn list(
         return Ok((Listed::All(Vec::new()), errors, 0));
     }
     let chunk = |units: &[Unit], chunk: Vec<usize>| {
-        let args = eval_args(&names_expr(&units_args(flake_ref, units, &chunk)));
+        let args = eval_args(&names_expr(&units_args(flake_ref, units, &chunk)), ifd);
         (ListKey::Units(chunk), args)
     };
     let queue = VecDeque::from([chunk(units, all)]);
@@ -421,7 +423,7 @@ async fn list(
                         units.push(child);
                         queue.push_back(chunk(units, vec![units.len() - 1]));
                     } else {
-                        let args = eval_args(&children_expr(&units_args(flake_ref, units, &[i])));
+                        let args = eval_args(&children_expr(&units_args(flake_ref, units, &[i])), ifd);
                         queue.push_back((ListKey::Children(i, finished.message()), args));
                     }
                 } else {
@@ -563,24 +565,20 @@ fn nix_options(allow_import_from_derivation: bool) -> Vec<(&'static str, &'stati
     )]
 }
 
-/// The arguments of every evaluation. `accept-flake-config` is forced off: a flake's `nixConfig`
-/// (substituters, post-build hooks, …) comes from the code under test, which for a pull request
-/// is anyone's, so it must never change how Nix runs, whatever nix.conf says.
-fn eval_args(expr: &str) -> Vec<OsString> {
-    let mut args = os_args([
-        "eval",
-        "--json",
-        "--option",
-        "accept-flake-config",
-        "false",
-        "--option",
-        "eval-cache",
-        "false",
-        "--option",
-        "pure-eval",
-        "true",
-        "--expr",
-    ]);
+/// The arguments of every evaluation besides the workers' (`crate::workers` passes the same
+/// options). `accept-flake-config` is forced off: a flake's `nixConfig` (substituters,
+/// post-build hooks, …) comes from the code under test, which for a pull request is anyone's,
+/// so it must never change how Nix runs, whatever nix.conf says. `ifd` allows import from
+/// derivation.
+fn eval_args(expr: &str, ifd: bool) -> Vec<OsString> {
+    let mut args = os_args(["eval", "--json"]);
+    for (name, value) in crate::workers::COMMON_OPTIONS
+        .iter()
+        .chain(&nix_options(ifd))
+    {
+        args.extend(os_args(["--option", name, value]));
+    }
+    args.push("--expr".into());
     args.push(expr.into());
     args
 }
@@ -635,7 +633,7 @@ mod tests {
 
     #[test]
     fn evaluations_should_refuse_flake_config_from_the_code_under_test() {
-        let args: Vec<String> = eval_args("1")
+        let args: Vec<String> = eval_args("1", false)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();

@@ -487,9 +487,9 @@ impl Drop for Leave<'_> {
     }
 }
 
-/// Options of every evaluator (as `crate::eval`'s other evaluations): a flake's `nixConfig`
-/// never applies, no eval cache, pure evaluation.
-const COMMON_OPTIONS: [(&str, &str); 3] = [
+/// Options of every evaluation process (workers and `crate::eval`'s listing): a flake's
+/// `nixConfig` never applies, no eval cache, pure evaluation.
+pub(crate) const COMMON_OPTIONS: [(&str, &str); 3] = [
     ("accept-flake-config", "false"),
     ("eval-cache", "false"),
     ("pure-eval", "true"),
