@@ -379,7 +379,10 @@ mod tests {
         MIGRATIONS.to_version(&mut conn, 11).unwrap();
         let db = StatusDb { conn };
         assert_eq!(db.schedulable_jobs().unwrap().len(), 1);
-        assert_eq!(db.evaluation_progress(crate::EvaluationId(1)).unwrap(), None);
+        assert_eq!(
+            db.evaluation_progress(crate::EvaluationId(1)).unwrap(),
+            None
+        );
     }
 
     #[test]

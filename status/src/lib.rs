@@ -27,8 +27,8 @@ mod posted_statuses;
 mod pull_requests;
 mod repos;
 mod retention;
-mod streaming;
 mod row;
+mod streaming;
 mod types;
 pub mod views;
 

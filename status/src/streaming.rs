@@ -23,10 +23,7 @@ use crate::views::EvaluationProgress;
 
 /// True for the states in which an evaluation may still record what it finds.
 fn running(state: EvaluationState) -> bool {
-    matches!(
-        state,
-        EvaluationState::Queued | EvaluationState::Evaluating
-    )
+    matches!(state, EvaluationState::Queued | EvaluationState::Evaluating)
 }
 
 impl StatusDb {
@@ -244,7 +241,11 @@ mod tests {
         let jobs = db.jobs_of_evaluation(id).unwrap();
         assert_eq!(jobs.len(), 4);
         assert_eq!(jobs[2].deps, [jobs[0].id]);
-        assert_eq!(jobs[3].deps, [jobs[0].id], "only the edge to a recorded job");
+        assert_eq!(
+            jobs[3].deps,
+            [jobs[0].id],
+            "only the edge to a recorded job"
+        );
         assert_eq!(scheduled(&db), ["lib", "tool"]);
         assert_eq!(
             db.evaluation_progress(id).unwrap(),
@@ -310,7 +311,10 @@ mod tests {
         let a = db.jobs_of_evaluation(id).unwrap()[0].id;
         db.set_job_state(a, JobState::Succeeded, None, at(3))
             .unwrap();
-        assert!(db.record_evaluation_result(id, &[job(1, "a")], at(4)).unwrap());
+        assert!(
+            db.record_evaluation_result(id, &[job(1, "a")], at(4))
+                .unwrap()
+        );
         let e = db.evaluation(id).unwrap().unwrap();
         assert_eq!(
             (e.state, e.finished_at),
@@ -399,7 +403,10 @@ mod tests {
             serde_json::json!({"evaluated": 1, "attributes": 3})
         );
         assert_eq!(
-            db.evaluation_jobs_page(id, 10, 0).unwrap().unwrap().progress,
+            db.evaluation_jobs_page(id, 10, 0)
+                .unwrap()
+                .unwrap()
+                .progress,
             expected
         );
         assert_eq!(expected.unwrap().percent(), 33);
