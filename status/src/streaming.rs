@@ -178,18 +178,13 @@ impl StatusDb {
             .op(OP)?;
         let mut rows = stmt.query([id.0]).op(OP)?;
         match rows.next().op(OP)? {
-            Some(row) => Ok(progress(get(row, 0, OP)?, get(row, 1, OP)?)),
+            Some(row) => Ok(EvaluationProgress::from_columns(
+                get(row, 0, OP)?,
+                get(row, 1, OP)?,
+            )),
             None => Ok(None),
         }
     }
-}
-
-/// Returns the progress of an evaluation from its `attributes` and `evaluated` columns.
-pub(crate) fn progress(attributes: Option<i64>, evaluated: i64) -> Option<EvaluationProgress> {
-    attributes.map(|attributes| EvaluationProgress {
-        attributes: u64::try_from(attributes).unwrap_or(0),
-        evaluated: u64::try_from(evaluated).unwrap_or(0),
-    })
 }
 
 #[cfg(test)]
@@ -390,10 +385,11 @@ mod tests {
         db.record_evaluation_listed(id, 3).unwrap();
         db.record_streamed_jobs(id, &[streamed(job(1, "a"), true)], at(2))
             .unwrap();
-        let expected = Some(EvaluationProgress {
+        let one_of_three = EvaluationProgress {
             evaluated: 1,
             attributes: 3,
-        });
+        };
+        let expected = Some(one_of_three);
         assert_eq!(db.evaluation_list(10).unwrap()[0].progress, expected);
         let detail = db.evaluation_detail(id).unwrap().unwrap();
         assert_eq!(detail.summary.progress, expected);
@@ -409,6 +405,6 @@ mod tests {
                 .progress,
             expected
         );
-        assert_eq!(expected.unwrap().percent(), 33);
+        assert_eq!(one_of_three.percent(), 33);
     }
 }

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
 use crate::row::{get, non_negative, parse, parse_opt, parse_repo_key};
-use crate::streaming::progress;
 use crate::types::{
     BuildId, BuildProduct, BuildState, Constituent, EvaluationId, EvaluationState, JobId, JobState,
 };
@@ -56,6 +55,15 @@ pub struct EvaluationProgress {
 }
 
 impl EvaluationProgress {
+    /// Returns the progress stored in an evaluation's `attributes` and `evaluated` columns:
+    /// `None` until its attributes are listed.
+    pub(crate) fn from_columns(attributes: Option<i64>, evaluated: i64) -> Option<Self> {
+        attributes.map(|attributes| Self {
+            attributes: u64::try_from(attributes).unwrap_or(0),
+            evaluated: u64::try_from(evaluated).unwrap_or(0),
+        })
+    }
+
     /// Returns the evaluated attributes as a percentage of those listed, at most 100.
     pub fn percent(&self) -> u64 {
         (self.evaluated.saturating_mul(100) / self.attributes.max(1)).min(100)
@@ -252,7 +260,7 @@ impl StatusDb {
                 started_at: get::<Option<i64>>(row, 7, op)?.map(Timestamp),
                 finished_at: get::<Option<i64>>(row, 8, op)?.map(Timestamp),
                 job_counts: counts.remove(&id).unwrap_or_default(),
-                progress: progress(get(row, 9, op)?, get(row, 10, op)?),
+                progress: EvaluationProgress::from_columns(get(row, 9, op)?, get(row, 10, op)?),
             });
         }
         Ok(list)

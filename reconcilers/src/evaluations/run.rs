@@ -122,8 +122,8 @@ impl<N: Nix> Run<N> {
 
     async fn evaluate(self) -> Result<()> {
         let (events, mut rx) = mpsc::unbounded_channel();
-        let evaluation = self.nix.evaluate_streaming(self.request.clone(), events);
-        tokio::pin!(evaluation);
+        // Boxed so that the timeout can drop it (and kill its processes) before writing.
+        let mut evaluation = Box::pin(self.nix.evaluate_streaming(self.request.clone(), events));
         let deadline = tokio::time::sleep(self.timeout.to_std());
         tokio::pin!(deadline);
         let throttle = tokio::time::sleep_until(Instant::now());
