@@ -3,6 +3,13 @@
 //! Evaluations are scripted per flake reference and builds per derivation; every call is
 //! recorded. A build can be *held*: its `realise` then waits (still honouring cancellation)
 //! until the test releases it, so the "building" state can be observed deterministically.
+//!
+//! Evaluations stream as the real one does: `Listed`, then the scripted jobs as one batch, or
+//! the batches scripted with [`FakeNix::set_evaluation_stream`]. An evaluation can be held too
+//! ([`FakeNix::hold_evaluation`]): after its events it waits for
+//! [`FakeNix::release_evaluation`], and an evaluation future dropped before it returned (a
+//! timeout, a supersede: what kills the real evaluator processes) is recorded, see
+//! [`FakeNix::dropped_evaluations`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -94,6 +101,12 @@ struct State {
     copied: HashMap<String, BTreeSet<StorePath>>,
     /// Output path → what its `nix-support/` says.
     reports: HashMap<StorePath, OutputsReport>,
+    /// Flake reference → the batches its evaluation streams instead of one batch of all jobs.
+    streams: HashMap<String, Vec<Vec<StreamedJob>>>,
+    /// Flake reference → the gate its evaluation waits at after streaming.
+    evaluation_gates: HashMap<String, watch::Sender<bool>>,
+    /// Flake references of evaluations whose future was dropped before it returned.
+    dropped: Vec<String>,
 }
 
 impl State {
@@ -177,6 +190,50 @@ impl FakeNix {
     /// Returns the paths copied to `to` so far (closures included).
     pub fn copied(&self, to: &str) -> BTreeSet<StorePath> {
         self.state().copied.get(to).cloned().unwrap_or_default()
+    }
+
+    /// Scripts the batches the evaluation of `flake_ref` streams (`Listed` still counts the
+    /// jobs scripted with [`set_evaluation`](Self::set_evaluation), which stay the outcome).
+    pub fn set_evaluation_stream(
+        &self,
+        flake_ref: impl Into<String>,
+        batches: Vec<Vec<StreamedJob>>,
+    ) {
+        self.state().streams.insert(flake_ref.into(), batches);
+    }
+
+    /// Makes evaluations of `flake_ref` wait, once they have streamed their events, until
+    /// [`release_evaluation`](Self::release_evaluation) is called.
+    pub fn hold_evaluation(&self, flake_ref: impl Into<String>) {
+        self.state()
+            .evaluation_gates
+            .insert(flake_ref.into(), watch::channel(false).0);
+    }
+
+    /// Lets held evaluations of `flake_ref` (current and future) return.
+    pub fn release_evaluation(&self, flake_ref: &str) {
+        if let Some(gate) = self.state().evaluation_gates.get(flake_ref) {
+            gate.send_replace(true);
+        }
+    }
+
+    /// Returns the flake references of the evaluations whose future was dropped before it
+    /// returned, in order.
+    pub fn dropped_evaluations(&self) -> Vec<String> {
+        self.state().dropped.clone()
+    }
+
+    /// Waits until an evaluation of `flake_ref` has been dropped (including before the call).
+    pub async fn wait_for_dropped_evaluation(&self, flake_ref: &str) {
+        loop {
+            let notified = self.called.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state().dropped.iter().any(|f| f == flake_ref) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Makes builds of `drv` wait in `realise` until [`release`](Self::release) is called.
@@ -268,8 +325,9 @@ impl FakeNix {
 }
 
 impl Nix for FakeNix {
-    /// Reports the scripted jobs as one event (each buildable when it has no dependency and
-    /// is no aggregate), then returns them.
+    /// Reports `Listed` with the number of scripted jobs, then the scripted batches or else
+    /// the jobs as one batch (each buildable when it has no dependency and is no aggregate),
+    /// waits while the evaluation is held, then returns the jobs.
     async fn evaluate_streaming(
         &self,
         req: EvalRequest,
@@ -277,22 +335,43 @@ impl Nix for FakeNix {
     ) -> Result<EvalOutcome> {
         let flake_ref = req.flake_ref.clone();
         self.record(Call::Evaluate(req));
-        let scripted = self.state().evaluations.get(&flake_ref).cloned();
-        match scripted {
+        let mut guard = DropGuard {
+            nix: self.clone(),
+            flake_ref: Some(flake_ref.clone()),
+        };
+        let (scripted, stream, gate) = {
+            let state = self.state();
+            (
+                state.evaluations.get(&flake_ref).cloned(),
+                state.streams.get(&flake_ref).cloned(),
+                state
+                    .evaluation_gates
+                    .get(&flake_ref)
+                    .map(watch::Sender::subscribe),
+            )
+        };
+        let result = match scripted {
             Some(FakeEvaluation::Jobs(jobs)) => {
                 let _ = events.send(EvalEvent::Listed {
                     attributes: jobs.len(),
                 });
-                let streamed = jobs
-                    .iter()
-                    .map(|job| StreamedJob {
-                        buildable: job.result.as_ref().is_ok_and(|d| {
-                            d.deps.is_empty() && d.constituents.is_none() && d.skipped.is_none()
-                        }),
-                        job: job.clone(),
-                    })
-                    .collect();
-                let _ = events.send(EvalEvent::Evaluated(streamed));
+                let batches = stream.unwrap_or_else(|| {
+                    vec![
+                        jobs.iter()
+                            .map(|job| StreamedJob {
+                                buildable: job.result.as_ref().is_ok_and(|d| {
+                                    d.deps.is_empty()
+                                        && d.constituents.is_none()
+                                        && d.skipped.is_none()
+                                }),
+                                job: job.clone(),
+                            })
+                            .collect(),
+                    ]
+                });
+                for batch in batches {
+                    let _ = events.send(EvalEvent::Evaluated(batch));
+                }
                 Ok(EvalOutcome {
                     jobs,
                     duration: Duration::ZERO,
@@ -304,7 +383,13 @@ impl Nix for FakeNix {
             None => Err(Error::FlakeEval {
                 message: format!("FakeNix: no evaluation scripted for {flake_ref}"),
             }),
+        };
+        if let Some(mut gate) = gate {
+            // An error means the gate was dropped: nothing can release it any more.
+            let _ = gate.wait_for(|open| *open).await;
         }
+        guard.flake_ref = None;
+        result
     }
 
     async fn realise(&self, req: BuildRequest, cancel: CancellationToken) -> Result<BuildOutcome> {
@@ -457,6 +542,21 @@ impl Nix for FakeNix {
             .version
             .clone()
             .unwrap_or_else(|| "2.8.0".to_owned()))
+    }
+}
+
+/// Records the evaluation of `flake_ref` as dropped unless it returned (`flake_ref` taken).
+struct DropGuard {
+    nix: FakeNix,
+    flake_ref: Option<String>,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(flake_ref) = self.flake_ref.take() {
+            self.nix.state().dropped.push(flake_ref);
+            self.nix.called.notify_waiters();
+        }
     }
 }
 

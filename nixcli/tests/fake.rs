@@ -258,3 +258,49 @@ async fn build_remote_should_refuse_unscripted_builds_and_return_scripted_outcom
         2
     );
 }
+
+#[tokio::test]
+async fn a_held_evaluation_should_stream_its_batches_and_wait_until_released() {
+    use reconix_nixcli::{EvalEvent, StreamedJob};
+    let nix = FakeNix::new();
+    nix.set_evaluation("f", FakeEvaluation::Jobs(vec![job(), job()]));
+    let first = StreamedJob {
+        job: job(),
+        buildable: true,
+    };
+    nix.set_evaluation_stream("f", vec![vec![first.clone()]]);
+    nix.hold_evaluation("f");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let running = tokio::spawn({
+        let nix = nix.clone();
+        async move { nix.evaluate_streaming(eval_request("f"), tx).await }
+    });
+    assert_eq!(
+        within(rx.recv()).await,
+        Some(EvalEvent::Listed { attributes: 2 })
+    );
+    assert_eq!(
+        within(rx.recv()).await,
+        Some(EvalEvent::Evaluated(vec![first]))
+    );
+    assert!(!running.is_finished());
+    nix.release_evaluation("f");
+    let outcome = within(running).await.unwrap().unwrap();
+    assert_eq!(outcome.jobs.len(), 2);
+    assert!(nix.dropped_evaluations().is_empty());
+}
+
+#[tokio::test]
+async fn a_dropped_evaluation_should_be_recorded() {
+    let nix = FakeNix::new();
+    nix.set_evaluation("f", FakeEvaluation::Jobs(vec![job()]));
+    nix.hold_evaluation("f");
+    let running = tokio::spawn({
+        let nix = nix.clone();
+        async move { nix.evaluate(eval_request("f")).await }
+    });
+    within(nix.wait_for_call(|c| matches!(c, Call::Evaluate(_)))).await;
+    running.abort();
+    within(nix.wait_for_dropped_evaluation("f")).await;
+    assert_eq!(nix.dropped_evaluations(), ["f"]);
+}

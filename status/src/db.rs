@@ -21,6 +21,7 @@ const MIGRATION_LIST: &[M<'static>] = &[
     M::up(include_str!("../migrations/008_skipped.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/009_aggregates.sql")).foreign_key_check(),
     M::up(include_str!("../migrations/010_outcomes.sql")).foreign_key_check(),
+    M::up(include_str!("../migrations/011_streaming.sql")).foreign_key_check(),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_LIST);
@@ -359,6 +360,29 @@ mod tests {
         // The final schema is usable through the normal API.
         let mut db = StatusDb { conn };
         db.upsert_repo(&repo_key("gh/a/b")).unwrap();
+    }
+
+    #[test]
+    fn migration_011_should_make_existing_jobs_buildable_and_leave_progress_unknown() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        MIGRATIONS.to_version(&mut conn, 10).unwrap();
+        conn.execute_batch(
+            "INSERT INTO repos (id, forge, name) VALUES (1, 'gh', 'a/b');
+             INSERT INTO evaluations (id, repo_id, ref, rev, flake_ref, state, created_at)
+                 VALUES (1, 1, 'refs/heads/main', 'abc', 'git+file:///x', 'building', 0);
+             INSERT INTO jobs (id, evaluation_id, attr, name, system, drv_path, state, created_at)
+                 VALUES (1, 1, 'packages.x86_64-linux.a', 'a', 'x86_64-linux',
+                         '/nix/store/00000000000000000000000000000000-a.drv', 'queued', 0);",
+        )
+        .unwrap();
+        MIGRATIONS.to_version(&mut conn, 11).unwrap();
+        let db = StatusDb { conn };
+        assert_eq!(db.schedulable_jobs().unwrap().len(), 1);
+        assert_eq!(
+            db.evaluation_progress(crate::EvaluationId(1)).unwrap(),
+            None
+        );
     }
 
     #[test]

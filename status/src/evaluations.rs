@@ -264,7 +264,11 @@ pub(crate) fn evaluation_state(
     parse("evaluations", "state", state)
 }
 
-fn unfinished_jobs(tx: &Transaction<'_>, id: EvaluationId, op: &'static str) -> Result<i64> {
+pub(crate) fn unfinished_jobs(
+    tx: &Transaction<'_>,
+    id: EvaluationId,
+    op: &'static str,
+) -> Result<i64> {
     tx.prepare_cached(&format!(
         "SELECT count(*) FROM jobs WHERE evaluation_id = ?1 AND state IN {}",
         JobState::unfinished_sql()

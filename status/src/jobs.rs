@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use reconix_spec::JobMeta;
 use reconix_spec::names::{AttrPath, StorePath, System, Timestamp};
-use rusqlite::{OptionalExtension, Params, params};
+use rusqlite::{OptionalExtension, Params, Transaction, params};
 
 use crate::StatusDb;
 use crate::error::{Error, QueryExt, Result};
-use crate::evaluations::evaluation_state;
+use crate::evaluations::{cancel_jobs, evaluation_state, unfinished_jobs};
 use crate::row::{
     BUILD_COLUMNS, JOB_COLUMNS, features_json, get, meta_json, outputs_json, parse, parse_build,
     parse_features, parse_job, parse_meta, parse_repo_key,
@@ -31,7 +31,14 @@ impl StatusDb {
     /// `evaluating`. Once recorded (or once the evaluation was superseded or failed) a second
     /// call changes nothing and returns false, so re-running an evaluation after a crash can
     /// never reset jobs that were already built. Because the insert is one transaction, a
-    /// crash part-way leaves no jobs behind; should any exist anyway they are replaced.
+    /// crash part-way leaves no jobs behind.
+    ///
+    /// Merging with what was streamed ([`record_streamed_jobs`](Self::record_streamed_jobs)):
+    /// a job already recorded for the same attribute keeps its id, and keeps its state once
+    /// building or ended (its build may already run or be done); a `queued` one takes the new
+    /// values. Dependencies and constituents are replaced by the final, complete ones; a
+    /// recorded job the result lacks is deleted; every job becomes buildable. The next state
+    /// follows the jobs as stored: `finished` when every one has ended already.
     ///
     /// # Errors
     /// Returns [`Error::NotFound`] for an unknown evaluation; [`Error::Invalid`] when two jobs
@@ -73,24 +80,7 @@ impl StatusDb {
     ) -> Result<bool> {
         const OP: &str = "record_evaluation_result";
         let invalid = |reason: String| Error::Invalid { op: OP, reason };
-        let mut index: HashMap<&AttrPath, usize> = HashMap::with_capacity(jobs.len());
-        for (i, job) in jobs.iter().enumerate() {
-            if index.insert(&job.attr, i).is_some() {
-                return Err(invalid(format!("duplicate job attribute `{}`", job.attr)));
-            }
-            match (job.state, &job.drv_path) {
-                (JobState::Queued | JobState::Skipped, Some(_)) | (JobState::EvalFailed, _) => {}
-                (JobState::Queued | JobState::Skipped, None) => {
-                    return Err(invalid(format!("queued job `{}` has no drv", job.attr)));
-                }
-                (state, _) => {
-                    return Err(invalid(format!(
-                        "job `{}` is {state}; new jobs are queued, skipped or eval-failed",
-                        job.attr
-                    )));
-                }
-            }
-        }
+        let index = index_new_jobs(jobs, OP)?;
         let mut dep_edges = Vec::new();
         // (aggregate, position, constituent job or derivation)
         let mut constituents: Vec<(usize, usize, Result<usize, &StorePath>)> = Vec::new();
@@ -136,37 +126,35 @@ impl StatusDb {
         if !matches!(state, EvaluationState::Queued | EvaluationState::Evaluating) {
             return Ok(false);
         }
-        tx.execute("DELETE FROM jobs WHERE evaluation_id = ?1", [id.0])
-            .op(OP)?;
+        // Jobs streamed while the evaluation ran (or left by an earlier run of it) keep their
+        // ids and, once building or ended, their states; their edges are replaced below by
+        // the final, complete ones.
+        let existing = jobs_by_attr(&tx, id, OP)?;
+        let this_evaluation = "SELECT id FROM jobs WHERE evaluation_id = ?1";
+        tx.execute(
+            &format!("DELETE FROM job_deps WHERE job_id IN ({this_evaluation})"),
+            [id.0],
+        )
+        .op(OP)?;
+        tx.execute(
+            &format!("DELETE FROM job_constituents WHERE job_id IN ({this_evaluation})"),
+            [id.0],
+        )
+        .op(OP)?;
+        {
+            // A streamed job the final result lacks (Nix should never do that) is dropped.
+            let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1").op(OP)?;
+            for (attr, (job, _)) in &existing {
+                if !index.keys().any(|a| a.as_str() == attr) {
+                    delete.execute([job]).op(OP)?;
+                }
+            }
+        }
         let mut ids = Vec::with_capacity(jobs.len());
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO jobs (evaluation_id, attr, name, system, drv_path, outputs, \
-                     state, error, created_at, finished_at, required_features, aggregate, meta) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )
-                .op(OP)?;
             for job in jobs {
-                let finished_at = job.state.is_terminal().then_some(now.0);
-                insert
-                    .execute(params![
-                        id.0,
-                        job.attr.as_str(),
-                        job.name,
-                        job.system.as_ref().map(System::as_str),
-                        job.drv_path.as_ref().map(StorePath::as_str),
-                        outputs_json(OP, &job.outputs)?,
-                        job.state.as_str(),
-                        job.error,
-                        now.0,
-                        finished_at,
-                        features_json(&job.required_features),
-                        job.constituents.is_some(),
-                        meta_json(&job.meta),
-                    ])
-                    .op(OP)?;
-                ids.push(tx.last_insert_rowid());
+                let old = existing.get(job.attr.as_str()).copied();
+                ids.push(write_job(&tx, id, job, true, old, now, OP)?);
             }
             let mut insert_dep = tx
                 .prepare_cached(
@@ -197,22 +185,25 @@ impl StatusDb {
                     .op(OP)?;
             }
         }
+        // The states as stored: a streamed job may already have been built.
         let next = if failure.is_some() {
+            cancel_jobs(&tx, id, now, OP)?;
             EvaluationState::Failed
-        } else if jobs.iter().any(|j| !j.state.is_terminal()) {
+        } else if unfinished_jobs(&tx, id, OP)? > 0 {
             EvaluationState::Building
         } else {
             EvaluationState::Finished
         };
         tx.execute(
             "UPDATE evaluations SET state = ?2, started_at = coalesce(started_at, ?3), \
-             finished_at = ?4, error = coalesce(?5, error) WHERE id = ?1",
+             finished_at = ?4, error = coalesce(?5, error), evaluated = ?6 WHERE id = ?1",
             params![
                 id.0,
                 next.as_str(),
                 now.0,
                 next.is_terminal().then_some(now.0),
-                failure
+                failure,
+                i64::try_from(jobs.len()).unwrap_or(i64::MAX)
             ],
         )
         .op(OP)?;
@@ -390,7 +381,8 @@ impl StatusDb {
         Ok(true)
     }
 
-    /// Returns every `queued` or `building` job of the evaluations in state `building`, with
+    /// Returns every `queued` or `building` job of the evaluations in state `building`, and
+    /// the buildable ones of evaluations still `evaluating` or that timed out, with
     /// its dependencies' states and the build of its drv, ordered by evaluation then job id
     /// (oldest first).
     ///
@@ -398,8 +390,12 @@ impl StatusDb {
     /// Returns [`Error::Query`] when SQLite fails and [`Error::Corrupt`] for a malformed row.
     pub fn schedulable_jobs(&self) -> Result<Vec<SchedJob>> {
         const OP: &str = "schedulable_jobs";
+        // While an evaluation runs only the jobs recorded buildable may be built; after it
+        // timed out (`failed` with unfinished jobs left: every other way to fail cancels
+        // them) its buildable jobs still may.
         let live = format!(
-            "e.state = 'building' AND j.state IN {}",
+            "(e.state = 'building' OR (e.state IN ('evaluating', 'failed') AND j.buildable)) \
+             AND j.state IN {}",
             JobState::unfinished_sql()
         );
         let tx = self.read(OP)?;
@@ -512,6 +508,148 @@ impl StatusDb {
             paths.push(parse("jobs", "outputs", get(row, 0, OP)?)?);
         }
         Ok(paths)
+    }
+}
+
+/// Returns the position of each of `jobs` by attribute, after checking that no two share one
+/// and that each is `queued` or `skipped` with a drv, or `eval-failed`.
+pub(crate) fn index_new_jobs<'a>(
+    jobs: impl IntoIterator<Item = &'a NewJob>,
+    op: &'static str,
+) -> Result<HashMap<&'a AttrPath, usize>> {
+    let invalid = |reason: String| Error::Invalid { op, reason };
+    let mut index: HashMap<&AttrPath, usize> = HashMap::new();
+    for (i, job) in jobs.into_iter().enumerate() {
+        if index.insert(&job.attr, i).is_some() {
+            return Err(invalid(format!("duplicate job attribute `{}`", job.attr)));
+        }
+        match (job.state, &job.drv_path) {
+            (JobState::Queued | JobState::Skipped, Some(_)) | (JobState::EvalFailed, _) => {}
+            (JobState::Queued | JobState::Skipped, None) => {
+                return Err(invalid(format!("queued job `{}` has no drv", job.attr)));
+            }
+            (state, _) => {
+                return Err(invalid(format!(
+                    "job `{}` is {state}; new jobs are queued, skipped or eval-failed",
+                    job.attr
+                )));
+            }
+        }
+    }
+    Ok(index)
+}
+
+/// Returns the jobs of evaluation `id` by attribute: their ids and states.
+fn jobs_by_attr(
+    tx: &Transaction<'_>,
+    id: EvaluationId,
+    op: &'static str,
+) -> Result<HashMap<String, (i64, JobState)>> {
+    let mut stmt = tx
+        .prepare_cached("SELECT attr, id, state FROM jobs WHERE evaluation_id = ?1")
+        .op(op)?;
+    let mut rows = stmt.query([id.0]).op(op)?;
+    let mut jobs = HashMap::new();
+    while let Some(row) = rows.next().op(op)? {
+        let state: JobState = parse("jobs", "state", get(row, 2, op)?)?;
+        jobs.insert(get(row, 0, op)?, (get(row, 1, op)?, state));
+    }
+    Ok(jobs)
+}
+
+/// Returns the id and state of the job of evaluation `id` at `attr`, if there is one.
+pub(crate) fn job_by_attr(
+    tx: &Transaction<'_>,
+    id: EvaluationId,
+    attr: &AttrPath,
+    op: &'static str,
+) -> Result<Option<(i64, JobState)>> {
+    let found: Option<(i64, String)> = tx
+        .prepare_cached("SELECT id, state FROM jobs WHERE evaluation_id = ?1 AND attr = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![id.0, attr.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .op(op)?;
+    found
+        .map(|(job, state)| Ok((job, parse("jobs", "state", state)?)))
+        .transpose()
+}
+
+/// Writes `job` of evaluation `id` and returns its row id: a new row, or the `existing` one
+/// (id and state) of the same attribute. An existing job still `queued` takes the new values;
+/// one that is building or has ended keeps its row (so a build already running or done for a
+/// streamed job is never reset), and only its `buildable` flag is updated.
+pub(crate) fn write_job(
+    tx: &Transaction<'_>,
+    id: EvaluationId,
+    job: &NewJob,
+    buildable: bool,
+    existing: Option<(i64, JobState)>,
+    now: Timestamp,
+    op: &'static str,
+) -> Result<i64> {
+    let finished_at = job.state.is_terminal().then_some(now.0);
+    let outputs = outputs_json(op, &job.outputs)?;
+    match existing {
+        Some((row, JobState::Queued)) => {
+            tx.prepare_cached(
+                "UPDATE jobs SET name = ?2, system = ?3, drv_path = ?4, outputs = ?5, \
+                 state = ?6, error = ?7, finished_at = ?8, required_features = ?9, \
+                 aggregate = ?10, meta = ?11, buildable = ?12 WHERE id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    row,
+                    job.name,
+                    job.system.as_ref().map(System::as_str),
+                    job.drv_path.as_ref().map(StorePath::as_str),
+                    outputs,
+                    job.state.as_str(),
+                    job.error,
+                    finished_at,
+                    features_json(&job.required_features),
+                    job.constituents.is_some(),
+                    meta_json(&job.meta),
+                    buildable,
+                ])
+            })
+            .op(op)?;
+            Ok(row)
+        }
+        Some((row, _)) => {
+            tx.prepare_cached("UPDATE jobs SET buildable = ?2 WHERE id = ?1")
+                .and_then(|mut stmt| stmt.execute(params![row, buildable]))
+                .op(op)?;
+            Ok(row)
+        }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO jobs (evaluation_id, attr, name, system, drv_path, outputs, \
+                 state, error, created_at, finished_at, required_features, aggregate, meta, \
+                 buildable) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    id.0,
+                    job.attr.as_str(),
+                    job.name,
+                    job.system.as_ref().map(System::as_str),
+                    job.drv_path.as_ref().map(StorePath::as_str),
+                    outputs,
+                    job.state.as_str(),
+                    job.error,
+                    now.0,
+                    finished_at,
+                    features_json(&job.required_features),
+                    job.constituents.is_some(),
+                    meta_json(&job.meta),
+                    buildable,
+                ])
+            })
+            .op(op)?;
+            Ok(tx.last_insert_rowid())
+        }
     }
 }
 

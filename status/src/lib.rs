@@ -28,6 +28,7 @@ mod pull_requests;
 mod repos;
 mod retention;
 mod row;
+mod streaming;
 mod types;
 pub mod views;
 
@@ -53,5 +54,5 @@ pub use retention::RetentionEval;
 pub use types::{
     Build, BuildId, BuildProduct, BuildState, BuiltOutputs, Constituent, Evaluation, EvaluationId,
     EvaluationState, FAILED_WITH_OUTPUT, GcRoot, Job, JobId, JobState, LoopHealth, NewConstituent,
-    NewJob, ParseStateError, RefHead, Repo, RepoId, SchedDep, SchedJob,
+    NewJob, NewStreamedJob, ParseStateError, RefHead, Repo, RepoId, SchedDep, SchedJob,
 };

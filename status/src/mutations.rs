@@ -184,8 +184,8 @@ impl StatusDb {
     /// `building`; its commit statuses then say cancelled), `failed` when it was still `queued`
     /// or `evaluating`, since the schema has no cancelled evaluation state and a `finished`
     /// evaluation without jobs would be reported as a success. Running builds that no live
-    /// job needs any more are then stopped by the `builds` loop; a running `nix eval` finishes
-    /// and its result is discarded, as for a superseded evaluation.
+    /// job needs any more are then stopped by the `builds` loop; a running evaluation is stopped
+    /// by the `evaluations` loop (its evaluator processes killed), as a superseded one is.
     ///
     /// # Errors
     /// Returns [`Error::NotFound`] for an unknown evaluation, [`Error::Invalid`] when it has

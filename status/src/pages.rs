@@ -160,6 +160,8 @@ pub struct PageJob {
 pub struct EvaluationJobsPage {
     /// The evaluation.
     pub evaluation: Evaluation,
+    /// How far it got, once its attributes were listed.
+    pub progress: Option<crate::views::EvaluationProgress>,
     /// The number of jobs per group over the whole evaluation; empty groups are absent.
     pub groups: BTreeMap<JobGroup, u64>,
     /// The number of jobs of the evaluation.
@@ -299,6 +301,7 @@ impl StatusDb {
             });
         }
         Ok(Some(EvaluationJobsPage {
+            progress: self.evaluation_progress(evaluation.id)?,
             evaluation,
             groups,
             total,

@@ -374,6 +374,16 @@ pub struct NewJob {
     pub meta: JobMeta,
 }
 
+/// A job recorded while its evaluation still runs
+/// ([`StatusDb::record_streamed_jobs`](crate::StatusDb::record_streamed_jobs)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStreamedJob {
+    /// The job as known so far: its `deps` name jobs recorded before it or in the same batch.
+    pub job: NewJob,
+    /// Whether it may be built before the evaluation ends (see the `buildable` column).
+    pub buildable: bool,
+}
+
 /// One realisation of a drv, shared by every job with that drv.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Build {
@@ -486,7 +496,7 @@ impl SchedDep {
 pub struct SchedJob {
     /// The job.
     pub id: JobId,
-    /// Its evaluation (in state `building`).
+    /// Its evaluation (`building`, or `evaluating` or timed out when the job is buildable).
     pub evaluation_id: EvaluationId,
     /// The repository of its evaluation.
     pub repo: RepoKey,

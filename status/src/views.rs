@@ -37,6 +37,37 @@ pub struct EvaluationSummary {
     pub finished_at: Option<Timestamp>,
     /// The number of jobs per state; states without jobs are absent.
     pub job_counts: BTreeMap<JobState, u64>,
+    /// How far the evaluation got, once its attributes were listed (absent for evaluations
+    /// recorded before evaluations were streamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<EvaluationProgress>,
+}
+
+/// How far an evaluation got: `evaluated` of `attributes` (while it runs, "evaluating: N of M
+/// attributes"). `evaluated` counts the jobs recorded, which can exceed `attributes` when a
+/// listed part of the tree fails as a whole and becomes several jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluationProgress {
+    /// The attributes evaluated (jobs recorded) so far.
+    pub evaluated: u64,
+    /// The attributes listed to evaluate.
+    pub attributes: u64,
+}
+
+impl EvaluationProgress {
+    /// Returns the progress stored in an evaluation's `attributes` and `evaluated` columns:
+    /// `None` until its attributes are listed.
+    pub(crate) fn from_columns(attributes: Option<i64>, evaluated: i64) -> Option<Self> {
+        attributes.map(|attributes| Self {
+            attributes: u64::try_from(attributes).unwrap_or(0),
+            evaluated: u64::try_from(evaluated).unwrap_or(0),
+        })
+    }
+
+    /// Returns the evaluated attributes as a percentage of those listed, at most 100.
+    pub fn percent(&self) -> u64 {
+        (self.evaluated.saturating_mul(100) / self.attributes.max(1)).min(100)
+    }
 }
 
 /// One evaluation with all its jobs.
@@ -210,7 +241,8 @@ impl StatusDb {
             .conn
             .prepare_cached(&format!(
                 "SELECT e.id, r.forge, r.name, e.ref, e.rev, e.state, e.created_at, \
-                 e.started_at, e.finished_at FROM evaluations e JOIN repos r ON r.id = e.repo_id \
+                 e.started_at, e.finished_at, e.attributes, e.evaluated \
+                 FROM evaluations e JOIN repos r ON r.id = e.repo_id \
                  {selection}"
             ))
             .op(op)?;
@@ -228,6 +260,7 @@ impl StatusDb {
                 started_at: get::<Option<i64>>(row, 7, op)?.map(Timestamp),
                 finished_at: get::<Option<i64>>(row, 8, op)?.map(Timestamp),
                 job_counts: counts.remove(&id).unwrap_or_default(),
+                progress: EvaluationProgress::from_columns(get(row, 9, op)?, get(row, 10, op)?),
             });
         }
         Ok(list)
@@ -264,6 +297,7 @@ impl StatusDb {
                 started_at: eval.started_at,
                 finished_at: eval.finished_at,
                 job_counts,
+                progress: self.evaluation_progress(id)?,
             },
             flake_ref: eval.flake_ref,
             error: eval.error,

@@ -140,6 +140,9 @@ pub(crate) fn evaluations_table(list: &Value) -> String {
     let mut list = list.clone();
     for e in list.as_array_mut().into_iter().flatten() {
         e["jobs"] = Value::String(job_counts(e));
+        if let Some(progress) = progress(e) {
+            e["state"] = Value::String(progress);
+        }
         short_rev(e);
     }
     render(&rows(
@@ -152,6 +155,17 @@ pub(crate) fn evaluations_table(list: &Value) -> String {
             ("STATE", "state"),
             ("JOBS", "jobs"),
         ],
+    ))
+}
+
+/// Returns "evaluating: N of M attributes" for an evaluation still evaluating whose attributes
+/// are listed (the API's `progress`), as its status page says.
+fn progress(e: &Value) -> Option<String> {
+    let p = e.get("progress").filter(|_| e["state"] == "evaluating")?;
+    Some(format!(
+        "evaluating: {} of {} attributes",
+        p["evaluated"].as_u64()?,
+        p["attributes"].as_u64()?
     ))
 }
 

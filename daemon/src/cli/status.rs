@@ -138,6 +138,20 @@ mod tests {
     }
 
     #[test]
+    fn table_should_show_the_progress_of_a_running_evaluation() {
+        let body = json!({"loops": [], "job_counts": {}, "evaluations": [
+            {"id": 2, "repo": "here/demo", "ref": "refs/heads/main", "rev": "abc",
+             "state": "evaluating", "job_counts": {"queued": 12},
+             "progress": {"evaluated": 12, "attributes": 20}},
+            {"id": 1, "repo": "here/demo", "ref": "refs/heads/main", "rev": "def",
+             "state": "superseded", "job_counts": {},
+             "progress": {"evaluated": 3, "attributes": 20}}]});
+        let t = super::table(&body);
+        assert!(t.contains("evaluating: 12 of 20 attributes"), "{t}");
+        assert!(!t.contains("3 of 20"), "{t}");
+    }
+
+    #[test]
     fn table_should_put_a_full_state_directory_first() {
         let body = json!({"loops": [], "evaluations": [], "job_counts": {},
             "storage_full_at": 1_700_000_000_000_i64});

@@ -111,6 +111,8 @@ struct EvaluationPage {
     created: String,
     took: String,
     live: bool,
+    /// While evaluating with its attributes listed: evaluated, listed, percent.
+    progress: Option<(u64, u64, u64)>,
     total: u64,
     groups: Vec<GroupCount>,
     sections: Vec<Section>,
@@ -191,6 +193,10 @@ fn build(data: &EvaluationJobsPage, page: u64, now: Timestamp) -> Option<Evaluat
         created: time(Some(e.created_at)),
         took: duration(e.started_at, e.finished_at, now),
         live: !e.state.is_terminal(),
+        progress: data
+            .progress
+            .filter(|_| e.state == reconix_status::EvaluationState::Evaluating)
+            .map(|p| (p.evaluated, p.attributes, p.percent())),
         total: data.total,
         groups,
         sections,

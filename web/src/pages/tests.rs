@@ -723,3 +723,45 @@ async fn aggregate_job_page_and_api_should_list_the_constituents_with_their_stat
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(json.get("constituents").is_none(), "{json}");
 }
+
+#[tokio::test]
+async fn a_running_evaluation_should_show_its_progress_on_the_page_and_in_the_api() {
+    let mut db = StatusDb::open_memory().unwrap();
+    let repo = db.upsert_repo(&RepoKey::parse("gh/o/r").unwrap()).unwrap();
+    let (id, _) = db
+        .insert_evaluation(
+            repo,
+            "refs/heads/main",
+            &"e".repeat(40),
+            "git+https://x/r",
+            T,
+        )
+        .unwrap();
+    db.set_evaluation_state(id, reconix_status::EvaluationState::Evaluating, None, T)
+        .unwrap();
+    db.record_evaluation_listed(id, 20).unwrap();
+    let streamed: Vec<reconix_status::NewStreamedJob> = (0..12)
+        .map(|i| reconix_status::NewStreamedJob {
+            job: job(i, &pkg(&format!("p{i}")), &[]),
+            buildable: true,
+        })
+        .collect();
+    db.record_streamed_jobs(id, &streamed, T).unwrap();
+    let st = AppState::new(Status::new(db));
+
+    let (code, body) = get(&st, &format!("/evaluations/{id}")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("evaluating: 12 of 20 attributes"), "{body}");
+    assert!(
+        body.contains("<progress max=\"20\" value=\"12\">60%</progress>"),
+        "{body}"
+    );
+    let (code, body) = get(&st, &format!("/api/v1/evaluations/{id}")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["progress"],
+        serde_json::json!({"evaluated": 12, "attributes": 20})
+    );
+    assert_eq!(v["jobs"].as_array().map(Vec::len), Some(12));
+}

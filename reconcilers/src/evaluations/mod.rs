@@ -10,20 +10,35 @@
 //! and supersede an unfinished evaluation whose branch or pull request moved on or vanished
 //! (cancel-on-push).
 //!
-//! `StartEvaluation` both creates the row (idempotent on repo, ref and rev) and runs the
-//! evaluation, so a daemon killed mid-evaluation simply evaluates again on restart: the row is
-//! still `queued` or `evaluating`, which this plan treats as "not done".
+//! `StartEvaluation` creates the row (idempotent on repo, ref and rev), moves it to
+//! `evaluating` and starts the evaluation as a task of its own ([`run`]), tracked in the
+//! loop's [`RunningEvaluations`] with a cancellation token, and returns: the loop is free
+//! again at once, so a new push is planned while the old head still evaluates. The task
+//! records what Nix streams (how many attributes are listed, the jobs as they are evaluated,
+//! buildable ones waking the builds loop), then the final result; it ends the evaluation
+//! `failed` when the timeout (`evaluation.timeout`, a repository's `eval-timeout`) passes.
+//!
+//! Supersede kills at once: `Supersede` (and `StopEvaluation`, for a running evaluation whose
+//! row ended otherwise, e.g. cancelled through the API) cancel the task's token; the task then
+//! returns from its next await, which drops the evaluation future and with it every evaluator
+//! process. Observe reports which evaluations run in this process, so the plan neither starts
+//! a running one again nor leaves a stopped one unfinished. A daemon killed mid-evaluation
+//! evaluates again on restart: the row is still `queued` or `evaluating` with no task, which
+//! this plan treats as "not done"; jobs it had streamed keep their ids. When the loop itself
+//! goes away (shutdown), its running evaluations are stopped the same way.
+//!
+//! An evaluation that already reached `building` is superseded only once its successor on the
+//! same ref has been evaluated (or the ref vanished): until then no job of the successor is
+//! known, and superseding would make the builds loop cancel builds both commits share.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use reconix_nixcli::{Constituent, EvalOutcome, EvalRequest, Nix};
-use reconix_spec::{AttrPath, RepoKey, Spec, Timestamp};
-use reconix_status::{
-    EvaluationId, EvaluationState, JobState, NewConstituent, NewJob, PullRequestRow,
-};
+use reconix_nixcli::EvalRequest;
+use reconix_spec::{RepoKey, Spec, Timestamp};
+use reconix_status::{EvaluationId, EvaluationState, PullRequestRow};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::context::{Ctx, Ports};
 use crate::git::{self, Head};
@@ -32,14 +47,45 @@ use crate::runtime::{Action, Plan, Reconciler};
 use crate::trust::Trust;
 use crate::{Error, Result};
 
-/// The `evaluations` reconciler.
-#[derive(Debug, Default)]
-pub struct Evaluations<P>(std::marker::PhantomData<fn() -> P>);
+mod record;
+mod run;
+
+pub use record::no_jobs_message;
+pub use run::{RunningEvaluations, WRITE_INTERVAL};
+
+/// The `evaluations` reconciler, with the evaluations it runs.
+#[derive(Debug)]
+pub struct Evaluations<P> {
+    running: RunningEvaluations,
+    ports: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<P> Default for Evaluations<P> {
+    fn default() -> Self {
+        Self {
+            running: RunningEvaluations::default(),
+            ports: std::marker::PhantomData,
+        }
+    }
+}
 
 impl<P> Evaluations<P> {
     /// Creates the reconciler.
     pub fn new() -> Self {
-        Self(std::marker::PhantomData)
+        Self::default()
+    }
+
+    /// Returns the evaluations this reconciler runs (tests watch them).
+    pub fn running(&self) -> &RunningEvaluations {
+        &self.running
+    }
+}
+
+impl<P> Drop for Evaluations<P> {
+    /// Stops the running evaluations: the loop is gone (shutdown), and a row left
+    /// `evaluating` is evaluated again at the next start.
+    fn drop(&mut self) {
+        self.running.stop_all();
     }
 }
 
@@ -71,6 +117,8 @@ pub struct ObservedEvaluation {
     pub rev: String,
     /// Its state.
     pub state: EvaluationState,
+    /// Whether this process is running it (its task is alive).
+    pub running: bool,
 }
 
 /// One step of the `evaluations` loop.
@@ -88,12 +136,19 @@ pub enum Step {
         /// For hosted forges: fetch the ref from this URL into the mirror first.
         fetch_url: Option<String>,
     },
-    /// Marks an unfinished evaluation superseded and cancels its unfinished jobs.
+    /// Marks an unfinished evaluation superseded, cancels its unfinished jobs and stops it
+    /// if it runs.
     Supersede {
         /// The evaluation that lost its branch head.
         evaluation: EvaluationId,
         /// The newer evaluation's commit on the same ref, if the ref still exists.
         by_rev: Option<String>,
+    },
+    /// Stops a running evaluation whose row has ended by other means (cancelled through the
+    /// API): its evaluator processes are killed.
+    StopEvaluation {
+        /// The evaluation.
+        evaluation: EvaluationId,
     },
 }
 
@@ -167,14 +222,15 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
     // old jobs, and the builds loop then cancels every running build no live job needs. Were the
     // old evaluation superseded first, a build both commits share would be cancelled and redone.
     let mut steps = Vec::new();
+    let evaluating = |e: &ObservedEvaluation| {
+        matches!(
+            e.state,
+            EvaluationState::Queued | EvaluationState::Evaluating
+        )
+    };
     for head in &all_heads {
         let done = observed.evaluations.iter().any(|e| {
-            e.git_ref == head.git_ref
-                && e.rev == head.rev
-                && !matches!(
-                    e.state,
-                    EvaluationState::Queued | EvaluationState::Evaluating
-                )
+            e.git_ref == head.git_ref && e.rev == head.rev && (e.running || !evaluating(e))
         });
         if !done {
             steps.push(Step::StartEvaluation {
@@ -192,11 +248,27 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
     {
         match heads.get(e.git_ref.as_str()) {
             Some(head) if *head == e.rev => {}
+            // Its jobs keep building until the successor's jobs are known (module docs).
+            Some(head)
+                if e.state == EvaluationState::Building
+                    && !observed
+                        .evaluations
+                        .iter()
+                        .any(|n| n.git_ref == e.git_ref && n.rev == *head && !evaluating(n)) => {}
             head => steps.push(Step::Supersede {
                 evaluation: e.id,
                 by_rev: head.map(|h| (*h).to_owned()),
             }),
         }
+    }
+    for e in observed.evaluations.iter().filter(|e| {
+        e.running
+            && matches!(
+                e.state,
+                EvaluationState::Failed | EvaluationState::Superseded
+            )
+    }) {
+        steps.push(Step::StopEvaluation { evaluation: e.id });
     }
     Plan {
         steps,
@@ -252,6 +324,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                 None => Ok(Vec::new()),
             })
             .await?;
+        let running = self.running.ids();
         Ok(Observed {
             in_spec: repo_cfg.is_some(),
             path,
@@ -265,6 +338,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                     git_ref: e.ref_name,
                     rev: e.rev,
                     state: e.state,
+                    running: running.contains(&e.id),
                 })
                 .collect(),
         })
@@ -303,6 +377,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                         }
                     })
                     .await?;
+                self.running.stop(evaluation);
                 info!(repo = %key, evaluation = %evaluation, "evaluation superseded");
                 cx.wakers.builds();
                 cx.wakers.statuses(key.clone());
@@ -317,7 +392,12 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                 if let Some(url) = fetch_url {
                     fetch(key, &url, &git_ref, &rev, cx).await?;
                 }
-                start_evaluation(key, git_ref, rev, flake_ref, cx).await
+                start_evaluation(key, git_ref, rev, flake_ref, &self.running, cx).await
+            }
+            Step::StopEvaluation { evaluation } => {
+                self.running.stop(evaluation);
+                info!(repo = %key, evaluation = %evaluation, "evaluation stopped");
+                Ok(())
             }
         }
     }
@@ -392,11 +472,14 @@ async fn fetch<P: Ports>(
     git::fetch_into_mirror(&mirror, url, auth.as_ref(), git_ref, rev).await
 }
 
+/// Creates the evaluation of `rev` (or finds it), moves it to `evaluating` and starts its task
+/// ([`run`]) unless it runs already; returns without waiting for it.
 async fn start_evaluation<P: Ports>(
     key: &RepoKey,
     git_ref: String,
     rev: String,
     flake_ref: String,
+    running: &RunningEvaluations,
     cx: &Ctx<P>,
 ) -> Result<()> {
     let spec = cx.spec();
@@ -422,158 +505,33 @@ async fn start_evaluation<P: Ports>(
             Ok(id)
         })
         .await?;
+    let Some(cancel) = running.start(id) else {
+        // Planned from an observation taken before the task started: it runs already.
+        return Ok(());
+    };
     info!(repo = %key, evaluation = %id, flake = %flake_ref, "evaluating");
     cx.wakers.statuses(key.clone());
-    match cx.ports.nix().evaluate(request).await {
-        Ok(outcome) => {
-            let jobs = new_jobs(&outcome);
-            let (total, failed) = (
-                jobs.len(),
-                jobs.iter()
-                    .filter(|j| j.state == JobState::EvalFailed)
-                    .count(),
-            );
-            let nothing = no_jobs_message(repo_cfg, &jobs, &outcome.flake_outputs);
-            if let Some(message) = &nothing {
-                warn!(repo = %key, evaluation = %id, error = %message, "evaluation found no jobs");
-            }
-            cx.status
-                .call(move |db| match nothing {
-                    Some(message) => {
-                        db.record_evaluation_without_jobs(id, &jobs, &message, Timestamp::now())
-                    }
-                    None => db.record_evaluation_result(id, &jobs, Timestamp::now()),
-                })
-                .await?;
-            info!(
-                repo = %key, evaluation = %id, jobs = total, eval_failed = failed,
-                elapsed_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-                nix_calls = outcome.nix_calls, "evaluation recorded"
-            );
-            cx.wakers.builds();
-            cx.wakers.statuses(key.clone());
-            Ok(())
-        }
-        Err(reconix_nixcli::Error::FlakeEval { message }) => {
-            warn!(repo = %key, evaluation = %id, error = %message, "evaluation failed");
-            cx.status
-                .call(move |db| {
-                    db.set_evaluation_state(
-                        id,
-                        EvaluationState::Failed,
-                        Some(&message),
-                        Timestamp::now(),
-                    )
-                })
-                .await?;
-            cx.wakers.statuses(key.clone());
-            Ok(())
-        }
-        Err(err) => Err(Error::Nix(err)),
-    }
-}
-
-/// Returns why an evaluation that found nothing to build failed, when it did: no job at all,
-/// or only `skipped` ones. The message names where reconix looked, the flake's top-level
-/// outputs and the `attributes` to set, so that a flake written for Hydra (or for another
-/// system) does not look green with 0 jobs.
-pub fn no_jobs_message(
-    repo: &reconix_spec::Repo,
-    jobs: &[NewJob],
-    flake_outputs: &[String],
-) -> Option<String> {
-    if jobs.iter().any(|j| j.state != JobState::Skipped) {
-        return None;
-    }
-    let looked: Vec<&str> = repo.attributes.iter().map(AttrPath::as_str).collect();
-    let systems: Vec<&str> = repo.systems.iter().map(|s| s.as_str()).collect();
-    let mut message = format!(
-        "no jobs under {} for {}",
-        looked.join(", "),
-        systems.join(", ")
-    );
-    if !jobs.is_empty() {
-        message.push_str(&format!(
-            " ({} skipped: built for other systems; add them to `systems`)",
-            jobs.len()
-        ));
-    }
-    let outputs: Vec<&str> = flake_outputs.iter().map(String::as_str).collect();
-    if !outputs.is_empty() {
-        message.push_str(&format!("; this flake has: {}", outputs.join(", ")));
-    }
-    // Outputs that usually hold jobs and that `attributes` does not name yet.
-    let suggest: Vec<&str> = [
-        "hydraJobs",
-        "checks",
-        "packages",
-        "devShells",
-        "nixosConfigurations",
-        "herculesCI",
-        "legacyPackages",
-    ]
-    .into_iter()
-    .filter(|o| outputs.contains(o) && !looked.contains(o))
-    .collect();
-    match suggest.as_slice() {
-        [] if jobs.is_empty() => {
-            message.push_str(" — set `attributes` to the flake output paths that hold the jobs");
-        }
-        [] => {}
-        _ => message.push_str(&format!(" — set `attributes: [{}]`", suggest.join(", "))),
-    }
-    Some(message)
-}
-
-/// Converts Nix's evaluation result into rows for the status database.
-fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
-    outcome
-        .jobs
-        .iter()
-        .map(|j| match &j.result {
-            Ok(drv) => NewJob {
-                attr: j.attr.clone(),
-                name: j.name.clone(),
-                system: j.system.clone(),
-                drv_path: Some(drv.drv_path.clone()),
-                outputs: drv.outputs.clone(),
-                deps: drv.deps.clone(),
-                required_features: drv.required_features.clone(),
-                state: if drv.skipped.is_some() {
-                    JobState::Skipped
-                } else {
-                    JobState::Queued
-                },
-                error: drv.skipped.clone(),
-                constituents: drv.constituents.as_ref().map(|list| {
-                    list.iter()
-                        .map(|c| match c {
-                            Constituent::Job(attr) => NewConstituent::Job(attr.clone()),
-                            Constituent::Derivation(drv) => NewConstituent::Derivation(drv.clone()),
-                        })
-                        .collect()
-                }),
-                meta: drv.meta.clone(),
-            },
-            Err(message) => NewJob {
-                attr: j.attr.clone(),
-                name: j.name.clone(),
-                system: j.system.clone(),
-                drv_path: None,
-                outputs: BTreeMap::new(),
-                deps: Vec::<AttrPath>::new(),
-                required_features: Vec::new(),
-                state: JobState::EvalFailed,
-                error: Some(message.clone()),
-                constituents: None,
-                meta: reconix_spec::JobMeta::default(),
-            },
-        })
-        .collect()
+    let task = run::Run {
+        id,
+        key: key.clone(),
+        request,
+        repo: repo_cfg.clone(),
+        timeout: repo_cfg.eval_timeout_or(spec.evaluation.timeout),
+        nix: cx.ports.nix().clone(),
+        status: cx.status.clone(),
+        wakers: cx.wakers.clone(),
+        running: running.clone(),
+        cancel,
+    };
+    cx.tasks.spawn(task.run());
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use reconix_spec::AttrPath;
+    use reconix_status::{JobState, NewJob};
+
     use super::*;
 
     fn spec() -> Spec {
@@ -601,6 +559,7 @@ mod tests {
             git_ref: "refs/heads/main".to_owned(),
             rev: rev.to_owned(),
             state,
+            running: false,
         }
     }
 
@@ -664,9 +623,50 @@ mod tests {
 
     #[test]
     fn moved_head_should_evaluate_the_new_head_before_superseding_the_old_one() {
+        // The old evaluation keeps building while the new head is evaluated…
         let o = observed(
             vec![head("bbb")],
             vec![eval(1, "aaa", EvaluationState::Building)],
+        );
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert!(matches!(&p.steps[..], [Step::StartEvaluation { rev, .. }] if rev == "bbb"));
+        let o = observed(
+            vec![head("bbb")],
+            vec![
+                eval(1, "aaa", EvaluationState::Building),
+                ObservedEvaluation {
+                    running: true,
+                    ..eval(2, "bbb", EvaluationState::Evaluating)
+                },
+            ],
+        );
+        assert!(plan(&key(), &spec(), &o, Timestamp(0)).steps.is_empty());
+        // …and is superseded once the new one's jobs are known.
+        let o = observed(
+            vec![head("bbb")],
+            vec![
+                eval(1, "aaa", EvaluationState::Building),
+                eval(2, "bbb", EvaluationState::Building),
+            ],
+        );
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert_eq!(
+            p.steps,
+            vec![Step::Supersede {
+                evaluation: EvaluationId(1),
+                by_rev: Some("bbb".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn a_moved_head_should_supersede_a_running_evaluation_at_once() {
+        let o = observed(
+            vec![head("bbb")],
+            vec![ObservedEvaluation {
+                running: true,
+                ..eval(1, "aaa", EvaluationState::Evaluating)
+            }],
         );
         let p = plan(&key(), &spec(), &o, Timestamp(0));
         assert!(matches!(&p.steps[0], Step::StartEvaluation { rev, .. } if rev == "bbb"));
@@ -677,6 +677,38 @@ mod tests {
                 by_rev: Some("bbb".into())
             }
         );
+    }
+
+    #[test]
+    fn a_running_evaluation_should_not_be_started_again() {
+        let o = observed(
+            vec![head("aaa")],
+            vec![ObservedEvaluation {
+                running: true,
+                ..eval(1, "aaa", EvaluationState::Evaluating)
+            }],
+        );
+        assert!(plan(&key(), &spec(), &o, Timestamp(0)).steps.is_empty());
+    }
+
+    #[test]
+    fn a_running_evaluation_whose_row_ended_should_be_stopped() {
+        for state in [EvaluationState::Failed, EvaluationState::Superseded] {
+            let o = observed(
+                vec![head("aaa")],
+                vec![ObservedEvaluation {
+                    running: true,
+                    ..eval(1, "aaa", state)
+                }],
+            );
+            assert_eq!(
+                plan(&key(), &spec(), &o, Timestamp(0)).steps,
+                [Step::StopEvaluation {
+                    evaluation: EvaluationId(1)
+                }],
+                "{state:?}"
+            );
+        }
     }
 
     #[test]
@@ -790,7 +822,7 @@ mod tests {
                 Step::StartEvaluation { git_ref, rev, .. } => {
                     Some((git_ref.as_str(), rev.as_str()))
                 }
-                Step::Supersede { .. } => None,
+                Step::Supersede { .. } | Step::StopEvaluation { .. } => None,
             })
             .collect()
     }

@@ -1,0 +1,323 @@
+//! Evaluations streamed into builds, under the real runtime with `FakeNix` and a real git
+//! repository: jobs recorded while the evaluation runs, buildable ones built before it ends,
+//! the timeout, and a new push stopping the running evaluation. Waits poll the status
+//! database with a deadline; the fake holds evaluations to observe them mid-way.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reconix_nixcli::{EvalJob, FakeEvaluation, FakeNix, JobDrv, StreamedJob};
+use reconix_reconcilers::builds::Builds;
+use reconix_reconcilers::evaluations::Evaluations;
+use reconix_reconcilers::runtime::Controller;
+use reconix_reconcilers::{Ctx, LivePorts};
+use reconix_spec::{AttrPath, RepoKey, StorePath, System};
+use reconix_status::{EvaluationId, EvaluationState, JobState, Status, StatusDb};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+type TestCtx = Ctx<LivePorts<FakeNix>>;
+
+fn path(n: u32, name: &str) -> StorePath {
+    StorePath::new(format!("/nix/store/{n:0>32}-{name}")).unwrap()
+}
+
+fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
+    EvalJob {
+        attr: AttrPath::new(format!("packages.x86_64-linux.{attr}")).unwrap(),
+        name: attr.to_owned(),
+        system: Some(System::new("x86_64-linux").unwrap()),
+        result: Ok(JobDrv {
+            drv_path: path(n, &format!("{attr}.drv")),
+            outputs: BTreeMap::from([("out".to_owned(), path(n + 100, attr))]),
+            deps: deps
+                .iter()
+                .map(|d| AttrPath::new(format!("packages.x86_64-linux.{d}")).unwrap())
+                .collect(),
+            required_features: Vec::new(),
+            constituents: None,
+            meta: reconix_spec::JobMeta::default(),
+            skipped: None,
+        }),
+    }
+}
+
+fn streamed(job: &EvalJob, buildable: bool) -> StreamedJob {
+    StreamedJob {
+        job: job.clone(),
+        buildable,
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+struct World {
+    _tmp: tempfile::TempDir,
+    repo: PathBuf,
+    nix: FakeNix,
+    ctx: Arc<TestCtx>,
+    stop: CancellationToken,
+    run: Option<JoinHandle<((), ())>>,
+}
+
+impl World {
+    /// A local repository with one commit, and the evaluations and builds loops running
+    /// (`extra` is added to the spec).
+    fn start(extra: &str, script: impl FnOnce(&FakeNix, &str)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        let nix = FakeNix::new();
+        let w0 = Self::commit_in(&repo, "one");
+        script(&nix, &w0);
+        let yaml = format!(
+            "state-dir: {}\n{extra}forges:\n  here:\n    kind: local\n    poll-interval: 1h\n    repos:\n      demo:\n        path: {}\n        branches: [main]\nbuilders:\n  local:\n    max-jobs: 2\n",
+            tmp.path().join("state").display(),
+            repo.display()
+        );
+        let spec = Arc::new(reconix_spec::parse(&yaml, Path::new("/t/spec.yaml")).unwrap());
+        let (tx, rx) = tokio::sync::watch::channel(spec);
+        std::mem::forget(tx); // the spec never changes in these tests
+        let status = Status::new(StatusDb::open_memory().unwrap());
+        let ctx = Arc::new(Ctx::new(LivePorts::new(nix.clone()), status, rx.clone()));
+        let controller = |r| Controller::new(Arc::new(r), Arc::clone(&ctx), rx.clone());
+        let (e, b) = (controller(Evaluations::new()), {
+            Controller::new(Arc::new(Builds::new()), Arc::clone(&ctx), rx.clone())
+        });
+        let (bh, eh) = (b.handle(), e.handle());
+        let gcroots = Controller::new(
+            Arc::new(reconix_reconcilers::gcroots::GcRoots::new()),
+            Arc::clone(&ctx),
+            rx.clone(),
+        );
+        ctx.wakers.set(bh, gcroots.handle(), eh);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn({
+            let stop = stop.clone();
+            async move { tokio::join!(e.run(stop.clone()), b.run(stop)) }
+        });
+        Self {
+            _tmp: tmp,
+            repo,
+            nix,
+            ctx,
+            stop,
+            run: Some(run),
+        }
+    }
+
+    fn commit_in(repo: &Path, content: &str) -> String {
+        std::fs::write(
+            repo.join("flake.nix"),
+            format!("{{ outputs = _: {{ }}; }} # {content}"),
+        )
+        .unwrap();
+        git(repo, &["add", "."]);
+        git(repo, &["commit", "-qm", content]);
+        let rev = git(repo, &["rev-parse", "HEAD"]);
+        format!(
+            "git+file://{}?ref=refs/heads/main&rev={rev}",
+            repo.display()
+        )
+    }
+
+    /// Polls `f` against the database every 10 ms for up to 10 s.
+    async fn until<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut StatusDb) -> reconix_status::Result<Option<T>> + Send + Sync + Clone + 'static,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            if let Some(v) = self.ctx.status.call(f.clone()).await.unwrap() {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(run) = self.run.take() {
+            tokio::time::timeout(Duration::from_secs(10), run)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+fn in_state(
+    id: i64,
+    state: EvaluationState,
+) -> impl Fn(&mut StatusDb) -> reconix_status::Result<Option<()>> + Send + Sync + Clone + 'static {
+    move |db| {
+        Ok(db
+            .evaluation(EvaluationId(id))?
+            .filter(|e| e.state == state)
+            .map(drop))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buildable_streamed_job_should_be_built_before_the_evaluation_ends_and_keep_its_id() {
+    let (lib, app) = (job("lib", 1, &[]), job("app", 2, &["lib"]));
+    let w = World::start("", |nix, flake| {
+        nix.set_evaluation(flake, FakeEvaluation::Jobs(vec![lib.clone(), app.clone()]));
+        nix.set_evaluation_stream(
+            flake,
+            vec![vec![streamed(&lib, true), streamed(&app, false)]],
+        );
+        nix.hold_evaluation(flake);
+    });
+    // `lib` is built and succeeds while the evaluation is still held mid-way.
+    let jobs = w
+        .until("lib built while evaluating", |db| {
+            let e = db.evaluation(EvaluationId(1))?;
+            let jobs = db.jobs_of_evaluation(EvaluationId(1))?;
+            Ok((e.is_some_and(|e| e.state == EvaluationState::Evaluating)
+                && jobs
+                    .iter()
+                    .any(|j| j.name == "lib" && j.state == JobState::Succeeded))
+            .then_some(jobs))
+        })
+        .await;
+    assert_eq!(jobs.len(), 2, "both jobs are visible while evaluating");
+    let progress = w
+        .ctx
+        .status
+        .call(|db| db.evaluation_progress(EvaluationId(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((progress.evaluated, progress.attributes), (2, 2));
+    assert_eq!(
+        w.nix.realised(),
+        [path(1, "lib.drv")],
+        "app is not built yet"
+    );
+
+    let flake = w.nix.calls().iter().find_map(|c| match c {
+        reconix_nixcli::Call::Evaluate(r) => Some(r.flake_ref.clone()),
+        _ => None,
+    });
+    w.nix.release_evaluation(&flake.unwrap());
+    w.until("finished", in_state(1, EvaluationState::Finished))
+        .await;
+    let after = w
+        .ctx
+        .status
+        .call(|db| db.jobs_of_evaluation(EvaluationId(1)))
+        .await
+        .unwrap();
+    assert_eq!(after[0].id, jobs[0].id);
+    assert_eq!(after[0].state, JobState::Succeeded);
+    assert_eq!(after[1].state, JobState::Succeeded);
+    assert_eq!(w.nix.realised(), [path(1, "lib.drv"), path(2, "app.drv")]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_evaluation_should_fail_with_how_far_it_got_and_keep_its_jobs() {
+    let (a, b) = (job("a", 1, &[]), job("b", 2, &[]));
+    let mut flake_ref = String::new();
+    let w = World::start("evaluation:\n  timeout: 1s\n", |nix, flake| {
+        nix.set_evaluation(flake, FakeEvaluation::Jobs(vec![a.clone(), b.clone()]));
+        nix.set_evaluation_stream(flake, vec![vec![streamed(&a, true)]]);
+        nix.hold_evaluation(flake);
+        flake_ref = flake.to_owned();
+    });
+    w.until("timed out", in_state(1, EvaluationState::Failed))
+        .await;
+    w.nix.wait_for_dropped_evaluation(&flake_ref).await;
+    let e = w
+        .ctx
+        .status
+        .call(|db| db.evaluation(EvaluationId(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        e.error.as_deref(),
+        Some(
+            "evaluation timed out after 1s: 1 of 2 attributes evaluated \
+             (evaluation.timeout / eval-timeout)"
+        )
+    );
+    // The job found before the timeout stays, and is built.
+    w.until("a built", |db| {
+        let jobs = db.jobs_of_evaluation(EvaluationId(1))?;
+        Ok((jobs.len() == 1 && jobs[0].state == JobState::Succeeded).then_some(()))
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_push_should_stop_the_running_evaluation_and_evaluate_the_new_head() {
+    let mut first = String::new();
+    let w = World::start("", |nix, flake| {
+        nix.set_evaluation(flake, FakeEvaluation::Jobs(vec![job("a", 1, &[])]));
+        // Nothing streamed: the old evaluation is stopped before any of its jobs is known.
+        nix.set_evaluation_stream(flake, Vec::new());
+        nix.hold_evaluation(flake);
+        first = flake.to_owned();
+    });
+    w.until("evaluating", in_state(1, EvaluationState::Evaluating))
+        .await;
+    let second = World::commit_in(&w.repo, "two");
+    w.nix
+        .set_evaluation(&second, FakeEvaluation::Jobs(vec![job("b", 2, &[])]));
+    // What a push does: wake the loop (the poll interval is an hour).
+    w.ctx
+        .wakers
+        .evaluations(RepoKey::parse("here/demo").unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        w.nix.wait_for_dropped_evaluation(&first),
+    )
+    .await
+    .expect("the superseded evaluation is stopped within a second");
+    w.until("superseded", in_state(1, EvaluationState::Superseded))
+        .await;
+    w.until(
+        "the new head finished",
+        in_state(2, EvaluationState::Finished),
+    )
+    .await;
+    let e = w
+        .ctx
+        .status
+        .call(|db| db.evaluation(EvaluationId(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.superseded_by, Some(EvaluationId(2)));
+    assert_eq!(w.nix.realised(), [path(2, "b.drv")]);
+    w.stop().await;
+}
