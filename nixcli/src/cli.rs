@@ -24,6 +24,7 @@ use crate::port::{
 use crate::process::{command_line, os_args};
 use crate::roots;
 use crate::serve::{BuildSettings, RemoteBuildOutcome, ServeClient};
+use crate::workers::EvalPool;
 use crate::{Error, Result};
 
 /// Runs the real Nix programs (written against Nix 2.8; see `nix-lab.md`).
@@ -36,6 +37,8 @@ pub struct NixCli {
     pub(crate) config: Arc<Config>,
     build_mode: BuildMode,
     pub(crate) pool: Arc<BuildPool>,
+    /// The evaluator workers and their memory budget, shared by every evaluation.
+    eval_pool: Arc<EvalPool>,
 }
 
 impl Default for NixCli {
@@ -52,6 +55,7 @@ impl NixCli {
             config: Arc::new(Config::default()),
             build_mode: BuildMode::default(),
             pool: Arc::default(),
+            eval_pool: Arc::new(EvalPool::new(2, 2 << 30)),
         }
     }
 
@@ -64,6 +68,7 @@ impl NixCli {
             config: Arc::new(config),
             build_mode: self.build_mode,
             pool: Arc::default(),
+            eval_pool: self.eval_pool,
         }
     }
 
@@ -101,15 +106,15 @@ impl NixCli {
     /// together (`evaluation.workers`, `evaluation.max-memory`).
     #[must_use]
     pub fn with_eval_workers(self, workers: usize, max_memory: u64) -> Self {
-        self.with_config(|c| {
-            c.eval_parallelism = workers.max(1);
-            c.eval_pool = Arc::new(crate::workers::EvalPool::new(workers, max_memory));
-        })
+        Self {
+            eval_pool: Arc::new(EvalPool::new(workers, max_memory)),
+            ..self.with_config(|c| c.eval_parallelism = workers.max(1))
+        }
     }
 
     /// Returns the evaluator pool (its budget, and the peak memory its workers used).
-    pub fn eval_pool(&self) -> &crate::workers::EvalPool {
-        &self.config.eval_pool
+    pub fn eval_pool(&self) -> &EvalPool {
+        &self.eval_pool
     }
 
     /// Returns a runner that passes `--option max-jobs N` to each build (`None`: use
@@ -181,7 +186,7 @@ impl Nix for NixCli {
         req: EvalRequest,
         events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
     ) -> Result<EvalOutcome> {
-        crate::eval::evaluate(&self.config, req, events).await
+        crate::eval::evaluate(&self.config, &self.eval_pool, req, events).await
     }
 
     async fn realise(&self, req: BuildRequest, cancel: CancellationToken) -> Result<BuildOutcome> {

@@ -23,8 +23,6 @@ pub(crate) struct Config {
     pub(crate) nix_store: PathBuf,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) eval_parallelism: usize,
-    /// The evaluator workers and their memory budget, shared by every evaluation.
-    pub(crate) eval_pool: std::sync::Arc<crate::workers::EvalPool>,
     pub(crate) max_jobs: Option<u32>,
     pub(crate) kill_grace: Duration,
     pub(crate) store: Option<OsString>,
@@ -39,7 +37,6 @@ impl Default for Config {
             nix_store: PathBuf::from("nix-store"),
             env: Vec::new(),
             eval_parallelism: 2,
-            eval_pool: std::sync::Arc::new(crate::workers::EvalPool::new(2, 2 << 30)),
             max_jobs: Some(1),
             kill_grace: Duration::from_secs(5),
             store: None,

@@ -42,6 +42,7 @@ use crate::parse::eval::{AttrNames, RawDrv, parse_names};
 use crate::port::{EvalEvent, EvalJob, EvalOutcome, EvalRequest, JobDrv};
 use crate::process::{Finished, os_args};
 use crate::stream::{Slot, Streamer, Target, run_workers, skip_reason};
+use crate::workers::EvalPool;
 use crate::{Error, Result};
 
 const NAMES_NIX: &str = include_str!("expr/names.nix");
@@ -182,6 +183,7 @@ impl Target {
 /// Runs the whole evaluation (see the module docs).
 pub(crate) async fn evaluate(
     cli: &Arc<Config>,
+    pool: &Arc<EvalPool>,
     req: EvalRequest,
     events: tokio::sync::mpsc::UnboundedSender<EvalEvent>,
 ) -> Result<EvalOutcome> {
@@ -200,7 +202,9 @@ pub(crate) async fn evaluate(
             // jobs.nix, which lists the same units again, sees the same list.
             calls += 1;
             let args = units_args(&req.flake_ref, &all_units, &ok);
-            let finished = cli.run(&cli.nix, &eval_args(&names_expr(&args), ifd)).await?;
+            let finished = cli
+                .run(&cli.nix, &eval_args(&names_expr(&args), ifd))
+                .await?;
             if !finished.success() {
                 return Err(Error::FlakeEval {
                     message: finished.message(),
@@ -241,14 +245,14 @@ pub(crate) async fn evaluate(
         attributes: targets.len(),
     });
     let options = nix_options(req.allow_import_from_derivation);
-    let mut streamer = Streamer::new(events);
+    let mut streamer = Streamer::new(events, req.systems.clone());
     let (mut slots, worker_calls) = run_workers(
         cli,
+        pool,
         &req.flake_ref,
         &options,
         &names,
         &targets,
-        &req.systems,
         &mut streamer,
     )
     .await?;
@@ -337,7 +341,9 @@ pub(crate) async fn evaluate(
     let mut flake_outputs = Vec::new();
     if jobs.is_empty() {
         calls += 1;
-        let finished = cli.run(&cli.nix, &eval_args(&outputs_expr(&base), ifd)).await?;
+        let finished = cli
+            .run(&cli.nix, &eval_args(&outputs_expr(&base), ifd))
+            .await?;
         if finished.success() {
             flake_outputs = serde_json::from_str(&finished.stdout).map_err(|e| Error::Output {
                 command: finished.command.clone(),
@@ -423,7 +429,8 @@ async fn list(
                         units.push(child);
                         queue.push_back(chunk(units, vec![units.len() - 1]));
                     } else {
-                        let args = eval_args(&children_expr(&units_args(flake_ref, units, &[i])), ifd);
+                        let args =
+                            eval_args(&children_expr(&units_args(flake_ref, units, &[i])), ifd);
                         queue.push_back((ListKey::Children(i, finished.message()), args));
                     }
                 } else {

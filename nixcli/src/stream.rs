@@ -29,7 +29,7 @@ use crate::deps::read_derivation;
 use crate::parse::eval::{AttrNames, RawDrv, RawJob};
 use crate::port::{EvalEvent, EvalJob, JobDrv, StreamedJob};
 use crate::process::os_args;
-use crate::workers::{Chunk, Ended, WorkerEnd};
+use crate::workers::{Chunk, Ended, EvalPool, WorkerEnd};
 use crate::{Error, Result};
 
 /// The most attributes one worker is given at once: small enough that several evaluations
@@ -95,14 +95,13 @@ pub(crate) fn slot(raw: RawJob) -> Slot {
 /// of worker processes run.
 pub(crate) async fn run_workers(
     cli: &Arc<Config>,
+    pool: &Arc<EvalPool>,
     flake_ref: &str,
     options: &[(&'static str, &'static str)],
     names: &[AttrNames],
     targets: &[Target],
-    systems: &[System],
     streamer: &mut Streamer,
 ) -> Result<(BTreeMap<usize, Slot>, u32)> {
-    let pool = cli.eval_pool.clone();
     let by_index: HashMap<usize, &Target> = targets.iter().map(|t| (t.index, t)).collect();
     let mut pending: VecDeque<usize> = targets.iter().map(|t| t.index).collect();
     let mut suspects: VecDeque<usize> = VecDeque::new();
@@ -222,11 +221,11 @@ pub(crate) async fn run_workers(
                 }
             }
             _ = flush.tick() => {
-                streamer.flush(cli, &by_index, &slots, systems).await?;
+                streamer.flush(cli, &by_index, &slots).await?;
             }
         }
     }
-    streamer.flush(cli, &by_index, &slots, systems).await?;
+    streamer.flush(cli, &by_index, &slots).await?;
     Ok((slots, calls))
 }
 
@@ -238,6 +237,8 @@ fn bytes(n: u64) -> String {
 /// Reports evaluated jobs while the evaluation runs (see the module docs).
 pub(crate) struct Streamer {
     events: UnboundedSender<EvalEvent>,
+    /// The systems asked for (jobs of a walked tree for others are skipped).
+    systems: Vec<System>,
     /// Arrived, not reported yet.
     arrived: Vec<usize>,
     /// Reported jobs' derivations → their attributes.
@@ -252,9 +253,10 @@ pub(crate) struct Streamer {
 }
 
 impl Streamer {
-    pub(crate) fn new(events: UnboundedSender<EvalEvent>) -> Self {
+    pub(crate) fn new(events: UnboundedSender<EvalEvent>, systems: Vec<System>) -> Self {
         Self {
             events,
+            systems,
             arrived: Vec::new(),
             job_drvs: HashMap::new(),
             drvs: HashMap::new(),
@@ -275,7 +277,6 @@ impl Streamer {
         cli: &Config,
         targets: &HashMap<usize, &Target>,
         slots: &BTreeMap<usize, Slot>,
-        systems: &[System],
     ) -> Result<()> {
         if self.arrived.is_empty() || self.events.is_closed() {
             self.arrived.clear();
@@ -293,7 +294,7 @@ impl Streamer {
                     let system = System::new(drv.system.as_str()).ok();
                     let skipped = system
                         .as_ref()
-                        .and_then(|s| skip_reason(target.walked, s, systems));
+                        .and_then(|s| skip_reason(target.walked, s, &self.systems));
                     if skipped.is_none() {
                         self.job_drvs
                             .entry(drv.drv_path.clone())

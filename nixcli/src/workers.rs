@@ -688,8 +688,11 @@ mod tests {
             };
             let (small, small_kill) = pool.admit(&chunk).await;
             let (big, big_kill) = pool.admit(&chunk).await;
-            pool.sample(small, 600);
-            pool.sample(big, 900);
+            // 900 + 1000 fits the budget of 2 × 1000; 900 + 1200 does not.
+            pool.sample(small, 900);
+            pool.sample(big, 1000);
+            assert!(!big_kill.is_cancelled());
+            pool.sample(big, 1200);
             assert!(big_kill.is_cancelled());
             assert!(!small_kill.is_cancelled());
             assert_eq!(pool.leave(big, false), Some(KillReason::OverBudget));

@@ -66,7 +66,7 @@ const DEADLINE: Duration = Duration::from_secs(900);
 const USAGE: &str = "\
 usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3]
                      [--only eval|evalscale|evalmem|build|intake|remote|pages|spec] [--json PATH]
-                     [--idle-wait 120] [--scale-attrs 20000]
+                     [--idle-wait 120] [--scale-attrs 20000] [--ingest-attrs 50000]
                      [--deliveries 20000] [--concurrency 16] [--remote-builds 50] [--closure-mib 256]
                      [--page-jobs 10000] [--page-requests 30] [--spec-timeout 120] [--spec-mem-mib 4096]
        reconix-bench intake [--deliveries 20000] [--concurrency 16] [--runs 3] [--json PATH]
@@ -80,6 +80,10 @@ Compares reconix with raw Nix on generated flakes (p_i depends on p_(i/10)), fre
   evalscale --scale-attrs attributes of ~1 ms each, evaluation.workers 2: commit seen -> jobs
             recorded, against one bulk `nix eval` and against two `nix eval`s of one half each,
             started together (the raw limit of 2 workers)
+  evalstream  the evalscale flake with building on (max-jobs 2): commit seen -> first job
+            recorded and -> first build started, as fractions of the evaluation
+  evalingest  --ingest-attrs chain packages: daemon peak RSS, last attribute evaluated -> every
+            job recorded, and GET /evaluations/{id} latency at that size
   evalmem   40 attributes of ~400 MB and one of ~4 GiB, workers 2, max-memory 1 GiB: the
             evaluators' summed RSS (sampled every 50 ms) against the budget, the daemon's peak
             RSS, and the jobs (no raw comparison: Nix has no budget)
@@ -113,6 +117,8 @@ likewise, or $RECONIX_AGENT_BIN (without it the default run skips the remote ben
 enum Only {
     Eval,
     EvalScale,
+    EvalStream,
+    EvalIngest,
     EvalMem,
     Build,
     Intake,
@@ -139,6 +145,7 @@ struct Opts {
     spec_timeout: Duration,
     spec_mem_mib: usize,
     scale_attrs: usize,
+    ingest_attrs: usize,
 }
 
 fn parse_list(flag: &str, value: Option<String>) -> Result<Vec<usize>> {
@@ -175,6 +182,7 @@ impl Opts {
             spec_timeout: Duration::from_secs(120),
             spec_mem_mib: 4096,
             scale_attrs: 20_000,
+            ingest_attrs: 50_000,
         };
         let mut args = args.into_iter().peekable();
         match args.peek().map(String::as_str) {
@@ -208,14 +216,16 @@ impl Opts {
                         Some("eval") => Some(Only::Eval),
                         Some("evalscale") => Some(Only::EvalScale),
                         Some("evalmem") => Some(Only::EvalMem),
+                        Some("evalstream") => Some(Only::EvalStream),
+                        Some("evalingest") => Some(Only::EvalIngest),
                         Some("build") => Some(Only::Build),
                         Some("intake") => Some(Only::Intake),
                         Some("remote") => Some(Only::Remote),
                         Some("pages") => Some(Only::Pages),
                         Some("spec") => Some(Only::Spec),
                         other => bail!(
-                            "--only takes `eval`, `evalscale`, `evalmem`, `build`, `intake`, \
-                             `remote`, `pages` or `spec`, not {other:?}"
+                            "--only takes `eval`, `evalscale`, `evalstream`, `evalingest`, `evalmem`, \
+                             `build`, `intake`, `remote`, `pages` or `spec`, not {other:?}"
                         ),
                     }
                 }
@@ -228,7 +238,7 @@ impl Opts {
                 }
                 "--deliveries" | "--concurrency" | "--remote-builds" | "--closure-mib"
                 | "--page-jobs" | "--page-requests" | "--spec-timeout" | "--spec-mem-mib"
-                | "--scale-attrs" => {
+                | "--scale-attrs" | "--ingest-attrs" => {
                     let n = match parse_list(&flag, value())?.as_slice() {
                         [n] => *n,
                         _ => bail!("{flag} takes one positive number"),
@@ -242,6 +252,7 @@ impl Opts {
                         "--spec-timeout" => opts.spec_timeout = Duration::from_secs(n as u64),
                         "--spec-mem-mib" => opts.spec_mem_mib = n,
                         "--scale-attrs" => opts.scale_attrs = n,
+                        "--ingest-attrs" => opts.ingest_attrs = n,
                         _ => opts.closure_mib = n,
                     }
                 }
@@ -396,6 +407,16 @@ fn run() -> Result<ExitCode> {
         details.push(r.details);
         notes.push(r.note);
         rows.extend(r.rows);
+    }
+    if opts.wants(Only::EvalStream) {
+        let r = scale::streaming(opts.scale_attrs, &opts)?;
+        details.push(r.details);
+        notes.push(r.note);
+    }
+    if opts.wants(Only::EvalIngest) {
+        let r = scale::ingest(opts.ingest_attrs, &opts)?;
+        details.push(r.details);
+        notes.push(r.note);
     }
     if opts.wants(Only::EvalMem) {
         let r = scale::memory(&opts)?;

@@ -5,6 +5,13 @@
 //!   ([`spin_flake`]). reconix with `evaluation.workers: 2`, commit seen → jobs recorded,
 //!   against (a) one bulk `nix eval` and (b) the raw limit of this machine: two `nix eval`
 //!   processes each evaluating one half ([`HALF_EXPR`]), started together. Target ≤ 1.15× (b).
+//! - `evalstream N`: the same flake with building on: from commit seen to the first job
+//!   recorded and to the first build started, as fractions of the whole evaluation (target
+//!   ≤ 10%).
+//! - `evalingest N`: a chain flake of N attributes (p_i needs p_(i/10)): the daemon's peak RSS,
+//!   the time from the last attribute evaluated (progress complete, polled) to every job
+//!   recorded, and the latency of `/evaluations/{id}` at that size (targets < 150 MB, ≤ 1 s,
+//!   p50 < 100 ms).
 //! - `evalmem`: 40 attributes of about 400 MB each plus one of about 4 GiB, with `workers: 2,
 //!   max-memory: 1 GiB`: the evaluators' resident memory summed (sampled every 50 ms from
 //!   `/proc`), the daemon's peak RSS, and whether all 40 became jobs and the fat one the memory
@@ -248,6 +255,153 @@ pub(crate) fn throughput(n: usize, opts: &Opts) -> Result<Outcome> {
             median(&server) / 1000.0,
             median(&bulk) / 1000.0,
             median(&halves) / 1000.0
+        ),
+    })
+}
+
+/// Polls the evaluation summaries (cheap at any size) until `done` returns a value for the
+/// one of `rev`.
+fn poll_summary<T>(
+    d: &TestDaemon,
+    rev: &str,
+    mut done: impl FnMut(&Value) -> Option<T>,
+) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        let list = d.get_json("/api/v1/evaluations?limit=5")?;
+        if let Some(e) = list
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["rev"] == rev))
+        {
+            ensure!(e["state"] != "failed", "the evaluation failed: {e}");
+            if let Some(v) = done(e) {
+                return Ok(v);
+            }
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(1800),
+            "timed out waiting on the evaluation of {rev}"
+        );
+        sleep(API_POLL);
+    }
+}
+
+/// `evalstream n`: see the module docs.
+pub(crate) fn streaming(n: usize, opts: &Opts) -> Result<Outcome> {
+    progress!("evalstream {n}: daemon with evaluation.workers 2 and max-jobs 2");
+    let mut ours = Repo::new()?;
+    let spec = format!(
+        "{}evaluation:\n  workers: 2\n",
+        flakes::daemon_spec(ours.repo.path(), FORGE_POLL, 2)
+    );
+    let d = TestDaemon::start(&DaemonConfig { spec })?;
+    let rev = ours.commit(|s| spin_flake(10, s))?;
+    poll_evaluation(&d, &rev, |s| s == "finished")?;
+    settle(opts.idle_wait);
+    let (mut first_job, mut first_build, mut whole) = (vec![], vec![], vec![]);
+    for run in 0..opts.runs {
+        let rev = ours.commit(|s| spin_flake(n, s))?;
+        let job_seen = poll_summary(&d, &rev, |e| {
+            (e["progress"]["evaluated"].as_u64().unwrap_or(0) > 0
+                || e["state"] != "evaluating" && e["state"] != "queued")
+                .then(Instant::now)
+        })?;
+        let build_seen = poll_summary(&d, &rev, |e| {
+            let started = ["building", "succeeded", "failed"]
+                .iter()
+                .any(|s| e["job_counts"][*s].as_u64().unwrap_or(0) > 0);
+            started.then(Instant::now)
+        })?;
+        let (summary, _) = poll_evaluation(&d, &rev, |s| s != "queued" && s != "evaluating")?;
+        let id = summary["id"].as_i64().context("evaluation id")?;
+        let (recorded, _) = recorded_line(&d, id)?;
+        let created = timestamp_ms(&summary, "created_at")?;
+        // Instants to the epoch through one common moment.
+        let (now, now_epoch) = (Instant::now(), crate::epoch_ms());
+        let epoch = |t: Instant| now_epoch - ms(now.duration_since(t));
+        let total = recorded - created;
+        first_job.push(epoch(job_seen) - created);
+        first_build.push(epoch(build_seen) - created);
+        whole.push(total);
+        progress!(
+            "evalstream {n} run {}: first job {:.2} s, first build {:.2} s, evaluation {:.2} s",
+            run + 1,
+            first_job[run] / 1000.0,
+            first_build[run] / 1000.0,
+            total / 1000.0
+        );
+        poll_evaluation(&d, &rev, |s| s == "finished")?;
+        settle(opts.idle_wait);
+    }
+    let frac = |v: &[f64]| median(v) / median(&whole);
+    Ok(Outcome {
+        rows: Vec::new(),
+        command: "reconix only (raw Nix reports nothing before it ends)".to_owned(),
+        details: json!({
+            "benchmark": "evalstream", "packages": n, "first_job_ms": first_job,
+            "first_build_ms": first_build, "evaluation_ms": whole,
+        }),
+        note: format!(
+            "evalstream {n}: first job recorded after {:.2} s = {:.1}% of the evaluation ({:.2} s), first build started after {:.2} s = {:.1}% (target ≤ 10%; commit seen → polled every {} ms)",
+            median(&first_job) / 1000.0,
+            100.0 * frac(&first_job),
+            median(&whole) / 1000.0,
+            median(&first_build) / 1000.0,
+            100.0 * frac(&first_build),
+            API_POLL.as_millis()
+        ),
+    })
+}
+
+/// `evalingest n`: see the module docs.
+pub(crate) fn ingest(n: usize, opts: &Opts) -> Result<Outcome> {
+    progress!("evalingest {n}: daemon with evaluation.workers 2, building off");
+    let mut ours = Repo::new()?;
+    let d = daemon(&ours, "  workers: 2\n")?;
+    let pid = d.pid().context("the daemon has no pid")?;
+    settle(opts.idle_wait);
+    let rev = ours.commit(|s| flakes::chain_flake(n, s))?;
+    let evaluated = poll_summary(&d, &rev, |e| {
+        let p = &e["progress"];
+        let all = p["attributes"]
+            .as_u64()
+            .is_some_and(|m| m > 0 && p["evaluated"] == p["attributes"]);
+        (all || e["state"] != "evaluating" && e["state"] != "queued").then(crate::epoch_ms)
+    })?;
+    let (summary, _) = poll_evaluation(&d, &rev, |s| s != "queued" && s != "evaluating")?;
+    let id = summary["id"].as_i64().context("evaluation id")?;
+    let (recorded, _) = recorded_line(&d, id)?;
+    ensure!(
+        job_count(&summary, None) == n as u64,
+        "evaluation {id} recorded the wrong jobs: {summary}"
+    );
+    let tail_ms = (recorded - evaluated).max(0.0);
+    let mut latencies = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        d.get_text(&format!("/evaluations/{id}"))?;
+        latencies.push(ms(t.elapsed()));
+    }
+    let rss = vm_hwm(pid);
+    progress!(
+        "evalingest {n}: daemon peak RSS {:.0} MiB, last attribute → all recorded {:.0} ms, /evaluations/{id} p50 {:.0} ms",
+        rss as f64 / 1048576.0,
+        tail_ms,
+        median(&latencies)
+    );
+    Ok(Outcome {
+        rows: Vec::new(),
+        command: "reconix only".to_owned(),
+        details: json!({
+            "benchmark": "evalingest", "packages": n, "daemon_peak_rss_bytes": rss,
+            "last_attribute_to_recorded_ms": tail_ms, "page_ms": latencies,
+        }),
+        note: format!(
+            "evalingest {n}: daemon peak RSS {:.0} MiB (target < 150 MB); last attribute evaluated (progress polled every {} ms) → every job recorded {:.0} ms (target ≤ 1 s); `/evaluations/{id}` p50 {:.0} ms over 30 GETs (target < 100 ms)",
+            rss as f64 / 1048576.0,
+            API_POLL.as_millis(),
+            tail_ms,
+            median(&latencies)
         ),
     })
 }
