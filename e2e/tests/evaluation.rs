@@ -141,7 +141,7 @@ fn a_superseded_or_timed_out_evaluation_should_leave_no_evaluator_running() -> R
         forever = mk "forever" "echo ${toString (spin 100000)} > $out";
       };"#;
     let first = repo.commit_flake(&sh_flake(&salt(), SPIN, slow), "slow")?;
-    let d = daemon(&repo, "        eval-timeout: 20s\n")?;
+    let d = daemon(&repo, "        eval-timeout: 30s\n")?;
     d.wait_for("an evaluator working on the first commit", DEADLINE, |d| {
         Ok(!workers_of(d).is_empty()).map(|running| running.then_some(()))
     })?;
@@ -157,7 +157,7 @@ fn a_superseded_or_timed_out_evaluation_should_leave_no_evaluator_running() -> R
     );
     d.wait_evaluation(&second, "finished")?;
 
-    // The repository's eval-timeout (20 s) ends an evaluation that runs longer: failed, with
+    // The repository's eval-timeout (30 s) ends an evaluation that runs longer: failed, with
     // what it had found, and no evaluator left.
     let third = repo.commit_flake(&sh_flake(&salt(), SPIN, slow), "slow again")?;
     let detail = d.wait_for("the evaluation to time out", DEADLINE, |d| {
@@ -168,7 +168,7 @@ fn a_superseded_or_timed_out_evaluation_should_leave_no_evaluator_running() -> R
     })?;
     let error = detail["error"].as_str().unwrap_or_default();
     assert!(
-        error.starts_with("evaluation timed out after 20s:")
+        error.starts_with("evaluation timed out after 30s:")
             && error.contains("of 2 attributes evaluated"),
         "{detail:#}"
     );
