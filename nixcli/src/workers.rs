@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -53,6 +53,13 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// The weight of a new observation in the decayed estimates.
 const DECAY: f64 = 0.2;
+
+/// About how long one chunk should take to evaluate: what an evaluation waits at most for a
+/// busy pool, against the start-up of one more worker (tens of milliseconds).
+const CHUNK_SECONDS: f64 = 3.0;
+
+/// The size of a chunk before the time per attribute is known.
+const FIRST_CHUNK: usize = 100;
 
 /// How much of a worker's stderr (besides results) is kept for its failure message.
 const STDERR_KEPT: usize = 64 * 1024;
@@ -118,6 +125,8 @@ struct PoolState {
     start_rss: Option<f64>,
     /// Decayed estimate of the memory one attribute adds.
     growth: Option<f64>,
+    /// Decayed estimate of the evaluation time of one attribute, in seconds.
+    seconds_per_attribute: Option<f64>,
 }
 
 impl PoolState {
@@ -185,17 +194,26 @@ impl EvalPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Returns how many attributes a new chunk should hold at most so that a worker stays
-    /// below `max-memory` by the estimates (at least 1; unbounded before anything is known).
+    /// Returns how many attributes a new chunk should hold at most: about
+    /// [`CHUNK_SECONDS`] of evaluation by the estimate of the time per attribute
+    /// ([`FIRST_CHUNK`] before anything is known), so that an evaluation waiting for a worker
+    /// waits no longer than that; and no more than keeps a worker below `max-memory` by the
+    /// memory estimates. At least 1.
     pub(crate) fn chunk_cap(&self) -> usize {
         let state = self.state();
-        match (state.start_rss, state.growth) {
+        let by_time = match state.seconds_per_attribute {
+            Some(secs) if secs > 0.0 => (CHUNK_SECONDS / secs) as usize,
+            Some(_) => usize::MAX,
+            None => FIRST_CHUNK,
+        };
+        let by_memory = match (state.start_rss, state.growth) {
             (Some(start), Some(growth)) if growth >= 1.0 => {
                 let room = (self.max_memory as f64 - start).max(0.0);
-                ((room / growth) as usize).max(1)
+                (room / growth) as usize
             }
             _ => usize::MAX,
-        }
+        };
+        by_time.min(by_memory).max(1)
     }
 
     /// Returns the estimated memory of a new worker evaluating `attributes` attributes.
@@ -289,6 +307,17 @@ impl EvalPool {
         self.changed.notify_waiters();
     }
 
+    fn learn_time(&self, seconds_per_attribute: f64) {
+        let mut state = self.state();
+        state.seconds_per_attribute = Some(
+            state
+                .seconds_per_attribute
+                .map_or(seconds_per_attribute, |old| {
+                    old + DECAY * (seconds_per_attribute - old)
+                }),
+        );
+    }
+
     fn learn(&self, start: Option<u64>, growth: Option<u64>) {
         let decay = |old: Option<f64>, new: u64| {
             let new = new as f64;
@@ -377,6 +406,7 @@ impl EvalPool {
         // learnt as an average over the worker's life (one attribute's step is lumpy: the
         // garbage collector grows its heap in large steps).
         let mut ready_rss: Option<u64> = None;
+        let mut ready_at = Instant::now();
         let mut reported = 0_u64;
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -403,6 +433,7 @@ impl EvalPool {
                     let rss = pid.and_then(rss_of);
                     if message == "ready" {
                         ready = true;
+                        ready_at = Instant::now();
                         self.learn(rss, None);
                         ready_rss = rss;
                         other.clear();
@@ -416,8 +447,12 @@ impl EvalPool {
                     }
                     other.clear();
                     on_result(result.i, result.r);
+                    reported += 1;
+                    // The time per attribute, learnt every 16 results (and from the first).
+                    if reported % 16 == 1 {
+                        self.learn_time(ready_at.elapsed().as_secs_f64() / reported as f64);
+                    }
                     if let Some(rss) = rss {
-                        reported += 1;
                         // Learnt every 64 results: enough to size chunks.
                         if reported.is_multiple_of(64)
                             && let Some(before) = ready_rss

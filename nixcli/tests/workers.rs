@@ -332,3 +332,38 @@ async fn import_from_derivation_should_be_refused_unless_allowed() {
     let jobs = by_attr(within(nix.evaluate(req)).await.unwrap());
     assert_eq!(jobs[&format!("{P}ifd")].name, "from-ifd");
 }
+
+#[tokio::test]
+async fn evaluations_should_share_the_workers_chunk_by_chunk() {
+    // One worker. `big` has 600 attributes of about 10 ms each: chunks of 100 (before the
+    // time per attribute is known), then of about 3 s. `small`, started while big's first
+    // chunk runs, gets the worker next and ends long before big does.
+    let lite = "builtins.foldl' (a: b: a + b) 0 (builtins.genList (i: i) 100000)";
+    let (_big_dir, big_ref) = flake(&format!(
+        "builtins.listToAttrs (builtins.genList (i: {{ name = \"b${{toString i}}\"; value = mk \"b${{toString i}}\" \"echo ${{toString ({lite} + i)}} > $out\"; }}) 600)"
+    ));
+    let (_small_dir, small_ref) = flake(r#"{ only = mk "only" "echo > $out"; }"#);
+    let nix = NixCli::new().with_eval_workers(1, 2 << 30);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let big = tokio::spawn({
+        let nix = nix.clone();
+        let req = request(&big_ref);
+        async move { nix.evaluate_streaming(req, tx).await }
+    });
+    // Big's first chunk is running once its first job is reported.
+    loop {
+        match within(rx.recv()).await {
+            Some(EvalEvent::Evaluated(_)) => break,
+            Some(EvalEvent::Listed { .. }) => {}
+            None => panic!("big ended before reporting a job"),
+        }
+    }
+    let small = by_attr(within(nix.evaluate(request(&small_ref))).await.unwrap());
+    assert!(small[&format!("{P}only")].result.is_ok());
+    assert!(
+        !big.is_finished(),
+        "the small evaluation waited for the whole big one"
+    );
+    let big = by_attr(within(big).await.unwrap().unwrap());
+    assert_eq!(big.len(), 600);
+}
