@@ -1,8 +1,9 @@
 //! Step 2 of an evaluation (see `crate::eval`): the listed attributes evaluated on the shared
 //! worker pool ([`crate::workers`]), each result reported as soon as it arrives.
 //!
-//! [`run_workers`] splits the attributes into chunks (about `pending / workers` attributes, no
-//! more than the memory estimates allow, at most [`MAX_CHUNK`]), runs up to `workers` of them at
+//! [`run_workers`] splits the attributes into chunks (what is pending shared by the workers this
+//! evaluation does not use yet, no more than about 3 s of evaluation and than the memory
+//! estimates allow (`EvalPool::chunk_cap`), at most [`MAX_CHUNK`]), runs up to `workers` of them at
 //! once, and handles how each worker ended: the attribute a worker died on is failed with its
 //! message, or re-run alone when the worker was killed for memory (or by anyone else); the rest
 //! of its chunk is queued again at the front. An attribute `tryEval` caught is evaluated once
