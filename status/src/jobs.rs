@@ -347,40 +347,71 @@ impl StatusDb {
         error: Option<&str>,
         now: Timestamp,
     ) -> Result<bool> {
-        const OP: &str = "set_job_state";
-        let tx = self.write(OP)?;
-        let current: String = tx
-            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
-            .and_then(|mut stmt| stmt.query_row([id.0], |r| r.get(0)).optional())
-            .op(OP)?
-            .ok_or_else(|| Error::NotFound {
-                what: "job",
-                key: id.to_string(),
-            })?;
-        let current: JobState = parse("jobs", "state", current)?;
-        if current == state || current.is_terminal() {
-            return Ok(false);
-        }
-        let started_at = (state == JobState::Building).then_some(now.0);
-        let finished_at = state.is_terminal().then_some(now.0);
-        tx.prepare_cached(
-            "UPDATE jobs SET state = ?2, error = ?3, started_at = coalesce(?4, started_at), \
-             finished_at = coalesce(?5, finished_at) WHERE id = ?1",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                id.0,
-                state.as_str(),
-                error,
-                started_at,
-                finished_at
-            ])
-        })
-        .op(OP)?;
-        tx.commit().op(OP)?;
-        Ok(true)
+        Ok(self.set_job_states(&[(id, state, error)], now)? == 1)
     }
 
+    /// Moves each job to its state with its error, as [`set_job_state`](Self::set_job_state)
+    /// does, all in one transaction; returns how many changed.
+    ///
+    /// # Errors
+    /// As [`set_job_state`](Self::set_job_state); on an error nothing changes.
+    pub fn set_job_states(
+        &mut self,
+        changes: &[(JobId, JobState, Option<&str>)],
+        now: Timestamp,
+    ) -> Result<usize> {
+        const OP: &str = "set_job_state";
+        let tx = self.write(OP)?;
+        let mut changed = 0;
+        for &(id, state, error) in changes {
+            changed += usize::from(set_one_job_state(&tx, id, state, error, now)?);
+        }
+        tx.commit().op(OP)?;
+        Ok(changed)
+    }
+}
+
+/// The change of [`StatusDb::set_job_state`] inside `tx`; returns true when the state changed.
+fn set_one_job_state(
+    tx: &rusqlite::Transaction<'_>,
+    id: JobId,
+    state: JobState,
+    error: Option<&str>,
+    now: Timestamp,
+) -> Result<bool> {
+    const OP: &str = "set_job_state";
+    let current: String = tx
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row([id.0], |r| r.get(0)).optional())
+        .op(OP)?
+        .ok_or_else(|| Error::NotFound {
+            what: "job",
+            key: id.to_string(),
+        })?;
+    let current: JobState = parse("jobs", "state", current)?;
+    if current == state || current.is_terminal() {
+        return Ok(false);
+    }
+    let started_at = (state == JobState::Building).then_some(now.0);
+    let finished_at = state.is_terminal().then_some(now.0);
+    tx.prepare_cached(
+        "UPDATE jobs SET state = ?2, error = ?3, started_at = coalesce(?4, started_at), \
+             finished_at = coalesce(?5, finished_at) WHERE id = ?1",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            id.0,
+            state.as_str(),
+            error,
+            started_at,
+            finished_at
+        ])
+    })
+    .op(OP)?;
+    Ok(true)
+}
+
+impl StatusDb {
     /// Returns every `queued` or `building` job of the evaluations in state `building`, and
     /// the buildable ones of evaluations still `evaluating` or that timed out, with
     /// its dependencies' states and the build of its drv, ordered by evaluation then job id
@@ -942,6 +973,48 @@ mod tests {
             matches!(err, Error::NotFound { what: "job", .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn job_states_should_change_together_or_not_at_all() {
+        let mut db = StatusDb::open_memory().unwrap();
+        let id = building_eval(&mut db, "aaa", &[job(1, "a"), job(2, "b"), job(3, "c")]);
+        let ids: Vec<JobId> = db
+            .jobs_of_evaluation(id)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        let failed = Some("dependency a failed");
+        // One unknown job: nothing changes.
+        let err = db
+            .set_job_states(
+                &[
+                    (ids[1], JobState::DependencyFailed, failed),
+                    (JobId(99), JobState::Failed, None),
+                ],
+                at(2),
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+        assert_eq!(db.job(ids[1]).unwrap().unwrap().state, JobState::Queued);
+        // Otherwise all at once; a state set again does not count.
+        let changed = db
+            .set_job_states(
+                &[
+                    (ids[0], JobState::Building, None),
+                    (ids[1], JobState::DependencyFailed, failed),
+                    (ids[2], JobState::DependencyFailed, failed),
+                    (ids[0], JobState::Building, None),
+                ],
+                at(3),
+            )
+            .unwrap();
+        assert_eq!(changed, 3);
+        let b = db.job(ids[1]).unwrap().unwrap();
+        assert_eq!(b.state, JobState::DependencyFailed);
+        assert_eq!(b.error.as_deref(), failed);
+        assert_eq!(b.finished_at, Some(at(3)));
     }
 
     #[test]

@@ -138,11 +138,57 @@ pub enum Step {
         /// The reason, for failures.
         error: Option<String>,
     },
+    /// Several [`Step::SetJobState`]s in one transaction: what [`Builds::coalesce`] makes of
+    /// consecutive ones (a failed dependency can fail thousands of jobs at once).
+    SetJobStates {
+        /// The jobs, their new states and reasons, in order.
+        changes: Vec<JobChange>,
+    },
     /// Marks an evaluation whose jobs are all done as finished.
     FinishEvaluation {
         /// The evaluation.
         evaluation: EvaluationId,
     },
+}
+
+/// One job state change of [`Step::SetJobStates`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobChange {
+    /// The job.
+    pub job: JobId,
+    /// Its new state.
+    pub state: JobState,
+    /// The reason, for failures.
+    pub error: Option<String>,
+}
+
+/// Merges each run of two or more consecutive [`Step::SetJobState`]s into one
+/// [`Step::SetJobStates`], keeping the order of everything else.
+pub(crate) fn coalesce(steps: Vec<Step>) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    let mut run: Vec<JobChange> = Vec::new();
+    let flush = |run: &mut Vec<JobChange>, out: &mut Vec<Step>| match run.len() {
+        0 => {}
+        1 => {
+            if let Some(JobChange { job, state, error }) = run.pop() {
+                out.push(Step::SetJobState { job, state, error });
+            }
+        }
+        _ => out.push(Step::SetJobStates {
+            changes: std::mem::take(run),
+        }),
+    };
+    for step in steps {
+        match step {
+            Step::SetJobState { job, state, error } => run.push(JobChange { job, state, error }),
+            other => {
+                flush(&mut run, &mut out);
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 impl<P: Ports> Reconciler for Builds<P> {
@@ -199,8 +245,31 @@ impl<P: Ports> Reconciler for Builds<P> {
         plan(key, desired, observed, now)
     }
 
+    fn coalesce(steps: Vec<Step>) -> Vec<Step> {
+        coalesce(steps)
+    }
+
     async fn apply(&self, _key: &Placement, step: Step, cx: &Ctx<P>) -> Result<()> {
         match step {
+            Step::SetJobStates { changes } => {
+                let rooted = changes
+                    .iter()
+                    .any(|c| matches!(c.state, JobState::Succeeded | JobState::Failed));
+                cx.status
+                    .call(move |db| {
+                        let changes: Vec<(JobId, JobState, Option<&str>)> = changes
+                            .iter()
+                            .map(|c| (c.job, c.state, c.error.as_deref()))
+                            .collect();
+                        db.set_job_states(&changes, Timestamp::now())
+                    })
+                    .await?;
+                if rooted {
+                    cx.wakers.gcroots();
+                }
+                cx.wakers.all_statuses();
+                Ok(())
+            }
             Step::SetJobState { job, state, error } => {
                 cx.status
                     .call(move |db| {

@@ -700,3 +700,42 @@ fn outputs_that_say_failed_should_make_a_failure_with_output_keeping_products() 
     let plain = built_outputs(reconix_nixcli::OutputsReport::default());
     assert!(!plain.failed && plain.products.is_empty() && plain.release_name.is_none());
 }
+
+#[test]
+fn consecutive_job_state_changes_should_be_applied_as_one_step() {
+    let set = |job: i64, state: JobState| Step::SetJobState {
+        job: JobId(job),
+        state,
+        error: None,
+    };
+    let cancel = Step::Cancel { drv_path: drv(9) };
+    let steps = vec![
+        cancel.clone(),
+        set(1, JobState::DependencyFailed),
+        set(2, JobState::DependencyFailed),
+        set(3, JobState::Failed),
+        cancel.clone(),
+        set(4, JobState::Building),
+    ];
+    let change = |job: i64, state: JobState| JobChange {
+        job: JobId(job),
+        state,
+        error: None,
+    };
+    assert_eq!(
+        coalesce(steps),
+        vec![
+            cancel.clone(),
+            Step::SetJobStates {
+                changes: vec![
+                    change(1, JobState::DependencyFailed),
+                    change(2, JobState::DependencyFailed),
+                    change(3, JobState::Failed),
+                ]
+            },
+            cancel,
+            set(4, JobState::Building),
+        ]
+    );
+    assert_eq!(coalesce(Vec::new()), Vec::new());
+}

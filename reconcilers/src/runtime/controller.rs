@@ -539,6 +539,7 @@ async fn reconcile<R: Reconciler>(
     trace!(?observed, "observed");
     debug!(steps = steps.len(), then = %then, "planned");
     drop(observed);
+    let steps = R::coalesce(steps);
     let planned = steps.len();
     let mut steps_applied = 0;
     for step in steps {

@@ -64,6 +64,14 @@ pub trait Reconciler: Send + Sync + 'static {
         cx: &Self::Context,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Returns `steps` as they are applied: a loop may merge steps that are far cheaper applied
+    /// together (thousands of job state changes in one transaction, with one wake of the loops
+    /// that follow them, instead of one each). `plan` and `reconix plan` show them unmerged.
+    /// Pure; by default the steps unchanged.
+    fn coalesce(steps: Vec<Self::Step>) -> Vec<Self::Step> {
+        steps
+    }
+
     /// Returns when to retry after the `failures`-th consecutive failure of a key (pure).
     ///
     /// Defaults to [`error_backoff`] for the error's [`ErrorKind`]: transient failures back
