@@ -5,61 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reconix_nixcli::{BuildOutcome, BuildStatus, Call, EvalJob, FakeEvaluation, FakeNix, JobDrv};
+use reconix_nixcli::{BuildOutcome, BuildStatus, Call, EvalJob, FakeEvaluation, FakeNix};
 use reconix_reconcilers::builds::{Builds, Placement, Step as BuildStep};
 use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::gcroots::GcRoots;
 use reconix_reconcilers::runtime::{Controller, Reconciler};
 use reconix_reconcilers::{Ctx, LivePorts};
-use reconix_spec::{AttrPath, BuilderName, Spec, StorePath, System};
+use reconix_spec::{BuilderName, Spec};
 use reconix_status::{EvaluationState, JobState, Status, StatusDb};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{git, job, path};
+
 type TestCtx = Ctx<LivePorts<FakeNix>>;
-
-fn path(n: u32, name: &str) -> StorePath {
-    StorePath::new(format!("/nix/store/{n:0>32}-{name}")).unwrap()
-}
-
-fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
-    EvalJob {
-        attr: AttrPath::new(format!("packages.x86_64-linux.{attr}")).unwrap(),
-        name: attr.to_owned(),
-        system: Some(System::new("x86_64-linux").unwrap()),
-        result: Ok(JobDrv {
-            drv_path: path(n, &format!("{attr}.drv")),
-            outputs: BTreeMap::from([("out".to_owned(), path(n + 100, attr))]),
-            deps: deps
-                .iter()
-                .map(|d| AttrPath::new(format!("packages.x86_64-linux.{d}")).unwrap())
-                .collect(),
-            required_features: Vec::new(),
-            constituents: None,
-            meta: reconix_spec::JobMeta::default(),
-            skipped: None,
-        }),
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 struct World {
     _tmp: tempfile::TempDir,

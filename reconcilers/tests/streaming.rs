@@ -5,69 +5,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reconix_nixcli::{EvalJob, FakeEvaluation, FakeNix, JobDrv, StreamedJob};
+use reconix_nixcli::{EvalJob, FakeEvaluation, FakeNix, StreamedJob};
 use reconix_reconcilers::builds::Builds;
 use reconix_reconcilers::evaluations::Evaluations;
 use reconix_reconcilers::runtime::Controller;
 use reconix_reconcilers::{Ctx, LivePorts};
-use reconix_spec::{AttrPath, RepoKey, StorePath, System};
+use reconix_spec::RepoKey;
 use reconix_status::{EvaluationId, EvaluationState, JobState, Status, StatusDb};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{git, job, path};
+
 type TestCtx = Ctx<LivePorts<FakeNix>>;
-
-fn path(n: u32, name: &str) -> StorePath {
-    StorePath::new(format!("/nix/store/{n:0>32}-{name}")).unwrap()
-}
-
-fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
-    EvalJob {
-        attr: AttrPath::new(format!("packages.x86_64-linux.{attr}")).unwrap(),
-        name: attr.to_owned(),
-        system: Some(System::new("x86_64-linux").unwrap()),
-        result: Ok(JobDrv {
-            drv_path: path(n, &format!("{attr}.drv")),
-            outputs: BTreeMap::from([("out".to_owned(), path(n + 100, attr))]),
-            deps: deps
-                .iter()
-                .map(|d| AttrPath::new(format!("packages.x86_64-linux.{d}")).unwrap())
-                .collect(),
-            required_features: Vec::new(),
-            constituents: None,
-            meta: reconix_spec::JobMeta::default(),
-            skipped: None,
-        }),
-    }
-}
 
 fn streamed(job: &EvalJob, buildable: bool) -> StreamedJob {
     StreamedJob {
         job: job.clone(),
         buildable,
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 struct World {

@@ -30,6 +30,9 @@ use crate::context::Wakers;
 /// The least time between two writes of streamed events of one evaluation.
 pub const WRITE_INTERVAL: Duration = Duration::from_millis(200);
 
+/// The builds loop is woken at most this often while an evaluation streams buildable jobs.
+const BUILDS_WAKE_EVERY: Duration = Duration::from_secs(1);
+
 /// The evaluations this process runs, by id, each with the token that stops it. Cheap to
 /// clone; clones share the set.
 #[derive(Debug, Default, Clone)]
@@ -98,6 +101,12 @@ pub(super) struct Run<N> {
 struct Seen {
     listed: Option<usize>,
     evaluated: HashSet<reconix_spec::AttrPath>,
+    /// When the builds loop was last woken for buildable jobs, and whether buildable jobs
+    /// arrived since: it is woken at most every [`BUILDS_WAKE_EVERY`] (each wake reads every
+    /// unfinished job, so waking it at each write of a large evaluation would cost the
+    /// evaluators the CPU they need).
+    builds_woken: Option<Instant>,
+    builds_pending: bool,
 }
 
 impl<N: Nix> Run<N> {
@@ -146,6 +155,15 @@ impl<N: Nix> Run<N> {
                 }
                 outcome = &mut evaluation => break outcome,
                 () = &mut throttle, if !throttle.is_elapsed() => {}
+                // Buildable jobs held back by the wake limit: wake the builds loop when due,
+                // even if no more events come for a while (a slow attribute).
+                () = tokio::time::sleep_until(
+                    seen.builds_woken.map_or_else(Instant::now, |t| t + BUILDS_WAKE_EVERY)
+                ), if seen.builds_pending => {
+                    seen.builds_pending = false;
+                    seen.builds_woken = Some(Instant::now());
+                    self.wakers.builds();
+                }
                 first = rx.recv(), if events_open && throttle.is_elapsed() => {
                     let Some(first) = first else {
                         events_open = false;
@@ -209,8 +227,19 @@ impl<N: Nix> Run<N> {
             })
             .await;
         match written {
-            Ok(true) if buildable => self.wakers.builds(),
-            Ok(_) => {}
+            Ok(true) => {
+                seen.builds_pending |= buildable;
+                if seen.builds_pending
+                    && seen
+                        .builds_woken
+                        .is_none_or(|t| t.elapsed() >= BUILDS_WAKE_EVERY)
+                {
+                    seen.builds_pending = false;
+                    seen.builds_woken = Some(Instant::now());
+                    self.wakers.builds();
+                }
+            }
+            Ok(false) => {}
             Err(err @ reconix_status::Error::Invalid { .. }) => {
                 warn!(repo = %self.key, evaluation = %id, error = %err, "streamed jobs refused");
             }

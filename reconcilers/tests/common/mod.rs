@@ -1,0 +1,58 @@
+//! Helpers shared by the loop tests: fake store paths, scripted jobs and git.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    reason = "test helpers; not every test file uses each"
+)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use reconix_nixcli::{EvalJob, JobDrv};
+use reconix_spec::{AttrPath, StorePath, System};
+
+/// A store path `/nix/store/<n, 32 digits>-<name>`.
+pub fn path(n: u32, name: &str) -> StorePath {
+    StorePath::new(format!("/nix/store/{n:0>32}-{name}")).unwrap()
+}
+
+/// A job `packages.x86_64-linux.<attr>` of drv `n` (output `n + 100`) depending on `deps`.
+pub fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
+    EvalJob {
+        attr: AttrPath::new(format!("packages.x86_64-linux.{attr}")).unwrap(),
+        name: attr.to_owned(),
+        system: Some(System::new("x86_64-linux").unwrap()),
+        result: Ok(JobDrv {
+            drv_path: path(n, &format!("{attr}.drv")),
+            outputs: BTreeMap::from([("out".to_owned(), path(n + 100, attr))]),
+            deps: deps
+                .iter()
+                .map(|d| AttrPath::new(format!("packages.x86_64-linux.{d}")).unwrap())
+                .collect(),
+            required_features: Vec::new(),
+            constituents: None,
+            meta: reconix_spec::JobMeta::default(),
+            skipped: None,
+        }),
+    }
+}
+
+/// Runs git in `dir` (as user `t`); returns its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
