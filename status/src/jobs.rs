@@ -144,8 +144,9 @@ impl StatusDb {
         {
             // A streamed job the final result lacks (Nix should never do that) is dropped.
             let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1").op(OP)?;
+            let kept: HashSet<&str> = index.keys().map(|a| a.as_str()).collect();
             for (attr, (job, _)) in &existing {
-                if !index.keys().any(|a| a.as_str() == attr) {
+                if !kept.contains(attr.as_str()) {
                     delete.execute([job]).op(OP)?;
                 }
             }
