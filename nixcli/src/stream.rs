@@ -2,7 +2,7 @@
 //! worker pool ([`crate::workers`]), each result reported as soon as it arrives.
 //!
 //! [`run_workers`] splits the attributes into chunks (what is pending shared by the workers this
-//! evaluation does not use yet, no more than about 3 s of evaluation and than the memory
+//! evaluation does not use yet, no more than about 5 s of evaluation and than the memory
 //! estimates allow (`EvalPool::chunk_cap`), at most [`MAX_CHUNK`]), runs up to `workers` of them at
 //! once, and handles how each worker ended: the attribute a worker died on is failed with its
 //! message, or re-run alone when the worker was killed for memory (or by anyone else); the rest

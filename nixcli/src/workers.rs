@@ -56,7 +56,7 @@ const DECAY: f64 = 0.2;
 
 /// About how long one chunk should take to evaluate: what an evaluation waits at most for a
 /// busy pool, against the start-up of one more worker (tens of milliseconds).
-const CHUNK_SECONDS: f64 = 3.0;
+const CHUNK_SECONDS: f64 = 5.0;
 
 /// The size of a chunk before the time per attribute is known.
 const FIRST_CHUNK: usize = 100;

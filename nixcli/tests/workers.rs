@@ -336,7 +336,7 @@ async fn import_from_derivation_should_be_refused_unless_allowed() {
 #[tokio::test]
 async fn evaluations_should_share_the_workers_chunk_by_chunk() {
     // One worker. `big` has 600 attributes of about 10 ms each: chunks of 100 (before the
-    // time per attribute is known), then of about 3 s. `small`, started while big's first
+    // time per attribute is known), then of about 5 s. `small`, started while big's first
     // chunk runs, gets the worker next and ends long before big does.
     let lite = "builtins.foldl' (a: b: a + b) 0 (builtins.genList (i: i) 100000)";
     let (_big_dir, big_ref) = flake(&format!(
