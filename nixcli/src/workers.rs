@@ -15,7 +15,9 @@
 //! new worker.
 //!
 //! **Memory.** Every running worker samples its resident memory (`/proc/<pid>/status`,
-//! `VmRSS`) about every 200 ms and at each result. [`EvalPool`] admits a new worker only while
+//! `VmRSS`) about every 200 ms, every 50 ms once the pool uses three quarters of its budget
+//! or the worker three quarters of `max-memory` (less overshoot between two samples), and at
+//! each 8th result (each result near the limits). [`EvalPool`] admits a new worker only while
 //! the sum of the samples plus the estimated need of the new chunk (its start-up size plus the
 //! observed growth per attribute, both decayed averages) fits the budget (`workers ×
 //! max-memory`), or when nothing runs at all. When the sum exceeds the budget anyway, the
@@ -48,8 +50,12 @@ use crate::{Error, Result};
 
 const JOBS_NIX: &str = include_str!("expr/jobs.nix");
 
-/// How often a running worker samples its memory.
-const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How often a running worker samples its memory near the limits; [`SAMPLES_FAR`] times
+/// less often otherwise (200 ms).
+const SAMPLE_NEAR: Duration = Duration::from_millis(50);
+
+/// See [`SAMPLE_NEAR`].
+const SAMPLES_FAR: u32 = 4;
 
 /// The weight of a new observation in the decayed estimates.
 const DECAY: f64 = 0.2;
@@ -148,6 +154,8 @@ pub struct EvalPool {
     next_id: AtomicU64,
     /// The largest sum of sampled worker memory seen (for benchmarks and tests).
     peak: AtomicU64,
+    /// Workers restarted for passing `max-memory` between two attributes (for tests).
+    restarts: AtomicU64,
 }
 
 impl EvalPool {
@@ -162,6 +170,7 @@ impl EvalPool {
             changed: Notify::new(),
             next_id: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
         }
     }
 
@@ -184,6 +193,11 @@ impl EvalPool {
     /// Returns the largest sum of the workers' sampled memory seen so far (bytes).
     pub fn peak_memory(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many workers were restarted for passing `max-memory` between two attributes.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     fn state(&self) -> MutexGuard<'_, PoolState> {
@@ -307,6 +321,12 @@ impl EvalPool {
         self.changed.notify_waiters();
     }
 
+    /// Whether memory should be sampled often: the pool uses three quarters of its budget,
+    /// or a worker of `rss` three quarters of `max-memory`.
+    fn near_limits(&self, rss: u64) -> bool {
+        rss >= self.max_memory / 4 * 3 || self.state().used() >= self.budget() / 4 * 3
+    }
+
     fn learn_time(&self, seconds_per_attribute: f64) {
         let mut state = self.state();
         state.seconds_per_attribute = Some(
@@ -339,6 +359,7 @@ impl EvalPool {
         {
             r.reason = Some(KillReason::Restart);
             r.kill.cancel();
+            self.restarts.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -408,7 +429,10 @@ impl EvalPool {
         let mut ready_rss: Option<u64> = None;
         let mut ready_at = Instant::now();
         let mut reported = 0_u64;
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        // The latest memory read, by a result or by the sampling.
+        let mut last_rss = 0_u64;
+        let mut tick = tokio::time::interval(SAMPLE_NEAR);
+        let mut ticks = 0_u32;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut killed = false;
         loop {
@@ -448,9 +472,14 @@ impl EvalPool {
                     other.clear();
                     on_result(result.i, result.r);
                     reported += 1;
-                    // Memory is read at every 8th result (and by the 200 ms sampling): reading
-                    // it at each of 20,000 results costs the daemon more than it tells.
-                    let rss = if reported % 8 == 1 { pid.and_then(rss_of) } else { None };
+                    // Memory is read at every 8th result, at each one near the limits, and by
+                    // the sampling: reading it at each of 20,000 results costs the daemon more
+                    // than it tells.
+                    let rss = if reported % 8 == 1 || self.near_limits(last_rss) {
+                        pid.and_then(rss_of)
+                    } else {
+                        None
+                    };
                     // The time per attribute, learnt every 16 results (and from the first).
                     if reported % 16 == 1 {
                         self.learn_time(ready_at.elapsed().as_secs_f64() / reported as f64);
@@ -463,14 +492,21 @@ impl EvalPool {
                             self.learn(None, Some(rss.saturating_sub(before) / reported));
                         }
                         self.sample(id, rss);
-                        if rss > self.max_memory && !pending.is_empty() && !chunk.alone {
-                            self.restart(id);
-                        }
+                        last_rss = rss;
+                    }
+                    // Between two attributes: past `max-memory` by the latest read, restart.
+                    if last_rss > self.max_memory && !pending.is_empty() && !chunk.alone {
+                        self.restart(id);
                     }
                 }
                 _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    if ticks % SAMPLES_FAR != 0 && !self.near_limits(last_rss) {
+                        continue;
+                    }
                     if let Some(rss) = pid.and_then(rss_of) {
                         self.sample(id, rss);
+                        last_rss = rss;
                     }
                 }
                 () = kill.cancelled(), if !killed => {

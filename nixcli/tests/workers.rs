@@ -367,3 +367,55 @@ async fn evaluations_should_share_the_workers_chunk_by_chunk() {
     let big = by_attr(within(big).await.unwrap().unwrap());
     assert_eq!(big.len(), 600);
 }
+
+#[tokio::test]
+async fn a_worker_past_max_memory_between_attributes_should_be_restarted_without_losing_one() {
+    // Two workers of 250 MiB (a budget of 500 MiB). `slow` (about 10 s of hashing one string:
+    // some 40 MB) keeps one worker busy; the ten attributes that each keep about 64 MB (on a start
+    // of about 45 MB) then go to the other, which passes 250 MiB after four of them while the
+    // pool stays under its budget: it is restarted between two attributes and the rest are
+    // evaluated by fresh workers.
+    let (_slow_dir, slow_ref) = flake(
+        r#"let s = builtins.concatStringsSep "" (builtins.genList (i: "0123456789") 100000);
+           in { slow = mk "slow" "echo ${toString (builtins.foldl' (a: i: a + builtins.stringLength (builtins.hashString "sha256" s)) 0 (builtins.genList (i: i) 20000))} > $out"; }"#,
+    );
+    // Each attribute forces its own part of one shared list: what it evaluated stays
+    // reachable, so the worker's memory grows with every attribute (as with a package set).
+    let (_fat_dir, fat_ref) = flake(
+        r#"let parts = builtins.genList (i: builtins.genList (j: toString (i * 1000000 + j)) 400000) 10;
+           in builtins.listToAttrs (builtins.genList (i: { name = "m${toString i}";
+             value = builtins.deepSeq (builtins.elemAt parts i) (mk "m${toString i}" "echo ${toString i} > $out"); }) 10)"#,
+    );
+    let nix = NixCli::new().with_eval_workers(2, 250 << 20);
+    let slow = tokio::spawn({
+        let nix = nix.clone();
+        let req = request(&slow_ref);
+        async move { nix.evaluate(req).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while our_workers().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the slow evaluation started no worker"
+        );
+        assert!(
+            !slow.is_finished(),
+            "the slow evaluation ended before it was seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (outcome, _) = evaluate(&nix, &fat_ref).await;
+    let jobs = by_attr(outcome);
+    assert_eq!(jobs.len(), 10);
+    for (attr, job) in &jobs {
+        assert!(job.result.is_ok(), "{attr}: {:?}", job.result);
+    }
+    assert!(
+        nix.eval_pool().restarts() >= 1,
+        "no worker was restarted (peak {} MiB)",
+        nix.eval_pool().peak_memory() >> 20
+    );
+    let slow = by_attr(within(slow).await.unwrap().unwrap());
+    assert!(slow[&format!("{P}slow")].result.is_ok());
+    assert!(our_workers().is_empty(), "{:?}", our_workers());
+}

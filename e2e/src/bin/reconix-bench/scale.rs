@@ -70,7 +70,7 @@ pub(crate) fn fat_flake(salt: &str) -> String {
     let
       system = "x86_64-linux";
       mk = name: script: derivation { inherit name system; salt = "@SALT@"; builder = "/bin/sh"; args = [ "-c" script ]; };
-      fat = name: n: let big = builtins.genList (i: toString i) n; in mk name "echo ${toString (builtins.length big)} > $out";
+      fat = name: n: let big = builtins.genList (i: toString i) n; in builtins.deepSeq big (mk name "echo ${toString (builtins.length big)} > $out");
       ms = builtins.listToAttrs (builtins.genList (i: { name = "m${toString i}"; value = fat "m${toString i}" 2200000; }) 40);
     in { packages.${system} = ms // { huge = fat "huge" 23000000; }; };
 }
