@@ -501,7 +501,7 @@ impl EvalPool {
                 }
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
-                    if ticks % SAMPLES_FAR != 0 && !self.near_limits(last_rss) {
+                    if !ticks.is_multiple_of(SAMPLES_FAR) && !self.near_limits(last_rss) {
                         continue;
                     }
                     if let Some(rss) = pid.and_then(rss_of) {
