@@ -16,14 +16,14 @@ use crate::parse::aterm::{Derivation, parse_derivation};
 use crate::{Error, Result};
 
 /// Computes the dependencies of each job: `jobs` are (attribute, derivation) pairs; `load`
-/// reads a derivation (the jobs' own and every non-job derivation the walk passes through, each
-/// at most once). The result is parallel to `jobs`; each list is sorted and has no duplicates.
+/// returns the input derivations of a derivation (the jobs' own and every non-job derivation
+/// the walk passes through, each asked at most once). The result is parallel to `jobs`; each list is sorted and has no duplicates.
 ///
 /// # Errors
 /// Returns the first error of `load`.
 pub fn job_deps<E>(
     jobs: &[(AttrPath, StorePath)],
-    mut load: impl FnMut(&StorePath) -> Result<Derivation, E>,
+    mut load: impl FnMut(&StorePath) -> Result<Vec<StorePath>, E>,
 ) -> Result<Vec<Vec<AttrPath>>, E> {
     let mut by_drv: HashMap<&StorePath, BTreeSet<&AttrPath>> = HashMap::new();
     for (attr, drv) in jobs {
@@ -52,8 +52,9 @@ struct Walker<'a> {
     job_drvs: HashSet<&'a StorePath>,
     /// Input derivations of every derivation loaded so far.
     inputs: HashMap<StorePath, Vec<StorePath>>,
-    /// For each derivation walked: the job derivations first reached below it.
-    reach: HashMap<StorePath, BTreeSet<StorePath>>,
+    /// For each derivation walked: the job derivations first reached below it, sorted (a
+    /// vector: most hold one or two, and a set's node would cost hundreds of bytes each).
+    reach: HashMap<StorePath, Vec<StorePath>>,
 }
 
 impl Walker<'_> {
@@ -62,27 +63,30 @@ impl Walker<'_> {
     fn reach_from<E>(
         &mut self,
         start: &StorePath,
-        load: &mut impl FnMut(&StorePath) -> Result<Derivation, E>,
-    ) -> Result<BTreeSet<StorePath>, E> {
+        load: &mut impl FnMut(&StorePath) -> Result<Vec<StorePath>, E>,
+    ) -> Result<Vec<StorePath>, E> {
         let mut stack = vec![(start.clone(), false)];
         while let Some((drv, expanded)) = stack.pop() {
             if self.reach.contains_key(&drv) {
                 continue;
             }
             if !self.inputs.contains_key(&drv) {
-                let inputs = load(&drv)?.input_drvs.into_keys().collect();
+                let inputs = load(&drv)?;
                 self.inputs.insert(drv.clone(), inputs);
             }
             let inputs = self.inputs.get(&drv).map(Vec::as_slice).unwrap_or_default();
             if expanded {
-                let mut reached = BTreeSet::new();
+                let mut reached = Vec::new();
                 for input in inputs {
                     if self.job_drvs.contains(input) {
-                        reached.insert(input.clone());
+                        reached.push(input.clone());
                     } else if let Some(below) = self.reach.get(input) {
                         reached.extend(below.iter().cloned());
                     }
                 }
+                reached.sort_unstable();
+                reached.dedup();
+                reached.shrink_to_fit();
                 self.reach.insert(drv, reached);
             } else {
                 let pending: Vec<StorePath> = inputs
@@ -113,8 +117,6 @@ pub(crate) fn read_derivation(path: &StorePath, file: &Path) -> Result<Derivatio
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn drv(n: &str) -> StorePath {
@@ -125,22 +127,11 @@ mod tests {
         AttrPath::new(a).unwrap()
     }
 
-    /// An in-memory store: derivation name → input derivation names.
-    fn store(edges: &[(&str, &[&str])]) -> HashMap<StorePath, Derivation> {
+    /// An in-memory store: derivation → its input derivations.
+    fn store(edges: &[(&str, &[&str])]) -> HashMap<StorePath, Vec<StorePath>> {
         edges
             .iter()
-            .map(|(d, inputs)| {
-                let derivation = Derivation {
-                    outputs: BTreeMap::new(),
-                    input_drvs: inputs
-                        .iter()
-                        .map(|i| (drv(i), vec!["out".to_owned()]))
-                        .collect(),
-                    system: "x86_64-linux".to_owned(),
-                    required_features: Vec::new(),
-                };
-                (drv(d), derivation)
-            })
+            .map(|(d, inputs)| (drv(d), inputs.iter().map(|i| drv(i)).collect()))
             .collect()
     }
 
@@ -227,22 +218,14 @@ mod tests {
     #[test]
     fn job_deps_should_survive_long_chains() {
         let names: Vec<String> = (0..20_000).map(|i| format!("d{i}")).collect();
-        let store: HashMap<StorePath, Derivation> = names
+        let store: HashMap<StorePath, Vec<StorePath>> = names
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let inputs = names
-                    .get(i + 1)
-                    .map(|next| (drv(next), vec!["out".to_owned()]))
-                    .into_iter()
-                    .collect();
-                let derivation = Derivation {
-                    outputs: BTreeMap::new(),
-                    input_drvs: inputs,
-                    system: String::new(),
-                    required_features: Vec::new(),
-                };
-                (drv(n), derivation)
+                (
+                    drv(n),
+                    names.get(i + 1).map(|next| drv(next)).into_iter().collect(),
+                )
             })
             .collect();
         let jobs = [

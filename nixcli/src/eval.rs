@@ -286,6 +286,8 @@ pub(crate) async fn evaluate(
                 .map(|d| (t.attr.clone(), d.drv_path.clone()))
         })
         .collect();
+    // The derivations the streamer read are not read again; it is done.
+    let mut read = streamer.into_read();
     let reader = cli.clone();
     let (deps, features) = tokio::task::spawn_blocking(move || {
         let job_drvs: HashSet<StorePath> = nodes.iter().map(|(_, d)| d.clone()).collect();
@@ -293,11 +295,17 @@ pub(crate) async fn evaluate(
         // each derivation once, the jobs' own included).
         let mut features: HashMap<StorePath, Vec<String>> = HashMap::new();
         let deps = job_deps(&nodes, |p: &StorePath| {
-            let drv = read_derivation(p, &reader.physical(p))?;
+            let (inputs, required) = match read.remove(p) {
+                Some(r) => (r.inputs, r.required_features),
+                None => {
+                    let drv = read_derivation(p, &reader.physical(p))?;
+                    (drv.input_drvs.into_keys().collect(), drv.required_features)
+                }
+            };
             if job_drvs.contains(p) {
-                features.insert(p.clone(), drv.required_features.clone());
+                features.insert(p.clone(), required);
             }
-            Ok::<_, Error>(drv)
+            Ok::<_, Error>(inputs)
         })?;
         Ok::<_, Error>((deps, features))
     })
@@ -537,7 +545,7 @@ fn job_from_drv(
                 system: Some(system),
                 result: Ok(JobDrv {
                     drv_path: drv.drv_path,
-                    outputs: drv.outputs,
+                    outputs: drv.outputs.into_iter().collect(),
                     deps,
                     required_features,
                     constituents: None,

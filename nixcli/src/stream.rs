@@ -235,6 +235,15 @@ fn bytes(n: u64) -> String {
     reconix_spec::ByteSize(n).to_string()
 }
 
+/// What the streamer keeps of a derivation it read; handed on to the final dependency walk
+/// ([`Streamer::into_read`]), which then reads no derivation twice.
+#[derive(Debug)]
+pub(crate) struct ReadDrv {
+    pub(crate) inputs: Vec<StorePath>,
+    pub(crate) outputs: Vec<StorePath>,
+    pub(crate) required_features: Vec<String>,
+}
+
 /// Reports evaluated jobs while the evaluation runs (see the module docs).
 pub(crate) struct Streamer {
     events: UnboundedSender<EvalEvent>,
@@ -244,8 +253,8 @@ pub(crate) struct Streamer {
     arrived: Vec<usize>,
     /// Reported jobs' derivations → their attributes.
     job_drvs: HashMap<StorePath, Vec<AttrPath>>,
-    /// Derivations read so far: input derivations and output paths.
-    drvs: HashMap<StorePath, (Vec<StorePath>, Vec<StorePath>)>,
+    /// Derivations read so far.
+    drvs: HashMap<StorePath, ReadDrv>,
     /// Output paths known valid.
     valid: HashSet<StorePath>,
     /// Output paths known invalid (not checked again during this evaluation: a job waiting on
@@ -309,7 +318,7 @@ impl Streamer {
                         system,
                         result: Ok(JobDrv {
                             drv_path: drv.drv_path.clone(),
-                            outputs: drv.outputs.clone(),
+                            outputs: drv.outputs.iter().cloned().collect(),
                             deps: Vec::new(),
                             required_features: Vec::new(),
                             skipped: skipped.clone(),
@@ -350,7 +359,12 @@ impl Streamer {
         let mut outputs: Vec<StorePath> = unknown_of
             .iter()
             .flatten()
-            .flat_map(|d| self.drvs.get(d).map(|(_, o)| o.clone()).unwrap_or_default())
+            .flat_map(|d| {
+                self.drvs
+                    .get(d)
+                    .map(|r| r.outputs.clone())
+                    .unwrap_or_default()
+            })
             .filter(|o| !self.valid.contains(o) && !self.invalid.contains(o))
             .collect();
         outputs.sort();
@@ -366,7 +380,7 @@ impl Streamer {
                     && unknown.iter().all(|d| {
                         self.drvs
                             .get(d)
-                            .is_some_and(|(_, outs)| outs.iter().all(|o| self.valid.contains(o)))
+                            .is_some_and(|r| r.outputs.iter().all(|o| self.valid.contains(o)))
                     });
                 StreamedJob { job, buildable }
             })
@@ -404,14 +418,23 @@ impl Streamer {
     }
 
     fn inputs(&mut self, cli: &Config, drv: &StorePath) -> Result<Vec<StorePath>> {
-        if let Some((inputs, _)) = self.drvs.get(drv) {
-            return Ok(inputs.clone());
+        if let Some(read) = self.drvs.get(drv) {
+            return Ok(read.inputs.clone());
         }
         let parsed = read_derivation(drv, &cli.physical(drv))?;
-        let inputs: Vec<StorePath> = parsed.input_drvs.keys().cloned().collect();
-        let outputs: Vec<StorePath> = parsed.outputs.into_values().flatten().collect();
-        self.drvs.insert(drv.clone(), (inputs.clone(), outputs));
+        let inputs: Vec<StorePath> = parsed.input_drvs.into_keys().collect();
+        let read = ReadDrv {
+            inputs: inputs.clone(),
+            outputs: parsed.outputs.into_values().flatten().collect(),
+            required_features: parsed.required_features,
+        };
+        self.drvs.insert(drv.clone(), read);
         Ok(inputs)
+    }
+
+    /// Ends the streaming: returns the derivations read.
+    pub(crate) fn into_read(self) -> HashMap<StorePath, ReadDrv> {
+        self.drvs
     }
 
     async fn check_validity(&mut self, cli: &Config, paths: Vec<StorePath>) -> Result<()> {

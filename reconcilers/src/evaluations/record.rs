@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use reconix_nixcli::{Constituent, EvalJob, EvalOutcome};
+use reconix_nixcli::{Constituent, EvalJob};
 use reconix_spec::AttrPath;
 use reconix_status::{JobState, NewConstituent, NewJob};
 
@@ -59,48 +59,49 @@ pub fn no_jobs_message(
     Some(message)
 }
 
-/// Converts Nix's evaluation result into rows for the status database.
-pub(super) fn new_jobs(outcome: &EvalOutcome) -> Vec<NewJob> {
-    outcome.jobs.iter().map(new_job).collect()
+/// Converts Nix's evaluation result into rows for the status database, consuming it (a
+/// large evaluation is not held twice).
+pub(super) fn new_jobs(jobs: Vec<EvalJob>) -> Vec<NewJob> {
+    jobs.into_iter().map(new_job).collect()
 }
 
 /// Converts one job of an evaluation (final or streamed) into a row for the status database.
-pub(super) fn new_job(j: &EvalJob) -> NewJob {
-    match &j.result {
+pub(super) fn new_job(j: EvalJob) -> NewJob {
+    match j.result {
         Ok(drv) => NewJob {
-            attr: j.attr.clone(),
-            name: j.name.clone(),
-            system: j.system.clone(),
-            drv_path: Some(drv.drv_path.clone()),
-            outputs: drv.outputs.clone(),
-            deps: drv.deps.clone(),
-            required_features: drv.required_features.clone(),
+            attr: j.attr,
+            name: j.name,
+            system: j.system,
+            drv_path: Some(drv.drv_path),
+            outputs: drv.outputs,
+            deps: drv.deps,
+            required_features: drv.required_features,
             state: if drv.skipped.is_some() {
                 JobState::Skipped
             } else {
                 JobState::Queued
             },
-            error: drv.skipped.clone(),
-            constituents: drv.constituents.as_ref().map(|list| {
-                list.iter()
+            error: drv.skipped,
+            constituents: drv.constituents.map(|list| {
+                list.into_iter()
                     .map(|c| match c {
-                        Constituent::Job(attr) => NewConstituent::Job(attr.clone()),
-                        Constituent::Derivation(drv) => NewConstituent::Derivation(drv.clone()),
+                        Constituent::Job(attr) => NewConstituent::Job(attr),
+                        Constituent::Derivation(drv) => NewConstituent::Derivation(drv),
                     })
                     .collect()
             }),
-            meta: drv.meta.clone(),
+            meta: drv.meta,
         },
         Err(message) => NewJob {
-            attr: j.attr.clone(),
-            name: j.name.clone(),
-            system: j.system.clone(),
+            attr: j.attr,
+            name: j.name,
+            system: j.system,
             drv_path: None,
             outputs: BTreeMap::new(),
             deps: Vec::<AttrPath>::new(),
             required_features: Vec::new(),
             state: JobState::EvalFailed,
-            error: Some(message.clone()),
+            error: Some(message),
             constituents: None,
             meta: reconix_spec::JobMeta::default(),
         },

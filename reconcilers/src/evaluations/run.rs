@@ -197,7 +197,7 @@ impl<N: Nix> Run<N> {
                         jobs.insert(
                             s.job.attr.clone(),
                             NewStreamedJob {
-                                job: new_job(&s.job),
+                                job: new_job(s.job),
                                 buildable: s.buildable,
                             },
                         );
@@ -277,14 +277,20 @@ impl<N: Nix> Run<N> {
         let key = &self.key;
         match outcome {
             Ok(outcome) => {
-                let jobs = new_jobs(&outcome);
+                let reconix_nixcli::EvalOutcome {
+                    jobs,
+                    duration,
+                    nix_calls,
+                    flake_outputs,
+                } = outcome;
+                let jobs = new_jobs(jobs);
                 let (total, failed) = (
                     jobs.len(),
                     jobs.iter()
                         .filter(|j| j.state == JobState::EvalFailed)
                         .count(),
                 );
-                let nothing = no_jobs_message(&self.repo, &jobs, &outcome.flake_outputs);
+                let nothing = no_jobs_message(&self.repo, &jobs, &flake_outputs);
                 if let Some(message) = &nothing {
                     warn!(repo = %key, evaluation = %id, error = %message, "evaluation found no jobs");
                 }
@@ -298,8 +304,8 @@ impl<N: Nix> Run<N> {
                     .await?;
                 info!(
                     repo = %key, evaluation = %id, jobs = total, eval_failed = failed,
-                    elapsed_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-                    nix_calls = outcome.nix_calls, "evaluation recorded"
+                    elapsed_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                    nix_calls, "evaluation recorded"
                 );
                 self.wakers.builds();
             }
