@@ -29,9 +29,12 @@ use serde_json::{Value, json};
 
 use crate::report::{Row, median};
 use crate::{
-    API_POLL, FORGE_POLL, Opts, Outcome, flakes, job_count, ms, poll_evaluation, raw_store,
-    recorded_line, settle, timed_nix, timestamp_ms, unique,
+    API_POLL, FORGE_POLL, Opts, Outcome, flakes, job_count, ms, poll_evaluation,
+    poll_evaluation_every, raw_store, recorded_line, settle, timed_nix, timestamp_ms, unique,
 };
+
+/// How often `evalscale` polls the API: its measurement comes from the daemon's timestamps.
+const GENTLE_POLL: Duration = Duration::from_millis(250);
 
 /// `builtins.genList` length that makes one attribute cost about 1 ms of evaluation here.
 const SPIN: usize = 3000;
@@ -189,7 +192,13 @@ pub(crate) fn throughput(n: usize, opts: &Opts) -> Result<Outcome> {
     let mut commands = (String::new(), String::new());
     for run in 0..opts.runs {
         let rev = ours.commit(|s| spin_flake(n, s))?;
-        let (summary, _) = poll_evaluation(&d, &rev, |s| s != "queued" && s != "evaluating")?;
+        // Measured by the daemon's own timestamps: polled gently, not to load it.
+        let (summary, _) = poll_evaluation_every(
+            &d,
+            &rev,
+            |s| s != "queued" && s != "evaluating",
+            GENTLE_POLL,
+        )?;
         let id = summary["id"].as_i64().context("evaluation id")?;
         let (recorded, _) = recorded_line(&d, id)?;
         let created = timestamp_ms(&summary, "created_at")?;
