@@ -39,7 +39,7 @@ use crate::aggregates;
 use crate::config::Config;
 use crate::deps::{job_deps, read_derivation};
 use crate::parse::eval::{AttrNames, RawDrv, parse_names};
-use crate::port::{EvalEvent, EvalJob, EvalOutcome, EvalRequest, JobDrv};
+use crate::port::{EvalEvent, EvalJob, EvalOutcome, EvalRequest, JobDrv, StreamedJob};
 use crate::process::{Finished, os_args};
 use crate::stream::{Slot, Streamer, Target, run_workers, skip_reason};
 use crate::workers::EvalPool;
@@ -241,9 +241,21 @@ pub(crate) async fn evaluate(
         .collect();
 
     // 2. The attributes, on the shared worker pool, reported as they are evaluated.
+    // Parts that failed to list are jobs already (eval-failed): counted and reported now.
     let _ = events.send(EvalEvent::Listed {
-        attributes: targets.len(),
+        attributes: targets.len() + failed_units.len(),
     });
+    if !failed_units.is_empty() {
+        let _ = events.send(EvalEvent::Evaluated(
+            failed_units
+                .iter()
+                .map(|job| StreamedJob {
+                    job: job.clone(),
+                    buildable: false,
+                })
+                .collect(),
+        ));
+    }
     let options = nix_options(req.allow_import_from_derivation);
     let mut streamer = Streamer::new(events, req.systems.clone());
     let (mut slots, worker_calls) = run_workers(

@@ -148,12 +148,24 @@ pub(crate) async fn run_workers(
             let flake_ref = flake_ref.to_owned();
             let options = options.to_vec();
             calls += 1;
+            debug!(
+                attributes = chunk.targets.len(),
+                alone = chunk.alone,
+                "evaluator chunk queued"
+            );
             tasks.spawn(async move {
+                let started = std::time::Instant::now();
                 let end = pool
                     .run(&cli, &flake_ref, &options, chunk.clone(), |i, raw| {
                         let _ = tx.send((i, raw));
                     })
                     .await;
+                debug!(
+                    attributes = chunk.targets.len(),
+                    elapsed_ms = started.elapsed().as_millis(),
+                    how = ?end.as_ref().map(|e| &e.how),
+                    "evaluator chunk ended"
+                );
                 (chunk, end)
             });
         }

@@ -327,6 +327,13 @@ impl EvalPool {
         rss >= self.max_memory / 4 * 3 || self.state().used() >= self.budget() / 4 * 3
     }
 
+    fn learn_time_if_unknown(&self, seconds_per_attribute: f64) {
+        let mut state = self.state();
+        if state.seconds_per_attribute.is_none() {
+            state.seconds_per_attribute = Some(seconds_per_attribute);
+        }
+    }
+
     fn learn_time(&self, seconds_per_attribute: f64) {
         let mut state = self.state();
         state.seconds_per_attribute = Some(
@@ -428,6 +435,7 @@ impl EvalPool {
         // garbage collector grows its heap in large steps).
         let mut ready_rss: Option<u64> = None;
         let mut ready_at = Instant::now();
+        let mut first_at: Option<Instant> = None;
         let mut reported = 0_u64;
         // The latest memory read, by a result or by the sampling.
         let mut last_rss = 0_u64;
@@ -457,6 +465,7 @@ impl EvalPool {
                     if message == "ready" {
                         let rss = pid.and_then(rss_of);
                         ready = true;
+                        debug!(worker = id, start_ms = ready_at.elapsed().as_millis(), rss, "evaluator ready");
                         ready_at = Instant::now();
                         self.learn(rss, None);
                         ready_rss = rss;
@@ -480,9 +489,19 @@ impl EvalPool {
                     } else {
                         None
                     };
-                    // The time per attribute, learnt every 16 results (and from the first).
-                    if reported % 16 == 1 {
-                        self.learn_time(ready_at.elapsed().as_secs_f64() / reported as f64);
+                    // The time per attribute, learnt every 16 results from the first one on:
+                    // the first carries one-time costs (the flake's shared values) and alone
+                    // would make the next chunks too small. It is used only while nothing
+                    // better is known.
+                    match first_at {
+                        None => {
+                            first_at = Some(Instant::now());
+                            self.learn_time_if_unknown(ready_at.elapsed().as_secs_f64());
+                        }
+                        Some(first) if reported % 16 == 1 => {
+                            self.learn_time(first.elapsed().as_secs_f64() / (reported - 1) as f64);
+                        }
+                        Some(_) => {}
                     }
                     if let Some(rss) = rss {
                         // Learnt every 64 results: enough to size chunks.

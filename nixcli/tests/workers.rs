@@ -419,3 +419,50 @@ async fn a_worker_past_max_memory_between_attributes_should_be_restarted_without
     assert!(slow[&format!("{P}slow")].result.is_ok());
     assert!(our_workers().is_empty(), "{:?}", our_workers());
 }
+
+#[tokio::test]
+async fn a_part_that_fails_to_list_should_be_counted_and_reported_at_once() {
+    // An `abort` kills the listing process (a `throw` the walker catches, and the part is then
+    // an attribute like any other): the part is split off and is an eval-failed job already.
+    require_nix();
+    let salt = salt();
+    let (_dir, flake_ref) = commit_flake(
+        &format!(
+            r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.a = derivation {{ name = "a"; system = "x86_64-linux"; salt = "{salt}"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }};
+    packages.aarch64-linux = abort "no aarch64 here";
+  }};
+}}
+"#
+        ),
+        "reconix-workers-",
+    );
+    let nix = NixCli::new().with_eval_workers(1, 2 << 30);
+    let mut req = request(&flake_ref);
+    req.systems.push(System::new("aarch64-linux").unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = within(nix.evaluate_streaming(req, tx)).await.unwrap();
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    // The failed part is one of the 2 attributes, and the first job reported, before any
+    // worker's result.
+    assert!(
+        matches!(events.first(), Some(EvalEvent::Listed { attributes: 2 })),
+        "{:?}",
+        events.first()
+    );
+    let Some(EvalEvent::Evaluated(first)) = events.get(1) else {
+        panic!("{:?}", events.get(1));
+    };
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].job.attr.to_string(), "packages.aarch64-linux");
+    assert!(!first[0].buildable);
+    let error = first[0].job.result.clone().unwrap_err();
+    assert!(error.contains("no aarch64 here"), "{error}");
+    let streamed = streamed(&events);
+    assert_eq!(streamed.len(), 2, "{:?}", streamed.keys());
+    assert_eq!(outcome.jobs.len(), 2);
+}

@@ -3,6 +3,7 @@
 # path as a list of names. crate::workers calls it for each attribute of a worker's chunk.
 # Result:
 #   { ok = { drvPath; name; system; outputs = { <name> = <path>; }; meta = { … }; }; }
+#        (`meta` only when the derivation has one)
 #        an aggregate (Hydra's `_hydraAggregate = true`) also has
 #        constituents = [ { drvPath = <path>; } | { name = "<job name or glob>"; } … ]
 #   { error = "<message>"; }   the value is not a derivation
@@ -25,9 +26,8 @@ let
   # SPDX id, short or full name, maintainers by name, GitHub handle or e-mail. Anything else is
   # null (or left out of a list).
   metaOf =
-    v:
+    m:
     let
-      m = v.meta or { };
       str = x: if builtins.isString x then x else null;
       int = x: if builtins.isInt x then x else null;
       first = x: if builtins.isList x then (if x == [ ] then null else builtins.head x) else x;
@@ -78,8 +78,9 @@ let
             value = v.${o}.outPath;
           }) (v.outputs or [ "out" ])
         );
-        meta = metaOf v;
       }
+      # Without `meta`, none is printed (the caller's default): no seven tryEvals per job.
+      // (if v ? meta then { meta = metaOf v.meta; } else { })
       // aggregate;
       # Hydra's aggregate jobs: derivation constituents are kept as their drvPath, job names and
       # globs as given (the caller resolves them against the other jobs). Anything else throws, so

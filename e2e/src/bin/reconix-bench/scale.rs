@@ -297,18 +297,19 @@ fn poll_summary<T>(
 
 /// `evalstream n`: see the module docs.
 pub(crate) fn streaming(n: usize, opts: &Opts) -> Result<Outcome> {
-    progress!("evalstream {n}: daemon with evaluation.workers 2 and max-jobs 2");
-    let mut ours = Repo::new()?;
-    let spec = format!(
-        "{}evaluation:\n  workers: 2\n",
-        flakes::daemon_spec(ours.repo.path(), FORGE_POLL, 2)
-    );
-    let d = TestDaemon::start(&DaemonConfig { spec })?;
-    let rev = ours.commit(|s| spin_flake(10, s))?;
-    poll_evaluation(&d, &rev, |s| s == "finished")?;
-    settle(opts.idle_wait);
+    progress!("evalstream {n}: a daemon per run with evaluation.workers 2 and max-jobs 2");
     let (mut first_job, mut first_build, mut whole) = (vec![], vec![], vec![]);
     for run in 0..opts.runs {
+        // A fresh daemon each run: the 20,000 builds of the last run must not hold the builders.
+        let mut ours = Repo::new()?;
+        let spec = format!(
+            "{}evaluation:\n  workers: 2\n",
+            flakes::daemon_spec(ours.repo.path(), FORGE_POLL, 2)
+        );
+        let d = TestDaemon::start(&DaemonConfig { spec })?;
+        let rev = ours.commit(|s| spin_flake(10, s))?;
+        poll_evaluation(&d, &rev, |s| s == "finished")?;
+        settle(opts.idle_wait);
         let rev = ours.commit(|s| spin_flake(n, s))?;
         let job_seen = poll_summary(&d, &rev, |e| {
             (e["progress"]["evaluated"].as_u64().unwrap_or(0) > 0
@@ -339,8 +340,8 @@ pub(crate) fn streaming(n: usize, opts: &Opts) -> Result<Outcome> {
             first_build[run] / 1000.0,
             total / 1000.0
         );
-        // Its 20,000 builds are left to the next commit to supersede: only the start counts.
-        settle(opts.idle_wait);
+        // Its 20,000 builds end with the daemon: only the start counts.
+        drop(d);
     }
     let frac = |v: &[f64]| median(v) / median(&whole);
     Ok(Outcome {
