@@ -561,7 +561,7 @@ fn job_from_drv(
                     deps,
                     required_features,
                     constituents: None,
-                    meta: *drv.meta,
+                    meta: drv.meta.map(|m| *m).unwrap_or_default(),
                     skipped,
                 }),
             };

@@ -334,7 +334,7 @@ impl Streamer {
                             deps: Vec::new(),
                             required_features: Vec::new(),
                             skipped: skipped.clone(),
-                            meta: (*drv.meta).clone(),
+                            meta: drv.meta.as_deref().cloned().unwrap_or_default(),
                             constituents: None,
                         }),
                     };

@@ -45,10 +45,10 @@ pub struct RawDrv {
     /// entry costs some 500 bytes, 25 MB for 50,000 jobs held during the evaluation).
     #[serde(deserialize_with = "sorted_pairs")]
     pub outputs: Vec<(String, StorePath)>,
-    /// What reconix uses of `meta` (absent in output of older expressions); boxed because it
-    /// is most of the size and usually empty.
+    /// What reconix uses of `meta`: absent when the derivation has none (most test flakes,
+    /// and the expression prints none then); boxed because it is large.
     #[serde(default)]
-    pub meta: Box<JobMeta>,
+    pub meta: Option<Box<JobMeta>>,
     /// For an aggregate job (Hydra's `_hydraAggregate = true`): its constituents as written.
     #[serde(default)]
     pub constituents: Option<Vec<RawConstituent>>,
