@@ -84,7 +84,7 @@ pub(crate) enum Slot {
     Caught,
 }
 
-pub(crate) fn slot(raw: RawJob) -> Slot {
+fn slot(raw: RawJob) -> Slot {
     match raw {
         RawJob::Ok(drv) => Slot::Drv(drv),
         RawJob::Error(message) => Slot::Error(message),
@@ -173,28 +173,12 @@ pub(crate) async fn run_workers(
             break;
         }
         tokio::select! {
-            Some((i, raw)) = rx.recv() => {
-                // `tryEval` caught an error: evaluated again alone, without it, for the
-                // message (or it succeeds then after all, and is kept).
-                match slot(raw) {
-                    Slot::Caught => caught.push_back(i),
-                    s => {
-                        streamer.arrived(i);
-                        slots.insert(i, s);
-                    }
-                }
-            }
+            Some((i, raw)) = rx.recv() => receive(i, raw, &mut caught, &mut slots, streamer),
             Some(joined) = tasks.join_next() => {
                 let (chunk, end) = joined.map_err(Error::Task)?;
                 // Results the worker sent before it ended are handled first.
                 while let Ok((i, raw)) = rx.try_recv() {
-                    match slot(raw) {
-                        Slot::Caught => caught.push_back(i),
-                        s => {
-                            streamer.arrived(i);
-                            slots.insert(i, s);
-                        }
-                    }
+                    receive(i, raw, &mut caught, &mut slots, streamer);
                 }
                 let end = end?;
                 let Some((&first, rest)) = end.unreported.split_first() else {
@@ -208,10 +192,9 @@ pub(crate) async fn run_workers(
                     slots.insert(first, Slot::Error(message));
                 };
                 match end.how {
-                    Ended::Done => pending.push_front(first),
+                    Ended::Done | Ended::Restarted => pending.push_front(first),
                     Ended::Failed(message) => fail(message),
                     Ended::NotReady(message) => return Err(Error::FlakeEval { message }),
-                    Ended::Restarted => pending.push_front(first),
                     Ended::OverBudget { alone: true } => fail(format!(
                         "evaluation needs more than {} (evaluation.max-memory {} × evaluation.workers {}, the evaluators' budget, used by this attribute alone)",
                         bytes(pool.budget()),
@@ -240,6 +223,24 @@ pub(crate) async fn run_workers(
     }
     streamer.flush(cli, &by_index, &slots).await?;
     Ok((slots, calls))
+}
+
+/// Takes one result: kept, or, when `tryEval` caught an error, queued to be evaluated again
+/// alone without it, for the message (or it succeeds then after all, and is kept).
+fn receive(
+    i: usize,
+    raw: RawJob,
+    caught: &mut VecDeque<usize>,
+    slots: &mut BTreeMap<usize, Slot>,
+    streamer: &mut Streamer,
+) {
+    match slot(raw) {
+        Slot::Caught => caught.push_back(i),
+        s => {
+            streamer.arrived(i);
+            slots.insert(i, s);
+        }
+    }
 }
 
 /// `2147483648` as `2 GiB`, `1536 MiB` as `1.5 GiB`.

@@ -14,8 +14,8 @@
 //! attribute, whose message is the process's stderr, and the rest of the chunk runs again in a
 //! new worker.
 //!
-//! **Memory.** Every running worker samples its resident memory (`/proc/<pid>/status`,
-//! `VmRSS`) about every 200 ms, every 50 ms once the pool uses three quarters of its budget
+//! **Memory.** Every running worker samples its resident memory (`/proc/<pid>/statm`)
+//! about every 200 ms, every 50 ms once the pool uses three quarters of its budget
 //! or the worker three quarters of `max-memory` (less overshoot between two samples), and at
 //! each 8th result (each result near the limits). [`EvalPool`] admits a new worker only while
 //! the sum of the samples plus the estimated need of the new chunk (its start-up size plus the
@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{Notify, Semaphore};
@@ -44,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::config::Config;
-use crate::parse::eval::{AttrNames, RawJob};
+use crate::parse::eval::{AttrNames, RawJob, parse_result};
 use crate::process::{failure_message, spawn_error, status_text};
 use crate::{Error, Result};
 
@@ -472,14 +471,14 @@ impl EvalPool {
                         other.clear();
                         continue;
                     }
-                    let Ok(result) = serde_json::from_str::<Traced>(message) else {
+                    let Some((index, result)) = parse_result(message) else {
                         continue;
                     };
-                    if let Some(pos) = pending.iter().position(|i| *i == result.i) {
+                    if let Some(pos) = pending.iter().position(|i| *i == index) {
                         pending.remove(pos);
                     }
                     other.clear();
-                    on_result(result.i, result.r);
+                    on_result(index, result);
                     reported += 1;
                     // Memory is read at every 8th result, at each one near the limits, and by
                     // the sampling: reading it at each of 20,000 results costs the daemon more
@@ -588,12 +587,6 @@ pub(crate) const COMMON_OPTIONS: [(&str, &str); 3] = [
     ("pure-eval", "true"),
 ];
 
-#[derive(Deserialize)]
-struct Traced {
-    i: usize,
-    r: RawJob,
-}
-
 /// Returns the resident memory of process `pid` in bytes, when it can be read
 /// (`/proc/<pid>/statm`, the cheapest place: its second field, in pages).
 fn rss_of(pid: u32) -> Option<u64> {
@@ -654,28 +647,24 @@ impl Drop for ChunkFile {
 /// Returns the NAR hash (`sha256-<base64>`, as `fetchTree` takes it) of a regular,
 /// non-executable file holding `contents`.
 pub(crate) fn nar_hash_of_file(contents: &[u8]) -> String {
-    fn string(h: &mut Sha256, s: &[u8]) {
-        h.update((s.len() as u64).to_le_bytes());
-        h.update(s);
-        let pad = (8 - s.len() % 8) % 8;
-        h.update(&[0u8; 8][..pad]);
-    }
-    let mut h = Sha256::new();
-    for s in [
+    use crate::serve::wire::put_bytes;
+    // The NAR (the wire's framing: length, bytes, padding), built whole: a chunk is small.
+    let mut nar = Vec::with_capacity(contents.len() + 128);
+    for token in [
         &b"nix-archive-1"[..],
         b"(",
         b"type",
         b"regular",
         b"contents",
     ] {
-        string(&mut h, s);
+        put_bytes(&mut nar, token);
     }
-    string(&mut h, contents);
-    string(&mut h, b")");
+    put_bytes(&mut nar, contents);
+    put_bytes(&mut nar, b")");
     use base64::Engine;
     format!(
         "sha256-{}",
-        base64::engine::general_purpose::STANDARD.encode(h.finalize())
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&nar))
     )
 }
 

@@ -94,18 +94,20 @@ pub enum RawConstituent {
     Name(String),
 }
 
-/// Parses the output of `jobs.nix`, checking it has one entry per requested attribute.
-///
-/// # Errors
-/// Returns a description of the problem when the JSON does not have the expected shape or
-/// length.
-pub fn parse_jobs(json: &str, expected: usize) -> Result<Vec<RawJob>, String> {
-    let jobs: Vec<RawJob> = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    if jobs.len() == expected {
-        Ok(jobs)
-    } else {
-        Err(format!("expected {expected} results, got {}", jobs.len()))
+/// Parses one result a worker printed (`{"i": <index>, "r": <jobs.nix result>}`): `None` when
+/// the text is not of that shape at all; a result `r` that cannot be read is that attribute's
+/// [`RawJob::Error`], so that it is never evaluated again in a loop.
+pub fn parse_result(json: &str) -> Option<(usize, RawJob)> {
+    #[derive(Deserialize)]
+    struct Traced {
+        i: usize,
+        r: serde_json::Value,
     }
+    let traced: Traced = serde_json::from_str(json).ok()?;
+    let job = RawJob::deserialize(traced.r).unwrap_or_else(|e| {
+        RawJob::Error(format!("reconix cannot read the evaluator's result: {e}"))
+    });
+    Some((traced.i, job))
 }
 
 #[cfg(test)]
@@ -160,9 +162,10 @@ mod tests {
     }
 
     #[test]
-    fn parse_jobs_should_read_derivations_caught_failures_and_known_errors() {
+    fn results_should_read_derivations_caught_failures_and_known_errors() {
         // The fixture evaluates every attribute of names.json that tryEval survives.
-        let jobs = parse_jobs(&fixture("jobs.json"), 20).unwrap();
+        let jobs: Vec<RawJob> = serde_json::from_str(&fixture("jobs.json")).unwrap();
+        assert_eq!(jobs.len(), 20);
         let drv = |i: usize| match &jobs[i] {
             RawJob::Ok(drv) => drv.clone(),
             other => panic!("{i}: {other:?}"),
@@ -190,15 +193,14 @@ mod tests {
     }
 
     #[test]
-    fn parse_jobs_should_read_the_constituents_of_an_aggregate() {
+    fn results_should_read_the_constituents_of_an_aggregate() {
         let drv = "/nix/store/00000000000000000000000000000000-a.drv";
         let out = "/nix/store/00000000000000000000000000000000-agg";
         let json = format!(
-            r#"[{{"ok":{{"drvPath":"{drv}","name":"agg","system":"x86_64-linux","outputs":{{"out":"{out}"}},"constituents":[{{"drvPath":"{drv}"}},{{"name":"checks.*"}}]}}}}]"#
+            r#"{{"i":7,"r":{{"ok":{{"drvPath":"{drv}","name":"agg","system":"x86_64-linux","outputs":{{"out":"{out}"}},"constituents":[{{"drvPath":"{drv}"}},{{"name":"checks.*"}}]}}}}}}"#
         );
-        let jobs = parse_jobs(&json, 1).unwrap();
-        let RawJob::Ok(agg) = &jobs[0] else {
-            panic!("{jobs:?}")
+        let Some((7, RawJob::Ok(agg))) = parse_result(&json) else {
+            panic!("{:?}", parse_result(&json))
         };
         assert_eq!(
             agg.constituents,
@@ -207,14 +209,29 @@ mod tests {
                 RawConstituent::Name("checks.*".to_owned()),
             ])
         );
-        assert!(parse_jobs(&json.replace("\"name\":\"checks", "\"nom\":\"checks"), 1).is_err());
+        let Some((7, RawJob::Error(e))) =
+            parse_result(&json.replace("\"name\":\"checks", "\"nom\":\"checks"))
+        else {
+            panic!("an unreadable constituent was read")
+        };
+        assert!(
+            e.starts_with("reconix cannot read the evaluator's result: "),
+            "{e}"
+        );
     }
 
     #[test]
-    fn parse_jobs_should_reject_a_count_mismatch_and_partial_output() {
-        assert!(parse_jobs(&fixture("jobs.json"), 3).is_err());
-        // What a failed `nix eval --json` leaves on stdout.
-        assert!(parse_jobs(r#"[{"ok":{"drvPath":"/nix/store/"#, 1).is_err());
-        assert!(parse_jobs(r#"["failed", 42]"#, 2).is_err());
+    fn results_that_are_not_an_index_and_a_result_should_be_none() {
+        // What a flake's own trace could look like behind a marker it guessed, or a cut line.
+        assert_eq!(
+            parse_result(r#"{"i":1,"r":{"ok":{"drvPath":"/nix/store/"#),
+            None
+        );
+        assert_eq!(parse_result(r#"["failed", 42]"#), None);
+        assert_eq!(parse_result(r#"{"r":"failed"}"#), None);
+        assert_eq!(
+            parse_result(r#"{"i":3,"r":"failed"}"#),
+            Some((3, RawJob::Failed))
+        );
     }
 }

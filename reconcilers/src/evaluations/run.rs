@@ -227,18 +227,8 @@ impl<N: Nix> Run<N> {
             })
             .await;
         match written {
-            Ok(true) => {
-                seen.builds_pending |= buildable;
-                if seen.builds_pending
-                    && seen
-                        .builds_woken
-                        .is_none_or(|t| t.elapsed() >= BUILDS_WAKE_EVERY)
-                {
-                    seen.builds_pending = false;
-                    seen.builds_woken = Some(Instant::now());
-                    self.wakers.builds();
-                }
-            }
+            // The loop's select wakes the builds loop: at once when due, else when it is.
+            Ok(true) => seen.builds_pending |= buildable,
             Ok(false) => {}
             Err(err @ reconix_status::Error::Invalid { .. }) => {
                 warn!(repo = %self.key, evaluation = %id, error = %err, "streamed jobs refused");
