@@ -315,6 +315,9 @@ impl<P: Ports> Reconciler for Evaluations<P> {
             }
             None => (Vec::new(), None),
         };
+        // Taken before the rows: a task leaves the running set only after its last write, so
+        // a row read as `evaluating` with no task here really has none.
+        let running = self.running.ids();
         // Read-only: `reconix plan` observes through a read-only database.
         let k = key.clone();
         let evaluations = cx
@@ -324,7 +327,6 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                 None => Ok(Vec::new()),
             })
             .await?;
-        let running = self.running.ids();
         Ok(Observed {
             in_spec: repo_cfg.is_some(),
             path,
@@ -501,10 +503,22 @@ async fn start_evaluation<P: Ports>(
             let repo = db.upsert_repo(&k)?;
             db.record_ref(repo, &r, &rev, now)?;
             let (id, _) = db.insert_evaluation(repo, &r, &rev, &f, now)?;
+            // Planned from an older observation, the evaluation may have been recorded since:
+            // it is never evaluated again.
+            let state = db.evaluation(id)?.map(|e| e.state);
+            if !matches!(
+                state,
+                Some(EvaluationState::Queued | EvaluationState::Evaluating)
+            ) {
+                return Ok(None);
+            }
             db.set_evaluation_state(id, EvaluationState::Evaluating, None, now)?;
-            Ok(id)
+            Ok(Some(id))
         })
         .await?;
+    let Some(id) = id else {
+        return Ok(());
+    };
     let Some(cancel) = running.start(id) else {
         // Planned from an observation taken before the task started: it runs already.
         return Ok(());
