@@ -241,8 +241,16 @@ async fn cancel(
                 "state": done.state,
                 "cancelled_jobs": done.cancelled_jobs,
             });
-            // The builds loop stops the running builds no live job needs any more.
-            ([Wake::Builds, Wake::Statuses(done.repo)], body)
+            // The builds loop stops the running builds no live job needs any more; the
+            // evaluations loop stops the evaluator of an evaluation still running.
+            (
+                [
+                    Wake::Builds,
+                    Wake::Evaluations(done.repo.clone()),
+                    Wake::Statuses(done.repo),
+                ],
+                body,
+            )
         },
     )
     .await

@@ -405,7 +405,14 @@ async fn cancel_with_the_token_should_cancel_unfinished_jobs_and_end_the_evaluat
         json!({ "evaluation": f.building.0, "state": "finished", "cancelled_jobs": 1 })
     );
     let repo = RepoKey::parse("here/demo").unwrap();
-    assert_eq!(f.wakes(), [Wake::Builds, Wake::Statuses(repo)]);
+    assert_eq!(
+        f.wakes(),
+        [
+            Wake::Builds,
+            Wake::Evaluations(repo.clone()),
+            Wake::Statuses(repo)
+        ]
+    );
     let v = get(&f.state, &format!("/api/v1/evaluations/{}", f.building.0))
         .await
         .json();
