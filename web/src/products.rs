@@ -126,7 +126,10 @@ async fn find(st: &AppState, id: i64, n: usize, file: Option<&str>) -> Result<Fo
     let resolved = tokio::fs::canonicalize(physical(&root, &written))
         .await
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ApiError::NotFound("product file"),
+            // A path through a file (`file/x`) or with a NUL is no file either: the client's.
+            std::io::ErrorKind::NotFound
+            | std::io::ErrorKind::NotADirectory
+            | std::io::ErrorKind::InvalidInput => ApiError::NotFound("product file"),
             _ => ApiError::Internal(format!("product {written}: {e}")),
         })?;
     let mut inside = false;
@@ -588,6 +591,23 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(got, body.as_bytes(), "{file}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_path_through_a_file_should_be_a_404_not_a_server_error() {
+        let s = store(&["share/doc index.html"]);
+        let base = format!("/api/v1/jobs/{}/products/0", s.job);
+        for path in ["index.html/x", "style.css/a/b"] {
+            let resp = router(s.st.clone())
+                .oneshot(
+                    Request::get(format!("{base}/{path}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
         }
     }
 
