@@ -23,6 +23,11 @@ use reconix_spec::names::System;
 
 const P: &str = "packages.x86_64-linux.";
 
+/// One test at a time in one process: `our_workers` finds every evaluator of this process,
+/// and plain `cargo test` runs this file's tests in one process, in parallel (nextest runs
+/// each in its own).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A flake whose `let` defines `mk name script`, `spin n` (about n × 0.1 s of evaluation) and
 /// `fat name n` (a derivation whose evaluation holds a list of `n` strings: about 180 bytes
 /// each), with `packages` = `packages`.
@@ -102,6 +107,7 @@ fn our_workers() -> Vec<u32> {
 
 #[tokio::test]
 async fn workers_should_split_and_reassemble_exactly_what_one_process_finds() {
+    let _serial = SERIAL.lock().await;
     let packages: Vec<String> = (0..40)
         .map(|i| match i {
             7 => "t7 = throw \"no t7\";".to_owned(),
@@ -150,6 +156,7 @@ async fn workers_should_split_and_reassemble_exactly_what_one_process_finds() {
 
 #[tokio::test]
 async fn the_memory_budget_should_kill_requeue_and_fail_only_the_attribute_too_fat_alone() {
+    let _serial = SERIAL.lock().await;
     // 2 workers of 250 MiB: a budget of 500 MiB. The medium attributes (~220 MB each) do not
     // fit two at once; the fat one (~1 GB) does not fit even alone.
     let (_dir, flake_ref) = flake(
@@ -182,6 +189,7 @@ async fn the_memory_budget_should_kill_requeue_and_fail_only_the_attribute_too_f
 
 #[tokio::test]
 async fn a_worker_killed_from_outside_should_be_recovered() {
+    let _serial = SERIAL.lock().await;
     // `slow` takes about 3 s of evaluation: long enough to be found and killed.
     let (_dir, flake_ref) = flake(
         r#"{
@@ -229,6 +237,7 @@ async fn a_worker_killed_from_outside_should_be_recovered() {
 
 #[tokio::test]
 async fn streaming_should_never_let_a_job_build_before_a_job_in_its_closure_is_seen() {
+    let _serial = SERIAL.lock().await;
     // Attributes are evaluated in name order: `a-user` needs `z-last`'s output and comes
     // first (`m-slow` in between takes a while); `c-inter` needs `inter`, no job and never
     // built; `b-leaf` needs nothing.
@@ -279,6 +288,7 @@ async fn streaming_should_never_let_a_job_build_before_a_job_in_its_closure_is_s
 
 #[tokio::test]
 async fn a_dropped_evaluation_should_leave_no_evaluator_running() {
+    let _serial = SERIAL.lock().await;
     let (_dir, flake_ref) = flake(
         r#"{
           slow = mk "slow" "echo ${toString (spin 100000)} > $out";
@@ -315,6 +325,7 @@ async fn a_dropped_evaluation_should_leave_no_evaluator_running() {
 
 #[tokio::test]
 async fn import_from_derivation_should_be_refused_unless_allowed() {
+    let _serial = SERIAL.lock().await;
     let (_dir, flake_ref) = flake(
         r#"{
           ifd = let n = import (mk "gen" "echo '\"from-ifd\"' > $out"); in mk n "echo > $out";
@@ -335,6 +346,7 @@ async fn import_from_derivation_should_be_refused_unless_allowed() {
 
 #[tokio::test]
 async fn evaluations_should_share_the_workers_chunk_by_chunk() {
+    let _serial = SERIAL.lock().await;
     // One worker. `big` has 600 attributes of about 10 ms each: chunks of 100 (before the
     // time per attribute is known), then of about 5 s. `small`, started while big's first
     // chunk runs, gets the worker next and ends long before big does.
@@ -370,6 +382,7 @@ async fn evaluations_should_share_the_workers_chunk_by_chunk() {
 
 #[tokio::test]
 async fn a_worker_past_max_memory_between_attributes_should_be_restarted_without_losing_one() {
+    let _serial = SERIAL.lock().await;
     // Two workers of 250 MiB (a budget of 500 MiB). `slow` (about 10 s of hashing one string:
     // some 40 MB) keeps one worker busy; the ten attributes that each keep about 64 MB (on a start
     // of about 45 MB) then go to the other, which passes 250 MiB after four of them while the
@@ -422,6 +435,7 @@ async fn a_worker_past_max_memory_between_attributes_should_be_restarted_without
 
 #[tokio::test]
 async fn a_part_that_fails_to_list_should_be_counted_and_reported_at_once() {
+    let _serial = SERIAL.lock().await;
     // An `abort` kills the listing process (a `throw` the walker catches, and the part is then
     // an attribute like any other): the part is split off and is an eval-failed job already.
     require_nix();
