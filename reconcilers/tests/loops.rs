@@ -70,24 +70,13 @@ where
     Controller::new(Arc::new(r), Arc::clone(&w.ctx), w.spec.clone())
 }
 
-/// Polls `f` against the database every 10 ms for up to 10 s.
+/// Polls `f` against `w`'s database (see [`common::until`]).
 async fn until<T: Send + 'static>(
     w: &World,
     what: &str,
     f: impl Fn(&mut StatusDb) -> reconix_status::Result<Option<T>> + Send + Sync + Clone + 'static,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    loop {
-        tick.tick().await;
-        if let Some(v) = w.ctx.status.call(f.clone()).await.unwrap() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-    }
+    common::until(&w.ctx.status, what, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

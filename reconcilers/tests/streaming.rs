@@ -102,24 +102,13 @@ impl World {
         )
     }
 
-    /// Polls `f` against the database every 10 ms for up to 10 s.
+    /// Polls `f` against the database (see [`common::until`]).
     async fn until<T: Send + 'static>(
         &self,
         what: &str,
         f: impl Fn(&mut StatusDb) -> reconix_status::Result<Option<T>> + Send + Sync + Clone + 'static,
     ) -> T {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        loop {
-            tick.tick().await;
-            if let Some(v) = self.ctx.status.call(f.clone()).await.unwrap() {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-        }
+        common::until(&self.ctx.status, what, f).await
     }
 
     async fn stop(mut self) {

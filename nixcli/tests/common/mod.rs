@@ -1,4 +1,5 @@
-//! Helpers shared by the real-Nix test binaries (`real_nix`, `remote_build`).
+//! Helpers shared by the real-Nix test binaries (`real_nix`, `remote_build`, `workers`,
+//! `aggregates`).
 
 #![allow(
     dead_code,

@@ -11,8 +11,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use std::time::Duration;
+
 use reconix_nixcli::{EvalJob, JobDrv};
 use reconix_spec::{AttrPath, StorePath, System};
+use reconix_status::{Status, StatusDb};
 
 /// A store path `/nix/store/<n, 32 digits>-<name>`.
 pub fn path(n: u32, name: &str) -> StorePath {
@@ -55,4 +58,24 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Polls `f` against the database every 10 ms for up to 10 s; fails naming `what`.
+pub async fn until<T: Send + 'static>(
+    status: &Status,
+    what: &str,
+    f: impl Fn(&mut StatusDb) -> reconix_status::Result<Option<T>> + Send + Sync + Clone + 'static,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        if let Some(v) = status.call(f.clone()).await.unwrap() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+    }
 }
