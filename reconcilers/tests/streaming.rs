@@ -234,6 +234,52 @@ async fn a_timed_out_evaluation_should_fail_with_how_far_it_got_and_keep_its_job
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_should_cancel_the_jobs_a_timed_out_evaluation_left_building() {
+    let (a, b) = (job("a", 1, &[]), job("b", 2, &[]));
+    let drv_a = a.result.as_ref().unwrap().drv_path.clone();
+    let mut flake_ref = String::new();
+    let w = World::start("evaluation:\n  timeout: 1s\n", |nix, flake| {
+        nix.set_evaluation(flake, FakeEvaluation::Jobs(vec![a.clone(), b.clone()]));
+        nix.set_evaluation_stream(flake, vec![vec![streamed(&a, true)]]);
+        nix.hold_evaluation(flake);
+        nix.hold(drv_a.clone());
+        flake_ref = flake.to_owned();
+    });
+    w.until("timed out", in_state(1, EvaluationState::Failed))
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), w.nix.wait_for_realise(&drv_a))
+        .await
+        .expect("the job found before the timeout is being built");
+    let second = World::commit_in(&w.repo, "two");
+    w.nix
+        .set_evaluation(&second, FakeEvaluation::Jobs(vec![job("c", 3, &[])]));
+    w.ctx
+        .wakers
+        .evaluations(RepoKey::parse("here/demo").unwrap());
+    w.until(
+        "the new head finished",
+        in_state(2, EvaluationState::Finished),
+    )
+    .await;
+    w.until("a cancelled", |db| {
+        let jobs = db.jobs_of_evaluation(EvaluationId(1))?;
+        Ok((jobs.len() == 1 && jobs[0].state == JobState::Cancelled).then_some(()))
+    })
+    .await;
+    let e = w
+        .ctx
+        .status
+        .call(|db| db.evaluation(EvaluationId(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.state, EvaluationState::Failed, "it keeps its timeout");
+    assert!(e.error.unwrap().starts_with("evaluation timed out"));
+    w.nix.release(&drv_a);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_push_should_stop_the_running_evaluation_and_evaluate_the_new_head() {
     let mut first = String::new();
     let w = World::start("", |nix, flake| {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::StatusDb;
 use crate::error::{Error, QueryExt, Result};
-use crate::evaluations::{cancel_jobs, evaluation_state};
+use crate::evaluations::{cancel_jobs, evaluation_state, unfinished_jobs};
 use crate::row::{get, parse, parse_repo_key};
 use crate::types::{BuildState, EvaluationId, EvaluationState, JobId, JobState, sql_list};
 
@@ -43,7 +43,8 @@ pub struct Cancelled {
     pub evaluation: EvaluationId,
     /// Its repository.
     pub repo: RepoKey,
-    /// The state it ended in: `finished` when it had jobs, `failed` when it was not evaluated yet.
+    /// The state it ended in: `finished` when it had jobs, `failed` when it was not evaluated yet
+    /// (or had already timed out).
     pub state: EvaluationState,
     /// How many `queued` or `building` jobs were cancelled.
     pub cancelled_jobs: u64,
@@ -188,8 +189,12 @@ impl StatusDb {
     /// by the `evaluations` loop (its evaluator processes killed), as a superseded one is.
     ///
     /// # Errors
+    /// An evaluation that timed out (`failed`) with jobs left to build has those jobs cancelled
+    /// and stays `failed` with its message.
+    ///
+    /// # Errors
     /// Returns [`Error::NotFound`] for an unknown evaluation, [`Error::Invalid`] when it has
-    /// already ended, and [`Error::Query`] when SQLite fails.
+    /// already ended (with nothing left to build), and [`Error::Query`] when SQLite fails.
     pub fn cancel_evaluation(&mut self, id: EvaluationId, now: Timestamp) -> Result<Cancelled> {
         const OP: &str = "cancel_evaluation";
         let tx = self.write(OP)?;
@@ -197,6 +202,18 @@ impl StatusDb {
         let state = match current {
             EvaluationState::Queued | EvaluationState::Evaluating => EvaluationState::Failed,
             EvaluationState::Building => EvaluationState::Finished,
+            // Timed out with jobs left to build: those are cancelled, its message stays.
+            EvaluationState::Failed if unfinished_jobs(&tx, id, OP)? > 0 => {
+                let repo = repo_of(&tx, id, OP)?;
+                let cancelled = cancel_jobs(&tx, id, now, OP)?;
+                tx.commit().op(OP)?;
+                return Ok(Cancelled {
+                    evaluation: id,
+                    repo,
+                    state: current,
+                    cancelled_jobs: cancelled,
+                });
+            }
             EvaluationState::Finished | EvaluationState::Failed | EvaluationState::Superseded => {
                 return Err(Error::Invalid {
                     op: OP,

@@ -29,7 +29,9 @@
 //!
 //! An evaluation that already reached `building` is superseded only once its successor on the
 //! same ref has been evaluated (or the ref vanished): until then no job of the successor is
-//! known, and superseding would make the builds loop cancel builds both commits share.
+//! known, and superseding would make the builds loop cancel builds both commits share. The
+//! same holds for an evaluation that timed out with jobs left to build: it stays `failed`, and
+//! superseding it cancels those jobs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -119,6 +121,24 @@ pub struct ObservedEvaluation {
     pub state: EvaluationState,
     /// Whether this process is running it (its task is alive).
     pub running: bool,
+    /// Whether it timed out (`failed`) with jobs still to build: those build on, and a new
+    /// push supersedes it as it would a `building` one (its jobs are cancelled).
+    pub timed_out_building: bool,
+}
+
+impl ObservedEvaluation {
+    /// Whether it is still `queued` or `evaluating`.
+    fn evaluating(&self) -> bool {
+        matches!(
+            self.state,
+            EvaluationState::Queued | EvaluationState::Evaluating
+        )
+    }
+
+    /// Whether it has jobs to build: `building`, or timed out with some left.
+    fn building(&self) -> bool {
+        self.state == EvaluationState::Building || self.timed_out_building
+    }
 }
 
 /// One step of the `evaluations` loop.
@@ -173,13 +193,6 @@ pub fn local_flake_ref(path: &std::path::Path, git_ref: &str, rev: &str) -> Stri
     format!("git+file://{encoded}?ref={git_ref}&rev={rev}")
 }
 
-fn is_unfinished(state: EvaluationState) -> bool {
-    matches!(
-        state,
-        EvaluationState::Queued | EvaluationState::Evaluating | EvaluationState::Building
-    )
-}
-
 /// Returns the heads to evaluate: the observed branch heads, then the head of every open pull
 /// request whose author is trusted, when the repository builds pull requests.
 fn heads(key: &RepoKey, desired: &Spec, observed: &Observed) -> Vec<Head> {
@@ -222,15 +235,9 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
     // old jobs, and the builds loop then cancels every running build no live job needs. Were the
     // old evaluation superseded first, a build both commits share would be cancelled and redone.
     let mut steps = Vec::new();
-    let evaluating = |e: &ObservedEvaluation| {
-        matches!(
-            e.state,
-            EvaluationState::Queued | EvaluationState::Evaluating
-        )
-    };
     for head in &all_heads {
         let done = observed.evaluations.iter().any(|e| {
-            e.git_ref == head.git_ref && e.rev == head.rev && (e.running || !evaluating(e))
+            e.git_ref == head.git_ref && e.rev == head.rev && (e.running || !e.evaluating())
         });
         if !done {
             steps.push(Step::StartEvaluation {
@@ -244,17 +251,17 @@ pub fn plan(key: &RepoKey, desired: &Spec, observed: &Observed, now: Timestamp) 
     for e in observed
         .evaluations
         .iter()
-        .filter(|e| is_unfinished(e.state))
+        .filter(|e| e.evaluating() || e.building())
     {
         match heads.get(e.git_ref.as_str()) {
             Some(head) if *head == e.rev => {}
             // Its jobs keep building until the successor's jobs are known (module docs).
             Some(head)
-                if e.state == EvaluationState::Building
+                if e.building()
                     && !observed
                         .evaluations
                         .iter()
-                        .any(|n| n.git_ref == e.git_ref && n.rev == *head && !evaluating(n)) => {}
+                        .any(|n| n.git_ref == e.git_ref && n.rev == *head && !n.evaluating()) => {}
             head => steps.push(Step::Supersede {
                 evaluation: e.id,
                 by_rev: head.map(|h| (*h).to_owned()),
@@ -320,11 +327,14 @@ impl<P: Ports> Reconciler for Evaluations<P> {
         let running = self.running.ids();
         // Read-only: `reconix plan` observes through a read-only database.
         let k = key.clone();
-        let evaluations = cx
+        let (evaluations, timed_out) = cx
             .status
             .call(move |db| match db.repo_id(&k)? {
-                Some(repo) => db.evaluations_for_repo(repo),
-                None => Ok(Vec::new()),
+                Some(repo) => Ok((
+                    db.evaluations_for_repo(repo)?,
+                    db.timed_out_evaluations_building(repo)?,
+                )),
+                None => Ok((Vec::new(), Vec::new())),
             })
             .await?;
         Ok(Observed {
@@ -341,6 +351,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                     rev: e.rev,
                     state: e.state,
                     running: running.contains(&e.id),
+                    timed_out_building: timed_out.contains(&e.id),
                 })
                 .collect(),
         })
@@ -367,8 +378,9 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                                 .map(|e| e.id)
                         });
                         // Both calls cancel the evaluation's unfinished jobs in the same
-                        // transaction; a branch that vanished has no successor to name.
-                        match by {
+                        // transaction; a branch that vanished has no successor to name. One
+                        // that timed out stays `failed`: only the jobs it left are cancelled.
+                        let superseded = match by {
                             Some(by) => db.supersede_evaluation(evaluation, by, now),
                             None => db.set_evaluation_state(
                                 evaluation,
@@ -376,7 +388,11 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                                 None,
                                 now,
                             ),
+                        }?;
+                        if !superseded {
+                            db.cancel_timed_out_jobs(evaluation, now)?;
                         }
+                        Ok(())
                     })
                     .await?;
                 self.running.stop(evaluation);
@@ -574,6 +590,7 @@ mod tests {
             rev: rev.to_owned(),
             state,
             running: false,
+            timed_out_building: false,
         }
     }
 
@@ -734,6 +751,42 @@ mod tests {
         let p = plan(&key(), &spec(), &o, Timestamp(0));
         assert_eq!(p.steps.len(), 1);
         assert!(matches!(&p.steps[0], Step::StartEvaluation { .. }));
+    }
+
+    #[test]
+    fn a_timed_out_evaluation_with_jobs_left_should_be_superseded_like_a_building_one() {
+        let timed_out = ObservedEvaluation {
+            timed_out_building: true,
+            ..eval(1, "aaa", EvaluationState::Failed)
+        };
+        // Its head unchanged: nothing to do, its jobs build on.
+        let o = observed(vec![head("aaa")], vec![timed_out.clone()]);
+        assert!(plan(&key(), &spec(), &o, Timestamp(0)).steps.is_empty());
+        // A push: the new head is evaluated first…
+        let o = observed(vec![head("bbb")], vec![timed_out.clone()]);
+        let p = plan(&key(), &spec(), &o, Timestamp(0));
+        assert!(matches!(&p.steps[..], [Step::StartEvaluation { rev, .. }] if rev == "bbb"));
+        // …then its jobs are cancelled.
+        let o = observed(
+            vec![head("bbb")],
+            vec![timed_out, eval(2, "bbb", EvaluationState::Building)],
+        );
+        assert_eq!(
+            plan(&key(), &spec(), &o, Timestamp(0)).steps,
+            vec![Step::Supersede {
+                evaluation: EvaluationId(1),
+                by_rev: Some("bbb".into())
+            }]
+        );
+        // One with nothing left to build is left alone.
+        let o = observed(
+            vec![head("bbb")],
+            vec![
+                eval(1, "aaa", EvaluationState::Failed),
+                eval(2, "bbb", EvaluationState::Building),
+            ],
+        );
+        assert!(plan(&key(), &spec(), &o, Timestamp(0)).steps.is_empty());
     }
 
     #[test]
