@@ -187,14 +187,20 @@ pub(crate) async fn download_within(
             "`{file}` is not a plain path below product {n} of job {id} (no `.`, `..` or leading `/`)"
         )));
     };
-    let product = find(&st, id, n, None).await?;
-    if !product.meta.is_dir() {
-        return Err(ApiError::BadRequest(format!(
-            "product {n} of job {id} is a file, not a directory: download it at {}",
-            within_href(id, n, "")
-        )));
-    }
-    let found = find(&st, id, n, Some(rel)).await?;
+    let found = match find(&st, id, n, Some(rel)).await {
+        Ok(found) => found,
+        // Nothing lies below a file product: say so rather than "not found".
+        Err(ApiError::NotFound(what)) => {
+            if !find(&st, id, n, None).await?.meta.is_dir() {
+                return Err(ApiError::BadRequest(format!(
+                    "product {n} of job {id} is a file, not a directory: download it at {}",
+                    within_href(id, n, "")
+                )));
+            }
+            return Err(ApiError::NotFound(what));
+        }
+        Err(e) => return Err(e),
+    };
     if found.meta.is_dir() {
         return listing(id, n, rel, &found).await;
     }
@@ -289,29 +295,38 @@ async fn listing(id: i64, n: usize, rel: &str, found: &Found) -> Result<Response
     let mut dir = tokio::fs::read_dir(&found.resolved)
         .await
         .map_err(internal)?;
-    let mut entries = Vec::new();
-    let mut more = 0;
+    // The entry's own type costs no `stat`; only a symlink is followed, to list a link to a
+    // directory as one. Sorted in full before cutting, so the first entries are listed.
+    let mut all = Vec::new();
     while let Some(entry) = dir.next_entry().await.map_err(internal)? {
-        if entries.len() == LISTED_ENTRIES {
-            more += 1;
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_dir = tokio::fs::metadata(entry.path())
-            .await
-            .is_ok_and(|m| m.is_dir());
-        let below = if rel.is_empty() {
-            name.clone()
+        let kind = entry.file_type().await.map_err(internal)?;
+        let dir = if kind.is_symlink() {
+            tokio::fs::metadata(entry.path())
+                .await
+                .is_ok_and(|m| m.is_dir())
         } else {
-            format!("{rel}/{name}")
+            kind.is_dir()
         };
-        entries.push(Entry {
-            href: within_href(id, n, &below),
-            name,
-            dir: is_dir,
-        });
+        all.push((!dir, entry.file_name().to_string_lossy().into_owned()));
     }
-    entries.sort_by(|a, b| (!a.dir, &a.name).cmp(&(!b.dir, &b.name)));
+    all.sort_unstable();
+    let more = all.len().saturating_sub(LISTED_ENTRIES);
+    all.truncate(LISTED_ENTRIES);
+    let entries = all
+        .into_iter()
+        .map(|(file, name)| {
+            let below = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            Entry {
+                href: within_href(id, n, &below),
+                name,
+                dir: !file,
+            }
+        })
+        .collect();
     let parent = (!rel.is_empty())
         .then(|| within_href(id, n, rel.rsplit_once('/').map_or("", |(up, _)| up)));
     let page = Listing {
@@ -554,6 +569,11 @@ mod tests {
             assert!(page.contains(&listed), "{listed} missing: {page}");
         }
         assert!(page.find("img/").unwrap() < page.find("index.html").unwrap());
+        // A link to a directory is listed as one.
+        assert!(
+            page.contains(&format!("href=\"{base}/up\">up/</a>")),
+            "{page}"
+        );
         let (status, body, _) = get(&s.st, &format!("{base}/img")).await;
         assert_eq!(status, StatusCode::OK);
         let page = String::from_utf8(body).unwrap();
@@ -562,6 +582,28 @@ mod tests {
             "{page}"
         );
         assert!(page.contains(&format!("href=\"{base}\">../</a>")), "{page}");
+    }
+
+    #[tokio::test]
+    async fn a_huge_directory_should_list_its_first_entries_in_order() {
+        let s = store(&["share/doc"]);
+        let big = physical(s._dir.path(), s.out.as_str()).join("share/doc/big");
+        std::fs::create_dir(&big).unwrap();
+        for i in (0..LISTED_ENTRIES + 2).rev() {
+            std::fs::write(big.join(format!("f{i:05}")), "").unwrap();
+        }
+        let base = format!("/api/v1/jobs/{}/products/0/big", s.job);
+        let (status, body, _) = get(&s.st, &base).await;
+        assert_eq!(status, StatusCode::OK);
+        let page = String::from_utf8(body).unwrap();
+        let last = LISTED_ENTRIES - 1;
+        for listed in [0, 1, last] {
+            assert!(page.contains(&format!(">f{listed:05}</a>")), "f{listed:05}");
+        }
+        for cut in [last + 1, last + 2] {
+            assert!(!page.contains(&format!(">f{cut:05}</a>")), "f{cut:05}");
+        }
+        assert!(page.contains("and 2 more entries"));
     }
 
     #[tokio::test]
