@@ -123,7 +123,7 @@ impl StatusDb {
 
         let tx = self.write(OP)?;
         let state = evaluation_state(&tx, id, OP)?;
-        if !matches!(state, EvaluationState::Queued | EvaluationState::Evaluating) {
+        if !state.is_evaluating() {
             return Ok(false);
         }
         // Jobs streamed while the evaluation ran (or left by an earlier run of it) keep their

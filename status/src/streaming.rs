@@ -21,11 +21,6 @@ use crate::row::get;
 use crate::types::{EvaluationId, EvaluationState, JobState, NewStreamedJob, RepoId};
 use crate::views::EvaluationProgress;
 
-/// True for the states in which an evaluation may still record what it finds.
-fn running(state: EvaluationState) -> bool {
-    matches!(state, EvaluationState::Queued | EvaluationState::Evaluating)
-}
-
 impl StatusDb {
     /// Records that evaluation `id` listed `attributes` attributes to evaluate; returns false
     /// (changing nothing) once it has ended.
@@ -69,7 +64,7 @@ impl StatusDb {
         const OP: &str = "record_streamed_jobs";
         let index = index_new_jobs(jobs.iter().map(|s| &s.job), OP)?;
         let tx = self.write(OP)?;
-        if !running(evaluation_state(&tx, id, OP)?) {
+        if !evaluation_state(&tx, id, OP)?.is_evaluating() {
             return Ok(false);
         }
         // The ids of earlier recorded dependencies, or None for one not recorded yet.
@@ -146,7 +141,7 @@ impl StatusDb {
     ) -> Result<bool> {
         const OP: &str = "time_out_evaluation";
         let tx = self.write(OP)?;
-        if !running(evaluation_state(&tx, id, OP)?) {
+        if !evaluation_state(&tx, id, OP)?.is_evaluating() {
             return Ok(false);
         }
         tx.execute(

@@ -146,6 +146,14 @@ state_enum!(
     }
 );
 
+impl EvaluationState {
+    /// Returns true while Nix may still be evaluating it (`queued` or `evaluating`): the states
+    /// in which it records what it finds.
+    pub const fn is_evaluating(self) -> bool {
+        matches!(self, Self::Queued | Self::Evaluating)
+    }
+}
+
 state_enum!(
     /// Says where one job of an evaluation stands.
     JobState, "job state",

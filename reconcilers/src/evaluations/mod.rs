@@ -129,10 +129,7 @@ pub struct ObservedEvaluation {
 impl ObservedEvaluation {
     /// Whether it is still `queued` or `evaluating`.
     fn evaluating(&self) -> bool {
-        matches!(
-            self.state,
-            EvaluationState::Queued | EvaluationState::Evaluating
-        )
+        self.state.is_evaluating()
     }
 
     /// Whether it has jobs to build: `building`, or timed out with some left.
@@ -522,10 +519,7 @@ async fn start_evaluation<P: Ports>(
             // Planned from an older observation, the evaluation may have been recorded since:
             // it is never evaluated again.
             let state = db.evaluation(id)?.map(|e| e.state);
-            if !matches!(
-                state,
-                Some(EvaluationState::Queued | EvaluationState::Evaluating)
-            ) {
+            if !state.is_some_and(EvaluationState::is_evaluating) {
                 return Ok(None);
             }
             db.set_evaluation_state(id, EvaluationState::Evaluating, None, now)?;

@@ -96,11 +96,9 @@ pub(super) struct Run<N> {
     pub cancel: CancellationToken,
 }
 
-/// How far the evaluation got, as the task saw it (for the timeout message).
+/// What the task remembers between writes.
 #[derive(Debug, Default)]
 struct Seen {
-    listed: Option<usize>,
-    evaluated: HashSet<reconix_spec::AttrPath>,
     /// When the builds loop was last woken for buildable jobs, and whether buildable jobs
     /// arrived since: it is woken at most every [`BUILDS_WAKE_EVERY`] (each wake reads every
     /// unfinished job, so waking it at each write of a large evaluation would cost the
@@ -151,7 +149,7 @@ impl<N: Nix> Run<N> {
                     drop(evaluation);
                     let pending = drain(&mut rx, None);
                     self.write(pending, &mut seen).await?;
-                    return self.time_out(&seen).await;
+                    return self.time_out().await;
                 }
                 outcome = &mut evaluation => break outcome,
                 () = &mut throttle, if !throttle.is_elapsed() => {}
@@ -205,10 +203,6 @@ impl<N: Nix> Run<N> {
                 }
             }
         }
-        if listed.is_some() {
-            seen.listed = listed;
-        }
-        seen.evaluated.extend(jobs.keys().cloned());
         let buildable = jobs
             .values()
             .any(|s| s.buildable && s.job.state == JobState::Queued);
@@ -238,21 +232,25 @@ impl<N: Nix> Run<N> {
         Ok(())
     }
 
-    /// Ends the evaluation `failed` with a message naming how far it got, keeping its jobs.
-    async fn time_out(&self, seen: &Seen) -> Result<()> {
-        let message = format!(
-            "evaluation timed out after {}: {} of {} attributes evaluated \
-             (evaluation.timeout / eval-timeout)",
-            self.timeout,
-            seen.evaluated.len(),
-            seen.listed
-                .map_or_else(|| "?".to_owned(), |n| n.to_string())
-        );
-        warn!(repo = %self.key, evaluation = %self.id, error = %message, "evaluation timed out");
-        let id = self.id;
-        self.status
-            .call(move |db| db.time_out_evaluation(id, &message, Timestamp::now()))
+    /// Ends the evaluation `failed` with a message naming how far it got (as recorded),
+    /// keeping its jobs.
+    async fn time_out(&self) -> Result<()> {
+        let (id, timeout) = (self.id, self.timeout);
+        let message = self
+            .status
+            .call(move |db| {
+                let progress = db.evaluation_progress(id)?;
+                let message = format!(
+                    "evaluation timed out after {timeout}: {} of {} attributes evaluated \
+                     (evaluation.timeout / eval-timeout)",
+                    progress.map_or(0, |p| p.evaluated),
+                    progress.map_or_else(|| "?".to_owned(), |p| p.attributes.to_string())
+                );
+                db.time_out_evaluation(id, &message, Timestamp::now())?;
+                Ok(message)
+            })
             .await?;
+        warn!(repo = %self.key, evaluation = %self.id, error = %message, "evaluation timed out");
         self.wakers.builds();
         self.wakers.statuses(self.key.clone());
         Ok(())
