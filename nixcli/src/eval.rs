@@ -282,44 +282,49 @@ pub(crate) async fn evaluate(
             (t, result)
         })
         .collect();
-    // Skipped jobs are no nodes: a job depending on one waits for the jobs behind it, and Nix
-    // builds the skipped derivation as part of that job's closure.
-    let nodes: Vec<(AttrPath, StorePath)> = jobs
-        .iter()
-        .filter_map(|(t, r)| {
-            r.as_ref()
-                .ok()
-                .filter(|d| {
-                    System::new(d.system.as_str())
-                        .ok()
-                        .and_then(|system| skip_reason(t.walked, &system, &req.systems))
-                        .is_none()
-                })
-                .map(|d| (t.attr.clone(), d.drv_path.clone()))
-        })
-        .collect();
     // The derivations the streamer read are not read again; it is done.
     let mut read = streamer.into_read();
     let reader = cli.clone();
-    let (deps, features) = tokio::task::spawn_blocking(move || {
-        let job_drvs: HashSet<StorePath> = nodes.iter().map(|(_, d)| d.clone()).collect();
-        // The required features of the job derivations, noted as the walk reads them (it reads
-        // each derivation once, the jobs' own included).
-        let mut features: HashMap<StorePath, Vec<String>> = HashMap::new();
-        let deps = job_deps(&nodes, |p: &StorePath| {
-            let (inputs, required) = match read.remove(p) {
-                Some(r) => (r.inputs, r.required_features),
-                None => {
-                    let drv = read_derivation(p, &reader.physical(p))?;
-                    (drv.input_drvs.into_keys().collect(), drv.required_features)
+    let systems = req.systems.clone();
+    // The walk borrows the jobs, so they go to the blocking thread and come back.
+    let (jobs, deps, features) = tokio::task::spawn_blocking(move || {
+        let (deps, features) = {
+            // Skipped jobs are no nodes: a job depending on one waits for the jobs behind it,
+            // and Nix builds the skipped derivation as part of that job's closure.
+            let nodes: Vec<(&AttrPath, &StorePath)> = jobs
+                .iter()
+                .filter_map(|(t, r)| {
+                    r.as_ref()
+                        .ok()
+                        .filter(|d| {
+                            System::new(d.system.as_str())
+                                .ok()
+                                .and_then(|system| skip_reason(t.walked, &system, &systems))
+                                .is_none()
+                        })
+                        .map(|d| (&t.attr, &d.drv_path))
+                })
+                .collect();
+            let job_drvs: HashSet<&StorePath> = nodes.iter().map(|(_, d)| *d).collect();
+            // The required features of the job derivations (usually none), noted as the walk
+            // reads them (it reads each derivation once, the jobs' own included).
+            let mut features: HashMap<StorePath, Vec<String>> = HashMap::new();
+            let deps = job_deps(&nodes, |p: &StorePath| {
+                let (inputs, required) = match read.remove(p).and_then(|n| n.read) {
+                    Some(r) => (r.inputs, r.required_features),
+                    None => {
+                        let drv = read_derivation(p, &reader.physical(p))?;
+                        (drv.input_drvs.into_keys().collect(), drv.required_features)
+                    }
+                };
+                if !required.is_empty() && job_drvs.contains(p) {
+                    features.insert(p.clone(), required);
                 }
-            };
-            if job_drvs.contains(p) {
-                features.insert(p.clone(), required);
-            }
-            Ok::<_, Error>(inputs)
-        })?;
-        Ok::<_, Error>((deps, features))
+                Ok::<_, Error>(inputs)
+            })?;
+            (deps, features)
+        };
+        Ok::<_, Error>((jobs, deps, features))
     })
     .await
     .map_err(Error::Task)??;

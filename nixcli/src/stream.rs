@@ -253,8 +253,17 @@ fn bytes(n: u64) -> String {
 #[derive(Debug)]
 pub(crate) struct ReadDrv {
     pub(crate) inputs: Vec<StorePath>,
+    /// Its outputs, while it is no reported job's (only those are checked for validity).
     pub(crate) outputs: Vec<StorePath>,
     pub(crate) required_features: Vec<String>,
+}
+
+/// What the streamer knows of one derivation: what it read of it, and the reported jobs whose
+/// derivation it is (by target index). One map for both, so each path is held once.
+#[derive(Debug, Default)]
+pub(crate) struct DrvNode {
+    pub(crate) read: Option<ReadDrv>,
+    jobs: Vec<usize>,
 }
 
 /// Reports evaluated jobs while the evaluation runs (see the module docs).
@@ -264,10 +273,8 @@ pub(crate) struct Streamer {
     systems: Vec<System>,
     /// Arrived, not reported yet.
     arrived: Vec<usize>,
-    /// Reported jobs' derivations → their attributes.
-    job_drvs: HashMap<StorePath, Vec<AttrPath>>,
-    /// Derivations read so far.
-    drvs: HashMap<StorePath, ReadDrv>,
+    /// Derivations read so far, and reported jobs' derivations.
+    drvs: HashMap<StorePath, DrvNode>,
     /// Output paths known valid.
     valid: HashSet<StorePath>,
     /// Output paths known invalid (not checked again during this evaluation: a job waiting on
@@ -281,7 +288,6 @@ impl Streamer {
             events,
             systems,
             arrived: Vec::new(),
-            job_drvs: HashMap::new(),
             drvs: HashMap::new(),
             valid: HashSet::new(),
             invalid: HashSet::new(),
@@ -319,10 +325,7 @@ impl Streamer {
                         .as_ref()
                         .and_then(|s| skip_reason(target.walked, s, &self.systems));
                     if skipped.is_none() {
-                        self.job_drvs
-                            .entry(drv.drv_path.clone())
-                            .or_default()
-                            .push(target.attr.clone());
+                        self.job_reported(&drv.drv_path, i);
                     }
                     let aggregate = drv.constituents.is_some();
                     let job = EvalJob {
@@ -364,7 +367,7 @@ impl Streamer {
                 unknown_of.push(Vec::new());
                 continue;
             }
-            let (deps, unknown) = self.walk(cli, &drv.drv_path, &job.attr)?;
+            let (deps, unknown) = self.walk(cli, targets, &drv.drv_path, &job.attr)?;
             drv.deps = deps;
             unknown_of.push(unknown);
         }
@@ -375,6 +378,7 @@ impl Streamer {
             .flat_map(|d| {
                 self.drvs
                     .get(d)
+                    .and_then(|n| n.read.as_ref())
                     .map(|r| r.outputs.clone())
                     .unwrap_or_default()
             })
@@ -393,6 +397,7 @@ impl Streamer {
                     && unknown.iter().all(|d| {
                         self.drvs
                             .get(d)
+                            .and_then(|n| n.read.as_ref())
                             .is_some_and(|r| r.outputs.iter().all(|o| self.valid.contains(o)))
                     });
                 StreamedJob { job, buildable }
@@ -407,6 +412,7 @@ impl Streamer {
     fn walk(
         &mut self,
         cli: &Config,
+        targets: &HashMap<usize, &Target>,
         drv: &StorePath,
         attr: &AttrPath,
     ) -> Result<(Vec<AttrPath>, Vec<StorePath>)> {
@@ -418,8 +424,15 @@ impl Streamer {
             if !seen.insert(d.clone()) {
                 continue;
             }
-            if let Some(attrs) = self.job_drvs.get(&d) {
-                deps.extend(attrs.iter().filter(|a| *a != attr).cloned());
+            if let Some(node) = self.drvs.get(&d).filter(|n| !n.jobs.is_empty()) {
+                deps.extend(
+                    node.jobs
+                        .iter()
+                        .filter_map(|j| targets.get(j))
+                        .map(|t| &t.attr)
+                        .filter(|a| *a != attr)
+                        .cloned(),
+                );
                 continue;
             }
             stack.extend(self.inputs(cli, &d)?);
@@ -430,23 +443,43 @@ impl Streamer {
         Ok((deps, unknown))
     }
 
+    /// Notes that the job of target `index` has derivation `drv`.
+    fn job_reported(&mut self, drv: &StorePath, index: usize) {
+        let node = match self.drvs.get_mut(drv) {
+            Some(node) => node,
+            None => self.drvs.entry(drv.clone()).or_default(),
+        };
+        node.jobs.push(index);
+        // A job's derivation is never asked about again: the walks stop at it.
+        if let Some(read) = &mut node.read {
+            read.outputs = Vec::new();
+        }
+    }
+
     fn inputs(&mut self, cli: &Config, drv: &StorePath) -> Result<Vec<StorePath>> {
-        if let Some(read) = self.drvs.get(drv) {
+        if let Some(read) = self.drvs.get(drv).and_then(|n| n.read.as_ref()) {
             return Ok(read.inputs.clone());
         }
         let parsed = read_derivation(drv, &cli.physical(drv))?;
         let inputs: Vec<StorePath> = parsed.input_drvs.into_keys().collect();
-        let read = ReadDrv {
-            inputs: inputs.clone(),
-            outputs: parsed.outputs.into_values().flatten().collect(),
-            required_features: parsed.required_features,
+        let node = match self.drvs.get_mut(drv) {
+            Some(node) => node,
+            None => self.drvs.entry(drv.clone()).or_default(),
         };
-        self.drvs.insert(drv.clone(), read);
+        node.read = Some(ReadDrv {
+            inputs: inputs.clone(),
+            outputs: if node.jobs.is_empty() {
+                parsed.outputs.into_values().flatten().collect()
+            } else {
+                Vec::new()
+            },
+            required_features: parsed.required_features,
+        });
         Ok(inputs)
     }
 
-    /// Ends the streaming: returns the derivations read.
-    pub(crate) fn into_read(self) -> HashMap<StorePath, ReadDrv> {
+    /// Ends the streaming: returns the derivations it knows, with what it read of them.
+    pub(crate) fn into_read(self) -> HashMap<StorePath, DrvNode> {
         self.drvs
     }
 
