@@ -294,7 +294,6 @@ fn cycle_through(edges: &[Vec<usize>], start: usize) -> Option<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use reconix_spec::names::System;
 
@@ -314,7 +313,7 @@ mod tests {
             system: Some(System::new("x86_64-linux").unwrap()),
             result: Ok(JobDrv {
                 drv_path: drv(name),
-                outputs: BTreeMap::new(),
+                outputs: reconix_spec::Outputs::new(),
                 deps: deps.iter().map(|d| AttrPath::new(*d).unwrap()).collect(),
                 required_features: Vec::new(),
                 constituents: None,

@@ -313,7 +313,7 @@ impl FakeNix {
             .flatten()
             .filter_map(|j| j.result.as_ref().ok())
             .find(|d| &d.drv_path == drv)
-            .map(|d| d.outputs.clone())
+            .map(|d| d.outputs.clone().into())
             .unwrap_or_default();
         BuildOutcome {
             status: BuildStatus::Succeeded,

@@ -264,7 +264,7 @@ pub struct JobDrv {
     /// The `.drv` path (the file exists: evaluation wrote it).
     pub drv_path: StorePath,
     /// Output name → output path.
-    pub outputs: BTreeMap<String, StorePath>,
+    pub outputs: reconix_spec::Outputs,
     /// The jobs of the same evaluation whose derivation is reached first when walking this
     /// job's `inputDrvs` (the walk stops at jobs). Jobs sharing one derivation are all listed.
     pub deps: Vec<AttrPath>,

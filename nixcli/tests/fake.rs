@@ -34,7 +34,7 @@ fn job() -> EvalJob {
         system: Some(System::new("x86_64-linux").unwrap()),
         result: Ok(JobDrv {
             drv_path: sp(DRV),
-            outputs: BTreeMap::from([("out".to_owned(), sp(OUT))]),
+            outputs: reconix_spec::Outputs::from([("out".to_owned(), sp(OUT))]),
             deps: vec![],
             required_features: vec![],
             constituents: None,

@@ -831,7 +831,10 @@ async fn private_store_should_evaluate_build_root_and_collect_garbage_apart_from
         .await
         .unwrap();
     assert_eq!(built_b.status, BuildStatus::Succeeded, "{built_b:?}");
-    let (out_a, out_b) = (a.outputs["out"].clone(), b.outputs["out"].clone());
+    let (out_a, out_b) = (
+        a.outputs.get("out").unwrap().clone(),
+        b.outputs.get("out").unwrap().clone(),
+    );
     assert_eq!(
         within(nix.is_valid(&[out_a.clone(), out_b.clone()]))
             .await
@@ -1053,7 +1056,9 @@ async fn add_root_and_is_valid_should_work_on_built_outputs() {
             .result
             .as_ref()
             .unwrap()
-            .outputs["out"]
+            .outputs
+            .get("out")
+            .unwrap()
             .clone()
     };
     assert_eq!(
@@ -1133,7 +1138,10 @@ async fn closure_and_copy_to_should_size_and_sign_what_a_fresh_store_then_accept
         .await
         .unwrap();
     assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
-    let (c_out, b_out) = (c.outputs["out"].clone(), result("b").outputs["out"].clone());
+    let (c_out, b_out) = (
+        c.outputs.get("out").unwrap().clone(),
+        result("b").outputs.get("out").unwrap().clone(),
+    );
 
     // c links to b (b only read a while building): the closure is b and c, c refers to b.
     let closure = within(nix.closure(std::slice::from_ref(&c_out)))

@@ -74,7 +74,7 @@ pub struct RootedJob {
     /// Its attribute path.
     pub attr: String,
     /// Output name → store path.
-    pub outputs: BTreeMap<String, StorePath>,
+    pub outputs: reconix_spec::Outputs,
 }
 
 /// What `observe` saw for one repository.

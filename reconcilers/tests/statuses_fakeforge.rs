@@ -32,7 +32,7 @@ fn jobs() -> Vec<NewJob> {
             name: format!("p{n}"),
             system: Some(System::new("x86_64-linux").unwrap()),
             drv_path: Some(StorePath::new(format!("/nix/store/{n:0>32}-p{n}.drv")).unwrap()),
-            outputs: BTreeMap::new(),
+            outputs: reconix_spec::Outputs::new(),
             deps: Vec::new(),
             required_features: Vec::new(),
             state: JobState::Queued,

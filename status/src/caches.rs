@@ -239,7 +239,7 @@ mod tests {
         let jobs = db.jobs_of_evaluation(eval).unwrap();
         db.set_job_state(jobs[0].id, JobState::Succeeded, None, at(2))
             .unwrap();
-        jobs[0].outputs["out"].clone()
+        jobs[0].outputs.get("out").unwrap().clone()
     }
 
     #[test]

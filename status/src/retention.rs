@@ -242,7 +242,7 @@ mod tests {
             (e.id, e.git_ref.as_str(), e.jobs, e.succeeded),
             (id, "refs/heads/main", 2, 1)
         );
-        assert_eq!(e.outputs, [jobs[0].outputs["out"].clone()]);
+        assert_eq!(e.outputs, [jobs[0].outputs.get("out").unwrap().clone()]);
         assert!(!e.is_successful());
         assert!(db.all_open_pull_requests().unwrap().is_empty());
     }

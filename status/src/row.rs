@@ -3,13 +3,12 @@
 //! Each `*_COLUMNS` constant is the select list its `parse_*` function reads, in order; keep
 //! the two together when adding a column.
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use reconix_spec::JobMeta;
-use reconix_spec::names::{ForgeName, RepoKey, RepoName, StorePath, Timestamp};
+use reconix_spec::names::{ForgeName, RepoKey, RepoName, Timestamp};
 use rusqlite::Row;
 use rusqlite::types::FromSql;
 
@@ -79,10 +78,7 @@ pub(crate) fn path_text<'p>(op: &'static str, path: &'p Path) -> Result<&'p str>
 }
 
 /// Serializes job outputs to the JSON text stored in `jobs.outputs`.
-pub(crate) fn outputs_json(
-    op: &'static str,
-    outputs: &BTreeMap<String, StorePath>,
-) -> Result<String> {
+pub(crate) fn outputs_json(op: &'static str, outputs: &reconix_spec::Outputs) -> Result<String> {
     serde_json::to_string(outputs).map_err(|e| Error::Invalid {
         op,
         reason: format!("cannot serialize outputs: {e}"),
@@ -119,7 +115,7 @@ pub(crate) fn parse_features(value: String) -> Result<Vec<String>> {
     })
 }
 
-fn parse_outputs(value: String) -> Result<BTreeMap<String, StorePath>> {
+fn parse_outputs(value: String) -> Result<reconix_spec::Outputs> {
     serde_json::from_str(&value).map_err(|e| Error::Corrupt {
         table: "jobs",
         column: "outputs",

@@ -1,7 +1,5 @@
 //! Fixtures shared by the unit tests of this crate.
 
-use std::collections::BTreeMap;
-
 use reconix_spec::names::{AttrPath, RepoKey, StorePath, System, Timestamp};
 
 use crate::{EvaluationId, JobState, NewJob, RepoId, StatusDb};
@@ -53,7 +51,7 @@ pub(crate) fn job(n: u64, name: &str) -> NewJob {
         name: name.to_owned(),
         system: Some(system()),
         drv_path: Some(drv(n)),
-        outputs: BTreeMap::from([("out".to_owned(), store_path(n + 1_000_000, name))]),
+        outputs: reconix_spec::Outputs::from([("out".to_owned(), store_path(n + 1_000_000, name))]),
         deps: Vec::new(),
         required_features: Vec::new(),
         state: JobState::Queued,
@@ -79,7 +77,7 @@ pub(crate) fn failed_job(name: &str, error: &str) -> NewJob {
         name: name.to_owned(),
         system: None,
         drv_path: None,
-        outputs: BTreeMap::new(),
+        outputs: reconix_spec::Outputs::new(),
         deps: Vec::new(),
         required_features: Vec::new(),
         state: JobState::EvalFailed,

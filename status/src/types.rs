@@ -1,6 +1,5 @@
 //! Row identifiers, state enums and the typed rows the queries return.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -307,7 +306,7 @@ pub struct Job {
     /// Its derivation; `None` only for `eval-failed` jobs.
     pub drv_path: Option<StorePath>,
     /// Output name to store path.
-    pub outputs: BTreeMap<String, StorePath>,
+    pub outputs: reconix_spec::Outputs,
     /// The jobs of the same evaluation it depends on, in id order.
     pub deps: Vec<JobId>,
     /// Where it stands.
@@ -367,7 +366,7 @@ pub struct NewJob {
     /// Its derivation; must be `Some` for `queued` jobs.
     pub drv_path: Option<StorePath>,
     /// Output name to store path.
-    pub outputs: BTreeMap<String, StorePath>,
+    pub outputs: reconix_spec::Outputs,
     /// Attribute paths of the jobs of the same evaluation it depends on.
     pub deps: Vec<AttrPath>,
     /// The system features its derivation requires (`requiredSystemFeatures`).

@@ -104,7 +104,7 @@ pub struct JobView {
     /// The evaluation or build error, when there is one.
     pub error: Option<String>,
     /// Output name to store path.
-    pub outputs: BTreeMap<String, StorePath>,
+    pub outputs: reconix_spec::Outputs,
     /// The jobs of the same evaluation it depends on.
     pub deps: Vec<JobId>,
     /// The build of its drv, when there is one (shared by every job with the same drv).

@@ -1,7 +1,6 @@
 //! Router tests of the job endpoints and the authenticated mutations, through
 //! `router(state).oneshot(..)`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -28,7 +27,7 @@ fn job(n: u32, name: &str, deps: &[&str]) -> NewJob {
         name: name.to_owned(),
         system: Some(System::new("x86_64-linux").unwrap()),
         drv_path: Some(drv(n, name)),
-        outputs: BTreeMap::new(),
+        outputs: reconix_spec::Outputs::new(),
         deps: deps.iter().map(|d| attr(d)).collect(),
         required_features: Vec::new(),
         state: JobState::Queued,

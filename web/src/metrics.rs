@@ -88,7 +88,6 @@ pub(crate) fn count_delivery(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use axum::body::{Body, to_bytes};
@@ -142,7 +141,7 @@ mod tests {
                 name: (*name).to_owned(),
                 system: Some(System::new("x86_64-linux").unwrap()),
                 drv_path: Some(StorePath::new(format!("/nix/store/{n:0>32}-{name}.drv")).unwrap()),
-                outputs: BTreeMap::new(),
+                outputs: reconix_spec::Outputs::new(),
                 deps: Vec::new(),
                 required_features: Vec::new(),
                 state: JobState::Queued,

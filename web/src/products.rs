@@ -376,8 +376,6 @@ mod tests {
         }
     }
 
-    use std::collections::BTreeMap;
-
     use axum::http::{Request, StatusCode};
     use reconix_spec::{AttrPath, JobMeta, RepoKey, System, Timestamp};
     use reconix_status::{
@@ -435,7 +433,7 @@ mod tests {
             name: "hello".to_owned(),
             system: Some(System::new("x86_64-linux").unwrap()),
             drv_path: Some(drv.clone()),
-            outputs: BTreeMap::from([("out".to_owned(), out.clone())]),
+            outputs: reconix_spec::Outputs::from([("out".to_owned(), out.clone())]),
             deps: Vec::new(),
             required_features: Vec::new(),
             state: JobState::Queued,

@@ -1,6 +1,5 @@
 //! Router tests: requests through `router(state).oneshot(..)`, no server (axum's testing example).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -25,7 +24,7 @@ fn job(n: u32, name: &str, state: JobState, error: Option<&str>) -> NewJob {
         name: name.to_owned(),
         system: Some(System::new("x86_64-linux").unwrap()),
         drv_path: (state != JobState::EvalFailed).then(|| drv(n, name)),
-        outputs: BTreeMap::new(),
+        outputs: reconix_spec::Outputs::new(),
         deps: Vec::new(),
         required_features: Vec::new(),
         state,

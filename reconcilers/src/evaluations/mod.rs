@@ -833,7 +833,7 @@ mod tests {
             name: attr.to_owned(),
             system: None,
             drv_path: None,
-            outputs: BTreeMap::new(),
+            outputs: reconix_spec::Outputs::new(),
             deps: Vec::new(),
             required_features: Vec::new(),
             state,

@@ -1,8 +1,6 @@
 //! Nix's answers as rows of the status database: jobs (final or streamed), and the message of
 //! an evaluation that found nothing to build.
 
-use std::collections::BTreeMap;
-
 use reconix_nixcli::{Constituent, EvalJob};
 use reconix_spec::AttrPath;
 use reconix_status::{JobState, NewConstituent, NewJob};
@@ -97,7 +95,7 @@ pub(super) fn new_job(j: EvalJob) -> NewJob {
             name: j.name,
             system: j.system,
             drv_path: None,
-            outputs: BTreeMap::new(),
+            outputs: reconix_spec::Outputs::new(),
             deps: Vec::<AttrPath>::new(),
             required_features: Vec::new(),
             state: JobState::EvalFailed,

@@ -1563,7 +1563,6 @@ mod tests {
 
     /// Tests of [`plan`] itself: the gate, and the decisions made on the observed rows.
     mod observed_rows {
-        use std::collections::BTreeMap;
 
         use reconix_spec::AttrPath;
         use reconix_status::{Evaluation, Job, RepoId};
@@ -1611,7 +1610,7 @@ mod tests {
                 name: attr.to_owned(),
                 system: None,
                 drv_path: None,
-                outputs: BTreeMap::new(),
+                outputs: reconix_spec::Outputs::new(),
                 deps: deps.iter().map(|d| JobId(*d)).collect(),
                 state,
                 error: None,

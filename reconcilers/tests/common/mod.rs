@@ -7,7 +7,6 @@
     reason = "test helpers; not every test file uses each"
 )]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -30,7 +29,7 @@ pub fn job(attr: &str, n: u32, deps: &[&str]) -> EvalJob {
         system: Some(System::new("x86_64-linux").unwrap()),
         result: Ok(JobDrv {
             drv_path: path(n, &format!("{attr}.drv")),
-            outputs: BTreeMap::from([("out".to_owned(), path(n + 100, attr))]),
+            outputs: reconix_spec::Outputs::from([("out".to_owned(), path(n + 100, attr))]),
             deps: deps
                 .iter()
                 .map(|d| AttrPath::new(format!("packages.x86_64-linux.{d}")).unwrap())

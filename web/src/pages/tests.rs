@@ -1,6 +1,5 @@
 //! Router tests of the pages and the live log stream: `router(state).oneshot(..)`, no server.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ fn job(n: u32, attr: &str, deps: &[&str]) -> NewJob {
         name: format!("job{n}"),
         system: Some(System::new("x86_64-linux").unwrap()),
         drv_path: Some(drv(n, &format!("job{n}"))),
-        outputs: BTreeMap::new(),
+        outputs: reconix_spec::Outputs::new(),
         deps: deps.iter().map(|d| AttrPath::new(*d).unwrap()).collect(),
         required_features: Vec::new(),
         state: JobState::Queued,
