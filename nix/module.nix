@@ -126,7 +126,13 @@ in
         config.nix.package
         pkgs.git
       ];
-      environment.NIX_REMOTE = "daemon";
+      environment = {
+        NIX_REMOTE = "daemon";
+        # glibc gives each thread that allocates under contention an arena of its own (up to
+        # 8 per core), and each keeps what it freed: two arenas hold the daemon's peak while
+        # it records a 50,000-job evaluation at 132 MiB instead of 157 (docs/benchmarks.md).
+        MALLOC_ARENA_MAX = "2";
+      };
       restartTriggers = [ specFile ];
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/reconix serve --spec ${specFile}";

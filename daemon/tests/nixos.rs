@@ -283,6 +283,10 @@ fn every_example_should_render_to_a_spec_reconix_accepts_with_secrets_as_credent
         assert_eq!(module["NoNewPrivileges"], true);
         assert_eq!(module["CapabilityBoundingSet"], "");
         assert_eq!(module["LimitNOFILE"], 65536);
+        assert_eq!(
+            module["environment"],
+            serde_json::json!({ "NIX_REMOTE": "daemon", "MALLOC_ARENA_MAX": "2" })
+        );
         // MemoryMax: the evaluators' budget (workers × max-memory) plus 1 GiB, when workers
         // is set (github.yaml: 2 × 1.5 GiB).
         match settings["evaluation"]["workers"].as_u64() {

@@ -53,6 +53,7 @@ in
     execStart = service.serviceConfig.ExecStart;
     specText = builtins.readFile (builtins.head (builtins.match ".* --spec ([^ ]+)" service.serviceConfig.ExecStart));
     inherit (service.serviceConfig) LoadCredential User ProtectSystem NoNewPrivileges CapabilityBoundingSet LimitNOFILE MemoryMax;
+    inherit (service) environment;
     trustedUsers = content.nix.settings.trusted-users;
     firewall = content.networking.firewall.allowedTCPPorts;
   };

@@ -258,7 +258,7 @@ pub(crate) async fn evaluate(
     }
     let options = nix_options(req.allow_import_from_derivation);
     let mut streamer = Streamer::new(events, req.systems.clone());
-    let (mut slots, worker_calls) = run_workers(
+    let (slots, worker_calls) = run_workers(
         cli,
         pool,
         &req.flake_ref,
@@ -271,39 +271,29 @@ pub(crate) async fn evaluate(
     calls += worker_calls;
 
     // 4. Dependencies between the jobs.
-    let jobs: Vec<(Target, std::result::Result<RawDrv, String>)> = targets
-        .into_iter()
-        .map(|t| {
-            let result = match slots.remove(&t.index) {
-                Some(Slot::Drv(drv)) => Ok(drv),
-                Some(Slot::Error(message)) => Err(message),
-                Some(Slot::Caught) | None => Err("evaluation failed".to_owned()),
-            };
-            (t, result)
-        })
-        .collect();
     // The derivations the streamer read are not read again; it is done.
     let mut read = streamer.into_read();
     let reader = cli.clone();
     let systems = req.systems.clone();
-    // The walk borrows the jobs, so they go to the blocking thread and come back.
-    let (jobs, deps, features) = tokio::task::spawn_blocking(move || {
+    // The walk borrows the targets and results, so they go to the blocking thread and come
+    // back (not copied into one more list of 50,000 jobs).
+    let (targets, mut slots, deps, features) = tokio::task::spawn_blocking(move || {
         let (deps, features) = {
             // Skipped jobs are no nodes: a job depending on one waits for the jobs behind it,
             // and Nix builds the skipped derivation as part of that job's closure.
-            let nodes: Vec<(&AttrPath, &StorePath)> = jobs
+            let nodes: Vec<(&AttrPath, &StorePath)> = targets
                 .iter()
-                .filter_map(|(t, r)| {
-                    r.as_ref()
-                        .ok()
-                        .filter(|d| {
-                            System::new(d.system.as_str())
-                                .ok()
-                                .and_then(|system| skip_reason(t.walked, &system, &systems))
-                                .is_none()
-                        })
-                        .map(|d| (&t.attr, &d.drv_path))
+                .filter_map(|t| match slots.get(&t.index) {
+                    Some(Slot::Drv(d)) => Some((t, d)),
+                    _ => None,
                 })
+                .filter(|(t, d)| {
+                    System::new(d.system.as_str())
+                        .ok()
+                        .and_then(|system| skip_reason(t.walked, &system, &systems))
+                        .is_none()
+                })
+                .map(|(t, d)| (&t.attr, &d.drv_path))
                 .collect();
             let job_drvs: HashSet<&StorePath> = nodes.iter().map(|(_, d)| *d).collect();
             // The required features of the job derivations (usually none), noted as the walk
@@ -324,16 +314,24 @@ pub(crate) async fn evaluate(
             })?;
             (deps, features)
         };
-        Ok::<_, Error>((jobs, deps, features))
+        Ok::<_, Error>((targets, slots, deps, features))
     })
     .await
     .map_err(Error::Task)??;
     let mut deps = deps.into_iter();
 
     // 5. The constituents of aggregate jobs, resolved against the other jobs.
-    let mut raw_constituents = Vec::with_capacity(jobs.len());
-    let jobs = jobs
+    let mut raw_constituents = Vec::with_capacity(targets.len());
+    let jobs = targets
         .into_iter()
+        .map(|target| {
+            let result = match slots.remove(&target.index) {
+                Some(Slot::Drv(drv)) => Ok(drv),
+                Some(Slot::Error(message)) => Err(message),
+                Some(Slot::Caught) | None => Err("evaluation failed".to_owned()),
+            };
+            (target, result)
+        })
         .map(|(target, result)| match result {
             Ok(mut drv) => {
                 raw_constituents.push(drv.constituents.take());

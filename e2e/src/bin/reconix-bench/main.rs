@@ -608,10 +608,22 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The environment the NixOS module gives the daemon (`nix/module.nix`) that changes what it
+/// costs: every benchmark measures the daemon as deployed.
+const DEPLOYED_ENV: &[(&str, &str)] = &[("MALLOC_ARENA_MAX", "2")];
+
+/// Starts a daemon with `spec`, in the environment the NixOS module gives it.
+fn launch(spec: String) -> Result<TestDaemon> {
+    TestDaemon::start_with_env(&DaemonConfig { spec }, DEPLOYED_ENV)
+}
+
 /// Starts a daemon watching `checkout` with building limited to `max_jobs`.
 fn start_daemon(checkout: &Checkout, max_jobs: u32) -> Result<TestDaemon> {
-    let spec = flakes::daemon_spec(checkout.repo.path(), FORGE_POLL, max_jobs);
-    TestDaemon::start(&DaemonConfig { spec })
+    launch(flakes::daemon_spec(
+        checkout.repo.path(),
+        FORGE_POLL,
+        max_jobs,
+    ))
 }
 
 /// Polls the evaluation list every [`API_POLL`] until the evaluation of `rev` is in a state

@@ -24,12 +24,12 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use reconix_e2e::{DaemonConfig, GitRepo, TestDaemon};
+use reconix_e2e::{GitRepo, TestDaemon};
 use serde_json::{Value, json};
 
 use crate::report::{Row, median};
 use crate::{
-    API_POLL, FORGE_POLL, Opts, Outcome, flakes, job_count, ms, poll_evaluation,
+    API_POLL, FORGE_POLL, Opts, Outcome, flakes, job_count, launch, ms, poll_evaluation,
     poll_evaluation_every, raw_store, recorded_line, settle, timed_nix, timestamp_ms, unique,
 };
 
@@ -143,7 +143,7 @@ fn daemon(repo: &Repo, evaluation: &str) -> Result<TestDaemon> {
         "{}evaluation:\n{evaluation}",
         flakes::daemon_spec(repo.repo.path(), FORGE_POLL, 0)
     );
-    TestDaemon::start(&DaemonConfig { spec })
+    launch(spec)
 }
 
 /// Runs the two halves of the raw evaluation at once; returns the wall time of both.
@@ -306,7 +306,7 @@ pub(crate) fn streaming(n: usize, opts: &Opts) -> Result<Outcome> {
             "{}evaluation:\n  workers: 2\n",
             flakes::daemon_spec(ours.repo.path(), FORGE_POLL, 2)
         );
-        let d = TestDaemon::start(&DaemonConfig { spec })?;
+        let d = launch(spec)?;
         let rev = ours.commit(|s| spin_flake(10, s))?;
         poll_evaluation(&d, &rev, |s| s == "finished")?;
         settle(opts.idle_wait);
