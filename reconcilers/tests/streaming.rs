@@ -189,6 +189,24 @@ async fn a_buildable_streamed_job_should_be_built_before_the_evaluation_ends_and
     assert_eq!(after[0].state, JobState::Succeeded);
     assert_eq!(after[1].state, JobState::Succeeded);
     assert_eq!(w.nix.realised(), [path(1, "lib.drv"), path(2, "app.drv")]);
+    // Each of the two builds went through every phase of the cost report once (the closure
+    // is measured after the build has left the running set, so it is waited for).
+    let metrics = w.ctx.metrics.clone();
+    w.until("both closures measured", move |_| {
+        let text = metrics
+            .encode(&reconix_status::StateCounts::default())
+            .unwrap();
+        let counted = |phase: &str| {
+            text.lines().any(|l| {
+                l == format!(r#"reconix_build_phase_duration_seconds_count{{phase="{phase}"}} 2"#)
+            })
+        };
+        Ok(["start", "build", "outputs", "record", "closure"]
+            .iter()
+            .all(|p| counted(p))
+            .then_some(()))
+    })
+    .await;
     w.stop().await;
 }
 

@@ -45,7 +45,7 @@ pub use error::{Error, Result};
 pub use forge_health::{ForgeHealth, ForgeHealthState};
 pub use hooks::HookRow;
 pub use metrics::{
-    ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, STORAGE_ALARM, StateCounts,
+    BuildPhase, ForgeCallOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, STORAGE_ALARM, StateCounts,
 };
 pub use mutations::{CANCELLED_ERROR, Cancelled, Rebuilt, Rerun};
 pub use posted_statuses::{PostedState, PostedStatus};

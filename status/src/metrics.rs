@@ -64,6 +64,40 @@ struct BuildLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// Where the daemon's time around one build attempt goes (`reconix_build_phase_duration_seconds`):
+/// the cost report of `reconix-bench --only build` reads these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildPhase {
+    /// Recording the start (the build row, its log, its jobs `building`) before Nix is asked.
+    Start,
+    /// The build itself, as Nix runs it (locally or on an agent), outputs copied back.
+    Build,
+    /// Reading what the outputs say in `nix-support/` (products, failed-with-output).
+    Outputs,
+    /// Recording the end (the build row, its jobs, its outputs).
+    Record,
+    /// Measuring the outputs' closure size, after the build has left the running set.
+    Closure,
+}
+
+impl BuildPhase {
+    /// Returns the phase's label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Build => "build",
+            Self::Outputs => "outputs",
+            Self::Record => "record",
+            Self::Closure => "closure",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForgeCallLabels {
     forge: String,
     kind: &'static str,
@@ -144,6 +178,7 @@ struct Inner {
     /// of the daemon and do not make it ready.
     started: Timestamp,
     builds: Histograms<BuildLabels>,
+    build_phases: Histograms<PhaseLabels>,
     reconciles: Family<LoopLabels, Counter>,
     errors: Family<LoopLabels, Counter>,
     latency: Histograms<LoopLabels>,
@@ -162,6 +197,7 @@ struct Inner {
 impl Default for Inner {
     fn default() -> Self {
         let builds = Histograms::<BuildLabels>::new_with_constructor(build_histogram);
+        let build_phases = Histograms::<PhaseLabels>::new_with_constructor(reconcile_histogram);
         let reconciles = Family::<LoopLabels, Counter>::default();
         let errors = Family::<LoopLabels, Counter>::default();
         let latency = Histograms::<LoopLabels>::new_with_constructor(reconcile_histogram);
@@ -176,6 +212,11 @@ impl Default for Inner {
             "reconix_build_duration_seconds",
             "Duration of build attempts by builder kind (local, agent) and result",
             builds.clone(),
+        );
+        registry.register(
+            "reconix_build_phase_duration_seconds",
+            "Time the daemon spends in each phase of a build attempt (start, build, outputs, record, closure)",
+            build_phases.clone(),
         );
         registry.register(
             "reconix_loop_reconciles",
@@ -226,6 +267,7 @@ impl Default for Inner {
             registry,
             started: Timestamp::now(),
             builds,
+            build_phases,
             reconciles,
             errors,
             latency,
@@ -339,6 +381,17 @@ impl Metrics {
         };
         self.inner
             .builds
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Records that one build attempt spent `duration` in `phase`.
+    pub fn record_build_phase(&self, phase: BuildPhase, duration: Duration) {
+        let labels = PhaseLabels {
+            phase: phase.as_str(),
+        };
+        self.inner
+            .build_phases
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
     }
@@ -587,6 +640,8 @@ mod tests {
             Duration::from_secs(12),
         );
         m.record_build(BuilderKind::Agent, None, Duration::from_secs(3));
+        m.record_build_phase(BuildPhase::Record, Duration::from_millis(250));
+        m.record_build_phase(BuildPhase::Record, Duration::from_millis(250));
         m.record_forge_call("gh", ForgeKind::Github, ForgeCallOutcome::Ok);
         m.record_forge_call("gh", ForgeKind::Github, ForgeCallOutcome::Ok);
         m.record_forge_call("gh", ForgeKind::Github, ForgeCallOutcome::RateLimited);
@@ -605,6 +660,8 @@ mod tests {
             r#"reconix_loop_reconcile_duration_seconds_count{loop="builds"} 2"#,
             r#"reconix_build_duration_seconds_sum{builder="local",result="succeeded"} 12.0"#,
             r#"reconix_build_duration_seconds_count{builder="agent",result="requeued"} 1"#,
+            r#"reconix_build_phase_duration_seconds_sum{phase="record"} 0.5"#,
+            r#"reconix_build_phase_duration_seconds_count{phase="record"} 2"#,
             r#"reconix_forge_api_calls_total{forge="gh",kind="github",outcome="ok"} 2"#,
             r#"reconix_forge_api_calls_total{forge="gh",kind="github",outcome="rate-limited"} 1"#,
             r#"reconix_forge_rate_limit_waits_total{forge="gh"} 1"#,

@@ -12,8 +12,8 @@ use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
 use reconix_nixcli::{BuildRequest, BuildStatus, Nix, OutputsReport, closure_size};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
 use reconix_status::{
-    BuildProduct, BuildState, BuilderKind, BuiltOutputs, FAILED_WITH_OUTPUT, JobState, Requeue,
-    Status,
+    BuildPhase, BuildProduct, BuildState, BuilderKind, BuiltOutputs, FAILED_WITH_OUTPUT, JobState,
+    Metrics, Requeue, Status,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -112,10 +112,14 @@ fn outputs_in_order(outputs: &BTreeMap<String, StorePath>) -> Vec<StorePath> {
 /// `nix-support/` (a failure to read them is a transient failure: the result is not known).
 async fn built<N: Nix>(
     nix: &N,
+    metrics: &Metrics,
     exit_code: Option<i32>,
     outputs: &BTreeMap<String, StorePath>,
 ) -> Ended {
-    match nix.inspect_outputs(&outputs_in_order(outputs)).await {
+    let began = tokio::time::Instant::now();
+    let inspected = nix.inspect_outputs(&outputs_in_order(outputs)).await;
+    metrics.record_build_phase(BuildPhase::Outputs, began.elapsed());
+    match inspected {
         Ok(report) => {
             if !report.rejected_products.is_empty() {
                 warn!(lines = ?report.rejected_products, "ignoring malformed lines of nix-support/hydra-build-products");
@@ -201,6 +205,7 @@ pub(super) fn verdict(ended: Ended, attempts: u32, retries: u32) -> Verdict {
 }
 
 pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<()> {
+    let began = tokio::time::Instant::now();
     let drv_path = attempt.drv_path.clone();
     let Some(cancel) = cx.running.start(&drv_path, &attempt.builder) else {
         return Ok(());
@@ -259,6 +264,8 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
             return Err(err.into());
         }
     };
+    cx.metrics
+        .record_build_phase(BuildPhase::Start, began.elapsed());
     cx.wakers.all_statuses();
     info!(drv = %drv_path, builder = %attempt.builder, attempt = attempts, "build started");
     let retries = cx.spec().builders.transient_retries;
@@ -273,14 +280,15 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         let since = tokio::time::Instant::now();
         let (ended, kind) = match conn {
             None => (
-                build_locally(&nix, &attempt, log_file, cancel).await,
+                build_locally(&nix, &metrics, &attempt, log_file, cancel).await,
                 BuilderKind::Local,
             ),
             Some(conn) => (
-                build_on_agent(&nix, &conn, &attempt, &log_file, cancel).await,
+                build_on_agent(&nix, &metrics, &conn, &attempt, &log_file, cancel).await,
                 BuilderKind::Agent,
             ),
         };
+        metrics.record_build_phase(BuildPhase::Build, since.elapsed());
         let (drv, builder) = (attempt.drv_path.clone(), attempt.builder.clone());
         let outcome = verdict(ended, attempts, retries);
         metrics.record_build(kind, outcome.state(), since.elapsed());
@@ -303,14 +311,18 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         // A failure with output has outputs too: their size is worth showing.
         let succeeded = matches!(outcome, Verdict::Built { .. });
         let retry_at = Timestamp::now().plus(wait_backoff(waits));
+        let recording = tokio::time::Instant::now();
         record(&status, drv.clone(), builder, outcome, retry_at).await;
+        metrics.record_build_phase(BuildPhase::Record, recording.elapsed());
         // Record first, then leave the running set (see the module docs).
         running.finish(&drv);
         wakers.builds();
         wakers.all_statuses();
         wakers.gcroots();
         if succeeded {
+            let measuring = tokio::time::Instant::now();
             measure_closure(&nix, &status, drv).await;
+            metrics.record_build_phase(BuildPhase::Closure, measuring.elapsed());
             wakers.caches();
         }
     });
@@ -401,6 +413,7 @@ async fn record(
 
 async fn build_locally<N: Nix>(
     nix: &N,
+    metrics: &Metrics,
     attempt: &Attempt,
     log_file: PathBuf,
     cancel: CancellationToken,
@@ -415,7 +428,9 @@ async fn build_locally<N: Nix>(
     match nix.realise(request, cancel).await {
         Ok(o) => {
             let state = match o.status {
-                BuildStatus::Succeeded => return built(nix, o.exit_code, &o.outputs).await,
+                BuildStatus::Succeeded => {
+                    return built(nix, metrics, o.exit_code, &o.outputs).await;
+                }
                 BuildStatus::Failed => BuildState::Failed,
                 BuildStatus::TimedOut => BuildState::TimedOut,
                 BuildStatus::Cancelled => BuildState::Cancelled,
@@ -438,6 +453,7 @@ async fn build_locally<N: Nix>(
 /// run there, the outputs copied back and rooted here; the channel's stderr is the log.
 async fn build_on_agent<N: Nix>(
     nix: &N,
+    metrics: &Metrics,
     conn: &Arc<AgentConn>,
     attempt: &Attempt,
     log_file: &Path,
@@ -515,7 +531,7 @@ async fn build_on_agent<N: Nix>(
                     return Ended::nix_error(&format!("cannot root {path}: "), &err);
                 }
             }
-            built(nix, None, &outcome.outputs).await
+            built(nix, metrics, None, &outcome.outputs).await
         }
         RemoteBuildStatus::Failed { status, message } if status.is_transient() => {
             Ended::Transient(format!("agent {agent}: {message}"))
