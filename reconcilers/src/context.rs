@@ -69,6 +69,8 @@ pub struct Ctx<P> {
     pub roots: Arc<tokio::sync::Mutex<()>>,
     /// Tasks spawned outside the controllers (running builds); shutdown waits for them.
     pub tasks: Tasks,
+    /// Succeeded builds whose closure size is still to be measured (in batches).
+    pub closures: crate::builds::ClosureQueue,
 }
 
 impl<P> Ctx<P> {
@@ -85,6 +87,7 @@ impl<P> Ctx<P> {
             metrics: Metrics::default(),
             roots: Arc::default(),
             tasks: Tasks::new(),
+            closures: crate::builds::ClosureQueue::default(),
         }
     }
 

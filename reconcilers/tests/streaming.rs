@@ -189,21 +189,29 @@ async fn a_buildable_streamed_job_should_be_built_before_the_evaluation_ends_and
     assert_eq!(after[0].state, JobState::Succeeded);
     assert_eq!(after[1].state, JobState::Succeeded);
     assert_eq!(w.nix.realised(), [path(1, "lib.drv"), path(2, "app.drv")]);
-    // Each of the two builds went through every phase of the cost report once (the closure
-    // is measured after the build has left the running set, so it is waited for).
+    // Each of the two builds went through every phase of the cost report once, and their
+    // closures were measured (in one batch or two: after they left the running set).
     let metrics = w.ctx.metrics.clone();
-    w.until("both closures measured", move |_| {
+    w.until("both closures measured", move |db| {
         let text = metrics
             .encode(&reconix_status::StateCounts::default())
             .unwrap();
-        let counted = |phase: &str| {
+        let counted = |phase: &str, n: &str| {
             text.lines().any(|l| {
-                l == format!(r#"reconix_build_phase_duration_seconds_count{{phase="{phase}"}} 2"#)
+                l == format!(r#"reconix_build_phase_duration_seconds_count{{phase="{phase}"}} {n}"#)
             })
         };
-        Ok(["start", "build", "outputs", "record", "closure"]
+        let sized = [path(1, "lib.drv"), path(2, "app.drv")].iter().all(|d| {
+            db.build_by_drv(d)
+                .ok()
+                .flatten()
+                .is_some_and(|b| b.closure_size_bytes.is_some())
+        });
+        Ok((["start", "build", "outputs", "record"]
             .iter()
-            .all(|p| counted(p))
+            .all(|p| counted(p, "2"))
+            && (counted("closure", "1") || counted("closure", "2"))
+            && sized)
             .then_some(()))
     })
     .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reconix_agent::coordinator::AgentConn;
 use reconix_nixcli::serve::{BuildSettings, RemoteBuildStatus, ServeClient};
-use reconix_nixcli::{BuildRequest, BuildStatus, Nix, OutputsReport, closure_size};
+use reconix_nixcli::{BuildRequest, BuildStatus, Nix, OutputsReport};
 use reconix_spec::{BuilderName, StorePath, Timestamp};
 use reconix_status::{
     BuildPhase, BuildProduct, BuildState, BuilderKind, BuiltOutputs, FAILED_WITH_OUTPUT, JobState,
@@ -19,8 +19,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::Result;
 use crate::context::{Ctx, Ports};
-use crate::{Error, Result};
 
 use super::Dispatch as Attempt;
 
@@ -276,6 +276,7 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         cx.wakers.clone(),
         cx.metrics.clone(),
     );
+    let (closures, tasks) = (cx.closures.clone(), cx.tasks.clone());
     cx.tasks.spawn(async move {
         let since = tokio::time::Instant::now();
         let (ended, kind) = match conn {
@@ -320,42 +321,12 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         wakers.all_statuses();
         wakers.gcroots();
         if succeeded {
-            let measuring = tokio::time::Instant::now();
-            measure_closure(&nix, &status, drv).await;
-            metrics.record_build_phase(BuildPhase::Closure, measuring.elapsed());
+            // Measured in batches, off this path: the next build does not wait for it.
+            closures.measure(drv, &nix, &status, &metrics, &tasks);
             wakers.caches();
         }
     });
     Ok(())
-}
-
-/// Records the closure size of a succeeded build's outputs, for the pages and the API. A
-/// failure is only logged: the size is information, not part of the build's result.
-async fn measure_closure<N: Nix>(nix: &N, status: &Status, drv: StorePath) {
-    let d = drv.clone();
-    let measured = async {
-        let outputs = status.call(move |db| db.outputs_of_drv(&d)).await?;
-        if outputs.is_empty() {
-            return Ok(None);
-        }
-        let closure = nix.closure(&outputs).await?;
-        Ok::<_, Error>(Some(closure_size(&closure, &outputs)))
-    }
-    .await;
-    let recorded = match measured {
-        Ok(Some(bytes)) => {
-            let d = drv.clone();
-            status
-                .call(move |db| db.record_closure_size(&d, bytes))
-                .await
-                .map_err(Error::from)
-        }
-        Ok(None) => Ok(()),
-        Err(err) => Err(err),
-    };
-    if let Err(err) = recorded {
-        warn!(drv = %drv, error = %err, "could not measure the closure of the build's outputs");
-    }
 }
 
 /// Records an attempt's end: its result, the requeue, or the wait (until `retry_at`). While the

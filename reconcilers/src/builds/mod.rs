@@ -40,6 +40,7 @@
 //! dispatched again: Nix finds outputs that were completed and does not rebuild them.
 
 mod apply;
+mod closures;
 mod plan;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,7 @@ use crate::runtime::{Plan, Reconciler};
 use crate::{Error, Result};
 
 pub use crate::running::{Placement, RunningBuilds};
+pub use closures::ClosureQueue;
 pub use plan::plan;
 
 /// The `builds` reconciler.

@@ -27,6 +27,7 @@ macro_rules! progress {
     ($($arg:tt)*) => { eprintln!("[bench] {}", format_args!($($arg)*)) };
 }
 
+mod costs;
 mod cpu;
 mod flakes;
 mod intake;
@@ -999,12 +1000,15 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
     let mut detect = Vec::new();
     let mut foreign_max = 0.0_f64;
     let mut phase_list: Vec<Phases> = Vec::new();
+    let mut cost_list: Vec<costs::Costs> = Vec::new();
     let mut command = String::new();
     let mut runs_detail = Vec::new();
     for run in 0..runs {
         let ours_first = run % 2 == 0;
         let mut detail = json!({ "run": run + 1, "reconix_first": ours_first });
+        let (mut ours_costs, mut raw_cpu) = (None, None);
         for side in if ours_first { [0, 1] } else { [1, 0] } {
+            let before = costs::snapshot(&d)?;
             if side == 0 {
                 let c0 = cpu::sample();
                 let (rev, t0, t0_epoch) = ours.commit(n)?;
@@ -1054,10 +1058,12 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
                 let (rev, _, _) = raw.commit(n)?;
                 let flake_ref = raw.flake_ref(&rev);
                 let c0 = cpu::sample();
+                let bench_cpu = costs::cpu_of("self")?;
                 let (t, _) = timed_nix(
                     &flakes::raw_build_args(&store, &flake_ref, n, MAX_JOBS),
                     "raw nix build",
                 )?;
+                raw_cpu = Some(costs::cpu_of("self")?.children - bench_cpu.children);
                 let foreign = check_foreign(c0, t, &format!("build {n} raw"));
                 detail["raw_other_load"] = usage_json(foreign);
                 foreign_max = foreign_max.max(foreign.other + foreign.steal);
@@ -1072,6 +1078,19 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
             }
             // Let the daemon's follow-up work (GC roots) end before the next measurement.
             settle(opts.idle_wait);
+            if side == 0 {
+                // After the settle: closures are measured once a build has left the running set.
+                ours_costs = Some(costs::Costs::between(&before, &costs::snapshot(&d)?, n));
+            }
+        }
+        if let Some(c) = ours_costs {
+            let c = match raw_cpu {
+                Some(r) => c.with_raw_cpu(r),
+                None => c,
+            };
+            progress!("build {n} run {}: costs: {}", run + 1, c.line());
+            detail["costs"] = c.json();
+            cost_list.push(c);
         }
         runs_detail.push(detail);
     }
@@ -1089,6 +1108,11 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
         pick(|p| p.after_last),
         pick(|p| p.mean_build),
     );
+    // The report of the last run (each run's is in the progress lines and the JSON).
+    let note = match cost_list.last() {
+        Some(c) => format!("{note}\nbuild {n}, last run's costs: {}", c.line()),
+        None => note,
+    };
     let rows = vec![
         Row {
             kind: "build",

@@ -1,0 +1,199 @@
+//! The cost report of `build N`: where reconix's time goes around each build, and the CPU
+//! reconix and the processes it spawned used, next to raw Nix's.
+//!
+//! The phases come from the daemon's `reconix_build_phase_duration_seconds{phase}` histogram
+//! (`/metrics`, sums and counts taken before and after a run); the CPU from `/proc`: the
+//! daemon's own `utime + stime` and its waited-for children's `cutime + cstime` (every `nix`,
+//! `nix-store` and builder it ran and reaped), and for raw Nix the bench's own children's.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use reconix_e2e::TestDaemon;
+use serde_json::{Value, json};
+
+/// The phases, in the order a build goes through them.
+const PHASES: [&str; 5] = ["start", "build", "outputs", "record", "closure"];
+
+/// The kernel's clock ticks per second for `/proc/<pid>/stat` times (`USER_HZ`).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds of a process: its own, and its reaped children's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cpu {
+    pub(crate) own: f64,
+    pub(crate) children: f64,
+}
+
+/// Reads `/proc/<pid>/stat` (`self` for the bench).
+pub(crate) fn cpu_of(pid: &str) -> Result<Cpu> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14–17 of the file (utime, stime, cutime, cstime) are 11–14 after the name.
+    let tick = ticks_per_second();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0) / tick;
+    Ok(Cpu {
+        own: at(11) + at(12),
+        children: at(13) + at(14),
+    })
+}
+
+/// What the daemon reported and used up to one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    /// Phase → (seconds, attempts).
+    phases: BTreeMap<String, (f64, f64)>,
+    cpu: Cpu,
+}
+
+/// Takes the daemon's phase sums and CPU now.
+pub(crate) fn snapshot(d: &TestDaemon) -> Result<Snapshot> {
+    let text = d.get_text("/metrics")?;
+    let pid = d.pid().context("the daemon is not running")?;
+    Ok(Snapshot {
+        phases: phase_sums(&text),
+        cpu: cpu_of(&pid.to_string())?,
+    })
+}
+
+/// Reads `reconix_build_phase_duration_seconds_{sum,count}{phase="…"}` from a scrape.
+fn phase_sums(text: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("reconix_build_phase_duration_seconds_") else {
+            continue;
+        };
+        let Some((kind, rest)) = rest.split_once("{phase=\"") else {
+            continue;
+        };
+        let Some((phase, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let entry = sums.entry(phase.to_owned()).or_default();
+        match kind {
+            "sum" => entry.0 = value,
+            "count" => entry.1 = value,
+            _ => {}
+        }
+    }
+    sums
+}
+
+/// One run's costs: the daemon's phases and CPU between two snapshots, and raw Nix's CPU.
+#[derive(Debug, Clone)]
+pub(crate) struct Costs {
+    builds: usize,
+    phases: Vec<(&'static str, f64, f64)>,
+    daemon: Cpu,
+    raw_cpu: Option<f64>,
+}
+
+impl Costs {
+    /// The costs between `before` and `after`, for `builds` builds.
+    pub(crate) fn between(before: &Snapshot, after: &Snapshot, builds: usize) -> Self {
+        let phases = PHASES
+            .iter()
+            .map(|&p| {
+                let (s0, c0) = before.phases.get(p).copied().unwrap_or_default();
+                let (s1, c1) = after.phases.get(p).copied().unwrap_or_default();
+                (p, s1 - s0, c1 - c0)
+            })
+            .collect();
+        Self {
+            builds,
+            phases,
+            daemon: Cpu {
+                own: after.cpu.own - before.cpu.own,
+                children: after.cpu.children - before.cpu.children,
+            },
+            raw_cpu: None,
+        }
+    }
+
+    /// Adds raw Nix's CPU for the same run (its process and everything it reaped).
+    pub(crate) fn with_raw_cpu(mut self, seconds: f64) -> Self {
+        self.raw_cpu = Some(seconds);
+        self
+    }
+
+    /// One line: each phase in total and per build, then the CPU.
+    pub(crate) fn line(&self) -> String {
+        let per = |s: f64| s * 1000.0 / self.builds.max(1) as f64;
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(p, s, n)| format!("{p} {s:.2} s ({:.1} ms/build, {n:.0}×)", per(*s)))
+            .collect();
+        let raw = self
+            .raw_cpu
+            .map_or_else(String::new, |r| format!("; raw nix CPU {r:.2} s"));
+        format!(
+            "{}; reconix CPU {:.2} s, its children {:.2} s ({:.1} ms/build together){raw}",
+            phases.join(", "),
+            self.daemon.own,
+            self.daemon.children,
+            per(self.daemon.own + self.daemon.children),
+        )
+    }
+
+    /// The same as JSON.
+    pub(crate) fn json(&self) -> Value {
+        let phases: serde_json::Map<String, Value> = self
+            .phases
+            .iter()
+            .map(|(p, s, n)| ((*p).to_owned(), json!({ "seconds": s, "attempts": n })))
+            .collect();
+        json!({
+            "builds": self.builds,
+            "phases": phases,
+            "reconix_cpu_s": self.daemon.own,
+            "reconix_children_cpu_s": self.daemon.children,
+            "raw_nix_cpu_s": self.raw_cpu,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_sums_should_be_read_from_a_scrape() {
+        let text = "# TYPE reconix_build_phase_duration_seconds histogram\n\
+            reconix_build_phase_duration_seconds_sum{phase=\"record\"} 0.5\n\
+            reconix_build_phase_duration_seconds_count{phase=\"record\"} 2\n\
+            reconix_build_phase_duration_seconds_bucket{le=\"0.001\",phase=\"record\"} 0\n\
+            reconix_build_duration_seconds_sum{builder=\"local\",result=\"succeeded\"} 9.0\n";
+        let sums = phase_sums(text);
+        assert_eq!(sums.len(), 1);
+        assert_eq!(sums["record"], (0.5, 2.0));
+    }
+
+    #[test]
+    fn the_bench_s_own_cpu_should_be_readable() {
+        let cpu = cpu_of("self").unwrap();
+        assert!(cpu.own >= 0.0 && cpu.children >= 0.0);
+        assert!(cpu_of("0").is_err());
+    }
+}
