@@ -1,11 +1,12 @@
 //! Closure sizes of succeeded builds, measured in batches off the build path.
 //!
 //! A build that succeeded is queued here after it has left the running set. One task at a
-//! time measures what is queued: the outputs of every queued build with one `nix path-info
-//! --json --recursive` (their closures' union), each build's size summed from that, and all
-//! sizes recorded in one transaction. Builds that succeed while it measures wait for the next
-//! batch, so a busy builder costs one process per batch, not one per build, and no build waits
-//! for its size. The task ends when the queue is empty (nothing outlives the work, and shutdown
+//! time measures what is queued, [`BATCH_WINDOW`] after the first of a batch arrived: the
+//! outputs of every queued build with one `nix path-info --json --recursive` (their closures'
+//! union), each build's size summed from that, and all sizes recorded in one transaction. Builds
+//! that succeed meanwhile join the batch or wait for the next, so a busy builder costs one
+//! process per batch, not one per build, and no build waits for its size. When the query fails
+//! (an output gone), each build of the batch is measured alone. The task ends when the queue is empty (nothing outlives the work, and shutdown
 //! does not wait for an idle loop).
 
 use std::collections::BTreeMap;
@@ -21,6 +22,11 @@ use crate::runtime::Tasks;
 
 /// The most builds one query measures: keeps the command line small.
 const MAX_BATCH: usize = 256;
+
+/// How long a batch waits for more builds to join it before it is measured: while builds end
+/// every few tens of milliseconds, a batch then holds many of them instead of two or three.
+/// A size appears on the pages this much later; no build waits for it.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Builds waiting for their closure size, and whether a task is measuring.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +66,11 @@ impl ClosureQueue {
         let (queue, nix, status, metrics) =
             (self.clone(), nix.clone(), status.clone(), metrics.clone());
         tasks.spawn(async move {
-            while let Some(batch) = queue.next_batch() {
+            loop {
+                tokio::time::sleep(BATCH_WINDOW).await;
+                let Some(batch) = queue.next_batch() else {
+                    break;
+                };
                 let began = tokio::time::Instant::now();
                 if let Err(err) = measure_batch(&nix, &status, batch.clone()).await {
                     // One output gone (or unreadable) fails the whole query: measure each
