@@ -38,6 +38,75 @@ pub(crate) fn chain_flake(n: usize, salt: &str) -> String {
     .replace("@SALT@", salt)
 }
 
+/// The shape of a build benchmark's flake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// [`chain_flake`]: `p_i` needs `p_(i/10)`, trivial builders (`build N`).
+    Tree,
+    /// Independent packages whose builders each spin about half a second of CPU in a shell
+    /// loop (no `sleep`: the CPU is really used) (`build-busy N`).
+    Busy,
+    /// A line: `p_i` needs `p_(i-1)`, trivial builders, so each build waits for the one before
+    /// and dispatch latency adds up (`build-line N`).
+    Line,
+}
+
+/// Iterations of the busy builders' loop: about 0.45 s in busybox `sh` on the bench machine.
+const BUSY_SPIN: usize = 300_000;
+
+impl Shape {
+    /// The benchmark's name in the report.
+    pub(crate) const fn kind(self) -> &'static str {
+        match self {
+            Self::Tree => "build",
+            Self::Busy => "build-busy",
+            Self::Line => "build-line",
+        }
+    }
+
+    /// The target ratio against raw `nix build` (issue 17).
+    pub(crate) const fn target(self) -> f64 {
+        match self {
+            Self::Tree | Self::Line => 1.15,
+            Self::Busy => 1.05,
+        }
+    }
+
+    /// The flake of `n` packages with `salt`.
+    pub(crate) fn flake(self, n: usize, salt: &str) -> String {
+        let builder = match self {
+            Self::Tree => return chain_flake(n, salt),
+            Self::Busy => format!(
+                r#"[ "-c" "i=0; while [ $i -lt {BUSY_SPIN} ]; do i=$((i+1)); done; echo ${{name}} $i > $out" ]"#
+            ),
+            Self::Line => r#"[ "-c" (if i == 0 then "echo p0 > $out"
+            else "read x < ${pkgs."p${toString (i - 1)}"}; echo \"${name} $x\" > $out") ]"#
+                .to_owned(),
+        };
+        r#"{
+  description = "reconix benchmark: @N@ packages (@KIND@)";
+  outputs = { self }:
+    let
+      system = "x86_64-linux";
+      mk = i:
+        let name = "p${toString i}"; in
+        derivation {
+          inherit name system;
+          salt = "@SALT@";
+          builder = "/bin/sh";
+          args = @ARGS@;
+        };
+      pkgs = builtins.listToAttrs (builtins.genList (i: { name = "p${toString i}"; value = mk i; }) @N@);
+    in { packages.${system} = pkgs; };
+}
+"#
+        .replace("@ARGS@", &builder)
+        .replace("@KIND@", self.kind())
+        .replace("@N@", &n.to_string())
+        .replace("@SALT@", salt)
+    }
+}
+
 /// The jobs expression of `nix-lab.md` appendix B: one pure bulk evaluation over packages,
 /// checks, devShells and NixOS toplevels, each attribute under `tryEval` + `deepSeq`, printing
 /// name, system, drvPath and every output path (and writing the `.drv` files).

@@ -66,7 +66,7 @@ const DEADLINE: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "\
 usage: reconix-bench [--sizes 1000,5000] [--builds 200] [--runs 3]
-                     [--only eval|evalscale|evalstream|evalingest|evalmem|build|intake|remote|pages|spec] [--json PATH]
+                     [--only eval|evalscale|evalstream|evalingest|evalmem|build|build-busy|build-line|intake|remote|pages|spec] [--json PATH]
                      [--idle-wait 120] [--scale-attrs 20000] [--ingest-attrs 50000]
                      [--deliveries 20000] [--concurrency 16] [--remote-builds 50] [--closure-mib 256]
                      [--page-jobs 10000] [--page-requests 30] [--spec-timeout 120] [--spec-mem-mib 4096]
@@ -122,6 +122,8 @@ enum Only {
     EvalIngest,
     EvalMem,
     Build,
+    BuildBusy,
+    BuildLine,
     Intake,
     Remote,
     Pages,
@@ -220,13 +222,16 @@ impl Opts {
                         Some("evalstream") => Some(Only::EvalStream),
                         Some("evalingest") => Some(Only::EvalIngest),
                         Some("build") => Some(Only::Build),
+                        Some("build-busy") => Some(Only::BuildBusy),
+                        Some("build-line") => Some(Only::BuildLine),
                         Some("intake") => Some(Only::Intake),
                         Some("remote") => Some(Only::Remote),
                         Some("pages") => Some(Only::Pages),
                         Some("spec") => Some(Only::Spec),
                         other => bail!(
                             "--only takes `eval`, `evalscale`, `evalstream`, `evalingest`, `evalmem`, \
-                             `build`, `intake`, `remote`, `pages` or `spec`, not {other:?}"
+                             `build`, `build-busy`, `build-line`, `intake`, `remote`, `pages` or \
+                             `spec`, not {other:?}"
                         ),
                     }
                 }
@@ -426,14 +431,22 @@ fn run() -> Result<ExitCode> {
         notes.push(r.note);
         rows.extend(r.rows);
     }
+    let mut shapes: Vec<(flakes::Shape, usize)> = Vec::new();
     if opts.wants(Only::Build) {
-        for &n in &opts.builds {
-            let r = bench_build(n, &opts)?;
-            commands.insert(format!("build {n}"), json!(r.command));
-            details.push(r.details);
-            notes.push(r.note);
-            rows.extend(r.rows);
-        }
+        shapes.extend(opts.builds.iter().map(|&n| (flakes::Shape::Tree, n)));
+    }
+    if opts.wants(Only::BuildBusy) {
+        shapes.push((flakes::Shape::Busy, SHAPED_BUILDS));
+    }
+    if opts.wants(Only::BuildLine) {
+        shapes.push((flakes::Shape::Line, SHAPED_BUILDS));
+    }
+    for (shape, n) in shapes {
+        let r = bench_build(n, &opts, shape)?;
+        commands.insert(format!("{} {n}", shape.kind()), json!(r.command));
+        details.push(r.details);
+        notes.push(r.note);
+        rows.extend(r.rows);
     }
     let intake = if opts.wants(Only::Intake) {
         Some(intake::run(opts.intake_settings())?)
@@ -556,6 +569,7 @@ struct Checkout {
     repo: GitRepo,
     side: &'static str,
     commits: usize,
+    shape: flakes::Shape,
 }
 
 impl Checkout {
@@ -564,17 +578,24 @@ impl Checkout {
             repo: GitRepo::new()?,
             side,
             commits: 0,
+            shape: flakes::Shape::Tree,
         })
     }
 
-    /// Commits a chain flake of `n` packages with a fresh salt; returns the sha and the moment
+    /// The same, committing flakes of `shape`.
+    fn with_shape(mut self, shape: flakes::Shape) -> Self {
+        self.shape = shape;
+        self
+    }
+
+    /// Commits a flake of `n` packages of its shape with a fresh salt; returns the sha and the moment
     /// just before `git commit` started (as an instant and in ms since the epoch).
     fn commit(&mut self, n: usize) -> Result<(String, Instant, f64)> {
         self.commits += 1;
         let salt = format!("{}-{}-{}", self.side, self.commits, unique());
         std::fs::write(
             self.repo.path().join("flake.nix"),
-            flakes::chain_flake(n, &salt),
+            self.shape.flake(n, &salt),
         )?;
         self.repo.git(&["add", "-A"])?;
         let t0 = Instant::now();
@@ -976,13 +997,17 @@ fn bench_eval(n: usize, opts: &Opts) -> Result<Outcome> {
     })
 }
 
-fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
+/// Packages of the `build-busy` and `build-line` flakes.
+const SHAPED_BUILDS: usize = 50;
+
+fn bench_build(n: usize, opts: &Opts, shape: flakes::Shape) -> Result<Outcome> {
     let runs = opts.runs;
+    let kind = shape.kind();
     progress!(
-        "build {n}: setting up (daemon with max-jobs {MAX_JOBS}, warm-up of {WARMUP_PACKAGES} packages on both sides)"
+        "{kind} {n}: setting up (daemon with max-jobs {MAX_JOBS}, warm-up of {WARMUP_PACKAGES} packages on both sides)"
     );
-    let mut ours = Checkout::new("reconix")?;
-    let mut raw = Checkout::new("raw")?;
+    let mut ours = Checkout::new("reconix")?.with_shape(shape);
+    let mut raw = Checkout::new("raw")?.with_shape(shape);
     let store_dir = raw_store()?;
     let store = store_dir.path().join("store");
 
@@ -1013,7 +1038,7 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
                 let c0 = cpu::sample();
                 let (rev, t0, t0_epoch) = ours.commit(n)?;
                 let (summary, seen) = poll_evaluation(&d, &rev, |s| s == "finished")?;
-                let foreign = check_foreign(c0, seen - t0, &format!("build {n} reconix"));
+                let foreign = check_foreign(c0, seen - t0, &format!("{kind} {n} reconix"));
                 detail["reconix_other_load"] = usage_json(foreign);
                 foreign_max = foreign_max.max(foreign.other + foreign.steal);
                 ensure!(
@@ -1024,7 +1049,7 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
                 let s =
                     timestamp_ms(&summary, "finished_at")? - timestamp_ms(&summary, "created_at")?;
                 progress!(
-                    "build {n} run {}: reconix {:.2} s commit -> finished ({:.2} s server side)",
+                    "{kind} {n} run {}: reconix {:.2} s commit -> finished ({:.2} s server side)",
                     run + 1,
                     w / 1000.0,
                     s / 1000.0
@@ -1039,7 +1064,7 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
                 let id = summary["id"].as_i64().context("evaluation id")?;
                 let phases = build_phases(&d.get_json(&format!("/api/v1/evaluations/{id}"))?)?;
                 progress!(
-                    "build {n} run {}: first build started {:.2} s after the commit was seen, \
+                    "{kind} {n} run {}: first build started {:.2} s after the commit was seen, \
                      builds spanned {:.2} s, {:.0} ms per build on average",
                     run + 1,
                     phases.before_first / 1000.0,
@@ -1064,12 +1089,12 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
                     "raw nix build",
                 )?;
                 raw_cpu = Some(costs::cpu_of("self")?.children - bench_cpu.children);
-                let foreign = check_foreign(c0, t, &format!("build {n} raw"));
+                let foreign = check_foreign(c0, t, &format!("{kind} {n} raw"));
                 detail["raw_other_load"] = usage_json(foreign);
                 foreign_max = foreign_max.max(foreign.other + foreign.steal);
                 command = flakes::raw_build_display(&store, &flake_ref, n, MAX_JOBS);
                 progress!(
-                    "build {n} run {}: raw nix build {:.2} s",
+                    "{kind} {n} run {}: raw nix build {:.2} s",
                     run + 1,
                     ms(t) / 1000.0
                 );
@@ -1088,7 +1113,7 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
                 Some(r) => c.with_raw_cpu(r),
                 None => c,
             };
-            progress!("build {n} run {}: costs: {}", run + 1, c.line());
+            progress!("{kind} {n} run {}: costs: {}", run + 1, c.line());
             detail["costs"] = c.json();
             cost_list.push(c);
         }
@@ -1097,7 +1122,7 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
     drop(d);
     let pick = |f: fn(&Phases) -> f64| median(&phase_list.iter().map(f).collect::<Vec<_>>());
     let note = format!(
-        "build {n} (medians): git commit → the daemon's evaluation row (forge polling) {:.0} ms; \
+        "{kind} {n} (medians): git commit → the daemon's evaluation row (forge polling) {:.0} ms; \
          evaluation row → first build started {:.2} s; first build started → last build finished \
          {:.2} s; last build → evaluation finished {:.0} ms; one build (`started_at` → \
          `finished_at`) {:.0} ms on average; other processes (and steal) used at most {foreign_max:.2} CPU s \
@@ -1110,20 +1135,20 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
     );
     // The report of the last run (each run's is in the progress lines and the JSON).
     let note = match cost_list.last() {
-        Some(c) => format!("{note}\nbuild {n}, last run's costs: {}", c.line()),
+        Some(c) => format!("{note}\n{kind} {n}, last run's costs: {}", c.line()),
         None => note,
     };
     let rows = vec![
         Row {
-            kind: "build",
+            kind,
             n,
             metric: "git commit → evaluation finished in the API (wall clock)",
             reconix_ms: wall,
             raw_ms: raw_ms.clone(),
-            target: Some(1.15),
+            target: Some(shape.target()),
         },
         Row {
-            kind: "build",
+            kind,
             n,
             metric: "commit seen → finished (server side)",
             reconix_ms: server,
@@ -1134,7 +1159,7 @@ fn bench_build(n: usize, opts: &Opts) -> Result<Outcome> {
     Ok(Outcome {
         rows,
         command,
-        details: json!({ "benchmark": "build", "packages": n, "runs": runs_detail }),
+        details: json!({ "benchmark": kind, "packages": n, "runs": runs_detail }),
         note,
     })
 }
