@@ -788,6 +788,9 @@ struct Phases {
     mean_build: f64,
     /// How many builds there were.
     builds: usize,
+    /// Mean time from a build's end to the start of the next build to start after it: in a
+    /// line of builds, the latency of dispatching a build that just became ready.
+    mean_gap: f64,
 }
 
 fn build_phases(detail: &Value) -> Result<Phases> {
@@ -809,12 +812,19 @@ fn build_phases(detail: &Value) -> Result<Phases> {
     let first = builds.iter().map(|b| b.0).fold(f64::INFINITY, f64::min);
     let last = builds.iter().map(|b| b.1).fold(f64::NEG_INFINITY, f64::max);
     let total: f64 = builds.iter().map(|b| b.1 - b.0).sum();
+    let mut by_start = builds.clone();
+    by_start.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let gaps: Vec<f64> = by_start
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].1).max(0.0))
+        .collect();
     Ok(Phases {
         before_first: first - created,
         span: last - first,
         after_last: finished - last,
         mean_build: total / builds.len() as f64,
         builds: builds.len(),
+        mean_gap: gaps.iter().sum::<f64>() / gaps.len().max(1) as f64,
     })
 }
 
@@ -1065,17 +1075,20 @@ fn bench_build(n: usize, opts: &Opts, shape: flakes::Shape) -> Result<Outcome> {
                 let phases = build_phases(&d.get_json(&format!("/api/v1/evaluations/{id}"))?)?;
                 progress!(
                     "{kind} {n} run {}: first build started {:.2} s after the commit was seen, \
-                     builds spanned {:.2} s, {:.0} ms per build on average",
+                     builds spanned {:.2} s, {:.0} ms per build on average, {:.1} ms from a \
+                     build's end to the next start",
                     run + 1,
                     phases.before_first / 1000.0,
                     phases.span / 1000.0,
-                    phases.mean_build
+                    phases.mean_build,
+                    phases.mean_gap
                 );
                 detail["reconix_phases"] = json!({
                     "seen_to_first_build_ms": phases.before_first,
                     "first_build_to_last_build_ms": phases.span,
                     "last_build_to_finished_ms": phases.after_last,
                     "mean_build_ms": phases.mean_build,
+                    "mean_gap_ms": phases.mean_gap,
                     "builds": phases.builds,
                 });
                 phase_list.push(phases);
