@@ -70,7 +70,7 @@ pub struct Ctx<P> {
     /// Tasks spawned outside the controllers (running builds); shutdown waits for them.
     pub tasks: Tasks,
     /// Succeeded builds whose closure size is still to be measured (in batches).
-    pub closures: crate::builds::ClosureQueue,
+    pub closures: crate::closures::ClosureQueue,
 }
 
 impl<P> Ctx<P> {
@@ -87,7 +87,7 @@ impl<P> Ctx<P> {
             metrics: Metrics::default(),
             roots: Arc::default(),
             tasks: Tasks::new(),
-            closures: crate::builds::ClosureQueue::default(),
+            closures: crate::closures::ClosureQueue::default(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod agents;
 pub mod builders;
 pub mod builds;
 pub mod caches;
+pub mod closures;
 pub mod connected;
 mod context;
 mod error;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use reconix_nixcli::{Call, FakeNix, PathSize};
-use reconix_reconcilers::builds::ClosureQueue;
+use reconix_reconcilers::closures::ClosureQueue;
 use reconix_reconcilers::runtime::Tasks;
 use reconix_spec::{AttrPath, JobMeta, Outputs, RepoKey, StorePath, System, Timestamp};
 use reconix_status::{BuildState, BuiltOutputs, JobState, Metrics, NewJob, Status, StatusDb};

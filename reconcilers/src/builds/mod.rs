@@ -40,7 +40,6 @@
 //! dispatched again: Nix finds outputs that were completed and does not rebuild them.
 
 mod apply;
-mod closures;
 mod plan;
 #[cfg(test)]
 mod tests;
@@ -59,7 +58,6 @@ use crate::runtime::{Plan, Reconciler};
 use crate::{Error, Result};
 
 pub use crate::running::{Placement, RunningBuilds};
-pub use closures::ClosureQueue;
 pub use plan::plan;
 
 /// The `builds` reconciler.
