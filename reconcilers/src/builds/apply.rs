@@ -320,10 +320,10 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         wakers.builds();
         wakers.all_statuses();
         wakers.gcroots();
+        // Measured in batches, off this path: the next build does not wait for it. (Caches are
+        // woken once the builds loop has marked the jobs succeeded.)
         if succeeded {
-            // Measured in batches, off this path: the next build does not wait for it.
             closures.measure(drv, &nix, &status, &metrics, &tasks);
-            wakers.caches();
         }
     });
     Ok(())

@@ -255,6 +255,7 @@ impl<P: Ports> Reconciler for Builds<P> {
                 let rooted = changes
                     .iter()
                     .any(|c| matches!(c.state, JobState::Succeeded | JobState::Failed));
+                let succeeded = changes.iter().any(|c| c.state == JobState::Succeeded);
                 cx.status
                     .call(move |db| {
                         let changes: Vec<(JobId, JobState, Option<&str>)> = changes
@@ -266,6 +267,10 @@ impl<P: Ports> Reconciler for Builds<P> {
                     .await?;
                 if rooted {
                     cx.wakers.gcroots();
+                }
+                // Caches push the outputs of succeeded jobs: they exist from now on.
+                if succeeded {
+                    cx.wakers.caches();
                 }
                 cx.wakers.all_statuses();
                 Ok(())
@@ -279,6 +284,9 @@ impl<P: Ports> Reconciler for Builds<P> {
                 // A job that failed with output keeps its outputs rooted too.
                 if matches!(state, JobState::Succeeded | JobState::Failed) {
                     cx.wakers.gcroots();
+                }
+                if state == JobState::Succeeded {
+                    cx.wakers.caches();
                 }
                 cx.wakers.all_statuses();
                 Ok(())
