@@ -23,10 +23,11 @@ use crate::runtime::Tasks;
 /// The most builds one query measures: keeps the command line small.
 const MAX_BATCH: usize = 256;
 
-/// How long a batch waits for more builds to join it before it is measured: while builds end
-/// every few tens of milliseconds, a batch then holds many of them instead of two or three.
-/// A size appears on the pages this much later; no build waits for it.
-const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a batch waits for more builds to join it before it is measured: a batch then
+/// holds every build that ended within a second (each `nix path-info` costs some 25 ms of CPU
+/// that builds on a busy machine would otherwise get). A size appears on the pages up to this
+/// much later; no build waits for it.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds waiting for their closure size, and whether a task is measuring.
 #[derive(Debug, Clone, Default)]

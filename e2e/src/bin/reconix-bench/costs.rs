@@ -3,8 +3,9 @@
 //!
 //! The phases come from the daemon's `reconix_build_phase_duration_seconds{phase}` histogram
 //! (`/metrics`, sums and counts taken before and after a run); the CPU from `/proc`: the
-//! daemon's own `utime + stime` and its waited-for children's `cutime + cstime` (every `nix`,
-//! `nix-store` and builder it ran and reaped), and for raw Nix the bench's own children's.
+//! daemon's own `utime + stime`, its reaped children's `cutime + cstime`, and its live
+//! children's CPU with what they reaped (the long-lived `nix-store --serve` channels run the
+//! builders), and the same for the bench's children around the raw `nix build`.
 
 use std::collections::BTreeMap;
 
@@ -34,8 +35,9 @@ pub(crate) struct Cpu {
     pub(crate) children: f64,
 }
 
-/// Reads `/proc/<pid>/stat` (`self` for the bench).
-pub(crate) fn cpu_of(pid: &str) -> Result<Cpu> {
+/// The fields of `/proc/<pid>/stat` after the command name: `[0]` is the state, `[1]` the
+/// parent's pid, `[11..=14]` utime, stime, cutime and cstime in clock ticks.
+fn stat_fields(pid: &str) -> Result<Vec<f64>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name is in parentheses and may hold spaces: count fields after it.
@@ -43,16 +45,41 @@ pub(crate) fn cpu_of(pid: &str) -> Result<Cpu> {
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .context("malformed /proc stat")?;
-    let fields: Vec<f64> = rest
+    Ok(rest
         .split_whitespace()
         .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    // Fields 14–17 of the file (utime, stime, cutime, cstime) are 11–14 after the name.
+        .collect())
+}
+
+/// Reads `/proc/<pid>/stat` (`self` for the bench): the process's own CPU, and its children's:
+/// those it reaped, and those still running (long-lived ones, like reconix's build channels,
+/// whose builders they reap themselves) with everything they reaped so far.
+pub(crate) fn cpu_of(pid: &str) -> Result<Cpu> {
+    let fields = stat_fields(pid)?;
     let tick = ticks_per_second();
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0) / tick;
+    let at = |f: &[f64], i: usize| f.get(i).copied().unwrap_or(0.0) / tick;
+    let own_pid = if pid == "self" {
+        std::process::id().to_string()
+    } else {
+        pid.to_owned()
+    };
+    let mut live = 0.0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // A process may end between the listing and the read: skip it.
+        let Ok(child) = stat_fields(&name) else {
+            continue;
+        };
+        if child.get(1).is_some_and(|ppid| ppid.to_string() == own_pid) {
+            live += at(&child, 11) + at(&child, 12) + at(&child, 13) + at(&child, 14);
+        }
+    }
     Ok(Cpu {
-        own: at(11) + at(12),
-        children: at(13) + at(14),
+        own: at(&fields, 11) + at(&fields, 12),
+        children: at(&fields, 13) + at(&fields, 14) + live,
     })
 }
 
