@@ -152,6 +152,8 @@ struct Shared {
     fingerprint: Fingerprint,
     pin: Mutex<Pin>,
     running: Arc<AtomicU32>,
+    /// Set once the store has been opened by one process alone (see [`Shared::init_store`]).
+    store_ready: tokio::sync::OnceCell<()>,
 }
 
 impl Shared {
@@ -196,6 +198,38 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Opens the store once with one `nix-store` before the first serve process: Nix 2.8
+    /// creating a fresh store from two processes at once fails one of them ("creating symlink
+    /// … File exists", "SQLite database … is busy"), and the coordinator starts several
+    /// builds on a new agent at once. A failure is logged and tried again at the next serve.
+    async fn init_store(&self) {
+        let store = self.config.store.clone();
+        let _ = self
+            .store_ready
+            .get_or_try_init(|| async move {
+                let mut cmd = Command::new("nix-store");
+                cmd.arg("--check-validity");
+                if let Some(store) = &store {
+                    cmd.args(["--store", store]);
+                }
+                match cmd.stdin(Stdio::null()).output().await {
+                    Ok(out) if out.status.success() => Ok(()),
+                    Ok(out) => {
+                        warn!(
+                            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                            "cannot open the store before serving"
+                        );
+                        Err(())
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "cannot run nix-store to open the store");
+                        Err(())
+                    }
+                }
+            })
+            .await;
     }
 
     /// Reserves one of `max_jobs` serve slots.
@@ -284,6 +318,7 @@ impl Agent {
                 fingerprint,
                 pin: Mutex::new(pin),
                 running: Arc::new(AtomicU32::new(0)),
+                store_ready: tokio::sync::OnceCell::new(),
             }),
             fingerprint,
         })
@@ -613,6 +648,7 @@ impl server::Handler for ConnHandler {
         if !self.idle.contains_key(&channel) {
             return self.refuse(channel, "exec on a busy channel", session);
         }
+        self.shared.init_store().await;
         let child = match serve_command(self.shared.config.store.as_deref()).spawn() {
             Ok(child) => child,
             Err(error) => {
@@ -828,7 +864,7 @@ fn explain(reason: Refusal, config: &AgentConfig, fingerprint: Fingerprint) -> S
 }
 
 /// Pumps one `nix-store --serve` process through its channel until either ends.
-async fn serve(channel: Channel<Msg>, mut child: Child, _slot: Slot) {
+async fn serve(channel: Channel<Msg>, mut child: Child, slot: Slot) {
     let (mut rx, tx) = channel.split();
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
@@ -860,6 +896,10 @@ async fn serve(channel: Channel<Msg>, mut child: Child, _slot: Slot) {
         Some(status) => {
             let code = status.map_or(255, exit_code);
             debug!(code, "serve process exited");
+            // The process is gone: its slot is free before the coordinator hears the end of
+            // the channel (the log's end), so the next build it sends at once is not refused
+            // as beyond max-jobs.
+            drop(slot);
             let _ = tx.eof().await;
             let _ = tx.exit_status(code).await;
             let _ = tx.close().await;

@@ -109,6 +109,69 @@ async fn serve_channels_should_speak_the_serve_protocol_to_a_separate_store() {
 }
 
 #[tokio::test]
+async fn the_first_channels_of_a_new_agent_should_all_open_its_fresh_store() {
+    require_nix();
+    // Nix 2.8 creating one store from two processes at once fails one of them; a new agent
+    // gets several builds at once. Each round is a new agent with a store never opened.
+    for round in 0..3 {
+        let coordinator = Coordinator::start().await;
+        let state = tempfile::tempdir().unwrap();
+        let mut config = agent_config(&coordinator, state.path());
+        config.store = Some(chroot_store(state.path()).display().to_string());
+        config.max_jobs = 3;
+        let _agent = spawn_agent(config);
+        let conn = coordinator.pending().await.accept();
+        let ((mut a, _la, _ea), (mut b, _lb, _eb), (mut c, _lc, _ec)) =
+            tokio::join!(connect(&conn), connect(&conn), connect(&conn));
+        for client in [&mut a, &mut b, &mut c] {
+            let valid = client.query_valid_paths(&[ABSENT], false, false).await;
+            assert!(valid.is_ok_and(|v| v.is_empty()), "round {round}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slot_should_be_free_once_its_channel_s_log_has_ended() {
+    require_nix();
+    let coordinator = Coordinator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&coordinator, state.path());
+    config.store = Some(chroot_store(state.path()).display().to_string());
+    config.max_jobs = 1;
+    let _agent = spawn_agent(config);
+    let conn = coordinator.pending().await.accept();
+    // What the builds loop does: a build ends, its log is read to the end, and the next build
+    // is sent to the same agent at once. Each time the one slot must be free already (no
+    // `eventually`: the log's end is the signal).
+    let mut channel = conn.open_serve().await.unwrap();
+    for round in 0..5 {
+        let ServeChannel {
+            reader,
+            writer,
+            mut log,
+            ..
+        } = channel;
+        let client = tokio::time::timeout(DEADLINE, ServeClient::handshake(reader, writer))
+            .await
+            .unwrap()
+            .unwrap();
+        let (_reader, mut writer) = client.into_inner();
+        tokio::io::AsyncWriteExt::shutdown(&mut writer)
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tokio::time::timeout(DEADLINE, log.read_to_string(&mut text))
+            .await
+            .unwrap()
+            .unwrap();
+        channel = match conn.open_serve().await {
+            Ok(next) => next,
+            Err(err) => panic!("round {round}: the slot is not free once the log ended: {err}"),
+        };
+    }
+}
+
+#[tokio::test]
 async fn serve_stderr_should_arrive_as_the_log() {
     require_nix();
     let coordinator = Coordinator::start().await;
