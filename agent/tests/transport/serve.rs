@@ -123,9 +123,17 @@ async fn the_first_channels_of_a_new_agent_should_all_open_its_fresh_store() {
         let conn = coordinator.pending().await.accept();
         let ((mut a, _la, _ea), (mut b, _lb, _eb), (mut c, _lc, _ec)) =
             tokio::join!(connect(&conn), connect(&conn), connect(&conn));
-        for client in [&mut a, &mut b, &mut c] {
-            let valid = client.query_valid_paths(&[ABSENT], false, false).await;
-            assert!(valid.is_ok_and(|v| v.is_empty()), "round {round}");
+        // The store is opened at a serve process's first command: all three at once.
+        let (va, vb, vc) = tokio::join!(
+            a.query_valid_paths(&[ABSENT], false, false),
+            b.query_valid_paths(&[ABSENT], false, false),
+            c.query_valid_paths(&[ABSENT], false, false),
+        );
+        for valid in [va, vb, vc] {
+            assert!(
+                valid.as_ref().is_ok_and(Vec::is_empty),
+                "round {round}: {valid:?}"
+            );
         }
     }
 }
