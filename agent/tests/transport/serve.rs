@@ -112,8 +112,9 @@ async fn serve_channels_should_speak_the_serve_protocol_to_a_separate_store() {
 async fn the_first_channels_of_a_new_agent_should_all_open_its_fresh_store() {
     require_nix();
     // Nix 2.8 creating one store from two processes at once fails one of them; a new agent
-    // gets several builds at once. Each round is a new agent with a store never opened.
-    for round in 0..3 {
+    // gets several builds at once. Each round is a new agent with a store never opened: its
+    // three serve processes are started first, then all three are spoken to at once.
+    for round in 0..5 {
         let coordinator = Coordinator::start().await;
         let state = tempfile::tempdir().unwrap();
         let mut config = agent_config(&coordinator, state.path());
@@ -121,15 +122,30 @@ async fn the_first_channels_of_a_new_agent_should_all_open_its_fresh_store() {
         config.max_jobs = 3;
         let _agent = spawn_agent(config);
         let conn = coordinator.pending().await.accept();
-        let ((mut a, _la, _ea), (mut b, _lb, _eb), (mut c, _lc, _ec)) =
-            tokio::join!(connect(&conn), connect(&conn), connect(&conn));
-        // The store is opened at a serve process's first command: all three at once.
-        let (va, vb, vc) = tokio::join!(
-            a.query_valid_paths(&[ABSENT], false, false),
-            b.query_valid_paths(&[ABSENT], false, false),
-            c.query_valid_paths(&[ABSENT], false, false),
-        );
-        for valid in [va, vb, vc] {
+        let (a, b, c) = tokio::join!(conn.open_serve(), conn.open_serve(), conn.open_serve());
+        let shake = |channel: Result<ServeChannel, Error>| async move {
+            let ServeChannel {
+                reader,
+                writer,
+                log,
+                exit,
+                ..
+            } = channel.unwrap();
+            let handshake =
+                tokio::time::timeout(DEADLINE, ServeClient::handshake(reader, writer)).await;
+            (handshake, log, exit)
+        };
+        let results = tokio::join!(shake(a), shake(b), shake(c));
+        for (handshake, mut log, _exit) in [results.0, results.1, results.2] {
+            let mut client = match handshake {
+                Ok(Ok(client)) => client,
+                other => {
+                    let mut text = String::new();
+                    let _ = tokio::time::timeout(DEADLINE, log.read_to_string(&mut text)).await;
+                    panic!("round {round}: {:?}; log: {text}", other.map(|r| r.err()));
+                }
+            };
+            let valid = client.query_valid_paths(&[ABSENT], false, false).await;
             assert!(
                 valid.as_ref().is_ok_and(Vec::is_empty),
                 "round {round}: {valid:?}"
