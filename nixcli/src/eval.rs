@@ -560,7 +560,7 @@ fn job_from_drv(
                 system: Some(system),
                 result: Ok(JobDrv {
                     drv_path: drv.drv_path,
-                    outputs: drv.outputs.into_iter().collect(),
+                    outputs: drv.outputs,
                     deps,
                     required_features,
                     constituents: None,

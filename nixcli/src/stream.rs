@@ -334,7 +334,7 @@ impl Streamer {
                         system,
                         result: Ok(JobDrv {
                             drv_path: drv.drv_path.clone(),
-                            outputs: drv.outputs.iter().cloned().collect(),
+                            outputs: drv.outputs.clone(),
                             deps: Vec::new(),
                             required_features: Vec::new(),
                             skipped: skipped.clone(),

@@ -147,9 +147,28 @@ impl Serialize for Outputs {
 }
 
 impl<'de> Deserialize<'de> for Outputs {
+    /// Reads a JSON object straight into pairs (no map built on the way); a later duplicate
+    /// name wins, as in a map.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, StorePath>::deserialize(deserializer)?;
-        Ok(map.into())
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = Outputs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of output names to store paths")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Outputs, A::Error> {
+                let mut pairs: Vec<(String, StorePath)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(1).min(16));
+                while let Some(pair) = map.next_entry::<String, StorePath>()? {
+                    pairs.push(pair);
+                }
+                Ok(pairs.into_iter().collect())
+            }
+        }
+        deserializer.deserialize_map(Pairs)
     }
 }
 

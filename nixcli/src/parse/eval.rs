@@ -3,8 +3,8 @@
 //!
 //! Only call these on the stdout of a `nix eval` that exited with status 0: `nix eval --json`
 //! streams its output, so a failed run leaves partial JSON behind.
-use reconix_spec::JobMeta;
 use reconix_spec::names::StorePath;
+use reconix_spec::{JobMeta, Outputs};
 use serde::Deserialize;
 
 /// A flake attribute path as a list of names, e.g. `["packages", "x86_64-linux", "hello"]`.
@@ -41,10 +41,8 @@ pub struct RawDrv {
     pub name: String,
     /// The `system` attribute, as a string (not validated).
     pub system: String,
-    /// Output name → output path, in name order: a vector until the job is made (a map of one
-    /// entry costs some 500 bytes, 25 MB for 50,000 jobs held during the evaluation).
-    #[serde(deserialize_with = "sorted_pairs")]
-    pub outputs: Vec<(String, StorePath)>,
+    /// Output name → output path, in name order.
+    pub outputs: Outputs,
     /// What reconix uses of `meta`: absent when the derivation has none (most test flakes,
     /// and the expression prints none then); boxed because it is large.
     #[serde(default)]
@@ -52,35 +50,6 @@ pub struct RawDrv {
     /// For an aggregate job (Hydra's `_hydraAggregate = true`): its constituents as written.
     #[serde(default)]
     pub constituents: Option<Vec<RawConstituent>>,
-}
-
-/// Deserializes a JSON object as its (key, value) pairs sorted by key (a later duplicate key
-/// wins, as in a map).
-fn sorted_pairs<'de, D>(d: D) -> Result<Vec<(String, StorePath)>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    struct Pairs;
-    impl<'de> serde::de::Visitor<'de> for Pairs {
-        type Value = Vec<(String, StorePath)>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a map of output names to store paths")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut pairs: Vec<(String, StorePath)> =
-                Vec::with_capacity(map.size_hint().unwrap_or(1).min(16));
-            while let Some((k, v)) = map.next_entry::<String, StorePath>()? {
-                pairs.retain(|(old, _)| *old != k);
-                pairs.push((k, v));
-            }
-            pairs.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(pairs)
-        }
-    }
-    d.deserialize_map(Pairs)
 }
 
 /// One constituent of an aggregate job as `jobs.nix` prints it, before it is resolved against
