@@ -191,6 +191,22 @@ pub(crate) fn coalesce(steps: Vec<Step>) -> Vec<Step> {
     out
 }
 
+/// Wakes the loops that follow jobs entering `states`: `gcroots` for outputs to root (a job
+/// that failed with output keeps its outputs rooted too), `caches` for succeeded jobs' outputs
+/// to push (they are in the cache backlog from now on), and the statuses.
+fn wake_after<P: Ports>(cx: &Ctx<P>, states: &[JobState]) {
+    if states
+        .iter()
+        .any(|s| matches!(s, JobState::Succeeded | JobState::Failed))
+    {
+        cx.wakers.gcroots();
+    }
+    if states.contains(&JobState::Succeeded) {
+        cx.wakers.caches();
+    }
+    cx.wakers.all_statuses();
+}
+
 impl<P: Ports> Reconciler for Builds<P> {
     const NAME: &'static str = "builds";
     type Spec = Spec;
@@ -252,10 +268,7 @@ impl<P: Ports> Reconciler for Builds<P> {
     async fn apply(&self, _key: &Placement, step: Step, cx: &Ctx<P>) -> Result<()> {
         match step {
             Step::SetJobStates { changes } => {
-                let rooted = changes
-                    .iter()
-                    .any(|c| matches!(c.state, JobState::Succeeded | JobState::Failed));
-                let succeeded = changes.iter().any(|c| c.state == JobState::Succeeded);
+                let states: Vec<JobState> = changes.iter().map(|c| c.state).collect();
                 cx.status
                     .call(move |db| {
                         let changes: Vec<(JobId, JobState, Option<&str>)> = changes
@@ -265,14 +278,7 @@ impl<P: Ports> Reconciler for Builds<P> {
                         db.set_job_states(&changes, Timestamp::now())
                     })
                     .await?;
-                if rooted {
-                    cx.wakers.gcroots();
-                }
-                // Caches push the outputs of succeeded jobs: they exist from now on.
-                if succeeded {
-                    cx.wakers.caches();
-                }
-                cx.wakers.all_statuses();
+                wake_after(cx, &states);
                 Ok(())
             }
             Step::SetJobState { job, state, error } => {
@@ -281,14 +287,7 @@ impl<P: Ports> Reconciler for Builds<P> {
                         db.set_job_state(job, state, error.as_deref(), Timestamp::now())
                     })
                     .await?;
-                // A job that failed with output keeps its outputs rooted too.
-                if matches!(state, JobState::Succeeded | JobState::Failed) {
-                    cx.wakers.gcroots();
-                }
-                if state == JobState::Succeeded {
-                    cx.wakers.caches();
-                }
-                cx.wakers.all_statuses();
+                wake_after(cx, &[state]);
                 Ok(())
             }
             Step::FinishEvaluation { evaluation } => {
