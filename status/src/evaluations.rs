@@ -213,28 +213,43 @@ impl StatusDb {
     /// # Errors
     /// Returns [`Error::Query`] when SQLite fails.
     pub fn finishable_evaluations(&self) -> Result<Vec<EvaluationId>> {
-        const OP: &str = "finishable_evaluations";
+        self.evaluation_ids(
+            "finishable_evaluations",
+            &format!(
+                "e.state = 'building' AND NOT EXISTS (SELECT 1 FROM jobs j \
+                 WHERE j.evaluation_id = e.id AND j.state IN {})",
+                JobState::unfinished_sql()
+            ),
+            [],
+        )
+    }
+
+    /// Returns the ids of the evaluations `e` that match `filter`, oldest first.
+    pub(crate) fn evaluation_ids(
+        &self,
+        op: &'static str,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<EvaluationId>> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT e.id FROM evaluations e WHERE e.state = 'building' AND NOT EXISTS ( \
-                     SELECT 1 FROM jobs j WHERE j.evaluation_id = e.id \
-                     AND j.state IN {}) ORDER BY e.id",
-                JobState::unfinished_sql()
+                "SELECT e.id FROM evaluations e WHERE {filter} ORDER BY e.id"
             ))
-            .op(OP)?;
+            .op(op)?;
         let ids = stmt
-            .query_map([], |r| r.get::<_, i64>(0))
-            .op(OP)?
+            .query_map(params, |r| r.get::<_, i64>(0))
+            .op(op)?
             .collect::<rusqlite::Result<Vec<i64>>>()
-            .op(OP)?;
+            .op(op)?;
         Ok(ids.into_iter().map(EvaluationId).collect())
     }
 
     /// Cancels the `queued` and `building` jobs of evaluation `id`; returns how many.
     ///
-    /// [`supersede_evaluation`](Self::supersede_evaluation) already does this; the method
-    /// exists to repair an evaluation that ended by other means.
+    /// [`supersede_evaluation`](Self::supersede_evaluation) already does this; the method is
+    /// for an evaluation that ended with jobs left, one that timed out: a push or an operator
+    /// cancels them, and it keeps its state and message.
     ///
     /// # Errors
     /// Returns [`Error::Query`] when SQLite fails.

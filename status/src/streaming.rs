@@ -15,10 +15,10 @@ use reconix_spec::names::Timestamp;
 
 use crate::StatusDb;
 use crate::error::{QueryExt, Result};
-use crate::evaluations::{cancel_jobs, evaluation_state};
+use crate::evaluations::evaluation_state;
 use crate::jobs::{index_new_jobs, job_by_attr, write_job};
 use crate::row::get;
-use crate::types::{EvaluationId, EvaluationState, JobState, NewStreamedJob, RepoId};
+use crate::types::{EvaluationId, JobState, NewStreamedJob, RepoId};
 use crate::views::EvaluationProgress;
 
 impl StatusDb {
@@ -126,7 +126,7 @@ impl StatusDb {
     /// Ends evaluation `id`, which ran out of time, `failed` with `message`, keeping the jobs
     /// it recorded: the buildable ones stay queued (and may still be built, see
     /// [`schedulable_jobs`](Self::schedulable_jobs)) until a push supersedes the evaluation or
-    /// an operator cancels it ([`cancel_timed_out_jobs`](Self::cancel_timed_out_jobs)), the
+    /// an operator cancels it ([`cancel_evaluation_jobs`](Self::cancel_evaluation_jobs)), the
     /// others are cancelled, since their dependencies will never be known. Returns false
     /// (changing nothing) once it has ended.
     ///
@@ -165,45 +165,21 @@ impl StatusDb {
 
     /// Returns the evaluations of `repo` that timed out (`failed`) with jobs left to build,
     /// oldest first. They are still live: a push supersedes them and an operator may cancel
-    /// them, which [`cancel_timed_out_jobs`](Self::cancel_timed_out_jobs) does.
+    /// them ([`cancel_evaluation_jobs`](Self::cancel_evaluation_jobs)).
     ///
     /// # Errors
     /// Returns [`crate::Error::Query`] when SQLite fails.
     pub fn timed_out_evaluations_building(&self, repo: RepoId) -> Result<Vec<EvaluationId>> {
         const OP: &str = "timed_out_evaluations_building";
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT e.id FROM evaluations e WHERE e.repo_id = ?1 AND e.state = 'failed' \
-                 AND EXISTS (SELECT 1 FROM jobs j WHERE j.evaluation_id = e.id \
-                 AND j.state IN {}) ORDER BY e.id",
+        self.evaluation_ids(
+            OP,
+            &format!(
+                "e.repo_id = ?1 AND e.state = 'failed' AND EXISTS (SELECT 1 FROM jobs j \
+                 WHERE j.evaluation_id = e.id AND j.state IN {})",
                 JobState::unfinished_sql()
-            ))
-            .op(OP)?;
-        let ids = stmt
-            .query_map([repo.0], |r| r.get::<_, i64>(0))
-            .op(OP)?
-            .collect::<rusqlite::Result<Vec<i64>>>()
-            .op(OP)?;
-        Ok(ids.into_iter().map(EvaluationId).collect())
-    }
-
-    /// Cancels the jobs a timed-out evaluation left to build (see
-    /// [`time_out_evaluation`](Self::time_out_evaluation)); the evaluation stays `failed` with
-    /// its message. Returns how many jobs were cancelled: 0 when `id` is in any other state.
-    ///
-    /// # Errors
-    /// Returns [`crate::Error::NotFound`] for an unknown evaluation and [`crate::Error::Query`]
-    /// when SQLite fails.
-    pub fn cancel_timed_out_jobs(&mut self, id: EvaluationId, now: Timestamp) -> Result<u64> {
-        const OP: &str = "cancel_timed_out_jobs";
-        let tx = self.write(OP)?;
-        if evaluation_state(&tx, id, OP)? != EvaluationState::Failed {
-            return Ok(0);
-        }
-        let cancelled = cancel_jobs(&tx, id, now, OP)?;
-        tx.commit().op(OP)?;
-        Ok(cancelled)
+            ),
+            [repo.0],
+        )
     }
 
     /// Returns how far evaluation `id` got: `None` when it is unknown or listed nothing yet.
@@ -424,16 +400,11 @@ mod tests {
         let repo = db.evaluation(id).unwrap().unwrap().repo_id;
         db.record_streamed_jobs(id, &[streamed(job(1, "ready"), true)], at(2))
             .unwrap();
-        assert_eq!(
-            db.cancel_timed_out_jobs(id, at(3)).unwrap(),
-            0,
-            "still running"
-        );
         db.time_out_evaluation(id, "evaluation timed out", at(4))
             .unwrap();
         assert_eq!(db.timed_out_evaluations_building(repo).unwrap(), [id]);
 
-        assert_eq!(db.cancel_timed_out_jobs(id, at(5)).unwrap(), 1);
+        assert_eq!(db.cancel_evaluation_jobs(id, at(5)).unwrap(), 1);
         assert!(scheduled(&db).is_empty());
         assert!(db.timed_out_evaluations_building(repo).unwrap().is_empty());
         let e = db.evaluation(id).unwrap().unwrap();
@@ -441,7 +412,7 @@ mod tests {
             (e.state, e.error.as_deref()),
             (EvaluationState::Failed, Some("evaluation timed out"))
         );
-        assert_eq!(db.cancel_timed_out_jobs(id, at(6)).unwrap(), 0);
+        assert_eq!(db.cancel_evaluation_jobs(id, at(6)).unwrap(), 0);
     }
 
     #[test]

@@ -387,7 +387,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                             ),
                         }?;
                         if !superseded {
-                            db.cancel_timed_out_jobs(evaluation, now)?;
+                            db.cancel_evaluation_jobs(evaluation, now)?;
                         }
                         Ok(())
                     })
