@@ -38,6 +38,31 @@ async fn connect(
     (client, log, exit)
 }
 
+/// An agent with `max_jobs` serve slots on a chroot store that no process opened yet, enrolled
+/// with a coordinator of its own; what the test needs is `conn`, the rest is kept alive.
+struct ChrootAgent {
+    conn: AgentConn,
+    _agent: crate::common::RunningAgent,
+    _state: tempfile::TempDir,
+    _coordinator: Coordinator,
+}
+
+async fn chroot_agent(max_jobs: u32) -> ChrootAgent {
+    let coordinator = Coordinator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&coordinator, state.path());
+    config.store = Some(chroot_store(state.path()).display().to_string());
+    config.max_jobs = max_jobs;
+    let agent = spawn_agent(config);
+    let conn = coordinator.pending().await.accept();
+    ChrootAgent {
+        conn,
+        _agent: agent,
+        _state: state,
+        _coordinator: coordinator,
+    }
+}
+
 #[tokio::test]
 async fn serve_channels_should_speak_the_serve_protocol_to_a_separate_store() {
     require_nix();
@@ -115,13 +140,8 @@ async fn the_first_channels_of_a_new_agent_should_all_open_its_fresh_store() {
     // gets several builds at once. Each round is a new agent with a store never opened: its
     // three serve processes are started first, then all three are spoken to at once.
     for round in 0..5 {
-        let coordinator = Coordinator::start().await;
-        let state = tempfile::tempdir().unwrap();
-        let mut config = agent_config(&coordinator, state.path());
-        config.store = Some(chroot_store(state.path()).display().to_string());
-        config.max_jobs = 3;
-        let _agent = spawn_agent(config);
-        let conn = coordinator.pending().await.accept();
+        let agent = chroot_agent(3).await;
+        let conn = &agent.conn;
         let (a, b, c) = tokio::join!(conn.open_serve(), conn.open_serve(), conn.open_serve());
         let shake = |channel: Result<ServeChannel, Error>| async move {
             let ServeChannel {
@@ -157,13 +177,8 @@ async fn the_first_channels_of_a_new_agent_should_all_open_its_fresh_store() {
 #[tokio::test]
 async fn a_slot_should_be_free_once_its_channel_s_log_has_ended() {
     require_nix();
-    let coordinator = Coordinator::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut config = agent_config(&coordinator, state.path());
-    config.store = Some(chroot_store(state.path()).display().to_string());
-    config.max_jobs = 1;
-    let _agent = spawn_agent(config);
-    let conn = coordinator.pending().await.accept();
+    let agent = chroot_agent(1).await;
+    let conn = &agent.conn;
     // What the builds loop does: a build ends, its log is read to the end, and the next build
     // is sent to the same agent at once. Each time the one slot must be free already (no
     // `eventually`: the log's end is the signal).
@@ -198,12 +213,8 @@ async fn a_slot_should_be_free_once_its_channel_s_log_has_ended() {
 #[tokio::test]
 async fn serve_stderr_should_arrive_as_the_log() {
     require_nix();
-    let coordinator = Coordinator::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut config = agent_config(&coordinator, state.path());
-    config.store = Some(chroot_store(state.path()).display().to_string());
-    let _agent = spawn_agent(config);
-    let conn = coordinator.pending().await.accept();
+    let agent = chroot_agent(1).await;
+    let conn = &agent.conn;
 
     // Not the serve magic: nix-store complains on stderr and exits non-zero.
     let ServeChannel {
