@@ -102,6 +102,26 @@ impl World {
         )
     }
 
+    /// Commits a new head whose evaluation gives `jobs` and wakes the loop, as a push does
+    /// (the poll interval is an hour).
+    fn push(&self, jobs: Vec<EvalJob>) {
+        let head = Self::commit_in(&self.repo, "two");
+        self.nix.set_evaluation(&head, FakeEvaluation::Jobs(jobs));
+        self.ctx
+            .wakers
+            .evaluations(RepoKey::parse("here/demo").unwrap());
+    }
+
+    /// Returns evaluation `id` as recorded.
+    async fn evaluation(&self, id: i64) -> reconix_status::Evaluation {
+        self.ctx
+            .status
+            .call(move |db| db.evaluation(EvaluationId(id)))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// Polls `f` against the database (see [`common::until`]).
     async fn until<T: Send + 'static>(
         &self,
@@ -236,13 +256,7 @@ async fn a_timed_out_evaluation_should_fail_with_how_far_it_got_and_keep_its_job
     )
     .await
     .expect("the timed-out evaluation is dropped");
-    let e = w
-        .ctx
-        .status
-        .call(|db| db.evaluation(EvaluationId(1)))
-        .await
-        .unwrap()
-        .unwrap();
+    let e = w.evaluation(1).await;
     assert_eq!(
         e.error.as_deref(),
         Some(
@@ -276,12 +290,7 @@ async fn a_push_should_cancel_the_jobs_a_timed_out_evaluation_left_building() {
     tokio::time::timeout(Duration::from_secs(10), w.nix.wait_for_realise(&drv_a))
         .await
         .expect("the job found before the timeout is being built");
-    let second = World::commit_in(&w.repo, "two");
-    w.nix
-        .set_evaluation(&second, FakeEvaluation::Jobs(vec![job("c", 3, &[])]));
-    w.ctx
-        .wakers
-        .evaluations(RepoKey::parse("here/demo").unwrap());
+    w.push(vec![job("c", 3, &[])]);
     w.until(
         "the new head finished",
         in_state(2, EvaluationState::Finished),
@@ -292,13 +301,7 @@ async fn a_push_should_cancel_the_jobs_a_timed_out_evaluation_left_building() {
         Ok((jobs.len() == 1 && jobs[0].state == JobState::Cancelled).then_some(()))
     })
     .await;
-    let e = w
-        .ctx
-        .status
-        .call(|db| db.evaluation(EvaluationId(1)))
-        .await
-        .unwrap()
-        .unwrap();
+    let e = w.evaluation(1).await;
     assert_eq!(e.state, EvaluationState::Failed, "it keeps its timeout");
     assert!(e.error.unwrap().starts_with("evaluation timed out"));
     w.nix.release(&drv_a);
@@ -317,13 +320,7 @@ async fn a_new_push_should_stop_the_running_evaluation_and_evaluate_the_new_head
     });
     w.until("evaluating", in_state(1, EvaluationState::Evaluating))
         .await;
-    let second = World::commit_in(&w.repo, "two");
-    w.nix
-        .set_evaluation(&second, FakeEvaluation::Jobs(vec![job("b", 2, &[])]));
-    // What a push does: wake the loop (the poll interval is an hour).
-    w.ctx
-        .wakers
-        .evaluations(RepoKey::parse("here/demo").unwrap());
+    w.push(vec![job("b", 2, &[])]);
     // Any drop proves the wake worked (the poll interval is an hour); 10 s holds under load.
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -338,13 +335,7 @@ async fn a_new_push_should_stop_the_running_evaluation_and_evaluate_the_new_head
         in_state(2, EvaluationState::Finished),
     )
     .await;
-    let e = w
-        .ctx
-        .status
-        .call(|db| db.evaluation(EvaluationId(1)))
-        .await
-        .unwrap()
-        .unwrap();
+    let e = w.evaluation(1).await;
     assert_eq!(e.superseded_by, Some(EvaluationId(2)));
     assert_eq!(w.nix.realised(), [path(2, "b.drv")]);
     w.stop().await;
