@@ -16,26 +16,7 @@ pub(crate) const GIT_REF: &str = "refs/heads/main";
 /// Each builder reads one line of its dependency and writes one line: trivial builds, and
 /// per-command redirections only (`exec > $out` would get the builder killed by Nix 2.8).
 pub(crate) fn chain_flake(n: usize, salt: &str) -> String {
-    r#"{
-  description = "reconix benchmark: @N@ packages, p_i depends on p_(i/10)";
-  outputs = { self }:
-    let
-      system = "x86_64-linux";
-      mk = i:
-        let name = "p${toString i}"; in
-        derivation {
-          inherit name system;
-          salt = "@SALT@";
-          builder = "/bin/sh";
-          args = [ "-c" (if i == 0 then "echo p0 > $out"
-            else "read x < ${pkgs."p${toString (i / 10)}"}; echo \"${name} $x\" > $out") ];
-        };
-      pkgs = builtins.listToAttrs (builtins.genList (i: { name = "p${toString i}"; value = mk i; }) @N@);
-    in { packages.${system} = pkgs; };
-}
-"#
-    .replace("@N@", &n.to_string())
-    .replace("@SALT@", salt)
+    Shape::Tree.flake(n, salt)
 }
 
 /// The shape of a build benchmark's flake.
@@ -72,19 +53,30 @@ impl Shape {
         }
     }
 
-    /// The flake of `n` packages with `salt`.
+    /// The flake of `n` packages `p0 … p{n-1}` with `salt`, built by this shape's builders.
     pub(crate) fn flake(self, n: usize, salt: &str) -> String {
-        let builder = match self {
-            Self::Tree => return chain_flake(n, salt),
-            Self::Busy => format!(
-                r#"[ "-c" "i=0; while [ $i -lt {BUSY_SPIN} ]; do i=$((i+1)); done; echo ${{name}} $i > $out" ]"#
+        let (what, builder) = match self {
+            Self::Tree => (
+                "p_i depends on p_(i/10)",
+                r#"[ "-c" (if i == 0 then "echo p0 > $out"
+            else "read x < ${pkgs."p${toString (i / 10)}"}; echo \"${name} $x\" > $out") ]"#
+                    .to_owned(),
             ),
-            Self::Line => r#"[ "-c" (if i == 0 then "echo p0 > $out"
+            Self::Busy => (
+                "each builder spins about half a second",
+                format!(
+                    r#"[ "-c" "i=0; while [ $i -lt {BUSY_SPIN} ]; do i=$((i+1)); done; echo ${{name}} $i > $out" ]"#
+                ),
+            ),
+            Self::Line => (
+                "p_i depends on p_(i-1)",
+                r#"[ "-c" (if i == 0 then "echo p0 > $out"
             else "read x < ${pkgs."p${toString (i - 1)}"}; echo \"${name} $x\" > $out") ]"#
-                .to_owned(),
+                    .to_owned(),
+            ),
         };
         r#"{
-  description = "reconix benchmark: @N@ packages (@KIND@)";
+  description = "reconix benchmark: @N@ packages, @WHAT@";
   outputs = { self }:
     let
       system = "x86_64-linux";
@@ -101,7 +93,7 @@ impl Shape {
 }
 "#
         .replace("@ARGS@", &builder)
-        .replace("@KIND@", self.kind())
+        .replace("@WHAT@", what)
         .replace("@N@", &n.to_string())
         .replace("@SALT@", salt)
     }
