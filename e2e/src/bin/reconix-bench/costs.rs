@@ -16,16 +16,20 @@ use serde_json::{Value, json};
 /// The phases, in the order a build goes through them.
 const PHASES: [&str; 5] = ["start", "build", "outputs", "record", "closure"];
 
-/// The kernel's clock ticks per second for `/proc/<pid>/stat` times (`USER_HZ`).
+/// The kernel's clock ticks per second for `/proc/<pid>/stat` times (`USER_HZ`), asked of
+/// `getconf` once.
 fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 /// CPU seconds of a process: its own, and its reaped children's.
