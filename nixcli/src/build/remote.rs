@@ -60,7 +60,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paths::{ShownPathInfo, is_valid, nix_args, nix_json};
 use crate::process::{Finished, command_line, os_args, spawn_error};
-use crate::serve::dump::dump_nar;
 use crate::serve::remote::build_paths_failure;
 use crate::serve::{
     BasicDerivation, BuildPathsReply, BuildResultStatus, BuildSettings, DerivationOutput, NarError,
@@ -579,9 +578,9 @@ fn plan_sends<'a>(
 }
 
 /// Sends one path described by `info` with `cmdAddToStoreNar`, its NAR written from its files
-/// in the local store (as `nix-store --dump` would) by a task, through a bounded pipe, and
-/// walked like any other. Saves starting a Nix process per path; the builder checks the NAR
-/// against the size and hash the local store registered.
+/// in the local store (as `nix-store --dump` would), read a little ahead on a blocking thread
+/// and written straight to the builder. Saves starting a Nix process per path; the builder
+/// checks the NAR against the size and hash the local store registered.
 async fn add_nar_from_files<R, W>(
     client: &mut ServeClient<R, W>,
     local: &Config,
@@ -598,28 +597,14 @@ where
         }),
     })?;
     let root = local.physical(&path);
-    let (mut nar, mut pipe) = tokio::io::duplex(NAR_READ_BUFFER);
-    let max = info.nar_size;
-    let dumping = tokio::spawn(async move { dump_nar(&root, &mut pipe, max).await });
-    let added = client.add_to_store_nar(info, &mut nar).await;
-    // Stops a dump the builder no longer reads.
-    drop(nar);
-    let dumped = dumping.await.map_err(Error::Task)?;
-    match (added, dumped) {
-        (Ok(()), Ok(_)) => Ok(path),
-        (_, Err(source)) if source.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Error::StoreRead {
-                path: info.path.clone(),
-                source,
-            })
-        }
-        (Err(source), _) => Err(Error::Serve {
-            message: format!("cannot copy {} to the builder", info.path),
+    match client.add_to_store_nar_from_files(info, &root).await {
+        Ok(()) => Ok(path),
+        Err(ServeError::Archive(NarError::Read(source))) => Err(Error::StoreRead {
+            path: info.path.clone(),
             source,
         }),
-        // The dump stopped on a closed pipe, which only the walker closes after an error.
-        (Ok(()), Err(source)) => Err(Error::StoreRead {
-            path: info.path.clone(),
+        Err(source) => Err(Error::Serve {
+            message: format!("cannot copy {} to the builder", info.path),
             source,
         }),
     }

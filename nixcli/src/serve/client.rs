@@ -6,7 +6,10 @@ use std::collections::HashSet;
 
 use reconix_spec::names::StorePath;
 
+use std::path::Path;
+
 use super::ServeError;
+use super::dump::{DumpError, dump_nar};
 use super::nar::{NarError, NarLimits, copy_export, copy_nar};
 use super::wire::{
     ADD_TO_STORE_NAR_MINOR, BasicDerivation, BuildResult, BuildSettings, CMD_IMPORT_PATHS, NarInfo,
@@ -244,6 +247,50 @@ where
         info: &NarInfo,
         nar: &mut N,
     ) -> Result<(), ServeError> {
+        let limits = NarLimits {
+            max_nar_size: self.nar_limits.max_nar_size.min(info.nar_size),
+            ..self.nar_limits
+        };
+        self.add_nar_with(info, async |writer| {
+            copy_nar(nar, writer, &limits).await.map_err(|e| match e {
+                NarError::Write(source) => write_error(source),
+                other => ServeError::Archive(other),
+            })
+        })
+        .await
+    }
+
+    /// Sends one path with `cmdAddToStoreNar` as [`add_to_store_nar`](Self::add_to_store_nar)
+    /// does, its NAR written from the files at `root` (its place in the local store) by
+    /// [`dump_nar`]: the archive is this program's own, so it is not walked again; it stops
+    /// before exceeding `info.nar_size`.
+    ///
+    /// # Errors
+    /// Those of [`add_to_store_nar`](Self::add_to_store_nar); a tree that cannot be read is
+    /// [`NarError::Read`] in [`ServeError::Archive`].
+    pub(crate) async fn add_to_store_nar_from_files(
+        &mut self,
+        info: &NarInfo,
+        root: &Path,
+    ) -> Result<(), ServeError> {
+        self.add_nar_with(info, async |writer| {
+            dump_nar(root, writer, info.nar_size)
+                .await
+                .map_err(|e| match e {
+                    DumpError::Read(source) => ServeError::Archive(NarError::Read(source)),
+                    DumpError::Write(source) => write_error(source),
+                })
+        })
+        .await
+    }
+
+    /// Sends `cmdAddToStoreNar` with `info`, then the NAR `write` writes (returning its size),
+    /// and reads the acknowledgement.
+    async fn add_nar_with(
+        &mut self,
+        info: &NarInfo,
+        write: impl AsyncFnOnce(&mut W) -> Result<u64, ServeError>,
+    ) -> Result<(), ServeError> {
         if !self.supports_add_to_store_nar() {
             return Err(ServeError::UnsupportedVersion {
                 version: self.server_version,
@@ -255,16 +302,7 @@ where
         }
         let command = encode_add_to_store_nar(info);
         self.writer.write_all(&command).await.map_err(write_error)?;
-        let limits = NarLimits {
-            max_nar_size: self.nar_limits.max_nar_size.min(info.nar_size),
-            ..self.nar_limits
-        };
-        let size = copy_nar(nar, &mut self.writer, &limits)
-            .await
-            .map_err(|e| match e {
-                NarError::Write(source) => write_error(source),
-                other => ServeError::Archive(other),
-            })?;
+        let size = write(&mut self.writer).await?;
         if size != info.nar_size {
             return Err(ServeError::Archive(NarError::WrongSize {
                 expected: info.nar_size,

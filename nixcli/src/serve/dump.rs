@@ -7,43 +7,94 @@
 //! path found at the wrong place, is refused there.
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::wire::{padding, put_bytes, put_u64};
 
-/// Framing is written out once this many bytes are buffered.
-const FLUSH_AT: usize = 64 << 10;
-/// The most bytes of a file read (and then written) at once.
-const READ_CHUNK: usize = 256 << 10;
+/// The size of the pieces the archive is handed over in (framing and file contents together).
+const CHUNK: usize = 256 << 10;
+/// How many pieces the reader may be ahead of the writer: reading the next files overlaps
+/// writing the previous ones, within 1 MiB.
+const READ_AHEAD: usize = 4;
+
+/// Why [`dump_nar`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DumpError {
+    /// The tree could not be read, changed while it was read, holds another kind of file,
+    /// or its archive would be larger than allowed.
+    #[error("cannot read the tree")]
+    Read(#[source] std::io::Error),
+    /// The output could not be written.
+    #[error("cannot write the archive")]
+    Write(#[source] std::io::Error),
+}
 
 /// Writes the NAR of the tree at `root` (a regular file, a symlink or a directory) to `out`
 /// and returns its size; stops with an error before writing more than `max` bytes. Directory
 /// entries go in byte order, a file is executable when its owner may execute it, and other
 /// kinds of files (sockets, devices…) are refused, as in Nix.
 ///
+/// The tree is read on a blocking thread, a few pieces ahead of `out`: the bytes go from the
+/// files to `out` without another copy, and the files are read while `out` is written.
+///
 /// # Errors
-/// When the tree cannot be read, holds another kind of file, changes while it is read, or its
-/// NAR would exceed `max`; or when `out` cannot be written.
+/// [`DumpError::Read`] when the tree cannot be read, holds another kind of file, changes while
+/// it is read, or its NAR would exceed `max`; [`DumpError::Write`] when `out` cannot be written.
 pub(crate) async fn dump_nar<W: AsyncWrite + Unpin>(
     root: &Path,
     out: &mut W,
     max: u64,
+) -> Result<u64, DumpError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READ_AHEAD);
+    let root = root.to_owned();
+    let reading = tokio::task::spawn_blocking(move || {
+        dump_blocking(&root, max, |piece| {
+            tx.blocking_send(piece).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the writer stopped")
+            })
+        })
+    });
+    let mut written = Ok(());
+    while let Some(piece) = rx.recv().await {
+        if let Err(err) = out.write_all(&piece).await {
+            written = Err(err);
+            break;
+        }
+    }
+    // Stops a reader that is still going (its next piece finds no writer).
+    drop(rx);
+    let read = reading
+        .await
+        .map_err(|e| DumpError::Read(std::io::Error::other(e)))?;
+    written.map_err(DumpError::Write)?;
+    let size = read.map_err(DumpError::Read)?;
+    out.flush().await.map_err(DumpError::Write)?;
+    Ok(size)
+}
+
+/// Produces the NAR of the tree at `root` in pieces of about [`CHUNK`] bytes, handed to `emit`
+/// (blocking IO); returns its size.
+fn dump_blocking(
+    root: &Path,
+    max: u64,
+    emit: impl FnMut(Vec<u8>) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
     let mut dumper = Dumper {
-        out,
-        buf: Vec::with_capacity(FLUSH_AT * 2),
-        chunk: Vec::new(),
+        emit,
+        buf: Vec::with_capacity(CHUNK),
         written: 0,
         max,
     };
     dumper.token(b"nix-archive-1")?;
     // One entry per open directory: its path and the names of the entries still to write.
     let mut stack: Vec<(PathBuf, std::vec::IntoIter<Vec<u8>>)> = Vec::new();
-    if let Some(entries) = dumper.node(root).await? {
+    if let Some(entries) = dumper.node(root)? {
         stack.push((root.to_owned(), entries));
     }
     while let Some((dir, entries)) = stack.last_mut() {
@@ -53,7 +104,7 @@ pub(crate) async fn dump_nar<W: AsyncWrite + Unpin>(
                 for token in [&b"entry"[..], b"(", b"name", &name, b"node"] {
                     dumper.token(token)?;
                 }
-                match dumper.node(&path).await? {
+                match dumper.node(&path)? {
                     Some(entries) => stack.push((path, entries)),
                     None => dumper.token(b")")?,
                 }
@@ -67,17 +118,20 @@ pub(crate) async fn dump_nar<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        dumper.written_if_large().await?;
+        dumper.emit_full()?;
     }
-    dumper.flush().await?;
+    if !dumper.buf.is_empty() {
+        let last = std::mem::take(&mut dumper.buf);
+        (dumper.emit)(last)?;
+    }
     Ok(dumper.written)
 }
 
-struct Dumper<'a, W> {
-    out: &'a mut W,
+struct Dumper<F> {
+    emit: F,
+    /// The piece being filled.
     buf: Vec<u8>,
-    chunk: Vec<u8>,
-    /// Bytes of the archive so far, buffered or written.
+    /// Bytes of the archive so far, emitted or buffered.
     written: u64,
     max: u64,
 }
@@ -86,7 +140,7 @@ fn too_large(max: u64) -> std::io::Error {
     std::io::Error::other(format!("the archive is larger than {max} bytes"))
 }
 
-impl<W: AsyncWrite + Unpin> Dumper<'_, W> {
+impl<F: FnMut(Vec<u8>) -> std::io::Result<()>> Dumper<F> {
     /// Counts `n` more bytes of archive against the limit.
     fn account(&mut self, n: u64) -> std::io::Result<()> {
         match self.written.checked_add(n) {
@@ -105,34 +159,24 @@ impl<W: AsyncWrite + Unpin> Dumper<'_, W> {
         Ok(())
     }
 
-    async fn written_if_large(&mut self) -> std::io::Result<()> {
-        if self.buf.len() >= FLUSH_AT {
-            self.out.write_all(&self.buf).await?;
-            self.buf.clear();
+    /// Hands the piece over once it holds [`CHUNK`] bytes or more.
+    fn emit_full(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= CHUNK {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            (self.emit)(full)?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            self.out.write_all(&self.buf).await?;
-            self.buf.clear();
-        }
-        self.out.flush().await
-    }
-
     /// Writes the node at `path`; for a directory, only its opening, and returns its entries
     /// in byte order.
-    async fn node(&mut self, path: &Path) -> std::io::Result<Option<std::vec::IntoIter<Vec<u8>>>> {
-        let meta = tokio::fs::symlink_metadata(path).await?;
+    fn node(&mut self, path: &Path) -> std::io::Result<Option<std::vec::IntoIter<Vec<u8>>>> {
+        let meta = std::fs::symlink_metadata(path)?;
         self.token(b"(")?;
         self.token(b"type")?;
         let kind = meta.file_type();
         if kind.is_symlink() {
-            let target = tokio::fs::read_link(path)
-                .await?
-                .into_os_string()
-                .into_vec();
+            let target = std::fs::read_link(path)?.into_os_string().into_vec();
             for token in [&b"symlink"[..], b"target", &target, b")"] {
                 self.token(token)?;
             }
@@ -144,15 +188,14 @@ impl<W: AsyncWrite + Unpin> Dumper<'_, W> {
                 self.token(b"")?;
             }
             self.token(b"contents")?;
-            self.contents(path, meta.len()).await?;
+            self.contents(path, meta.len())?;
             self.token(b")")?;
             Ok(None)
         } else if kind.is_dir() {
             self.token(b"directory")?;
             let mut names = Vec::new();
-            let mut dir = tokio::fs::read_dir(path).await?;
-            while let Some(entry) = dir.next_entry().await? {
-                names.push(entry.file_name().into_vec());
+            for entry in std::fs::read_dir(path)? {
+                names.push(entry?.file_name().into_vec());
             }
             names.sort_unstable();
             Ok(Some(names.into_iter()))
@@ -165,37 +208,41 @@ impl<W: AsyncWrite + Unpin> Dumper<'_, W> {
     }
 
     /// Writes a file's length, its `len` bytes and their padding.
-    async fn contents(&mut self, path: &Path, len: u64) -> std::io::Result<()> {
+    fn contents(&mut self, path: &Path, len: u64) -> std::io::Result<()> {
         let pad = padding(len);
         let total = len
             .checked_add(8 + pad as u64)
             .ok_or_else(|| too_large(self.max))?;
         self.account(total)?;
         put_u64(&mut self.buf, len);
-        let mut file = tokio::fs::File::open(path).await?;
-        if self.chunk.is_empty() && len > 0 {
-            self.chunk = vec![0; READ_CHUNK];
-        }
+        let mut file = File::open(path)?;
         let mut left = len;
         while left > 0 {
-            // At most READ_CHUNK, so it fits in usize.
-            let want = left.min(self.chunk.len() as u64) as usize;
-            let n = file.read(&mut self.chunk[..want]).await?;
+            // Fills the piece up to CHUNK (a few KiB at least), read straight into it.
+            let room = CHUNK.saturating_sub(self.buf.len()).max(4 << 10) as u64;
+            // At most CHUNK, so it fits in usize.
+            let want = left.min(room) as usize;
+            let at = self.buf.len();
+            self.buf.resize(at + want, 0);
+            let n = match file.read(&mut self.buf[at..]) {
+                Ok(n) => n,
+                Err(err) => {
+                    self.buf.truncate(at);
+                    return Err(err);
+                }
+            };
+            self.buf.truncate(at + n);
             if n == 0 {
                 return Err(std::io::Error::other(format!(
                     "{} became shorter while it was read",
                     path.display()
                 )));
             }
-            if !self.buf.is_empty() {
-                self.out.write_all(&self.buf).await?;
-                self.buf.clear();
-            }
-            self.out.write_all(&self.chunk[..n]).await?;
             left -= n as u64;
+            self.emit_full()?;
         }
         let mut probe = [0u8; 1];
-        if file.read(&mut probe).await? != 0 {
+        if file.read(&mut probe)? != 0 {
             return Err(std::io::Error::other(format!(
                 "{} became longer while it was read",
                 path.display()
@@ -224,7 +271,7 @@ mod tests {
             std::fs::write(root.join(name), name).unwrap();
         }
         std::fs::write(root.join("empty"), "").unwrap();
-        let big: Vec<u8> = (0..READ_CHUNK * 2 + 13).map(|i| (i % 251) as u8).collect();
+        let big: Vec<u8> = (0..CHUNK * 2 + 13).map(|i| (i % 251) as u8).collect();
         std::fs::write(root.join("sub/deeper/deepest/big"), big).unwrap();
         let script = root.join("run.sh");
         std::fs::write(&script, "#!/bin/sh\n").unwrap();
@@ -270,13 +317,17 @@ mod tests {
         let full = nix_dump(&root).len() as u64;
         for max in [0, 100, full / 2, full - 1] {
             let mut out = Vec::new();
-            let err = dump_nar(&root, &mut out, max).await.unwrap_err();
+            let Err(DumpError::Read(err)) = dump_nar(&root, &mut out, max).await else {
+                panic!("{max}: not a read error");
+            };
             assert!(err.to_string().contains("larger than"), "{err}");
             assert!(out.len() as u64 <= max, "{max}: {}", out.len());
         }
-        let err = dump_nar(&root.join("missing"), &mut Vec::new(), u64::MAX)
-            .await
-            .unwrap_err();
+        let Err(DumpError::Read(err)) =
+            dump_nar(&root.join("missing"), &mut Vec::new(), u64::MAX).await
+        else {
+            panic!("not a read error");
+        };
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }
