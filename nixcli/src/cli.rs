@@ -232,12 +232,13 @@ impl Nix for NixCli {
         client: &mut ServeClient<R, W>,
         drv_path: &StorePath,
         settings: &BuildSettings,
+        gc_root: Option<&Path>,
     ) -> Result<RemoteBuildOutcome>
     where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        build_remote(client, self, drv_path, settings).await
+        build_remote(client, self, drv_path, settings, gc_root).await
     }
 
     async fn closure(&self, paths: &[StorePath]) -> Result<BTreeMap<StorePath, PathSize>> {
@@ -282,8 +283,12 @@ impl Nix for NixCli {
 /// that are not are built on the builder too. Build failures and timeouts are outcomes, after
 /// which the connection can be reused.
 ///
-/// The imported paths get no GC root: the caller should add one before a collection could
-/// run. `client`'s reader should be buffered (the outputs arrive through it). The future is
+/// With `gc_root`, the outputs are rooted under it as a channel build's are
+/// ([`output_link`](crate::output_link)): before anything is copied back when the roots can be
+/// written directly; else (`nix-store --add-root`, which needs valid paths) right after. The
+/// rooted outputs are then checked: Nix 2.8's collector can take a path imported while it
+/// runs even with a root to it, and such an output is copied again (an error after 3 tries).
+/// Without `gc_root`, they get no root. `client`'s reader should be buffered (the outputs arrive through it). The future is
 /// `Send` when `R` and `W` are (they need not be `Sync`).
 ///
 /// # Errors
@@ -299,12 +304,13 @@ pub async fn build_remote<R, W>(
     local: &NixCli,
     drv_path: &StorePath,
     settings: &BuildSettings,
+    gc_root: Option<&Path>,
 ) -> Result<RemoteBuildOutcome>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    crate::build::remote::build_remote(client, &local.config, drv_path, settings).await
+    crate::build::remote::build_remote(client, &local.config, drv_path, settings, gc_root).await
 }
 
 /// Reads `substituters` out of `nix show-config --json`.

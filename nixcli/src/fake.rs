@@ -458,22 +458,36 @@ impl Nix for FakeNix {
         _client: &mut ServeClient<R, W>,
         drv_path: &StorePath,
         _settings: &BuildSettings,
+        gc_root: Option<&Path>,
     ) -> Result<RemoteBuildOutcome>
     where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
         self.record(Call::BuildRemote(drv_path.clone()));
-        let mut state = self.state();
-        let Some(outcome) = state.remote_builds.get(drv_path).cloned() else {
+        let scripted = {
+            let mut state = self.state();
+            let scripted = state.remote_builds.get(drv_path).cloned();
+            if let Some(outcome) = &scripted
+                && outcome.status == RemoteBuildStatus::Built
+            {
+                state.valid.extend(outcome.outputs.values().cloned());
+            }
+            scripted
+        };
+        let Some(outcome) = scripted else {
             return Err(Error::Command {
                 command: format!("FakeNix::build_remote {drv_path}"),
                 status: "unsupported".to_owned(),
                 message: format!("FakeNix cannot build remotely: nothing scripted for {drv_path}"),
             });
         };
-        if outcome.status == RemoteBuildStatus::Built {
-            state.valid.extend(outcome.outputs.values().cloned());
+        if let Some(root) = gc_root
+            && outcome.status == RemoteBuildStatus::Built
+        {
+            for (name, path) in &outcome.outputs {
+                self.add_root(&crate::output_link(root, name), path).await?;
+            }
         }
         Ok(outcome)
     }

@@ -78,7 +78,7 @@ pub trait Nix: Send + Sync + 'static {
     fn collect_garbage(&self) -> impl Future<Output = Result<()>> + Send;
 
     /// Builds `drv_path` on the store behind `client` (see [`crate::build_remote`]) and
-    /// copies its outputs into this store.
+    /// copies its outputs into this store, rooted under `gc_root` when given.
     ///
     /// # Errors
     /// As [`crate::build_remote`]: a failed or timed-out build is an outcome, not an
@@ -88,6 +88,7 @@ pub trait Nix: Send + Sync + 'static {
         client: &mut ServeClient<R, W>,
         drv_path: &StorePath,
         settings: &BuildSettings,
+        gc_root: Option<&Path>,
     ) -> impl Future<Output = Result<RemoteBuildOutcome>> + Send
     where
         R: AsyncRead + Unpin + Send,

@@ -105,30 +105,45 @@ fn fnv1a_128(bytes: &[u8]) -> u128 {
 /// symlink into the store (Nix refuses to clobber those too); the errors of `nix-store` on the
 /// fallback path.
 pub(crate) async fn register(cli: &Config, links: Vec<(PathBuf, StorePath)>) -> Result<()> {
-    if links.is_empty() {
+    if links.is_empty() || register_direct(cli, links.clone()).await? {
         return Ok(());
-    }
-    if let Some(auto) = auto_dir(cli) {
-        let direct = links.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            direct
-                .iter()
-                .try_for_each(|(link, path)| add_indirect_root(&auto, link, path))
-        })
-        .await
-        .map_err(Error::Task)?;
-        match written {
-            Ok(()) => return Ok(()),
-            Err(Error::Io { path, source }) if source.kind() == io::ErrorKind::PermissionDenied => {
-                debug!(path = %path.display(), "gc roots not writable here, asking nix-store");
-            }
-            Err(err) => return Err(err),
-        }
     }
     for (link, path) in links {
         add_root_with_nix_store(cli, &link, &path).await?;
     }
     Ok(())
+}
+
+/// Writes the links and their registrations directly, in one pass on a blocking thread, when
+/// the store's state directory is on this machine and writable; returns false (nothing done)
+/// when it is not. The paths need not be valid yet: a collector ignores a root whose path is
+/// not valid, so rooting outputs before they arrive leaves no moment where they are unrooted.
+///
+/// # Errors
+/// [`Error::Io`] when a link or registration cannot be written for another reason than
+/// permissions, or a link exists and is not a symlink into the store.
+pub(crate) async fn register_direct(
+    cli: &Config,
+    links: Vec<(PathBuf, StorePath)>,
+) -> Result<bool> {
+    let Some(auto) = auto_dir(cli) else {
+        return Ok(false);
+    };
+    let written = tokio::task::spawn_blocking(move || {
+        links
+            .iter()
+            .try_for_each(|(link, path)| add_indirect_root(&auto, link, path))
+    })
+    .await
+    .map_err(Error::Task)?;
+    match written {
+        Ok(()) => Ok(true),
+        Err(Error::Io { path, source }) if source.kind() == io::ErrorKind::PermissionDenied => {
+            debug!(path = %path.display(), "gc roots not writable here, asking nix-store");
+            Ok(false)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Registers one root by running `nix-store --add-root LINK --indirect --realise PATH`.

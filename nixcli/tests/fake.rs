@@ -231,7 +231,7 @@ async fn build_remote_should_refuse_unscripted_builds_and_return_scripted_outcom
     let mut client = idle_client().await;
     let settings = BuildSettings::default();
 
-    let err = within(nix.build_remote(&mut client, &sp(DRV), &settings))
+    let err = within(nix.build_remote(&mut client, &sp(DRV), &settings, None))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cannot build remotely"), "{err}");
@@ -245,7 +245,7 @@ async fn build_remote_should_refuse_unscripted_builds_and_return_scripted_outcom
         timings: RemoteBuildTimings::default(),
     };
     nix.set_remote_build(sp(DRV), outcome.clone());
-    let got = within(nix.build_remote(&mut client, &sp(DRV), &settings))
+    let got = within(nix.build_remote(&mut client, &sp(DRV), &settings, None))
         .await
         .unwrap();
     assert_eq!(got, outcome);

@@ -598,6 +598,7 @@ in_both_modes!(
     realise_should_report_a_missing_derivation_as_an_error,
     private_store_should_evaluate_build_root_and_collect_garbage_apart_from_the_main_one,
     realise_should_keep_the_builders_colour_codes_in_the_log,
+    builds_should_have_rooted_their_outputs_whenever_a_collection_runs,
 );
 
 async fn realise_should_keep_the_builders_colour_codes_in_the_log(mode: BuildMode) {
@@ -864,6 +865,81 @@ async fn private_store_should_evaluate_build_root_and_collect_garbage_apart_from
         [false, false]
     );
     assert!(registrations_of(&auto, &root).is_empty());
+}
+
+/// Builds 8 derivations, two at a time, in a private store while collections run on it one
+/// after another, then collects once more: every output must be valid and rooted. A build
+/// that rooted its outputs after handing its channel back (whose temporary roots a collection
+/// drops, `Nix::collect_garbage` closes idle channels first) or not at all loses them.
+async fn builds_should_have_rooted_their_outputs_whenever_a_collection_runs(mode: BuildMode) {
+    const N: usize = 8;
+    let packages: String = (0..N)
+        .map(|i| format!(r#"p{i} = mk "p{i}" "echo {i} > $out";"#))
+        .collect();
+    let flake = TestFlake::new(&format!("{{ packages.${{system}} = {{ {packages} }}; }}"));
+    let store = flake.path("store");
+    let nix = NixCli::new()
+        .with_store(store.as_os_str())
+        .with_build_mode(mode);
+    let outcome = within(nix.evaluate(flake.request(&["packages"])))
+        .await
+        .unwrap();
+    let mut builds = Vec::new();
+    for i in 0..N {
+        let name = format!("p{i}");
+        let job = outcome
+            .jobs
+            .iter()
+            .find(|j| j.attr.as_str() == format!("packages.x86_64-linux.{name}"))
+            .unwrap()
+            .result
+            .clone()
+            .unwrap();
+        // The .drv files are the test's input: rooted so that the collections keep them.
+        within(nix.add_root(&flake.path(&format!("drvs/{name}")), &job.drv_path))
+            .await
+            .unwrap();
+        let req = BuildRequest {
+            gc_root: Some(flake.path(&format!("roots/{name}"))),
+            ..flake.build(&job.drv_path, &name)
+        };
+        builds.push((req, job.outputs.get("out").unwrap().clone()));
+    }
+
+    let stop = CancellationToken::new();
+    let collector = {
+        let (nix, stop) = (nix.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = 0u32;
+            while !stop.is_cancelled() {
+                nix.collect_garbage().await.unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let realise = |req: &BuildRequest| within(nix.realise(req.clone(), CancellationToken::new()));
+    for pair in builds.chunks(2) {
+        let (first, second) = tokio::join!(realise(&pair[0].0), realise(&pair[1].0));
+        for outcome in [first.unwrap(), second.unwrap()] {
+            assert_eq!(outcome.status, BuildStatus::Succeeded, "{outcome:?}");
+        }
+    }
+    stop.cancel();
+    let runs = within(collector).await.unwrap();
+    assert!(runs >= 1, "no collection ran alongside the builds");
+    within(nix.collect_garbage()).await.unwrap();
+
+    let outputs: Vec<StorePath> = builds.iter().map(|(_, out)| out.clone()).collect();
+    assert_eq!(
+        within(nix.is_valid(&outputs)).await.unwrap(),
+        vec![true; N],
+        "outputs collected ({runs} collections ran alongside)"
+    );
+    for (req, out) in &builds {
+        let root = req.gc_root.as_ref().unwrap();
+        assert_eq!(std::fs::read_link(root).unwrap(), Path::new(out.as_str()));
+    }
 }
 
 /// Makes `path` a FIFO and reads it on a thread, 1 KiB every 2 ms, until the writer closes it.

@@ -214,9 +214,15 @@ impl Remote {
         drv: &StorePath,
         settings: &BuildSettings,
     ) -> RemoteBuildOutcome {
-        within(build_remote(&mut self.client, &lab.nix, drv, settings))
-            .await
-            .unwrap()
+        within(build_remote(
+            &mut self.client,
+            &lab.nix,
+            drv,
+            settings,
+            None,
+        ))
+        .await
+        .unwrap()
     }
 
     /// Closes the connection, waits for the server to exit and returns its stderr: the log.
@@ -390,6 +396,7 @@ async fn build_remote_should_stream_large_inputs_through_nix_when_the_store_is_a
         &nix,
         &lab.drv("usesbig"),
         &BuildSettings::default(),
+        None,
     ))
     .await
     .unwrap();
@@ -433,6 +440,7 @@ async fn build_remote_should_fail_when_a_large_input_no_longer_matches_its_hash(
         &lab.nix,
         &lab.drv("usesbig"),
         &BuildSettings::default(),
+        None,
     ))
     .await;
 
@@ -648,6 +656,7 @@ async fn build_remote_should_refuse_a_closure_path_that_no_derivation_of_the_clo
         &lab.nix,
         &d,
         &BuildSettings::default(),
+        None,
     ))
     .await
     .unwrap_err();
@@ -697,7 +706,8 @@ async fn nix_port_build_remote_should_run_in_a_spawned_task_over_a_writer_that_i
     let drv = c.clone();
     // tokio::spawn requires the future to be Send.
     let outcome = tokio::spawn(async move {
-        let outcome = Nix::build_remote(&nix, &mut client, &drv, &BuildSettings::default()).await;
+        let outcome =
+            Nix::build_remote(&nix, &mut client, &drv, &BuildSettings::default(), None).await;
         drop(client);
         outcome
     });
@@ -850,4 +860,70 @@ async fn copy_export_should_pass_a_real_export_stream_through_unchanged() {
     .unwrap_err();
     assert!(matches!(err, NarError::UnexpectedPath { .. }), "{err:?}");
     assert!(out.len() < export.stdout.len());
+}
+
+/// Builds `b` and `c` (derivation mode) and `d` (closure mode, its intermediate `i` built
+/// remotely too) with roots while collections run on LOCAL one after another, then collects
+/// once more: every output must be valid and rooted, with its closure. Outputs that were
+/// imported but not yet rooted would be taken.
+#[tokio::test]
+async fn build_remote_should_root_the_outputs_so_no_collection_takes_them() {
+    let lab = Lab::new();
+    let roots = lab.dir.path().join("roots");
+    // The test's inputs (the .drv files and `a`'s output) are kept by roots of their own.
+    let drvs: Vec<StorePath> = ["a", "b", "c", "d"].iter().map(|a| lab.drv(a)).collect();
+    for drv in &drvs {
+        let link = roots.join(format!("drv-{}", drv.name()));
+        within(lab.nix.add_root(&link, drv)).await.unwrap();
+    }
+    let a_out = lab.build_locally(&drvs[0]);
+    within(lab.nix.add_root(&roots.join("a"), &a_out))
+        .await
+        .unwrap();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let collector = {
+        let (nix, stop) = (lab.nix.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = 0u32;
+            while !stop.is_cancelled() {
+                nix.collect_garbage().await.unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut remote = lab.serve().await;
+    let mut built = Vec::new();
+    for drv in &drvs[1..] {
+        let root = roots.join(drv.name());
+        let outcome = within(build_remote(
+            &mut remote.client,
+            &lab.nix,
+            drv,
+            &BuildSettings::default(),
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(outcome.status, RemoteBuildStatus::Built, "{outcome:?}");
+        built.push((root, outcome.outputs["out"].clone()));
+    }
+    stop.cancel();
+    let runs = within(collector).await.unwrap();
+    assert!(runs >= 1, "no collection ran alongside the builds");
+    within(lab.nix.collect_garbage()).await.unwrap();
+
+    for (root, out) in &built {
+        assert!(
+            lab.valid("local", out),
+            "{out} was collected ({runs} collections ran)"
+        );
+        lab.verify("local", out);
+        assert_eq!(std::fs::read_link(root).unwrap(), Path::new(out.as_str()));
+        for path in lab.closure("local", out) {
+            assert!(lab.valid("local", &self::path(&path)), "{path} of {out}");
+        }
+    }
+    remote.finish().await;
 }

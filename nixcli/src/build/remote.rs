@@ -41,6 +41,11 @@
 //!    derivation in the `.drv` closure (`nix show-derivation --recursive`), so a dishonest
 //!    builder cannot slip in an unrelated path.
 //!
+//! 5. **Roots** (with a root link): written before step 1's copy starts, when they can be
+//!    written directly (a root to a path not yet valid is ignored by the collector until the
+//!    path arrives); after the copy back, the outputs are checked and copied again if a
+//!    collection running during the import took them anyway (Nix 2.8 does, now and then).
+//!
 //! The build log is the server's stderr, which belongs to the transport (the child's stderr
 //! pipe, or an SSH channel's extended data), so the caller reads it there.
 
@@ -60,6 +65,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paths::{ShownPathInfo, is_valid, nix_args, nix_json};
 use crate::process::{Finished, command_line, os_args, spawn_error};
+use crate::roots::{output_links, register, register_direct};
 use crate::serve::remote::build_paths_failure;
 use crate::serve::{
     BasicDerivation, BuildPathsReply, BuildResultStatus, BuildSettings, DerivationOutput, NarError,
@@ -77,6 +83,9 @@ const EXPORT_CHUNK: usize = 1000;
 const NAR_MIN_SIZE: u64 = 8 << 20;
 /// The read buffer on a local `nix-store --export` or `nix store dump-path`.
 const NAR_READ_BUFFER: usize = 256 << 10;
+/// How many times outputs a collection took as they arrived are copied back before the build
+/// is an error (see [`build_remote`]).
+const COPY_BACK_ROUNDS: u32 = 3;
 /// How much of a helper process's stdout or stderr is kept.
 const OUTPUT_CAP: usize = 1 << 20;
 
@@ -87,6 +96,7 @@ pub(crate) async fn build_remote<R, W>(
     local: &Config,
     drv_path: &StorePath,
     settings: &BuildSettings,
+    gc_root: Option<&Path>,
 ) -> Result<RemoteBuildOutcome>
 where
     R: AsyncRead + Unpin,
@@ -97,6 +107,13 @@ where
     let started = Instant::now();
     let Prepared { outputs, mode } = prepare(local, drv_path).await?;
     timings.inputs = started.elapsed();
+    // Rooted before anything is built or copied back (see `crate::roots::register_direct`):
+    // a collection running at any moment keeps the outputs once they are valid here.
+    let links = gc_root.map(|root| output_links(root, &outputs));
+    let rooted_ahead = match &links {
+        Some(links) => register_direct(local, links.clone()).await?,
+        None => false,
+    };
     let output_paths: Vec<String> = outputs.values().map(ToString::to_string).collect();
 
     let started = Instant::now();
@@ -176,14 +193,46 @@ where
     }
 
     let started = Instant::now();
-    outcome.copied_back = match mode {
-        Mode::Derivation { .. } => {
-            copy_back_outputs(client, local, &outcome.outputs, &local_outputs).await?
+    let mut rounds = 0;
+    loop {
+        let copied = match &mode {
+            Mode::Derivation { .. } => {
+                copy_back_outputs(client, local, &outcome.outputs, &local_outputs).await?
+            }
+            Mode::Closure { .. } => {
+                copy_back_closure(client, local, drv_path, &outcome.outputs).await?
+            }
+        };
+        outcome.copied_back.extend(copied);
+        let Some(links) = &links else { break };
+        // Nix 2.8's collector can delete a path imported while it runs even when a root to it
+        // was written before (seen here about once in 15 imports under back-to-back
+        // collections): the outputs are checked, and copied again while the roots exist.
+        let paths: Vec<StorePath> = outcome.outputs.values().cloned().collect();
+        let valid = is_valid(local, &paths).await?;
+        local_outputs = paths
+            .iter()
+            .zip(&valid)
+            .filter(|(_, v)| **v)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if let Some(gone) = paths.iter().find(|p| !local_outputs.contains(*p)) {
+            rounds += 1;
+            if rounds >= COPY_BACK_ROUNDS {
+                return Err(Error::InvalidPath {
+                    path: gone.to_string(),
+                });
+            }
+            debug!(drv = %drv_path, output = %gone, "an output was collected as it arrived, copying it again");
+            continue;
         }
-        Mode::Closure { .. } => {
-            copy_back_closure(client, local, drv_path, &outcome.outputs).await?
+        if !rooted_ahead {
+            // `nix-store --add-root` needs valid paths: until it has run, a collection could
+            // take an output imported just now.
+            register(local, links.clone()).await?;
         }
-    };
+        break;
+    }
     outcome.timings.copy_back = started.elapsed();
     Ok(outcome)
 }

@@ -472,7 +472,7 @@ async fn build_on_agent<N: Nix>(
         max_log_size: 0,
     };
     let outcome = tokio::select! {
-        o = nix.build_remote(&mut client, &attempt.drv_path, &settings) => o,
+        o = nix.build_remote(&mut client, &attempt.drv_path, &settings, Some(&attempt.gc_root)) => o,
         () = cancel.cancelled() => {
             copier.abort();
             return Ended::Result { state: BuildState::Cancelled, exit_code: None, error: Some("cancelled".to_owned()) };
@@ -495,15 +495,8 @@ async fn build_on_agent<N: Nix>(
         Err(e) => return Ended::nix_error(&format!("agent {agent}: "), &e),
     };
     match outcome.status {
-        RemoteBuildStatus::Built => {
-            for (name, path) in &outcome.outputs {
-                let link = reconix_nixcli::output_link(&attempt.gc_root, name);
-                if let Err(err) = nix.add_root(&link, path).await {
-                    return Ended::nix_error(&format!("cannot root {path}: "), &err);
-                }
-            }
-            built(nix, metrics, None, &outcome.outputs).await
-        }
+        // Rooted by `build_remote`, before a collection could take them.
+        RemoteBuildStatus::Built => built(nix, metrics, None, &outcome.outputs).await,
         RemoteBuildStatus::Failed { status, message } if status.is_transient() => {
             Ended::Transient(format!("agent {agent}: {message}"))
         }

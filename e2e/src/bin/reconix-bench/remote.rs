@@ -360,6 +360,7 @@ impl Lab {
                 &self.nix,
                 drv,
                 &BuildSettings::default(),
+                None,
             ),
         )
         .await?
@@ -681,7 +682,13 @@ in [ chain {} ]
         .context("serve handshake")?;
         let outcome = within(
             "a remote build",
-            build_remote(&mut client, &self.nix, consumer, &BuildSettings::default()),
+            build_remote(
+                &mut client,
+                &self.nix,
+                consumer,
+                &BuildSettings::default(),
+                None,
+            ),
         )
         .await?
         .with_context(|| format!("building {consumer} over pipes"))?;
