@@ -867,6 +867,13 @@ fn explain(reason: Refusal, config: &AgentConfig, fingerprint: Fingerprint) -> S
 async fn serve(channel: Channel<Msg>, mut child: Child, slot: Slot) {
     let (mut rx, tx) = channel.split();
     let stdin = child.stdin.take();
+    // Closures arrive through stdin, results leave through stdout.
+    if let Some(pipe) = &stdin {
+        reconix_nixcli::widen_pipe(pipe);
+    }
+    if let Some(pipe) = &child.stdout {
+        reconix_nixcli::widen_pipe(pipe);
+    }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let exited = {

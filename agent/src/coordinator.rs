@@ -521,12 +521,15 @@ fn client_config() -> client::Config {
         inactivity_timeout: None,
         nodelay: true,
         // Closures cross this connection: AES-GCM (hardware-accelerated through aws-lc) moves
-        // them about twice as fast as russh's default ChaCha20-Poly1305 on x86_64. The client's
-        // order wins the negotiation; the others stay for agents that lack AES-GCM.
+        // them about twice as fast as russh's default ChaCha20-Poly1305 on x86_64, and
+        // AES-128-GCM (10 rounds) a few percent faster than AES-256-GCM (14). Both are
+        // authenticated encryption with a 128-bit tag and among OpenSSH's defaults; a 128-bit
+        // key is beyond brute force (NIST approves it past 2030). The client's order wins the
+        // negotiation; the others stay for agents that lack AES-GCM.
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(&[
-                russh::cipher::AES_256_GCM,
                 russh::cipher::AES_128_GCM,
+                russh::cipher::AES_256_GCM,
                 russh::cipher::CHACHA20_POLY1305,
             ]),
             ..russh::Preferred::default()

@@ -60,6 +60,7 @@ pub use port::{
     BuildOutcome, BuildRequest, BuildStatus, Constituent, EvalEvent, EvalJob, EvalOutcome,
     EvalRequest, JobDrv, Nix, OutputsReport, PathSize, StreamedJob, closure_size,
 };
+pub use process::widen_pipe;
 pub use roots::{TEMPORARY_ROOT_PREFIX, output_link};
 pub use serve::{
     BuildResultStatus, BuildSettings, RemoteBuildOutcome, RemoteBuildStatus, RemoteBuildTimings,

@@ -18,6 +18,19 @@ use tracing::debug;
 use crate::error::{Error, Result};
 use crate::parse::stderr::{first_error_line, last_line};
 
+/// The capacity [`widen_pipe`] asks for: Linux's default limit for unprivileged processes
+/// (`/proc/sys/fs/pipe-max-size`).
+const WIDE_PIPE: usize = 1 << 20;
+
+/// Gives the pipe behind `fd` 1 MiB of buffer instead of Linux's default 64 KiB, so that a
+/// stream of archives crosses it in fewer, larger writes and reads, with fewer wake-ups of the
+/// process at the other end (best effort: a pipe that cannot be widened stays as it is).
+pub fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    if let Err(err) = rustix::pipe::fcntl_setpipe_size(fd, WIDE_PIPE) {
+        debug!(%err, "cannot widen a pipe");
+    }
+}
+
 /// Returns `args` as owned OS strings.
 pub(crate) fn os_args<I, S>(args: I) -> Vec<OsString>
 where

@@ -64,7 +64,7 @@ use tracing::debug;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paths::{ShownPathInfo, is_valid, nix_args, nix_json};
-use crate::process::{Finished, command_line, os_args, spawn_error};
+use crate::process::{Finished, command_line, os_args, spawn_error, widen_pipe};
 use crate::roots::{output_links, register, register_direct};
 use crate::serve::remote::build_paths_failure;
 use crate::serve::{
@@ -687,6 +687,7 @@ impl Dump {
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(no_pipes(program));
         };
+        widen_pipe(&stdout);
         Ok(Self {
             program: program.to_owned(),
             child,
@@ -904,6 +905,7 @@ where
     else {
         return Err(no_pipes(program));
     };
+    widen_pipe(&stdin);
     // Drained so that the import never blocks on a full pipe (it prints each path).
     let stdout = tokio::spawn(read_capped(stdout));
     let stderr = tokio::spawn(read_capped(stderr));
