@@ -2,7 +2,9 @@
 //! the running builds and handles to wake other loops.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use reconix_nixcli::Nix;
 use reconix_spec::{BuilderName, RepoKey, Spec};
@@ -118,12 +120,17 @@ impl<P> Ctx<P> {
     }
 }
 
+/// How long [`Wakers::gcroots_soon`] gathers wakes.
+pub(crate) const GCROOTS_SETTLE: Duration = Duration::from_secs(1);
+
 /// Handles to wake loops, set once the controllers exist (they need the context first).
 ///
 /// Waking is level-triggered: the woken loop re-observes everything, it is never told why.
 #[derive(Debug, Default, Clone)]
 pub struct Wakers {
     inner: Arc<OnceLock<WakerSet>>,
+    /// A delayed wake of the `gcroots` loop is scheduled ([`Wakers::gcroots_soon`]).
+    gcroots_scheduled: Arc<AtomicBool>,
 }
 
 /// The handles [`Wakers`] holds.
@@ -235,6 +242,22 @@ impl Wakers {
         if let Some(w) = self.inner.get() {
             w.gcroots.trigger_all();
         }
+    }
+
+    /// Wakes the `gcroots` loop once [`GCROOTS_SETTLE`] from now, however often it is called
+    /// meanwhile: for builds that end one after another (each roots its own outputs as it
+    /// ends, so the loop only records them and roots the other jobs sharing them), a walk of
+    /// every root per build would compete with the builds for nothing.
+    pub fn gcroots_soon(&self) {
+        if self.gcroots_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GCROOTS_SETTLE).await;
+            this.gcroots_scheduled.store(false, Ordering::Release);
+            this.gcroots();
+        });
     }
 
     /// Wakes the `evaluations` loop for one repository.

@@ -319,7 +319,7 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         running.finish(&drv);
         wakers.builds();
         wakers.all_statuses();
-        wakers.gcroots();
+        wakers.gcroots_soon();
         // Measured in batches, off this path: the next build does not wait for it. (Caches are
         // woken once the builds loop has marked the jobs succeeded.)
         if succeeded {

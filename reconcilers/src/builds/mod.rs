@@ -191,7 +191,7 @@ pub(crate) fn coalesce(steps: Vec<Step>) -> Vec<Step> {
     out
 }
 
-/// Wakes the loops that follow jobs entering `states`: `gcroots` for outputs to root (a job
+/// Wakes the loops that follow jobs entering `states`: `gcroots` (soon: see [`Wakers::gcroots_soon`](crate::context::Wakers::gcroots_soon)) for outputs to record (a job
 /// that failed with output keeps its outputs rooted too), `caches` for succeeded jobs' outputs
 /// to push (they are in the cache backlog from now on), and the statuses.
 fn wake_after<P: Ports>(cx: &Ctx<P>, states: &[JobState]) {
@@ -199,7 +199,7 @@ fn wake_after<P: Ports>(cx: &Ctx<P>, states: &[JobState]) {
         .iter()
         .any(|s| matches!(s, JobState::Succeeded | JobState::Failed))
     {
-        cx.wakers.gcroots();
+        cx.wakers.gcroots_soon();
     }
     if states.contains(&JobState::Succeeded) {
         cx.wakers.caches();

@@ -2,6 +2,7 @@
 //! reconix and the processes it spawned used, next to raw Nix's.
 //!
 //! The phases come from the daemon's `reconix_build_phase_duration_seconds{phase}` histogram
+//! and the time each loop spent reconciling from `reconix_loop_reconcile_duration_seconds{loop}`
 //! (`/metrics`, sums and counts taken before and after a run); the CPU from `/proc`: the
 //! daemon's own `utime + stime`, its reaped children's `cutime + cstime`, and its live
 //! children's CPU with what they reaped (the long-lived `nix-store --serve` channels run the
@@ -92,6 +93,8 @@ pub(crate) fn cpu_of(pid: &str) -> Result<Cpu> {
 pub(crate) struct Snapshot {
     /// Phase → (seconds, attempts).
     phases: BTreeMap<String, (f64, f64)>,
+    /// Loop → (seconds reconciling, reconciles).
+    loops: BTreeMap<String, (f64, f64)>,
     cpu: Cpu,
 }
 
@@ -100,19 +103,22 @@ pub(crate) fn snapshot(d: &TestDaemon) -> Result<Snapshot> {
     let text = d.get_text("/metrics")?;
     let pid = d.pid().context("the daemon is not running")?;
     Ok(Snapshot {
-        phases: phase_sums(&text),
+        phases: label_sums(&text, "reconix_build_phase_duration_seconds", "phase"),
+        loops: label_sums(&text, "reconix_loop_reconcile_duration_seconds", "loop"),
         cpu: cpu_of(&pid.to_string())?,
     })
 }
 
-/// Reads `reconix_build_phase_duration_seconds_{sum,count}{phase="…"}` from a scrape.
-fn phase_sums(text: &str) -> BTreeMap<String, (f64, f64)> {
+/// Reads a histogram's `<metric>_{sum,count}{<label>="…"}` from a scrape: label value →
+/// (sum, count).
+fn label_sums(text: &str, metric: &str, label: &str) -> BTreeMap<String, (f64, f64)> {
     let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let (prefix, open) = (format!("{metric}_"), format!("{{{label}=\""));
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("reconix_build_phase_duration_seconds_") else {
+        let Some(rest) = line.strip_prefix(prefix.as_str()) else {
             continue;
         };
-        let Some((kind, rest)) = rest.split_once("{phase=\"") else {
+        let Some((kind, rest)) = rest.split_once(open.as_str()) else {
             continue;
         };
         let Some((phase, value)) = rest.split_once("\"} ") else {
@@ -136,6 +142,8 @@ fn phase_sums(text: &str) -> BTreeMap<String, (f64, f64)> {
 pub(crate) struct Costs {
     builds: usize,
     phases: Vec<(&'static str, f64, f64)>,
+    /// The loops that reconciled, busiest first: (loop, seconds, reconciles).
+    loops: Vec<(String, f64, f64)>,
     daemon: Cpu,
     raw_cpu: Option<f64>,
 }
@@ -151,9 +159,20 @@ impl Costs {
                 (p, s1 - s0, c1 - c0)
             })
             .collect();
+        let mut loops: Vec<(String, f64, f64)> = after
+            .loops
+            .iter()
+            .map(|(name, (s1, c1))| {
+                let (s0, c0) = before.loops.get(name).copied().unwrap_or_default();
+                (name.clone(), s1 - s0, c1 - c0)
+            })
+            .filter(|(_, _, n)| *n > 0.0)
+            .collect();
+        loops.sort_by(|a, b| b.1.total_cmp(&a.1));
         Self {
             builds,
             phases,
+            loops,
             daemon: Cpu {
                 own: after.cpu.own - before.cpu.own,
                 children: after.cpu.children - before.cpu.children,
@@ -179,9 +198,15 @@ impl Costs {
         let raw = self
             .raw_cpu
             .map_or_else(String::new, |r| format!("; raw nix CPU {r:.2} s"));
+        let loops: Vec<String> = self
+            .loops
+            .iter()
+            .map(|(l, s, n)| format!("{l} {s:.2} s ({n:.0}×)"))
+            .collect();
         format!(
-            "{}; reconix CPU {:.2} s, its children {:.2} s ({:.1} ms/build together){raw}",
+            "{}; loops {}; reconix CPU {:.2} s, its children {:.2} s ({:.1} ms/build together){raw}",
             phases.join(", "),
+            loops.join(", "),
             self.daemon.own,
             self.daemon.children,
             per(self.daemon.own + self.daemon.children),
@@ -195,9 +220,15 @@ impl Costs {
             .iter()
             .map(|(p, s, n)| ((*p).to_owned(), json!({ "seconds": s, "attempts": n })))
             .collect();
+        let loops: serde_json::Map<String, Value> = self
+            .loops
+            .iter()
+            .map(|(l, s, n)| (l.clone(), json!({ "seconds": s, "reconciles": n })))
+            .collect();
         json!({
             "builds": self.builds,
             "phases": phases,
+            "loops": loops,
             "reconix_cpu_s": self.daemon.own,
             "reconix_children_cpu_s": self.daemon.children,
             "raw_nix_cpu_s": self.raw_cpu,
@@ -216,7 +247,7 @@ mod tests {
             reconix_build_phase_duration_seconds_count{phase=\"record\"} 2\n\
             reconix_build_phase_duration_seconds_bucket{le=\"0.001\",phase=\"record\"} 0\n\
             reconix_build_duration_seconds_sum{builder=\"local\",result=\"succeeded\"} 9.0\n";
-        let sums = phase_sums(text);
+        let sums = label_sums(text, "reconix_build_phase_duration_seconds", "phase");
         assert_eq!(sums.len(), 1);
         assert_eq!(sums["record"], (0.5, 2.0));
     }
