@@ -3,7 +3,11 @@
 //! Hosted forges' code is fetched into a bare mirror per repository ([`fetch_into_mirror`]);
 //! Nix then evaluates `git+file://<mirror>?ref=…&rev=…`.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use tokio::process::Command;
 
@@ -22,30 +26,155 @@ pub struct Head {
 /// short branch name, e.g. `main` or `release/1.0`). With `wanted = None`, only the default branch
 /// (where HEAD points) is returned.
 ///
+/// `cache` spares the `git` processes when the refs have not changed since its last read (see
+/// [`HeadsCache`]).
+///
 /// # Errors
 /// Returns [`Error::Git`] when git cannot run or the path is not a repository.
 pub async fn branch_heads(
+    cache: &HeadsCache,
     path: &Path,
     wanted: Option<&(dyn Fn(&str) -> bool + Sync)>,
 ) -> Result<Vec<Head>> {
-    let out = git(
-        path,
-        &[
-            "for-each-ref",
-            "--format=%(refname) %(objectname)",
-            "refs/heads/",
-        ],
-    )
-    .await?;
-    let mut heads = parse_for_each_ref(&out);
+    let dir = path.to_owned();
+    let print = tokio::task::spawn_blocking(move || refs_fingerprint(&dir, SystemTime::now()))
+        .await
+        .ok()
+        .flatten();
+    let cached = print.as_ref().and_then(|p| cache.get(path, p));
+    let read = match cached {
+        Some(read) => read,
+        None => {
+            let out = git(
+                path,
+                &[
+                    "for-each-ref",
+                    "--format=%(refname) %(objectname)",
+                    "refs/heads/",
+                ],
+            )
+            .await?;
+            let read = Read {
+                heads: parse_for_each_ref(&out),
+                default: default_branch(path).await.ok(),
+            };
+            if let Some(print) = print {
+                cache.put(path, print, read.clone());
+            }
+            read
+        }
+    };
+    let mut heads = read.heads;
     match wanted {
         Some(wanted) => heads.retain(|h| wanted(h.git_ref.trim_start_matches("refs/heads/"))),
         None => {
-            let default = default_branch(path).await?;
+            let default = match read.default {
+                Some(default) => default,
+                // Detached or unreadable HEAD: asked again, for git's own words.
+                None => default_branch(path).await?,
+            };
             heads.retain(|h| h.git_ref.trim_start_matches("refs/heads/") == default);
         }
     }
     Ok(heads)
+}
+
+/// What one read of a repository's refs found: every branch head, and the default branch.
+#[derive(Debug, Clone)]
+struct Read {
+    heads: Vec<Head>,
+    default: Option<String>,
+}
+
+/// The last [`branch_heads`] read of each local repository, with the fingerprint of its refs
+/// then: a `local` forge polled every 100 ms would otherwise start two `git` processes per
+/// poll (some 4 ms of CPU) to learn that nothing moved.
+#[derive(Debug, Default)]
+pub struct HeadsCache {
+    reads: Mutex<HashMap<PathBuf, (Fingerprint, Read)>>,
+}
+
+impl HeadsCache {
+    fn get(&self, path: &Path, print: &Fingerprint) -> Option<Read> {
+        let reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        reads
+            .get(path)
+            .filter(|(p, _)| p == print)
+            .map(|(_, read)| read.clone())
+    }
+
+    fn put(&self, path: &Path, print: Fingerprint, read: Read) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        reads.insert(path.to_owned(), (print, read));
+    }
+}
+
+/// What the files that hold a repository's branch heads look like: `HEAD`, `packed-refs` and
+/// everything under `refs/heads/`, each with its inode, size, and modification and change
+/// times in nanoseconds. git updates a ref by renaming a new file over it (a new inode and
+/// times) and rewrites `packed-refs` whole, so any move of a branch changes this.
+type Fingerprint = Vec<(PathBuf, u64, u64, i128, i128)>;
+
+/// Files changed this recently are not trusted to show a later change in their times (git's
+/// "racy git" rule, for file systems with coarse timestamps).
+const RACY: Duration = Duration::from_secs(2);
+
+/// Returns the fingerprint of the refs of the repository at `path` (a work tree with a `.git`
+/// directory, or a bare repository), or `None` when it cannot be trusted: another layout (a
+/// linked work tree, reftable), an unreadable file, or a file changed within [`RACY`] of `now`.
+fn refs_fingerprint(path: &Path, now: SystemTime) -> Option<Fingerprint> {
+    let dotgit = path.join(".git");
+    let gitdir = if dotgit.is_dir() {
+        dotgit
+    } else {
+        path.to_owned()
+    };
+    if gitdir.join("commondir").exists() || gitdir.join("reftable").exists() {
+        return None;
+    }
+    let recent = now.checked_sub(RACY)?;
+    let mut print = Fingerprint::new();
+    let mut add = |file: &Path, meta: &std::fs::Metadata| -> Option<()> {
+        if meta.modified().ok()? > recent {
+            return None;
+        }
+        let nanos = |secs: i64, ns: i64| i128::from(secs) * 1_000_000_000 + i128::from(ns);
+        print.push((
+            file.strip_prefix(&gitdir).ok()?.to_owned(),
+            meta.ino(),
+            meta.len(),
+            nanos(meta.mtime(), meta.mtime_nsec()),
+            nanos(meta.ctime(), meta.ctime_nsec()),
+        ));
+        Some(())
+    };
+    for name in ["HEAD", "packed-refs"] {
+        let file = gitdir.join(name);
+        match std::fs::symlink_metadata(&file) {
+            Ok(meta) => add(&file, &meta)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "packed-refs" => {}
+            Err(_) => return None,
+        }
+    }
+    let mut dirs = vec![gitdir.join("refs/heads")];
+    while let Some(dir) = dirs.pop() {
+        add(&dir, &std::fs::symlink_metadata(&dir).ok()?)?;
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .ok()?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .ok()?;
+        entries.sort();
+        for entry in entries {
+            let meta = std::fs::symlink_metadata(&entry).ok()?;
+            if meta.is_dir() {
+                dirs.push(entry);
+            } else {
+                add(&entry, &meta)?;
+            }
+        }
+    }
+    Some(print)
 }
 
 /// Returns the short name of the branch HEAD points at (the repository's default branch).
@@ -229,6 +358,81 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Moves the modification time of everything under `dir` 10 s back, out of the racy window.
+    fn age(dir: &Path) {
+        let past = SystemTime::now() - Duration::from_secs(10);
+        let mut stack = vec![dir.to_owned()];
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+            let file = std::fs::File::open(&path).unwrap();
+            file.set_times(std::fs::FileTimes::new().set_modified(past))
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_should_be_read_again_exactly_when_a_branch_moved_or_went() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        sh(&repo, &["init", "-q"]);
+        sh(&repo, &["commit", "-q", "--allow-empty", "-m", "one"]);
+        sh(&repo, &["branch", "feature"]);
+        let now = SystemTime::now;
+        // Just written: racy, so not trusted.
+        assert_eq!(refs_fingerprint(&repo, now()), None);
+        age(&repo.join(".git"));
+        let first = refs_fingerprint(&repo, now()).unwrap();
+        assert_eq!(refs_fingerprint(&repo, now()).as_ref(), Some(&first));
+
+        let cache = HeadsCache::default();
+        let all = |_: &str| true;
+        let heads = branch_heads(&cache, &repo, Some(&all)).await.unwrap();
+        assert_eq!(heads.len(), 2);
+        // A cached read: even a repository git cannot read any more gives the same answer.
+        let config = repo.join(".git/config");
+        let saved = std::fs::read(&config).unwrap();
+        std::fs::write(&config, "not a config").unwrap();
+        assert_eq!(
+            branch_heads(&cache, &repo, Some(&all)).await.unwrap(),
+            heads
+        );
+        std::fs::write(&config, saved).unwrap();
+
+        // A new commit on main: a new fingerprint, and the new head.
+        sh(&repo, &["commit", "-q", "--allow-empty", "-m", "two"]);
+        age(&repo.join(".git"));
+        let second = refs_fingerprint(&repo, now()).unwrap();
+        assert_ne!(second, first);
+        let moved = branch_heads(&cache, &repo, None).await.unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].rev, sh(&repo, &["rev-parse", "main"]));
+        assert_ne!(
+            moved[0].rev,
+            heads
+                .iter()
+                .find(|h| h.git_ref == "refs/heads/main")
+                .unwrap()
+                .rev
+        );
+
+        // A deleted branch, and packed refs.
+        sh(&repo, &["branch", "-D", "-q", "feature"]);
+        age(&repo.join(".git"));
+        assert_ne!(refs_fingerprint(&repo, now()).unwrap(), second);
+        assert_eq!(
+            branch_heads(&cache, &repo, Some(&all)).await.unwrap().len(),
+            1
+        );
+        sh(&repo, &["branch", "packed"]);
+        sh(&repo, &["pack-refs", "--all"]);
+        age(&repo.join(".git"));
+        let heads = branch_heads(&cache, &repo, Some(&all)).await.unwrap();
+        assert_eq!(heads.len(), 2, "{heads:?}");
     }
 
     #[tokio::test]

@@ -59,6 +59,7 @@ pub use run::{RunningEvaluations, WRITE_INTERVAL};
 #[derive(Debug)]
 pub struct Evaluations<P> {
     running: RunningEvaluations,
+    heads: git::HeadsCache,
     ports: std::marker::PhantomData<fn() -> P>,
 }
 
@@ -66,6 +67,7 @@ impl<P> Default for Evaluations<P> {
     fn default() -> Self {
         Self {
             running: RunningEvaluations::default(),
+            heads: git::HeadsCache::default(),
             ports: std::marker::PhantomData,
         }
     }
@@ -314,7 +316,7 @@ impl<P: Ports> Reconciler for Evaluations<P> {
                 let matches = |b: &str| repo.matches_branch(b);
                 let wanted: Option<&(dyn Fn(&str) -> bool + Sync)> =
                     (!repo.branches.is_empty()).then_some(&matches);
-                let heads = git::branch_heads(&path, wanted).await?;
+                let heads = git::branch_heads(&self.heads, &path, wanted).await?;
                 (heads, Some(path))
             }
             None => (Vec::new(), None),
