@@ -14,6 +14,7 @@ use std::time::Duration;
 use reconix_spec::names::StorePath;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use crate::build::{BuildMode, BuildPool, OpenError};
 use crate::config::Config;
@@ -242,6 +243,12 @@ impl Nix for NixCli {
     }
 
     async fn closure(&self, paths: &[StorePath]) -> Result<BTreeMap<StorePath, PathSize>> {
+        if self.build_mode == BuildMode::Channel
+            && !paths.is_empty()
+            && let Some(closure) = self.closure_on_channel(paths).await
+        {
+            return Ok(closure);
+        }
         crate::paths::closure(&self.config, paths).await
     }
 
@@ -274,6 +281,29 @@ impl Nix for NixCli {
                 command: command_line(&self.config.nix, &args),
                 reason: "empty version".to_owned(),
             })
+    }
+}
+
+impl NixCli {
+    /// The closure of `paths` asked on a pooled build channel (two queries, no process), or
+    /// `None` when that did not work (no channel, or it failed: an invalid path ends
+    /// `nix-store --serve`), for `nix path-info` to answer in its own words.
+    async fn closure_on_channel(
+        &self,
+        paths: &[StorePath],
+    ) -> Option<BTreeMap<StorePath, PathSize>> {
+        let mut channel = self.pool.acquire(&self.config).await.ok()?;
+        let names: Vec<&str> = paths.iter().map(StorePath::as_str).collect();
+        match channel.closure_infos(&names).await {
+            Ok(infos) => {
+                self.pool.release(channel);
+                crate::paths::closure_of_infos(paths, infos)
+            }
+            Err(err) => {
+                debug!(%err, "cannot ask a build channel for a closure");
+                None
+            }
+        }
     }
 }
 

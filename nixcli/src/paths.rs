@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::port::PathSize;
 use crate::process::{command_line, os_args};
+use crate::serve::wire::ServedPathInfo;
 
 /// How many paths one `nix path-info`, `nix copy` or `nix-store --check-validity` gets (keeps
 /// argv small).
@@ -111,6 +112,33 @@ pub(crate) async fn closure(
         }
     }
     Ok(closure)
+}
+
+/// Returns the closure `infos` describe (as a build channel answered `cmdQueryClosure` of
+/// `roots`, then `cmdQueryPathInfos`), or `None` when it is not one: a root or a reference
+/// missing, or a path that does not parse.
+pub(crate) fn closure_of_infos(
+    roots: &[StorePath],
+    infos: Vec<ServedPathInfo>,
+) -> Option<BTreeMap<StorePath, PathSize>> {
+    let mut closure = BTreeMap::new();
+    for info in infos {
+        let references = info
+            .references
+            .iter()
+            .map(|r| StorePath::new(r.as_str()).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let size = PathSize {
+            nar_size: info.nar_size,
+            references,
+        };
+        closure.insert(StorePath::new(info.path.as_str()).ok()?, size);
+    }
+    let complete = roots.iter().all(|r| closure.contains_key(r))
+        && closure
+            .values()
+            .all(|s| s.references.iter().all(|r| closure.contains_key(r)));
+    complete.then_some(closure)
 }
 
 /// [`Nix::copy_to`](crate::Nix::copy_to) for `NixCli`.

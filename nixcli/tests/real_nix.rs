@@ -1235,8 +1235,21 @@ async fn closure_and_copy_to_should_size_and_sign_what_a_fresh_store_then_accept
         total
     );
     assert!(reconix_nixcli::closure_size(&closure, std::slice::from_ref(&b_out)) < total);
+    // Asked on a build channel (the default mode) as `nix path-info` answers it.
+    let by_process = NixCli::new().with_build_mode(BuildMode::Process);
+    let shown = within(by_process.closure(std::slice::from_ref(&c_out)))
+        .await
+        .unwrap();
+    assert_eq!(closure, shown);
     let missing = StorePath::new("/nix/store/00000000000000000000000000000000-missing").unwrap();
-    assert!(within(nix.closure(&[missing])).await.is_err());
+    assert!(
+        within(nix.closure(std::slice::from_ref(&missing)))
+            .await
+            .is_err()
+    );
+    // The channel that failed on it was not given back: the next question is answered.
+    let again = within(nix.closure(std::slice::from_ref(&c_out))).await;
+    assert_eq!(again.unwrap(), closure);
 
     // A signed file:// cache: a fresh store takes c from it with the right key only.
     let key = flake.path("cache.sk");

@@ -52,6 +52,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::parse::log::render_lines;
 use crate::process::{failure_message, group_of, os_args, signal_group, spawn_error, terminate};
+use crate::serve::wire::ServedPathInfo;
 use crate::serve::{BuildPathsReply, BuildSettings, ServeClient, ServeError};
 
 /// How many idle channels the pool keeps; more are closed when returned.
@@ -305,6 +306,17 @@ impl BuildChannel {
     ) -> Result<Vec<String>, ServeError> {
         self.uses += 1;
         self.client.query_valid_paths(paths, lock, false).await
+    }
+
+    /// Returns the closure of `paths` with each path's info (`cmdQueryClosure`, then
+    /// `cmdQueryPathInfos`): what `nix path-info --json --recursive` says, without a process.
+    pub(crate) async fn closure_infos(
+        &mut self,
+        paths: &[&str],
+    ) -> Result<Vec<ServedPathInfo>, ServeError> {
+        self.uses += 1;
+        let closure = self.client.query_closure(paths, false).await?;
+        self.client.query_path_infos(&closure).await
     }
 
     /// Stops a broken channel's process: it gets [`EXIT_PATIENCE`] to exit (it normally has

@@ -13,10 +13,10 @@ use super::dump::{DumpError, dump_nar};
 use super::nar::{NarError, NarLimits, copy_export, copy_nar};
 use super::wire::{
     ADD_TO_STORE_NAR_MINOR, BasicDerivation, BuildResult, BuildSettings, CMD_IMPORT_PATHS, NarInfo,
-    SERVE_MAGIC_1, SERVE_MAGIC_2, SERVE_PROTOCOL_VERSION, encode_add_to_store_nar,
+    SERVE_MAGIC_1, SERVE_MAGIC_2, SERVE_PROTOCOL_VERSION, ServedPathInfo, encode_add_to_store_nar,
     encode_build_derivation, encode_build_paths, encode_export_paths, encode_query_closure,
-    encode_query_valid_paths, major, minor, put_u64, read_build_result, read_bytes, read_strings,
-    read_u64,
+    encode_query_path_infos, encode_query_valid_paths, major, minor, put_u64, read_build_result,
+    read_bytes, read_path_infos, read_strings, read_u64,
 };
 use crate::parse::stderr::strip_ansi;
 
@@ -187,6 +187,19 @@ where
         let command = encode_query_closure(paths, include_outputs);
         send(&mut self.writer, &command).await?;
         read_strings(&mut self.reader).await
+    }
+
+    /// Returns the path infos of the valid ones among `paths` (`cmdQueryPathInfos`).
+    ///
+    /// # Errors
+    /// When the stream fails or closes, or the reply is malformed or longer than asked.
+    pub async fn query_path_infos<S: AsRef<str>>(
+        &mut self,
+        paths: &[S],
+    ) -> Result<Vec<ServedPathInfo>, ServeError> {
+        let command = encode_query_path_infos(paths);
+        send(&mut self.writer, &command).await?;
+        read_path_infos(&mut self.reader, paths.len()).await
     }
 
     /// Sends `cmdImportPaths` with the export stream read from `export` (as written by

@@ -21,6 +21,8 @@ pub const SERVE_PROTOCOL_VERSION: u64 = 0x207;
 pub const CMD_QUERY_VALID_PATHS: u64 = 1;
 /// `cmdImportPaths`: an export stream → `1`.
 pub const CMD_IMPORT_PATHS: u64 = 4;
+/// `cmdQueryPathInfos`: path infos of the valid ones among a set of paths.
+pub const CMD_QUERY_PATH_INFOS: u64 = 2;
 /// `cmdExportPaths`: `0` and paths → an export stream of them, references first.
 pub const CMD_EXPORT_PATHS: u64 = 5;
 /// `cmdBuildPaths`: `drv!out,…` strings and build settings → `0`, or status and message.
@@ -153,6 +155,67 @@ pub fn encode_query_closure<S: AsRef<str>>(paths: &[S], include_outputs: bool) -
     put_u64(&mut buf, u64::from(include_outputs));
     put_strings(&mut buf, paths);
     buf
+}
+
+/// Encodes `cmdQueryPathInfos` of `paths`.
+pub fn encode_query_path_infos<S: AsRef<str>>(paths: &[S]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put_u64(&mut buf, CMD_QUERY_PATH_INFOS);
+    put_strings(&mut buf, paths);
+    buf
+}
+
+/// What `cmdQueryPathInfos` says of one valid path (the fields reconix reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPathInfo {
+    /// The store path.
+    pub path: String,
+    /// The store paths it refers to.
+    pub references: Vec<String>,
+    /// The size of its NAR serialisation in bytes.
+    pub nar_size: u64,
+}
+
+/// Reads the reply to `cmdQueryPathInfos` of `asked` paths, as a server of protocol
+/// `server_minor` sent it to this client (version [`SERVE_PROTOCOL_VERSION`]): one entry per
+/// valid path (path, deriver, references, download size, NAR size, and from minor 4 the NAR
+/// hash, content address and signatures), ended by an empty path. A server that sends more
+/// entries than paths were asked for is refused.
+///
+/// # Errors
+/// As [`read_strings`], and [`ServeError::TooLong`] for too many entries.
+pub async fn read_path_infos<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    asked: usize,
+) -> Result<Vec<ServedPathInfo>, ServeError> {
+    let mut infos = Vec::new();
+    loop {
+        let path = read_string(reader).await?;
+        if path.is_empty() {
+            return Ok(infos);
+        }
+        if infos.len() >= asked {
+            return Err(ServeError::TooLong {
+                what: "list",
+                len: infos.len() as u64 + 1,
+            });
+        }
+        let _deriver = read_string(reader).await?;
+        let references = read_strings(reader).await?;
+        let _download_size = read_u64(reader).await?;
+        let nar_size = read_u64(reader).await?;
+        // What Nix sends a client of this version (it goes by the client's, not its own).
+        if minor(SERVE_PROTOCOL_VERSION) >= 4 {
+            let _nar_hash = read_string(reader).await?;
+            let _ca = read_string(reader).await?;
+            let _sigs = read_strings(reader).await?;
+        }
+        infos.push(ServedPathInfo {
+            path,
+            references,
+            nar_size,
+        });
+    }
 }
 
 /// Encodes `cmdExportPaths` (the `0` is an obsolete flag, "sign").
@@ -642,6 +705,47 @@ mod tests {
         assert_eq!(read_string(&mut r).await.unwrap(), "out");
         assert_eq!(read_string(&mut r).await.unwrap(), "/nix/store/o");
         assert_eq!(words(r), [0, 2, 0, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn read_path_infos_should_read_each_valid_path_up_to_the_empty_one() {
+        let mut reply = Vec::new();
+        for (path, refs, size) in [
+            ("/nix/store/a", vec!["/nix/store/a"], 120),
+            ("/nix/store/b", vec![], 7),
+        ] {
+            put_bytes(&mut reply, path.as_bytes());
+            put_bytes(&mut reply, b"/nix/store/x.drv");
+            put_strings(&mut reply, &refs);
+            put_u64(&mut reply, size);
+            put_u64(&mut reply, size);
+            put_bytes(&mut reply, b"sha256:0000");
+            put_bytes(&mut reply, b"");
+            put_strings(&mut reply, &["cache-1:sig"]);
+        }
+        put_bytes(&mut reply, b"");
+        reply.extend_from_slice(b"next");
+        let mut r = reply.as_slice();
+        let infos = read_path_infos(&mut r, 3).await.unwrap();
+        assert_eq!(
+            infos,
+            [
+                ServedPathInfo {
+                    path: "/nix/store/a".into(),
+                    references: vec!["/nix/store/a".into()],
+                    nar_size: 120
+                },
+                ServedPathInfo {
+                    path: "/nix/store/b".into(),
+                    references: vec![],
+                    nar_size: 7
+                },
+            ]
+        );
+        assert_eq!(r, b"next");
+        // More entries than paths asked for: refused.
+        let err = read_path_infos(&mut reply.as_slice(), 1).await.unwrap_err();
+        assert!(matches!(err, ServeError::TooLong { .. }), "{err:?}");
     }
 
     #[tokio::test]
