@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// How often `evalscale` polls the API: its measurement comes from the daemon's timestamps.
-const GENTLE_POLL: Duration = Duration::from_millis(250);
+pub(crate) const GENTLE_POLL: Duration = Duration::from_millis(250);
 
 /// `builtins.genList` length that makes one attribute cost about 1 ms of evaluation here.
 const SPIN: usize = 3000;
