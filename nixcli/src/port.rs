@@ -95,7 +95,9 @@ pub trait Nix: Send + Sync + 'static {
         W: AsyncWrite + Unpin + Send;
 
     /// Returns every path of the closure of `paths` (which must be valid and not `.drv` files)
-    /// with its NAR size and references: enough for [`closure_size`] of any subset.
+    /// with its NAR size and references: enough for [`closure_size`] of any subset. `NixCli`
+    /// asks a pooled build channel (`cmdQueryClosure`, `cmdQueryPathInfos`) in channel mode,
+    /// else (or when the channel cannot answer) runs `nix path-info --json --recursive`.
     ///
     /// # Errors
     /// When Nix cannot be run, a path is not valid, or the output cannot be understood.

@@ -1,13 +1,15 @@
 //! Closure sizes of succeeded builds, measured in batches off the build path.
 //!
 //! A build that succeeded is queued here after it has left the running set. One task at a
-//! time measures what is queued, [`BATCH_WINDOW`] after the first of a batch arrived: the
-//! outputs of every queued build with one `nix path-info --json --recursive` (their closures'
-//! union), each build's size summed from that, and all sizes recorded in one transaction. Builds
-//! that succeed meanwhile join the batch or wait for the next, so a busy builder costs one
-//! process per batch, not one per build, and no build waits for its size. When the query fails
-//! (an output gone), each build of the batch is measured alone. The task ends when the queue is empty (nothing outlives the work, and shutdown
-//! does not wait for an idle loop).
+//! time measures what is queued, `BATCH_WINDOW` (a second) after the first of a batch arrived: the
+//! outputs of every queued build with one [`Nix::closure`] query (their closures' union: two
+//! questions on a pooled build channel, or one `nix path-info --json --recursive` when builds
+//! run as processes), each build's size summed from that, and all sizes recorded in one
+//! transaction. Builds that succeed meanwhile join the batch or wait for the next, so a busy
+//! builder costs one query per batch, not one per build, and no build waits for its size. When
+//! the query fails (an output gone), each build of the batch is measured alone. The task ends
+//! when the queue is empty (nothing outlives the work, and shutdown does not wait for an idle
+//! loop).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,8 +26,8 @@ use crate::runtime::Tasks;
 const MAX_BATCH: usize = 256;
 
 /// How long a batch waits for more builds to join it before it is measured: a batch then
-/// holds every build that ended within a second (each `nix path-info` costs some 25 ms of CPU
-/// that builds on a busy machine would otherwise get). A size appears on the pages up to this
+/// holds every build that ended within a second (a `nix path-info` process costs some 25 ms
+/// of CPU that builds on a busy machine would otherwise get; a channel's answer well under 1 ms). A size appears on the pages up to this
 /// much later; no build waits for it.
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -244,7 +244,7 @@ impl Wakers {
         }
     }
 
-    /// Wakes the `gcroots` loop once [`GCROOTS_SETTLE`] from now, however often it is called
+    /// Wakes the `gcroots` loop once a second (`GCROOTS_SETTLE`) from now, however often it is called
     /// meanwhile: for builds that end one after another (each roots its own outputs as it
     /// ends, so the loop only records them and roots the other jobs sharing them), a walk of
     /// every root per build would compete with the builds for nothing.
