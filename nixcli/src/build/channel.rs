@@ -1,6 +1,14 @@
 //! [`BuildMode::Channel`](super::BuildMode::Channel): a build is one `cmdBuildPaths` on a pooled
 //! `nix-store --serve --write` channel ([`super::pool`]).
 //!
+//! - When every input of the derivation is valid (its input sources and the outputs it uses of
+//!   its input derivations, asked on the channel: the usual case, jobs build after the jobs
+//!   they need), it goes as a basic derivation with `cmdBuildDerivation` instead, read whole
+//!   from the `.drv`: Nix then starts no build hook (see [`super::pool`]). A derivation with an
+//!   unbuilt input (an intermediate derivation that is no job) goes by `cmdBuildPaths`, which
+//!   builds that input too. The result maps to the same outcomes (`nix-store --realise`'s exit
+//!   statuses: 100 failed, 101 timed out, 1 for a failure that is not the builder's).
+//!
 //! - The command names every output of the derivation, `drv!out,dev`, read from the `.drv`
 //!   (which also gives the output paths reported on success). A `.drv` that does not exist is
 //!   sent as it is, so that Nix reports it in its own words (`cannot build missing derivation`).
@@ -14,7 +22,7 @@
 //! - GC roots are written directly (`crate::roots`) while the channel's process still holds its
 //!   temporary roots on the new outputs, so no collection can slip in between.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use reconix_spec::names::StorePath;
@@ -22,16 +30,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::exit::classify_realise_exit;
-use super::pool::{BuildPool, Ended, OpenError};
+use super::pool::{BuildChannel, BuildCommand, BuildPool, Ended, OpenError};
 use super::{Log, cancelled, known_outputs, read_derivation, whole_seconds};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::parse::aterm::Derivation;
+use crate::parse::aterm::{BasicParts, Derivation, parse_derivation_with_parts};
 use crate::parse::stderr::first_error_line;
 use crate::port::{BuildOutcome, BuildRequest, BuildStatus};
 use crate::process::failure_message;
 use crate::roots::{output_links, register};
-use crate::serve::{BuildPathsReply, BuildSettings};
+use crate::serve::{BasicDerivation, BuildPathsReply, BuildSettings, DerivationOutput};
 
 /// Builds `req.drv_path` on a pooled channel (see the module docs).
 pub(super) async fn realise(
@@ -42,12 +50,17 @@ pub(super) async fn realise(
     cancel: CancellationToken,
 ) -> Result<BuildOutcome> {
     let started = Instant::now();
-    let drv = match read_derivation(cli, &req.drv_path).await {
-        Ok(drv) => Some(drv),
+    let read = match read_with_parts(cli, &req.drv_path).await {
+        Ok(read) => Some(read),
         Err(Error::DrvRead { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(err),
     };
+    let drv = read.as_ref().map(|(drv, _)| drv.clone());
     let target = build_target(&req.drv_path, drv.as_ref());
+    let basic = match &read {
+        Some((drv, parts)) => basic_derivation(cli, drv, parts).await,
+        None => None,
+    };
     let settings = build_settings(req);
 
     let mut retried = false;
@@ -83,8 +96,17 @@ pub(super) async fn realise(
             // A channel that served builds before may have died while idle in a way not yet
             // visible when it was handed out (its pipes still open for a moment).
             let reused = channel.uses() > 0;
+            let command = match &basic {
+                Some((basic, inputs)) if all_valid(&mut channel, inputs).await => {
+                    BuildCommand::Derivation {
+                        drv_path: req.drv_path.as_str(),
+                        drv: basic,
+                    }
+                }
+                _ => BuildCommand::Paths(&target),
+            };
             let ended = channel
-                .build(&target, &settings, &mut log, &cancel, cli.kill_grace)
+                .build(&command, &settings, &mut log, &cancel, cli.kill_grace)
                 .await?;
             match ended {
                 Ended::Replied(BuildPathsReply::Built) => {
@@ -167,6 +189,71 @@ pub(super) async fn realise(
     Ok(outcome)
 }
 
+/// Reads and parses a `.drv` file with the parts a basic derivation needs.
+async fn read_with_parts(cli: &Config, drv_path: &StorePath) -> Result<(Derivation, BasicParts)> {
+    let text = tokio::fs::read(cli.physical(drv_path))
+        .await
+        .map_err(|source| Error::DrvRead {
+            path: drv_path.to_string(),
+            source,
+        })?;
+    parse_derivation_with_parts(&text).map_err(|source| Error::DrvParse {
+        path: drv_path.to_string(),
+        source,
+    })
+}
+
+/// Returns `drv` as a basic derivation (see the module docs) with the paths that must be valid
+/// for it to build: its input sources and the outputs it uses of its input derivations, read
+/// from their `.drv` files. `None` when that cannot be formed (an output without a path, an
+/// input derivation that cannot be read): the build then goes by `cmdBuildPaths`.
+async fn basic_derivation(
+    cli: &Config,
+    drv: &Derivation,
+    parts: &BasicParts,
+) -> Option<(BasicDerivation, Vec<String>)> {
+    let mut outputs = Vec::new();
+    for (name, path) in &drv.outputs {
+        let (hash_algo, hash) = parts.output_hashes.get(name)?.clone();
+        outputs.push(DerivationOutput {
+            name: name.clone(),
+            path: path.as_ref()?.to_string(),
+            hash_algo,
+            hash,
+        });
+    }
+    let mut inputs: BTreeSet<String> = parts.input_srcs.iter().cloned().collect();
+    for (input, names) in &drv.input_drvs {
+        let input = read_derivation(cli, input).await.ok()?;
+        for name in names {
+            inputs.insert(input.outputs.get(name)?.as_ref()?.to_string());
+        }
+    }
+    let inputs: Vec<String> = inputs.into_iter().collect();
+    let basic = BasicDerivation {
+        outputs,
+        input_srcs: inputs.clone(),
+        platform: drv.system.clone(),
+        builder: parts.builder.clone(),
+        args: parts.args.clone(),
+        env: parts.env.clone(),
+    };
+    Some((basic, inputs))
+}
+
+/// Returns true when every path of `inputs` is valid for the channel's store (false too when
+/// the question fails: the build then goes by `cmdBuildPaths`, on a channel found broken).
+async fn all_valid(channel: &mut BuildChannel, inputs: &[String]) -> bool {
+    if inputs.is_empty() {
+        return true;
+    }
+    let asked: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    channel
+        .query_valid(&asked, false)
+        .await
+        .is_ok_and(|valid| valid.len() == inputs.len())
+}
+
 /// Returns what `cmdBuildPaths` is asked for: `drv!out1,out2` with every output of the
 /// derivation, or the bare path when the `.drv` could not be read.
 fn build_target(drv_path: &StorePath, drv: Option<&Derivation>) -> String {
@@ -230,6 +317,94 @@ mod tests {
     use crate::parse::aterm::parse_derivation;
 
     const DRV: &str = "/nix/store/7xbvbdqxbqxqnzg56mmd7l9bbrb4c534-a.drv";
+
+    /// Runs a command that must succeed; returns its trimmed stdout.
+    fn run(program: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn basic_derivation_should_carry_the_drv_with_its_inputs_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let file = dir.path().join("default.nix");
+        std::fs::write(
+            &file,
+            r#"let mk = name: script: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" script ]; };
+               a = mk "a" "echo a > $out";
+               b = mk "b" "cat ${a} > $out; echo \"q\" >> $out"; in { inherit a b; }"#,
+        )
+        .unwrap();
+        let (store_arg, file_arg) = (store.to_str().unwrap(), file.to_str().unwrap());
+        let drv = run(
+            "nix-instantiate",
+            &["--store", store_arg, file_arg, "-A", "b"],
+        );
+        let a_out = run(
+            "nix-store",
+            &[
+                "--store",
+                store_arg,
+                "-q",
+                "--outputs",
+                &run(
+                    "nix-instantiate",
+                    &["--store", store_arg, file_arg, "-A", "a"],
+                ),
+            ],
+        );
+        let b_out = run(
+            "nix-store",
+            &["--store", store_arg, "-q", "--outputs", &drv],
+        );
+        let cli = crate::NixCli::new().with_store(store.as_os_str());
+        let drv_path = StorePath::new(&drv).unwrap();
+        let (parsed, parts) = read_with_parts(&cli.config, &drv_path).await.unwrap();
+
+        let (basic, inputs) = basic_derivation(&cli.config, &parsed, &parts)
+            .await
+            .unwrap();
+
+        assert_eq!(inputs, std::slice::from_ref(&a_out));
+        assert_eq!(basic.input_srcs, inputs);
+        assert_eq!(basic.outputs.len(), 1);
+        assert_eq!(
+            (
+                basic.outputs[0].name.as_str(),
+                basic.outputs[0].path.as_str()
+            ),
+            ("out", b_out.as_str())
+        );
+        assert_eq!(
+            (basic.platform.as_str(), basic.builder.as_str()),
+            ("x86_64-linux", "/bin/sh")
+        );
+        assert_eq!(basic.args[0], "-c");
+        assert!(
+            basic.args[1].contains(&format!("cat {a_out} > $out")),
+            "{:?}",
+            basic.args
+        );
+        assert!(
+            basic.args[1].ends_with(r#"echo "q" >> $out"#),
+            "{:?}",
+            basic.args
+        );
+        assert!(
+            basic.env.contains(&("out".to_owned(), b_out.clone())),
+            "{:?}",
+            basic.env
+        );
+        assert!(
+            basic.env.windows(2).all(|w| w[0].0 < w[1].0),
+            "env not in key order"
+        );
+    }
 
     #[test]
     fn build_target_should_name_every_output_or_send_the_bare_path() {

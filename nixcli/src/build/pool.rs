@@ -23,7 +23,9 @@
 //! itself get `--option build-hook` pointing at [`DECLINE_HOOK`], a 3-line shell script written
 //! once per pool to a private temporary directory: the same answer for ~1 ms. Channel builds
 //! therefore never go to Nix's own remote builders (reconix has its own); when the script cannot
-//! be written, channels keep Nix's hook.
+//! be written, channels keep Nix's hook. Even the script costs a fork and exec per build
+//! (~2 ms), so a derivation whose inputs are all valid goes by `cmdBuildDerivation` instead
+//! ([`BuildCommand::Derivation`]), for which Nix never asks the hook.
 //!
 //! **Pool.** [`BuildPool`] lives in `NixCli` (shared by its clones). Channels are opened on
 //! demand, go back to an idle list after a build (at most [`MAX_IDLE`] are kept; the daemon
@@ -52,7 +54,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::parse::log::render_lines;
 use crate::process::{failure_message, group_of, os_args, signal_group, spawn_error, terminate};
-use crate::serve::wire::ServedPathInfo;
+use crate::serve::wire::{BasicDerivation, BuildResult, BuildResultStatus, ServedPathInfo};
 use crate::serve::{BuildPathsReply, BuildSettings, ServeClient, ServeError};
 
 /// How many idle channels the pool keeps; more are closed when returned.
@@ -120,6 +122,36 @@ impl OpenError {
                 source: error,
             },
         }
+    }
+}
+
+/// What a channel is asked to build.
+pub(crate) enum BuildCommand<'a> {
+    /// `cmdBuildPaths` of `drv!out,…`: builds the inputs that are missing too.
+    Paths(&'a str),
+    /// `cmdBuildDerivation` of a derivation whose inputs are all valid: Nix then never asks its
+    /// build hook, which it does once per `cmdBuildPaths` (see the module docs).
+    Derivation {
+        drv_path: &'a str,
+        drv: &'a BasicDerivation,
+    },
+}
+
+/// Returns what `nix-store --realise` would have said of a `cmdBuildDerivation` result, as
+/// `cmdBuildPaths` replies: built, or Nix's exit status (100 failed, 101 timed out, 1 for a
+/// failure that is not the builder's) and message.
+fn reply_of_result(result: BuildResult) -> BuildPathsReply {
+    let status = match result.status {
+        status if status.is_success() => return BuildPathsReply::Built,
+        BuildResultStatus::TimedOut => 101,
+        BuildResultStatus::TransientFailure
+        | BuildResultStatus::MiscFailure
+        | BuildResultStatus::Unknown(_) => 1,
+        _ => 100,
+    };
+    BuildPathsReply::Failed {
+        status,
+        message: result.error_msg,
     }
 }
 
@@ -218,13 +250,13 @@ impl BuildChannel {
         !self.stderr.closed && matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Builds `target` (`drv!out,…`), copying the build's output to `log` as it arrives.
+    /// Builds what `command` names, copying the build's output to `log` as it arrives.
     ///
     /// # Errors
     /// Only when the log cannot be written; the channel must then be dropped (which kills it).
     pub(crate) async fn build(
         &mut self,
-        target: &str,
+        command: &BuildCommand<'_>,
         settings: &BuildSettings,
         log: &mut Log,
         cancel: &CancellationToken,
@@ -235,7 +267,15 @@ impl BuildChannel {
         if !stray.is_empty() {
             debug!(output = %String::from_utf8_lossy(&stray), "build channel printed between builds");
         }
-        if let Err(error) = self.client.send_build_paths(&[target], settings).await {
+        let sent = match command {
+            BuildCommand::Paths(target) => self.client.send_build_paths(&[target], settings).await,
+            BuildCommand::Derivation { drv_path, drv } => {
+                self.client
+                    .send_build_derivation(drv_path, drv, settings)
+                    .await
+            }
+        };
+        if let Err(error) = sent {
             let (exit, _) = self.shut_down().await;
             return Ok(Ended::Broken {
                 sent: false,
@@ -247,7 +287,15 @@ impl BuildChannel {
 
         let reply = {
             let Self { client, stderr, .. } = &mut *self;
-            let reply = client.read_build_paths_reply();
+            let reply = async {
+                match command {
+                    BuildCommand::Paths(_) => client.read_build_paths_reply().await,
+                    BuildCommand::Derivation { .. } => client
+                        .read_build_derivation_reply()
+                        .await
+                        .map(reply_of_result),
+                }
+            };
             tokio::pin!(reply);
             loop {
                 tokio::select! {
@@ -767,7 +815,7 @@ done
             let mut log = Log::create(&path).await.unwrap();
             let ended = channel
                 .build(
-                    target,
+                    &BuildCommand::Paths(target),
                     &BuildSettings::default(),
                     &mut log,
                     &CancellationToken::new(),

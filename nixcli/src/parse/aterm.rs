@@ -43,6 +43,37 @@ pub struct DrvParseError {
 /// Returns a [`DrvParseError`] when the text is not a well-formed derivation, or when an output or
 /// input path is not a valid store path.
 pub fn parse_derivation(text: &[u8]) -> Result<Derivation, DrvParseError> {
+    parse(text, None)
+}
+
+/// The parts of a derivation that [`Derivation`] leaves out, which building it as a basic
+/// derivation (`cmdBuildDerivation`) needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BasicParts {
+    /// Output name → (hash algorithm, hash): empty strings but for fixed outputs.
+    pub output_hashes: BTreeMap<String, (String, String)>,
+    /// The input sources.
+    pub input_srcs: Vec<String>,
+    /// The builder program.
+    pub builder: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The environment, in the `.drv`'s (key) order.
+    pub env: Vec<(String, String)>,
+}
+
+/// Parses the text of a `.drv` file with the parts [`parse_derivation`] skips.
+///
+/// # Errors
+/// As [`parse_derivation`].
+pub fn parse_derivation_with_parts(text: &[u8]) -> Result<(Derivation, BasicParts), DrvParseError> {
+    let mut parts = BasicParts::default();
+    let drv = parse(text, Some(&mut parts))?;
+    Ok((drv, parts))
+}
+
+/// Parses a derivation, filling `parts` when given (else its strings are skipped unkept).
+fn parse(text: &[u8], mut parts: Option<&mut BasicParts>) -> Result<Derivation, DrvParseError> {
     let mut p = Parser { text, pos: 0 };
     p.expect(b"Derive(")?;
 
@@ -54,10 +85,13 @@ pub fn parse_derivation(text: &[u8]) -> Result<Derivation, DrvParseError> {
         let at = p.pos;
         let path = p.string()?;
         p.expect(b",")?;
-        p.string()?; // hashAlgo
+        let hash_algo = p.string()?;
         p.expect(b",")?;
-        p.string()?; // hash
+        let hash = p.string()?;
         p.expect(b")")?;
+        if let Some(parts) = parts.as_deref_mut() {
+            parts.output_hashes.insert(name.clone(), (hash_algo, hash));
+        }
         let path = if path.is_empty() {
             None
         } else {
@@ -86,15 +120,25 @@ pub fn parse_derivation(text: &[u8]) -> Result<Derivation, DrvParseError> {
     })?;
     p.expect(b",")?;
 
-    p.list(|p| p.string().map(drop))?; // inputSrcs
+    let mut input_srcs = Vec::new();
+    p.list(|p| {
+        input_srcs.push(p.string()?);
+        Ok(())
+    })?;
     p.expect(b",")?;
     let system = p.string()?;
     p.expect(b",")?;
-    p.string()?; // builder
+    let builder = p.string()?;
     p.expect(b",")?;
-    p.list(|p| p.string().map(drop))?; // args
+    let mut args = Vec::new();
+    p.list(|p| {
+        args.push(p.string()?);
+        Ok(())
+    })?;
     p.expect(b",")?;
     let mut required_features = Vec::new();
+    let keep_env = parts.is_some();
+    let mut env = Vec::new();
     p.list(|p| {
         p.expect(b"(")?;
         let key = p.string()?;
@@ -103,11 +147,20 @@ pub fn parse_derivation(text: &[u8]) -> Result<Derivation, DrvParseError> {
         if key == REQUIRED_FEATURES {
             required_features = features(&value);
         }
+        if keep_env {
+            env.push((key, value));
+        }
         p.expect(b")")
     })?; // env
     p.expect(b")")?;
     if p.pos != text.len() {
         return Err(p.error("trailing data after the derivation"));
+    }
+    if let Some(parts) = parts {
+        parts.input_srcs = input_srcs;
+        parts.builder = builder;
+        parts.args = args;
+        parts.env = env;
     }
     Ok(Derivation {
         outputs,

@@ -376,8 +376,31 @@ where
         drv: &BasicDerivation,
         settings: &BuildSettings,
     ) -> Result<BuildResult, ServeError> {
+        self.send_build_derivation(drv_path, drv, settings).await?;
+        self.read_build_derivation_reply().await
+    }
+
+    /// Sends `cmdBuildDerivation` without waiting for the reply (see
+    /// [`send_build_paths`](Self::send_build_paths) for why).
+    ///
+    /// # Errors
+    /// When the stream cannot be written.
+    pub async fn send_build_derivation(
+        &mut self,
+        drv_path: &str,
+        drv: &BasicDerivation,
+        settings: &BuildSettings,
+    ) -> Result<(), ServeError> {
         let command = encode_build_derivation(drv_path, drv, settings, self.server_version);
-        send(&mut self.writer, &command).await?;
+        send(&mut self.writer, &command).await
+    }
+
+    /// Reads the reply to `cmdBuildDerivation`. Not cancel-safe (see
+    /// [`read_build_paths_reply`](Self::read_build_paths_reply)).
+    ///
+    /// # Errors
+    /// When the stream fails or closes, or the reply is malformed.
+    pub async fn read_build_derivation_reply(&mut self) -> Result<BuildResult, ServeError> {
         read_build_result(&mut self.reader, self.server_version).await
     }
 
