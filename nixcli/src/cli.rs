@@ -318,8 +318,8 @@ impl NixCli {
 /// written directly; else (`nix-store --add-root`, which needs valid paths) right after. The
 /// rooted outputs are then checked: Nix 2.8's collector can take a path imported while it
 /// runs even with a root to it, and such an output is copied again (an error after 3 tries).
-/// Without `gc_root`, they get no root. `client`'s reader should be buffered (the outputs arrive through it). The future is
-/// `Send` when `R` and `W` are (they need not be `Sync`).
+/// Without `gc_root`, they get no root. `client`'s reader should be buffered (the outputs
+/// arrive through it). The future is `Send` when `R` and `W` are (they need not be `Sync`).
 ///
 /// # Errors
 /// [`Error::Command`] or [`Error::Output`] when a local Nix command fails or prints something

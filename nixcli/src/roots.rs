@@ -117,7 +117,8 @@ pub(crate) async fn register(cli: &Config, links: Vec<(PathBuf, StorePath)>) -> 
 /// Writes the links and their registrations directly, in one pass on a blocking thread, when
 /// the store's state directory is on this machine and writable; returns false (nothing done)
 /// when it is not. The paths need not be valid yet: a collector ignores a root whose path is
-/// not valid, so rooting outputs before they arrive leaves no moment where they are unrooted.
+/// not valid, and keeps it once the path has arrived (though Nix 2.8 can still delete a path
+/// imported while a collection runs: `build_remote` checks its outputs afterwards).
 ///
 /// # Errors
 /// [`Error::Io`] when a link or registration cannot be written for another reason than

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{STEP, by_attr, commit_flake, require_nix, salt, within};
+use common::{STEP, by_attr, collect_until, commit_flake, require_nix, salt, within};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -881,17 +881,15 @@ async fn builds_should_have_rooted_their_outputs_whenever_a_collection_runs(mode
     let nix = NixCli::new()
         .with_store(store.as_os_str())
         .with_build_mode(mode);
-    let outcome = within(nix.evaluate(flake.request(&["packages"])))
-        .await
-        .unwrap();
+    let jobs = by_attr(
+        within(nix.evaluate(flake.request(&["packages"])))
+            .await
+            .unwrap(),
+    );
     let mut builds = Vec::new();
     for i in 0..N {
         let name = format!("p{i}");
-        let job = outcome
-            .jobs
-            .iter()
-            .find(|j| j.attr.as_str() == format!("packages.x86_64-linux.{name}"))
-            .unwrap()
+        let job = jobs[&format!("packages.x86_64-linux.{name}")]
             .result
             .clone()
             .unwrap();
@@ -907,17 +905,7 @@ async fn builds_should_have_rooted_their_outputs_whenever_a_collection_runs(mode
     }
 
     let stop = CancellationToken::new();
-    let collector = {
-        let (nix, stop) = (nix.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut runs = 0u32;
-            while !stop.is_cancelled() {
-                nix.collect_garbage().await.unwrap();
-                runs += 1;
-            }
-            runs
-        })
-    };
+    let collector = collect_until(nix.clone(), stop.clone());
     let realise = |req: &BuildRequest| within(nix.realise(req.clone(), CancellationToken::new()));
     for pair in builds.chunks(2) {
         let (first, second) = tokio::join!(realise(&pair[0].0), realise(&pair[1].0));

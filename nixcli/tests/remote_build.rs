@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{NIX_MISSING, require_nix, salt, within};
+use common::{NIX_MISSING, collect_until, require_nix, salt, within};
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -882,17 +882,7 @@ async fn build_remote_should_root_the_outputs_so_no_collection_takes_them() {
         .unwrap();
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let collector = {
-        let (nix, stop) = (lab.nix.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut runs = 0u32;
-            while !stop.is_cancelled() {
-                nix.collect_garbage().await.unwrap();
-                runs += 1;
-            }
-            runs
-        })
-    };
+    let collector = collect_until(lab.nix.clone(), stop.clone());
     let mut remote = lab.serve().await;
     let mut built = Vec::new();
     for drv in &drvs[1..] {

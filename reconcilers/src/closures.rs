@@ -27,8 +27,8 @@ const MAX_BATCH: usize = 256;
 
 /// How long a batch waits for more builds to join it before it is measured: a batch then
 /// holds every build that ended within a second (a `nix path-info` process costs some 25 ms
-/// of CPU that builds on a busy machine would otherwise get; a channel's answer well under 1 ms). A size appears on the pages up to this
-/// much later; no build waits for it.
+/// of CPU that builds on a busy machine would otherwise get; a channel's answer well under
+/// 1 ms). A size appears on the pages up to this much later; no build waits for it.
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds waiting for their closure size, and whether a task is measuring.

@@ -47,6 +47,16 @@ struct ChrootAgent {
     _coordinator: Coordinator,
 }
 
+/// Reads a serve channel's log to its end (within [`DEADLINE`]).
+async fn read_log(log: &mut ServeReader) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(DEADLINE, log.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    text
+}
+
 async fn chroot_agent(max_jobs: u32) -> ChrootAgent {
     let coordinator = Coordinator::start().await;
     let state = tempfile::tempdir().unwrap();
@@ -198,11 +208,7 @@ async fn a_slot_should_be_free_once_its_channel_s_log_has_ended() {
         tokio::io::AsyncWriteExt::shutdown(&mut writer)
             .await
             .unwrap();
-        let mut text = String::new();
-        tokio::time::timeout(DEADLINE, log.read_to_string(&mut text))
-            .await
-            .unwrap()
-            .unwrap();
+        read_log(&mut log).await;
         channel = match conn.open_serve().await {
             Ok(next) => next,
             Err(err) => panic!("round {round}: the slot is not free once the log ended: {err}"),
@@ -227,11 +233,7 @@ async fn serve_stderr_should_arrive_as_the_log() {
     tokio::io::AsyncWriteExt::write_all(&mut writer, &1u64.to_le_bytes())
         .await
         .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(DEADLINE, log.read_to_string(&mut text))
-        .await
-        .unwrap()
-        .unwrap();
+    let text = read_log(&mut log).await;
     assert!(text.contains("protocol mismatch"), "log: {text:?}");
     let mut out = Vec::new();
     tokio::time::timeout(DEADLINE, reader.read_to_end(&mut out))

@@ -31,7 +31,7 @@ use tracing::debug;
 
 use super::exit::classify_realise_exit;
 use super::pool::{BuildChannel, BuildCommand, BuildPool, Ended, OpenError};
-use super::{Log, cancelled, known_outputs, read_derivation, whole_seconds};
+use super::{Log, cancelled, known_outputs, read_derivation, read_drv_with, whole_seconds};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::parse::aterm::{BasicParts, Derivation, parse_derivation_with_parts};
@@ -55,8 +55,8 @@ pub(super) async fn realise(
         Err(Error::DrvRead { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(err),
     };
-    let drv = read.as_ref().map(|(drv, _)| drv.clone());
-    let target = build_target(&req.drv_path, drv.as_ref());
+    let drv = read.as_ref().map(|(drv, _)| drv);
+    let target = build_target(&req.drv_path, drv);
     let basic = match &read {
         Some((drv, parts)) => basic_derivation(cli, drv, parts).await,
         None => None,
@@ -110,7 +110,7 @@ pub(super) async fn realise(
                 .await?;
             match ended {
                 Ended::Replied(BuildPathsReply::Built) => {
-                    let outputs = match &drv {
+                    let outputs = match drv {
                         Some(drv) => known_outputs(drv),
                         None => known_outputs(&read_derivation(cli, &req.drv_path).await?),
                     };
@@ -191,16 +191,7 @@ pub(super) async fn realise(
 
 /// Reads and parses a `.drv` file with the parts a basic derivation needs.
 async fn read_with_parts(cli: &Config, drv_path: &StorePath) -> Result<(Derivation, BasicParts)> {
-    let text = tokio::fs::read(cli.physical(drv_path))
-        .await
-        .map_err(|source| Error::DrvRead {
-            path: drv_path.to_string(),
-            source,
-        })?;
-    parse_derivation_with_parts(&text).map_err(|source| Error::DrvParse {
-        path: drv_path.to_string(),
-        source,
-    })
+    read_drv_with(cli, drv_path, parse_derivation_with_parts).await
 }
 
 /// Returns `drv` as a basic derivation (see the module docs) with the paths that must be valid

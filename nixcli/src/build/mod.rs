@@ -56,7 +56,7 @@ pub(crate) use self::pool::{BuildPool, OpenError};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fs::create_parent;
-use crate::parse::aterm::{Derivation, parse_derivation};
+use crate::parse::aterm::{Derivation, DrvParseError, parse_derivation};
 use crate::parse::log::{LogLine, parse_log_line};
 use crate::port::{BuildOutcome, BuildRequest, BuildStatus};
 
@@ -119,13 +119,23 @@ fn whole_seconds(d: Duration) -> u64 {
 
 /// Reads and parses a `.drv` file (below the chroot store's root when there is one).
 async fn read_derivation(cli: &Config, drv_path: &StorePath) -> Result<Derivation> {
+    read_drv_with(cli, drv_path, parse_derivation).await
+}
+
+/// Reads a `.drv` file (below the chroot store's root when there is one) and parses it with
+/// `parse`.
+async fn read_drv_with<T>(
+    cli: &Config,
+    drv_path: &StorePath,
+    parse: impl FnOnce(&[u8]) -> std::result::Result<T, DrvParseError>,
+) -> Result<T> {
     let text = tokio::fs::read(cli.physical(drv_path))
         .await
         .map_err(|source| Error::DrvRead {
             path: drv_path.to_string(),
             source,
         })?;
-    parse_derivation(&text).map_err(|source| Error::DrvParse {
+    parse(&text).map_err(|source| Error::DrvParse {
         path: drv_path.to_string(),
         source,
     })

@@ -176,11 +176,10 @@ pub struct ServedPathInfo {
     pub nar_size: u64,
 }
 
-/// Reads the reply to `cmdQueryPathInfos` of `asked` paths, as a server of protocol
-/// `server_minor` sent it to this client (version [`SERVE_PROTOCOL_VERSION`]): one entry per
-/// valid path (path, deriver, references, download size, NAR size, and from minor 4 the NAR
-/// hash, content address and signatures), ended by an empty path. A server that sends more
-/// entries than paths were asked for is refused.
+/// Reads the reply to `cmdQueryPathInfos` of `asked` paths, as a server sends it to this
+/// client (version [`SERVE_PROTOCOL_VERSION`]): one entry per valid path (path, deriver,
+/// references, download size, NAR size, NAR hash, content address and signatures), ended by
+/// an empty path. A server that sends more entries than paths were asked for is refused.
 ///
 /// # Errors
 /// As [`read_strings`], and [`ServeError::TooLong`] for too many entries.
@@ -204,12 +203,11 @@ pub async fn read_path_infos<R: AsyncRead + Unpin>(
         let references = read_strings(reader).await?;
         let _download_size = read_u64(reader).await?;
         let nar_size = read_u64(reader).await?;
-        // What Nix sends a client of this version (it goes by the client's, not its own).
-        if minor(SERVE_PROTOCOL_VERSION) >= 4 {
-            let _nar_hash = read_string(reader).await?;
-            let _ca = read_string(reader).await?;
-            let _sigs = read_strings(reader).await?;
-        }
+        // Sent to clients of minor version 4 and later, as this one is (Nix goes by the
+        // client's version, not its own).
+        let _nar_hash = read_string(reader).await?;
+        let _ca = read_string(reader).await?;
+        let _sigs = read_strings(reader).await?;
         infos.push(ServedPathInfo {
             path,
             references,

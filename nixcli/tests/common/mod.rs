@@ -101,3 +101,20 @@ pub(crate) fn by_attr(
         .map(|j| (j.attr.to_string(), j))
         .collect()
 }
+
+/// Runs `nix.collect_garbage()` back to back until `stop` is cancelled; the task returns how
+/// many collections finished.
+pub(crate) fn collect_until(
+    nix: reconix_nixcli::NixCli,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u32> {
+    use reconix_nixcli::Nix;
+    tokio::spawn(async move {
+        let mut runs = 0u32;
+        while !stop.is_cancelled() {
+            nix.collect_garbage().await.unwrap();
+            runs += 1;
+        }
+        runs
+    })
+}

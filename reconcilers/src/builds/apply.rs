@@ -319,9 +319,8 @@ pub(super) async fn dispatch<P: Ports>(cx: &Ctx<P>, attempt: Attempt) -> Result<
         running.finish(&drv);
         wakers.builds();
         wakers.all_statuses();
-        wakers.gcroots_soon();
-        // Measured in batches, off this path: the next build does not wait for it. (Caches are
-        // woken once the builds loop has marked the jobs succeeded.)
+        // `gcroots` and the caches are woken when the builds loop moves the jobs on. Closure
+        // sizes are measured in batches, off this path: the next build does not wait for them.
         if succeeded {
             closures.measure(drv, &nix, &status, &metrics, &tasks);
         }
